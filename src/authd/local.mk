@@ -1,0 +1,1 @@
+# vigil-authd (filled in with the daemon).

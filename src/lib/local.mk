@@ -1,0 +1,26 @@
+# libvigil: the internal library every daemon and test links.
+noinst_LIBRARIES += src/lib/libvigil.a
+
+src_lib_libvigil_a_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS) $(PQ_CFLAGS) \
+	$(HIREDIS_CFLAGS) $(JWT_CFLAGS) $(JSONC_CFLAGS) $(CURL_CFLAGS) \
+	$(SYSTEMD_CFLAGS) $(CRYPT_CFLAGS) $(INIH_CFLAGS)
+src_lib_libvigil_a_SOURCES = \
+	src/lib/macro.h \
+	src/lib/log.c src/lib/log.h \
+	src/lib/sd.c src/lib/sd.h \
+	src/lib/conf.c src/lib/conf.h \
+	src/lib/metrics.c src/lib/metrics.h \
+	src/lib/trace.c src/lib/trace.h \
+	src/lib/json-util.c src/lib/json-util.h \
+	src/lib/http-server.c src/lib/http-server.h \
+	src/lib/http-client.c src/lib/http-client.h \
+	src/lib/pg.c src/lib/pg.h \
+	src/lib/redis.c src/lib/redis.h \
+	src/lib/jwt.c src/lib/jwt.h \
+	src/lib/password.c src/lib/password.h
+
+# What a program linking libvigil.a needs.
+VIGIL_LIBS = src/lib/libvigil.a $(MHD_LIBS) $(PQ_LIBS) $(HIREDIS_LIBS) \
+	$(JWT_LIBS) $(JSONC_LIBS) $(CURL_LIBS) $(SYSTEMD_LIBS) $(CRYPT_LIBS) \
+	$(INIH_LIBS) -lm
+VIGIL_CFLAGS = $(src_lib_libvigil_a_CFLAGS)

@@ -1,0 +1,72 @@
+/* Small helpers shared by every module: cleanup attributes, ownership
+ * transfer and array sizes. Modelled on systemd's macro.h. */
+#pragma once
+
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define _unused_ __attribute__((unused))
+#define _likely_(x) __builtin_expect(!!(x), 1)
+#define _unlikely_(x) __builtin_expect(!!(x), 0)
+
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+
+/* Take ownership of the pointer p: return its value and set it to NULL, so
+ * a _cleanup_ attribute on p no longer frees it. */
+#define TAKE_PTR(p)                                                                                \
+        ({                                                                                         \
+                __typeof__(p) *_pp = &(p);                                                         \
+                __typeof__(p) _ptr = *_pp;                                                         \
+                *_pp = NULL;                                                                       \
+                _ptr;                                                                              \
+        })
+
+#define TAKE_FD(fd)                                                                                \
+        ({                                                                                         \
+                int *_fdp = &(fd);                                                                 \
+                int _fd = *_fdp;                                                                   \
+                *_fdp = -1;                                                                        \
+                _fd;                                                                               \
+        })
+
+/* Define name##p(type **p) calling func(*p) when *p is non-NULL, for use
+ * with _cleanup_(). */
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)                                                    \
+        static inline void func##p(type *p)                                                        \
+        {                                                                                          \
+                if (*p)                                                                            \
+                        func(*p);                                                                  \
+        }
+
+static inline void freep(void *p)
+{
+        free(*(void **)p);
+}
+#define _cleanup_free_ _cleanup_(freep)
+
+static inline void closep(int *fd)
+{
+        if (*fd >= 0)
+                close(*fd);
+}
+#define _cleanup_close_ _cleanup_(closep)
+
+static inline int negative_errno(void)
+{
+        return errno > 0 ? -errno : -EIO;
+}
+
+/* Monotonic and wall clocks in microseconds. */
+#include <stdint.h>
+#include <time.h>
+static inline uint64_t now_usec(clockid_t clock)
+{
+        struct timespec ts;
+        clock_gettime(clock, &ts);
+        return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000ULL;
+}
+#define USEC_PER_SEC 1000000ULL
+#define USEC_PER_MSEC 1000ULL

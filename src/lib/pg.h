@@ -1,0 +1,84 @@
+/* PostgreSQL: a fixed-size connection pool over libpq with lazy connect and
+ * reconnect, parameterised statements only, SQLSTATE-aware errors, embedded
+ * versioned migrations under an advisory lock, and a client span plus
+ * vigil_dependency_* metrics (dependency="postgres") per statement.
+ *
+ * Thread-safety: a pool is shared by all threads; a struct pg_conn belongs
+ * to the thread that acquired it until pg_pool_release(). */
+#pragma once
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "macro.h"
+
+struct metrics_registry;
+struct tracer;
+struct pg_pool;
+struct pg_conn;
+
+struct pg_pool_options {
+        const char *dsn;        /* libpq conninfo, e.g. "host=127.0.0.1 dbname=vigil user=vigil_auth" */
+        const char *password;   /* from a credential; NULL: none or in the dsn/.pgpass */
+        const char *application_name; /* "vigil-authd" */
+        unsigned size;          /* connections; 0: 8 */
+        unsigned acquire_timeout_ms;   /* wait for a free connection; 0: 2000 */
+        unsigned connect_timeout_ms;   /* 0: 2000 */
+        unsigned statement_timeout_ms; /* server-side statement_timeout; 0: 5000 */
+        struct metrics_registry *metrics;
+        struct tracer *tracer;
+};
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(PGresult *, PQclear)
+
+/* Create the pool. Does not connect: the server may be down at start-up. */
+int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret);
+void pg_pool_free(struct pg_pool *p); /* accepts NULL; waits for nothing */
+
+/* Borrow a connected connection, connecting or reconnecting as needed.
+ * Returns 0, -ETIMEDOUT when every connection stays busy, or
+ * -ECONNREFUSED when the server cannot be reached. */
+int pg_pool_acquire(struct pg_pool *p, struct pg_conn **ret);
+/* Give it back. A connection left inside a transaction is rolled back; a
+ * broken one is closed and reconnected on next use. Accepts NULL. */
+void pg_pool_release(struct pg_conn *c);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct pg_conn *, pg_pool_release)
+
+/* Run one parameterised statement (params are text, NULL is SQL NULL).
+ * Returns 0 and the result (PGRES_TUPLES_OK or PGRES_COMMAND_OK) in *ret
+ * (ret may be NULL to discard it), or a negative errno from the SQLSTATE:
+ *   -EEXIST    23505 unique_violation
+ *   -ERANGE    23514 check_violation, 22003 numeric out of range
+ *   -EINVAL    22xxx other data exceptions, 23xxx other integrity violations
+ *   -EAGAIN    40001 serialization failure, 40P01 deadlock
+ *   -ETIMEDOUT 57014 query_canceled (statement_timeout)
+ *   -ECONNRESET the connection broke (it will be reconnected)
+ *   -EIO       anything else
+ * pg_conn_sqlstate() and pg_conn_error() describe the last failure. */
+int pg_exec(struct pg_conn *c, const char *sql, int n_params, const char *const *params,
+            PGresult **ret);
+const char *pg_conn_sqlstate(const struct pg_conn *c);
+const char *pg_conn_error(const struct pg_conn *c);
+PGconn *pg_conn_raw(struct pg_conn *c);
+
+int pg_begin(struct pg_conn *c);
+int pg_commit(struct pg_conn *c);
+int pg_rollback(struct pg_conn *c);
+
+/* One round trip on a pooled connection ("SELECT 1"), for /ready. */
+int pg_pool_ping(struct pg_pool *p);
+
+struct pg_migration {
+        int version; /* 1, 2, 3, … applied in order, each once */
+        const char *name;
+        const char *sql; /* may hold several statements */
+};
+
+/* Apply the migrations not yet recorded in <schema>.schema_migrations, each
+ * in its own transaction, while holding a session advisory lock keyed on the
+ * schema name so concurrent starters apply each exactly once. The schema
+ * must exist (the package or dev stack creates it, owned by the service's
+ * role). Returns 0 or a negative errno. */
+int pg_migrate(struct pg_pool *p, const char *schema, const struct pg_migration *migrations,
+               size_t n_migrations);

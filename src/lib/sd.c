@@ -1,0 +1,2 @@
+/* PLACEHOLDER: to be implemented */
+#include "sd.h"

@@ -1,0 +1,1 @@
+# Fuzz targets (owned by the fuzzing work; filled in there).

@@ -1,0 +1,76 @@
+# Tests: unit tests (Check) mirror src/, integration and system tests run
+# the real servers, fuzz targets replay their corpora in every `make check`.
+TEST_EXTENSIONS = .sh .py
+SH_LOG_COMPILER = $(SHELL)
+PY_LOG_COMPILER = $(PYTHON3)
+AM_TESTS_ENVIRONMENT = \
+	top_srcdir='$(abs_top_srcdir)'; export top_srcdir; \
+	top_builddir='$(abs_top_builddir)'; export top_builddir; \
+	PROMTOOL='$(PROMTOOL)'; export PROMTOOL; \
+	CK_DEFAULT_TIMEOUT=60; export CK_DEFAULT_TIMEOUT;
+
+UNIT_CFLAGS = $(VIGIL_CFLAGS) $(CHECK_CFLAGS) -I$(top_srcdir)/tests/unit
+UNIT_LDADD = $(VIGIL_LIBS) $(CHECK_LIBS)
+
+# Library modules that need no server.
+LIB_UNIT_TESTS = \
+	tests/unit/test-log \
+	tests/unit/test-sd \
+	tests/unit/test-conf \
+	tests/unit/test-metrics \
+	tests/unit/test-trace \
+	tests/unit/test-json-util \
+	tests/unit/test-http-server \
+	tests/unit/test-http-client \
+	tests/unit/test-jwt \
+	tests/unit/test-password
+# Library modules tested against a real server, started by with-servers.sh.
+SERVER_UNIT_TESTS = \
+	tests/unit/test-pg \
+	tests/unit/test-redis
+
+check_PROGRAMS += $(LIB_UNIT_TESTS) $(SERVER_UNIT_TESTS)
+TESTS += $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh
+EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/with-servers.sh
+
+tests_unit_test_log_SOURCES = tests/unit/test-log.c
+tests_unit_test_sd_SOURCES = tests/unit/test-sd.c
+tests_unit_test_conf_SOURCES = tests/unit/test-conf.c
+tests_unit_test_metrics_SOURCES = tests/unit/test-metrics.c
+tests_unit_test_trace_SOURCES = tests/unit/test-trace.c
+tests_unit_test_json_util_SOURCES = tests/unit/test-json-util.c
+tests_unit_test_http_server_SOURCES = tests/unit/test-http-server.c
+tests_unit_test_http_client_SOURCES = tests/unit/test-http-client.c
+tests_unit_test_jwt_SOURCES = tests/unit/test-jwt.c
+tests_unit_test_password_SOURCES = tests/unit/test-password.c
+tests_unit_test_pg_SOURCES = tests/unit/test-pg.c
+tests_unit_test_redis_SOURCES = tests/unit/test-redis.c
+
+# Every unit test compiles and links the same way.
+tests_unit_test_log_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_sd_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_conf_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_metrics_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_trace_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_json_util_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_http_server_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_http_client_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_jwt_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_password_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_pg_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_redis_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_log_LDADD = $(UNIT_LDADD)
+tests_unit_test_sd_LDADD = $(UNIT_LDADD)
+tests_unit_test_conf_LDADD = $(UNIT_LDADD)
+tests_unit_test_metrics_LDADD = $(UNIT_LDADD)
+tests_unit_test_trace_LDADD = $(UNIT_LDADD)
+tests_unit_test_json_util_LDADD = $(UNIT_LDADD)
+tests_unit_test_http_server_LDADD = $(UNIT_LDADD)
+tests_unit_test_http_client_LDADD = $(UNIT_LDADD)
+tests_unit_test_jwt_LDADD = $(UNIT_LDADD)
+tests_unit_test_password_LDADD = $(UNIT_LDADD)
+tests_unit_test_pg_LDADD = $(UNIT_LDADD)
+tests_unit_test_redis_LDADD = $(UNIT_LDADD)
+
+include tests/fuzz/local.mk
+include tests/integration/local.mk
