@@ -9,7 +9,7 @@ AM_TESTS_ENVIRONMENT = \
 	PROMTOOL='$(PROMTOOL)'; export PROMTOOL; \
 	CK_DEFAULT_TIMEOUT=60; export CK_DEFAULT_TIMEOUT;
 
-UNIT_CFLAGS = $(VIGIL_CFLAGS) $(CHECK_CFLAGS) -I$(top_srcdir)/tests/unit
+UNIT_CFLAGS = $(VIGIL_CFLAGS) $(CHECK_CFLAGS) -iquote $(top_srcdir)/tests/unit
 UNIT_LDADD = $(VIGIL_LIBS) $(CHECK_LIBS)
 
 # Library modules that need no server.
@@ -30,7 +30,19 @@ SERVER_UNIT_TESTS = \
 	tests/unit/test-redis
 
 check_PROGRAMS += $(LIB_UNIT_TESTS) $(SERVER_UNIT_TESTS)
-TESTS += $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh
+# Daemon areas.
+DAEMON_UNIT_TESTS = \
+	tests/unit/test-authd-users
+
+check_PROGRAMS += $(DAEMON_UNIT_TESTS)
+UNIT_TESTS = $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh \
+	$(DAEMON_UNIT_TESTS) tests/unit/test-authd-config.sh
+TESTS += $(UNIT_TESTS)
+EXTRA_DIST += tests/unit/test-authd-config.sh
+
+tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
+tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/authd
+tests_unit_test_authd_users_LDADD = src/authd/libauthd.a $(UNIT_LDADD)
 EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/with-servers.sh
 
 tests_unit_test_log_SOURCES = tests/unit/test-log.c
@@ -74,3 +86,9 @@ tests_unit_test_redis_LDADD = $(UNIT_LDADD)
 
 include tests/fuzz/local.mk
 include tests/integration/local.mk
+
+# The tests that need no daemon binary: run again under ASan/UBSan by
+# scripts/test.sh.
+print-unit-tests:
+	@echo $(UNIT_TESTS)
+.PHONY: print-unit-tests

@@ -1,39 +1,55 @@
 /* JSON Web Tokens, HS256 only, on libjwt 1.10. Verification always decodes
  * with the key, then requires alg == HS256 (so "none", "NONE" and other
  * algorithms are rejected), a valid signature, an "exp" in the future, and
- * "nbf"/"iat" not in the future, each with JWT_LEEWAY_SECONDS of leeway.
+ * "nbf"/"iat" not in the future. Expiry is strict (expired from the second
+ * "exp" names); JWT_LEEWAY_SECONDS of leeway applies only to "nbf" and
+ * "iat", for issuers whose clock runs slightly ahead.
  *
  * Thread-safety: stateless; safe from any thread. */
 #pragma once
 
+/* src/lib is on the quote-only include path (-iquote), so "jwt.h" is this
+ * file and <jwt.h> is libjwt's. */
+
 #include <stddef.h>
 #include <stdint.h>
 
-#define JWT_MIN_KEY_SIZE 32
+#define JWT_MIN_KEY_SIZE   32
 #define JWT_MAX_TOKEN_SIZE 4096
 #define JWT_LEEWAY_SECONDS 30
-#define JWT_MAX_CLAIM 128
+#define JWT_MAX_CLAIM      128
 
+/* username and session_id are required, 1..JWT_MAX_CLAIM bytes. On
+ * verification a token without "iat" or "nbf" reads as 0 there. */
 struct jwt_claims {
-        int64_t user_id;                  /* "sub", as a decimal string */
-        char username[JWT_MAX_CLAIM + 1]; /* "username" */
+        int64_t user_id;                    /* "sub", as a decimal string, > 0 */
+        char username[JWT_MAX_CLAIM + 1];   /* "username" */
         char session_id[JWT_MAX_CLAIM + 1]; /* "sid" */
-        int64_t issued_at;                /* "iat" */
-        int64_t not_before;               /* "nbf" */
-        int64_t expires_at;               /* "exp" */
+        int64_t issued_at;                  /* "iat" */
+        int64_t not_before;                 /* "nbf" */
+        int64_t expires_at;                 /* "exp" */
 };
 
-/* Issue a token for claims (iat/nbf/exp are taken from claims). key must be
- * at least JWT_MIN_KEY_SIZE bytes. Returns 0 and a malloc()ed token, or
- * -EINVAL for a short key or bad claims, -ENOMEM. */
+/* Issue a token for claims (iat/nbf/exp are taken from claims and written
+ * as integers). key must be at least JWT_MIN_KEY_SIZE bytes. Returns 0 and
+ * a malloc()ed token of at most JWT_MAX_TOKEN_SIZE bytes, or -EINVAL for a
+ * short key or bad claims (user_id <= 0, empty or unterminated strings,
+ * negative times, exp not after iat and nbf), -ENOMEM. */
 int jwt_hs256_issue(const uint8_t *key, size_t key_len, const struct jwt_claims *claims,
                     char **ret_token);
 
 /* Verify token at time now (seconds since the epoch). Returns 0 and fills
  * *ret, or:
- *   -EBADMSG  malformed token, missing or ill-typed claims, too long
- *   -EPERM    bad signature or algorithm other than HS256
- *   -ETIME    expired, missing exp, nbf or iat in the future
- *   -EINVAL   key shorter than JWT_MIN_KEY_SIZE */
+ *   -EBADMSG  malformed token (not three non-empty base64url segments,
+ *             header not a JSON object, "typ" other than "JWT", "crit"
+ *             present, signature not 32 bytes), missing or ill-typed
+ *             claims (a non-numeric "sub", a non-integer time), longer
+ *             than JWT_MAX_TOKEN_SIZE
+ *   -EPERM    "alg" other than "HS256", or a token that does not verify
+ *             with key (bad signature; a payload libjwt cannot parse)
+ *   -ETIME    expired (now >= exp), missing exp, nbf or iat more than
+ *             JWT_LEEWAY_SECONDS in the future
+ *   -EINVAL   key shorter than JWT_MIN_KEY_SIZE
+ *   -ENOMEM */
 int jwt_hs256_verify(const uint8_t *key, size_t key_len, const char *token, int64_t now,
                      struct jwt_claims *ret);
