@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 enum conf_type {
         CONF_TYPE_STRING, /* char *, max length in .max (0: 4096) */
@@ -28,14 +29,22 @@ struct conf_key {
         const char *help;
 };
 
-#define CONF_STRING(sect, name, def, maxlen, type, field, text)                                   \
-        { sect, name, CONF_TYPE_STRING, def, 0, maxlen, offsetof(type, field), text }
-#define CONF_INT(sect, name, def, lo, hi, type, field, text)                                      \
-        { sect, name, CONF_TYPE_INT, def, lo, hi, offsetof(type, field), text }
-#define CONF_DOUBLE(sect, name, def, lo, hi, type, field, text)                                   \
-        { sect, name, CONF_TYPE_DOUBLE, def, lo, hi, offsetof(type, field), text }
-#define CONF_BOOL(sect, name, def, type, field, text)                                             \
-        { sect, name, CONF_TYPE_BOOL, def, 0, 1, offsetof(type, field), text }
+#define CONF_STRING(sect, name, def, maxlen, type, field, text)                                    \
+        {                                                                                          \
+                sect, name, CONF_TYPE_STRING, def, 0, maxlen, offsetof(type, field), text          \
+        }
+#define CONF_INT(sect, name, def, lo, hi, type, field, text)                                       \
+        {                                                                                          \
+                sect, name, CONF_TYPE_INT, def, lo, hi, offsetof(type, field), text                \
+        }
+#define CONF_DOUBLE(sect, name, def, lo, hi, type, field, text)                                    \
+        {                                                                                          \
+                sect, name, CONF_TYPE_DOUBLE, def, lo, hi, offsetof(type, field), text             \
+        }
+#define CONF_BOOL(sect, name, def, type, field, text)                                              \
+        {                                                                                          \
+                sect, name, CONF_TYPE_BOOL, def, 0, 1, offsetof(type, field), text                 \
+        }
 
 /* One problem found while loading, e.g.
  * "/etc/vigil/authd.conf:12: [http] listen: expected host:port". For an
@@ -53,30 +62,73 @@ struct conf_diagnostics {
         size_t n_errors;
 };
 
+/* Limits on what one load reads. A longer line is an error (libinih would
+ * otherwise split it silently); more errors than CONF_MAX_ERRORS are
+ * summarised in one last entry. */
+#define CONF_MAX_FILE_SIZE  (1024U * 1024U) /* bytes per file */
+#define CONF_MAX_LINE       197             /* characters per line, newline excluded */
+#define CONF_MAX_DROPINS    128             /* files in <path>.d/ */
+#define CONF_MAX_ERRORS     100
+#define CONF_MAX_STRING_LEN 4096 /* a CONF_TYPE_STRING with max 0 */
+
 /* Load defaults, then path (when it exists, or always when required is
  * true), then path.d/ drop-ins, then the environment, into config (a struct
  * described by table). Unknown sections or keys, unparsable values and
  * values out of range are errors. Returns 0, or -EINVAL after recording
  * every error in diag (which the caller frees with conf_diagnostics_done),
  * or another negative errno (e.g. -ENOENT for a required missing file).
- * On error config holds a partially loaded state: free it with conf_free(). */
+ * On error config holds a partially loaded state: free it with conf_free().
+ *
+ * Details: every table field of config is initialised (its previous
+ * contents are not freed: pass a zeroed struct or one conf_free()d). A
+ * NULL default leaves a string NULL and a number 0/false. Loading goes on
+ * after an error so that diag lists every problem; errors are appended to
+ * diag, which may be NULL. A required missing file gives -ENOENT and no
+ * entry in diag (the caller names the file); the drop-ins and environment
+ * are still applied. A drop-in directory that does not exist is no error.
+ * An I/O error (e.g. -EACCES) is recorded in diag and returned. Within a
+ * file a later assignment wins. Values are taken literally: no quotes are
+ * removed; "key = value ; comment" drops the comment (libinih's inline
+ * comments need whitespace before the ';'). path may be NULL: defaults and
+ * environment only. The environment is read with getenv() for the names
+ * VIGIL_<SECTION>_<KEY> of the table only. */
 int conf_load(const struct conf_key *table, size_t n_keys, const char *path, bool required,
               void *config, struct conf_diagnostics *diag);
+/* Like conf_load() with the contents of one file in memory: defaults, then
+ * data (size bytes, need not be NUL-terminated; errors name it as file
+ * name), without drop-ins or environment. For fuzzing and tests. */
+int conf_load_buffer(const struct conf_key *table, size_t n_keys, const char *name,
+                     const void *data, size_t size, void *config, struct conf_diagnostics *diag);
 /* Free the strings of a loaded config (not config itself). */
 void conf_free(const struct conf_key *table, size_t n_keys, void *config);
 void conf_diagnostics_done(struct conf_diagnostics *diag);
 /* Format one error as "file:line: [section] key: message" into a malloc()ed
- * string. */
+ * string ("file: message" when line is 0, section or key parts left out
+ * when NULL). Returns NULL on allocation failure. */
 char *conf_error_format(const struct conf_error *e);
+
+/* Write a sample configuration for table to f: a [section] header for each
+ * section (in the order of first appearance), then for each of its keys
+ * its help (and range, for numbers) as "# " comments and the key at its
+ * default, commented out: "#key = default". Returns 0, or -EIO when
+ * writing to f failed. */
+int conf_write_defaults(const struct conf_key *table, size_t n_keys, FILE *f);
 
 /* Read a secret: $CREDENTIALS_DIRECTORY/<name> when it exists, else
  * fallback_path (a *_file config key; NULL or "" for none). Trailing
  * newlines are stripped. Returns 0 and a malloc()ed NUL-terminated *ret,
  * -ENOENT when neither exists, -EFBIG when larger than max_size. The secret
- * is never logged. */
-int conf_read_credential(const char *name, const char *fallback_path, size_t max_size,
-                         char **ret, size_t *ret_len);
+ * is never logged. ret_len may be NULL. name must be a plain file name
+ * (-EINVAL otherwise); the credential is opened with O_NOFOLLOW and must
+ * be a regular file (-EINVAL), as must the fallback (which may be a
+ * symlink). Buffers that held the secret are wiped before being freed. */
+int conf_read_credential(const char *name, const char *fallback_path, size_t max_size, char **ret,
+                         size_t *ret_len);
 
 /* Parse "host:port", "[v6]:port" or ":port". Returns 0 or -EINVAL. host is
- * written NUL-terminated into ret_host (size host_size). */
+ * written NUL-terminated into ret_host (size host_size): a host name or
+ * IPv4 address (letters, digits, '-', '.', '_'), an IPv6 address without
+ * its brackets, or "" for ":port" (any address). port is decimal,
+ * 0..65535 (0: any free port). A host that does not fit in host_size is
+ * -EINVAL. */
 int conf_parse_listen(const char *s, char *ret_host, size_t host_size, uint16_t *ret_port);
