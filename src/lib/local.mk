@@ -17,7 +17,9 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/pg.c src/lib/pg.h \
 	src/lib/redis.c src/lib/redis.h \
 	src/lib/jwt.c src/lib/jwt.h \
-	src/lib/password.c src/lib/password.h
+	src/lib/password.c src/lib/password.h \
+	src/lib/dependency-metrics.c src/lib/dependency-metrics.h \
+	src/lib/daemon.c src/lib/daemon.h
 
 # What a program linking libvigil.a needs.
 VIGIL_LIBS = src/lib/libvigil.a $(MHD_LIBS) $(PQ_LIBS) $(HIREDIS_LIBS) \

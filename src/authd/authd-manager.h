@@ -1,0 +1,52 @@
+/* vigil-authd's manager: owns the configuration, the metrics registry, the
+ * tracer, the PostgreSQL and Redis pools, the password hasher, the JWT key
+ * and the HTTP server, created in that order and torn down in reverse. */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "daemon.h"
+#include "jwt.h"
+
+struct authd_config {
+        struct daemon_config common;
+        struct daemon_postgres_config postgres;
+        struct daemon_redis_config redis;
+        char *jwt_key_file;
+        int64_t token_ttl_seconds;
+        int64_t hash_max_concurrent;
+        int64_t hash_queue_timeout_ms;
+        int64_t hash_cost;
+};
+
+struct authd_manager {
+        const struct authd_config *config;
+        struct metrics_registry *metrics;
+        struct tracer *tracer;
+        struct pg_pool *pg;
+        struct redis_pool *redis;
+        struct password_hasher *hasher;
+        uint8_t *jwt_key;
+        size_t jwt_key_len;
+        struct http_server *http;
+
+        atomic_bool migrated;
+        atomic_bool postgres_up;
+        atomic_bool redis_up;
+        char status[128];
+
+        struct metric *logins_success;
+        struct metric *logins_failure;
+        struct metric *logins_error;
+        struct metric *active_sessions;
+        struct dependency_metrics *dependencies;
+};
+
+extern const struct daemon_ops authd_ops;
+
+/* Exposed for tests: the configuration table of vigil-authd. */
+extern const struct conf_key authd_conf_table[];
+extern const size_t authd_conf_table_size;

@@ -1,0 +1,124 @@
+/* The shape every vigil daemon shares (DESIGN.md §1): main() hands its
+ * description to daemon_main(), which parses the command line and the
+ * configuration, builds the daemon's manager, starts it, tells systemd it
+ * is ready, and runs the main loop: watchdog pings while the manager makes
+ * progress, SIGHUP reloads, SIGTERM drains and exits 0.
+ *
+ * It also holds the pieces every daemon builds the same way from its
+ * configuration: the shared config keys, the tracer, and the PostgreSQL and
+ * Redis pools with their credentials.
+ *
+ * Thread-safety: daemon_main() runs on the main thread and blocks SIGTERM,
+ * SIGINT and SIGHUP before any other thread exists, so every thread the
+ * manager starts inherits the mask and signals arrive only at the loop. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf.h"
+
+struct metrics_registry;
+struct tracer;
+struct pg_pool;
+struct redis_pool;
+
+/* The keys every daemon has; it must be the first member (named common) of
+ * each daemon's config struct. */
+struct daemon_config {
+        char *http_listen;
+        int64_t http_max_connections;
+        bool http_access_log;
+        char *tracing_otlp_endpoint;
+        double tracing_sample_ratio;
+        char *log_level;
+};
+
+#define DAEMON_CONF_KEYS(type, default_listen)                                                    \
+        CONF_STRING("http", "listen", default_listen, 256, type, common.http_listen,              \
+                    "Address and port to listen on when not socket-activated"),                  \
+        CONF_INT("http", "max_connections", "512", 1, 65536, type,                                \
+                 common.http_max_connections, "Concurrent client connections (one thread each)"), \
+        CONF_BOOL("http", "access_log", "true", type, common.http_access_log,                     \
+                  "Log every request (errors are always logged)"),                               \
+        CONF_STRING("tracing", "otlp_endpoint", "http://127.0.0.1:4318/v1/traces", 1024, type,    \
+                    common.tracing_otlp_endpoint,                                                \
+                    "OTLP/HTTP traces endpoint; empty disables export"),                         \
+        CONF_DOUBLE("tracing", "sample_ratio", "1.0", 0.0, 1.0, type,                             \
+                    common.tracing_sample_ratio, "Share of new traces that are recorded"),       \
+        CONF_STRING("log", "level", "info", 16, type, common.log_level,                           \
+                    "debug, info, notice, warning, err, crit, alert or emerg")
+
+struct daemon_postgres_config {
+        char *dsn;
+        char *password_file;
+        int64_t pool_size;
+};
+
+#define DAEMON_CONF_POSTGRES_KEYS(type, field, default_user)                                      \
+        CONF_STRING("postgres", "dsn",                                                            \
+                    "host=127.0.0.1 port=5432 dbname=vigil user=" default_user, 1024, type,      \
+                    field.dsn, "libpq connection string (without the password)"),                \
+        CONF_STRING("postgres", "password_file", "", 4096, type, field.password_file,             \
+                    "Password file when the postgres-password credential is absent"),            \
+        CONF_INT("postgres", "pool_size", "8", 1, 256, type, field.pool_size,                     \
+                 "Connections in the pool")
+
+struct daemon_redis_config {
+        char *address;
+        char *password_file;
+        int64_t pool_size;
+};
+
+#define DAEMON_CONF_REDIS_KEYS(type, field)                                                       \
+        CONF_STRING("redis", "address", "127.0.0.1:6379", 1024, type, field.address,              \
+                    "host:port or unix:/path of the Redis server"),                              \
+        CONF_STRING("redis", "password_file", "", 4096, type, field.password_file,                \
+                    "Password file when the redis-password credential is absent"),               \
+        CONF_INT("redis", "pool_size", "8", 1, 256, type, field.pool_size, "Connections in the pool")
+
+struct daemon_ops {
+        const char *name;           /* "vigil-authd": identifier, service.name */
+        const char *description;    /* one line for --help */
+        const char *default_config; /* SYSCONFDIR "/vigil/authd.conf" */
+        const struct conf_key *conf_table;
+        size_t n_conf_keys;
+        size_t config_size;         /* sizeof the daemon's config struct */
+
+        /* Build the manager from a loaded config (which stays valid until
+         * the manager is freed). Failures are logged by the callee. */
+        int (*manager_new)(const void *config, void **ret_manager);
+        /* Bind the listener and try the dependencies; READY=1 follows. */
+        int (*manager_start)(void *manager);
+        /* Apply the reloadable settings of a freshly loaded config (which
+         * is freed after the call: copy what you keep). */
+        int (*manager_reload)(void *manager, const void *config);
+        /* Periodic work from the main loop (retrying migrations, refreshing
+         * gauges). Returns false when the manager is not making progress,
+         * which stops the watchdog pings. May be NULL. */
+        bool (*manager_tick)(void *manager);
+        /* A short status for STATUS= ("Serving", "Degraded: redis
+         * unavailable"); NULL keeps the previous one. May be NULL. */
+        const char *(*manager_status)(void *manager);
+        /* Drain in-flight work, then free. */
+        void (*manager_stop)(void *manager);
+        void (*manager_free)(void *manager);
+};
+
+/* Run the daemon; returns the process exit status. */
+int daemon_main(int argc, char **argv, const struct daemon_ops *ops);
+
+/* The tracer from the shared config keys (export off when the endpoint is
+ * empty). */
+int daemon_tracer_new(const struct daemon_config *c, const char *service_name,
+                      struct metrics_registry *metrics, struct tracer **ret);
+
+/* Pools from their config sections; the postgres-password and
+ * redis-password credentials (or the *_file keys) are read here. The pools
+ * do not connect yet. */
+int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *application_name,
+                       struct metrics_registry *metrics, struct tracer *tracer,
+                       struct pg_pool **ret);
+int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_registry *metrics,
+                          struct tracer *tracer, struct redis_pool **ret);
