@@ -27,7 +27,8 @@ LIB_UNIT_TESTS = \
 # Library modules tested against a real server, started by with-servers.sh.
 SERVER_UNIT_TESTS = \
 	tests/unit/test-pg \
-	tests/unit/test-redis
+	tests/unit/test-redis \
+	tests/unit/test-amqp
 
 check_PROGRAMS += $(LIB_UNIT_TESTS) $(SERVER_UNIT_TESTS)
 # Daemon areas.
@@ -35,7 +36,7 @@ DAEMON_UNIT_TESTS = \
 	tests/unit/test-authd-users
 
 check_PROGRAMS += $(DAEMON_UNIT_TESTS)
-UNIT_TESTS = $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh \
+UNIT_TESTS = $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh \
 	$(DAEMON_UNIT_TESTS) tests/unit/test-authd-config.sh
 TESTS += $(UNIT_TESTS)
 EXTRA_DIST += tests/unit/test-authd-config.sh
@@ -43,7 +44,7 @@ EXTRA_DIST += tests/unit/test-authd-config.sh
 tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
 tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/authd
 tests_unit_test_authd_users_LDADD = src/authd/libauthd.a $(UNIT_LDADD)
-EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/with-servers.sh
+EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh tests/with-servers.sh
 
 tests_unit_test_log_SOURCES = tests/unit/test-log.c
 tests_unit_test_sd_SOURCES = tests/unit/test-sd.c
@@ -57,6 +58,9 @@ tests_unit_test_jwt_SOURCES = tests/unit/test-jwt.c
 tests_unit_test_password_SOURCES = tests/unit/test-password.c
 tests_unit_test_pg_SOURCES = tests/unit/test-pg.c
 tests_unit_test_redis_SOURCES = tests/unit/test-redis.c
+tests_unit_test_amqp_SOURCES = tests/unit/test-amqp.c
+tests_unit_test_amqp_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_amqp_LDADD = $(UNIT_LDADD)
 
 # Every unit test compiles and links the same way.
 tests_unit_test_log_CFLAGS = $(UNIT_CFLAGS)

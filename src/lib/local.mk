@@ -2,7 +2,7 @@
 noinst_LIBRARIES += src/lib/libvigil.a
 
 src_lib_libvigil_a_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS) $(PQ_CFLAGS) \
-	$(HIREDIS_CFLAGS) $(JWT_CFLAGS) $(JSONC_CFLAGS) $(CURL_CFLAGS) \
+	$(HIREDIS_CFLAGS) $(RABBITMQ_CFLAGS) $(JWT_CFLAGS) $(JSONC_CFLAGS) $(CURL_CFLAGS) \
 	$(SYSTEMD_CFLAGS) $(CRYPT_CFLAGS) $(INIH_CFLAGS)
 src_lib_libvigil_a_SOURCES = \
 	src/lib/macro.h \
@@ -19,10 +19,11 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/jwt.c src/lib/jwt.h \
 	src/lib/password.c src/lib/password.h \
 	src/lib/dependency-metrics.c src/lib/dependency-metrics.h \
-	src/lib/daemon.c src/lib/daemon.h
+	src/lib/daemon.c src/lib/daemon.h \
+	src/lib/amqp.c src/lib/amqp.h
 
 # What a program linking libvigil.a needs.
-VIGIL_LIBS = src/lib/libvigil.a $(MHD_LIBS) $(PQ_LIBS) $(HIREDIS_LIBS) \
+VIGIL_LIBS = src/lib/libvigil.a $(MHD_LIBS) $(PQ_LIBS) $(HIREDIS_LIBS) $(RABBITMQ_LIBS) \
 	$(JWT_LIBS) $(JSONC_LIBS) $(CURL_LIBS) $(SYSTEMD_LIBS) $(CRYPT_LIBS) \
 	$(INIH_LIBS) -lm
 VIGIL_CFLAGS = $(src_lib_libvigil_a_CFLAGS)

@@ -1,0 +1,1 @@
+# vigil-paymentd (filled in with the daemon).
