@@ -36,7 +36,7 @@ DAEMON_UNIT_TESTS = \
 	tests/unit/test-authd-users
 
 check_PROGRAMS += $(DAEMON_UNIT_TESTS)
-UNIT_TESTS = $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh \
+UNIT_TESTS = tests/fuzz/replay.sh $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh \
 	$(DAEMON_UNIT_TESTS) tests/unit/test-authd-config.sh
 TESTS += $(UNIT_TESTS)
 EXTRA_DIST += tests/unit/test-authd-config.sh

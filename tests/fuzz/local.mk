@@ -1,1 +1,61 @@
-# Fuzz targets (owned by the fuzzing work; filled in there).
+# Fuzz targets: one libFuzzer entry point (LLVMFuzzerTestOneInput) per parser
+# of untrusted input, each with a seed corpus in tests/fuzz/corpus/<name>/.
+#
+# Every build links each target with replay-main.c into tests/fuzz/replay-<name>
+# and `make check` replays the corpus through it (under ASan/UBSan with
+# --enable-sanitizers), so a crash once found and added to the corpus stays
+# fixed. With --enable-fuzzing (clang only) the same targets are also linked
+# against libFuzzer as tests/fuzz/fuzz-<name>; scripts/fuzz.sh configures such
+# a build with the whole tree instrumented and runs them.
+#
+# Adding a target: write tests/fuzz/fuzz-<name>.c and corpus/<name>/, add
+# <name> to FUZZ_TARGETS in replay.sh and the three blocks below.
+
+FUZZ_CFLAGS = $(VIGIL_CFLAGS)
+FUZZ_LDADD = $(VIGIL_LIBS)
+
+check_PROGRAMS += \
+	tests/fuzz/replay-json \
+	tests/fuzz/replay-traceparent \
+	tests/fuzz/replay-conf
+# tests/fuzz/replay.sh is one of UNIT_TESTS (tests/local.mk).
+EXTRA_DIST += tests/fuzz/replay.sh tests/fuzz/corpus
+
+tests_fuzz_replay_json_SOURCES = tests/fuzz/fuzz-json.c tests/fuzz/replay-main.c
+tests_fuzz_replay_traceparent_SOURCES = tests/fuzz/fuzz-traceparent.c tests/fuzz/replay-main.c
+tests_fuzz_replay_conf_SOURCES = tests/fuzz/fuzz-conf.c tests/fuzz/replay-main.c
+tests_fuzz_replay_json_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_replay_traceparent_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_replay_conf_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_replay_json_LDADD = $(FUZZ_LDADD)
+tests_fuzz_replay_traceparent_LDADD = $(FUZZ_LDADD)
+tests_fuzz_replay_conf_LDADD = $(FUZZ_LDADD)
+
+if ENABLE_FUZZING
+# libFuzzer binaries. Only the link step adds -fsanitize=fuzzer (libFuzzer's
+# main); coverage instrumentation comes from -fsanitize=fuzzer-no-link, which
+# scripts/fuzz.sh puts in CFLAGS so libvigil.a is instrumented too. The
+# targets' own objects get it here as well, so a plain
+# `configure --enable-fuzzing CC=clang` still produces working fuzzers.
+FUZZ_SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZER_CFLAGS = $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SANITIZE)
+FUZZER_LINKFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer $(FUZZ_SANITIZE)
+
+noinst_PROGRAMS += \
+	tests/fuzz/fuzz-json \
+	tests/fuzz/fuzz-traceparent \
+	tests/fuzz/fuzz-conf
+
+tests_fuzz_fuzz_json_SOURCES = tests/fuzz/fuzz-json.c
+tests_fuzz_fuzz_traceparent_SOURCES = tests/fuzz/fuzz-traceparent.c
+tests_fuzz_fuzz_conf_SOURCES = tests/fuzz/fuzz-conf.c
+tests_fuzz_fuzz_json_CFLAGS = $(FUZZER_CFLAGS)
+tests_fuzz_fuzz_traceparent_CFLAGS = $(FUZZER_CFLAGS)
+tests_fuzz_fuzz_conf_CFLAGS = $(FUZZER_CFLAGS)
+tests_fuzz_fuzz_json_LDFLAGS = $(FUZZER_LINKFLAGS)
+tests_fuzz_fuzz_traceparent_LDFLAGS = $(FUZZER_LINKFLAGS)
+tests_fuzz_fuzz_conf_LDFLAGS = $(FUZZER_LINKFLAGS)
+tests_fuzz_fuzz_json_LDADD = $(FUZZ_LDADD)
+tests_fuzz_fuzz_traceparent_LDADD = $(FUZZ_LDADD)
+tests_fuzz_fuzz_conf_LDADD = $(FUZZ_LDADD)
+endif
