@@ -44,7 +44,8 @@ EXTRA_DIST += tests/unit/test-authd-config.sh
 tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
 tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/authd
 tests_unit_test_authd_users_LDADD = src/authd/libauthd.a $(UNIT_LDADD)
-EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh tests/with-servers.sh
+EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh tests/with-servers.sh \
+	tests/unit/otlp-sink.h
 
 tests_unit_test_log_SOURCES = tests/unit/test-log.c
 tests_unit_test_sd_SOURCES = tests/unit/test-sd.c

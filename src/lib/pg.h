@@ -18,11 +18,13 @@ struct tracer;
 struct pg_pool;
 struct pg_conn;
 
+#define PG_POOL_MAX_SIZE 256
+
 struct pg_pool_options {
-        const char *dsn;        /* libpq conninfo, e.g. "host=127.0.0.1 dbname=vigil user=vigil_auth" */
-        const char *password;   /* from a credential; NULL: none or in the dsn/.pgpass */
-        const char *application_name; /* "vigil-authd" */
-        unsigned size;          /* connections; 0: 8 */
+        const char *dsn; /* libpq conninfo, e.g. "host=127.0.0.1 dbname=vigil user=vigil_auth" */
+        const char *password;          /* from a credential; NULL: none or in the dsn/.pgpass */
+        const char *application_name;  /* "vigil-authd" */
+        unsigned size;                 /* connections; 0: 8; at most PG_POOL_MAX_SIZE */
         unsigned acquire_timeout_ms;   /* wait for a free connection; 0: 2000 */
         unsigned connect_timeout_ms;   /* 0: 2000 */
         unsigned statement_timeout_ms; /* server-side statement_timeout; 0: 5000 */
@@ -32,14 +34,27 @@ struct pg_pool_options {
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(PGresult *, PQclear)
 
-/* Create the pool. Does not connect: the server may be down at start-up. */
+/* Create the pool. Does not connect: the server may be down at start-up.
+ * The dsn is parsed by libpq as a conninfo string; password,
+ * application_name override what it says. Returns 0, -EINVAL for a
+ * malformed dsn or options out of range (timeouts above one hour, strings
+ * too long), -EEXIST when metrics already holds vigil_dependency_* families
+ * not made by dependency_metrics_get(), or -ENOMEM. The password is kept
+ * in memory only, wiped on free, and appears in no error text. */
 int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret);
 void pg_pool_free(struct pg_pool *p); /* accepts NULL; waits for nothing */
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct pg_pool *, pg_pool_free)
 
 /* Borrow a connected connection, connecting or reconnecting as needed.
  * Returns 0, -ETIMEDOUT when every connection stays busy, or
- * -ECONNREFUSED when the server cannot be reached. */
+ * -ECONNREFUSED when the server cannot be reached (refused, timed out,
+ * authentication failed: pg_pool_last_error() says which). An idle
+ * connection the server has closed meanwhile is noticed here, without a
+ * round trip, and replaced. */
 int pg_pool_acquire(struct pg_pool *p, struct pg_conn **ret);
+/* The reason of the last failed connect (libpq's message, never the
+ * password), "" when none, copied into buf. */
+void pg_pool_last_error(struct pg_pool *p, char *buf, size_t size);
 /* Give it back. A connection left inside a transaction is rolled back; a
  * broken one is closed and reconnected on next use. Accepts NULL. */
 void pg_pool_release(struct pg_conn *c);
@@ -55,18 +70,28 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(struct pg_conn *, pg_pool_release)
  *   -ETIMEDOUT 57014 query_canceled (statement_timeout)
  *   -ECONNRESET the connection broke (it will be reconnected)
  *   -EIO       anything else
- * pg_conn_sqlstate() and pg_conn_error() describe the last failure. */
+ * pg_conn_sqlstate() and pg_conn_error() describe the last failure (the
+ * error text is the server's primary message, which may quote a value: log
+ * it, never put it in a span). A span "<OPERATION> <database>" records
+ * db.system, db.operation.name, db.namespace, server.address/port and, on
+ * failure, error.type=SQLSTATE; statement parameters are never recorded. */
 int pg_exec(struct pg_conn *c, const char *sql, int n_params, const char *const *params,
             PGresult **ret);
 const char *pg_conn_sqlstate(const struct pg_conn *c);
+/* The errno pg_exec() returns for a SQLSTATE (see above); -EIO for NULL. */
+int pg_sqlstate_to_errno(const char *sqlstate);
 const char *pg_conn_error(const struct pg_conn *c);
 PGconn *pg_conn_raw(struct pg_conn *c);
 
 int pg_begin(struct pg_conn *c);
+/* Also fails, with -EIO and SQLSTATE 25P02, when the transaction had
+ * already failed so that COMMIT only rolled it back. */
 int pg_commit(struct pg_conn *c);
 int pg_rollback(struct pg_conn *c);
 
-/* One round trip on a pooled connection ("SELECT 1"), for /ready. */
+/* One round trip on a pooled connection ("SELECT 1"), for /ready. Sets
+ * vigil_dependency_up{dependency="postgres"} to the outcome. Returns 0 or
+ * the negative errno of pg_pool_acquire()/pg_exec(). */
 int pg_pool_ping(struct pg_pool *p);
 
 struct pg_migration {
@@ -79,6 +104,15 @@ struct pg_migration {
  * in its own transaction, while holding a session advisory lock keyed on the
  * schema name so concurrent starters apply each exactly once. The schema
  * must exist (the package or dev stack creates it, owned by the service's
- * role). Returns 0 or a negative errno. */
+ * role). Versions must be positive and strictly increasing (-EINVAL
+ * otherwise). A failing migration is rolled back, left unrecorded, and
+ * stops the run: the ones before it stay applied. Returns 0 or a negative
+ * errno (as pg_exec()). The migrations run under the pool's
+ * statement_timeout, and so does waiting for another starter's lock. */
 int pg_migrate(struct pg_pool *p, const char *schema, const struct pg_migration *migrations,
                size_t n_migrations);
+/* The same, and on failure a description ("message (SQLSTATE xxxxx)") in
+ * error, for the caller to log. */
+int pg_migrate_with_error(struct pg_pool *p, const char *schema,
+                          const struct pg_migration *migrations, size_t n_migrations, char *error,
+                          size_t error_size);
