@@ -1,2 +1,1301 @@
-/* PLACEHOLDER: to be implemented */
+/* HTTP server on libmicrohttpd. The contracts are in http-server.h.
+ *
+ * Life of a request, all on its connection's thread:
+ *   uri_log_cb        request line read: allocate the request, note the
+ *                     start time, count it in flight;
+ *   access_cb #1      headers complete: match the route, start the span,
+ *                     answer 431/413/404/405 at once when they apply;
+ *   access_cb #2..n   body chunks: append up to max_body;
+ *   access_cb final   body complete: call the handler (span current);
+ *   completed_cb      response sent or connection gone: metrics, access
+ *                     log, end the span, leave the in-flight list, free.
+ * libmicrohttpd calls completed_cb for every request for which uri_log_cb
+ * ran, so nothing leaks when a client disconnects. */
+#include <arpa/inet.h>
+#include <assert.h>
+#include <ctype.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "conf.h"
 #include "http-server.h"
+#include "json-util.h"
+#include "log.h"
+#include "metrics.h"
+#include "trace.h"
+
+#define DEFAULT_MAX_BODY           (64U * 1024U)
+#define DEFAULT_MAX_HEADER         (16U * 1024U)
+#define DEFAULT_MAX_CONNECTIONS    512U
+#define DEFAULT_CONNECTION_TIMEOUT 30U
+/* libmicrohttpd keeps the request line and headers in a per-connection
+ * pool: it must hold more than max_header for us to see, and answer, an
+ * oversized header ourselves. */
+#define MIN_CONNECTION_MEMORY   (128U * 1024U)
+#define CONNECTION_MEMORY_SLACK (64U * 1024U)
+/* Handlers allocate modestly (password hashing uses the heap). */
+#define THREAD_STACK_SIZE (512U * 1024U)
+/* A chunked body past max_body is read and dropped up to this much more
+ * before the connection is closed instead of answered. */
+#define BODY_DISCARD_LIMIT (1024U * 1024U)
+#define MAX_USER_AGENT     256U
+#define MAX_ALLOW          128U
+
+struct segment {
+        const char *text; /* literal, or the parameter name */
+        size_t len;
+        bool param;
+};
+
+struct route {
+        char *method;
+        char *path; /* the template, also the route label */
+        char *buf;  /* path split into segments, NUL-separated */
+        http_handler_fn handler;
+        struct segment segments[HTTP_MAX_SEGMENTS];
+        size_t n_segments;
+};
+
+struct param {
+        const char *name;
+        const char *value;
+};
+
+struct reply_header {
+        char *name;
+        char *value;
+};
+
+struct http_request {
+        struct http_server *server;
+        struct MHD_Connection *connection;
+        /* In-flight list (for drain and the watchdog check). */
+        struct http_request *prev, *next;
+        uint64_t start_usec;
+        uint64_t handler_start_usec; /* 0 while no handler runs */
+
+        bool started;   /* headers processed */
+        bool too_large; /* body exceeded max_body */
+        size_t discarded;
+
+        const char *method;       /* libmicrohttpd's, valid until completion */
+        const char *method_label; /* bounded: metrics and logs */
+        const char *path;
+        const struct route *route; /* NULL: unmatched */
+        struct param params[HTTP_MAX_PARAMS];
+        size_t n_params;
+        char *path_buf; /* params point into it */
+
+        char *body;
+        size_t body_len, body_cap;
+
+        struct span *span;
+        unsigned status; /* 0 until a response is queued */
+        bool reply_tried;
+        struct reply_header headers[HTTP_MAX_REPLY_HEADERS];
+        size_t n_headers;
+};
+
+struct http_server {
+        char *listen;
+        int listen_fd;
+        size_t max_body;
+        size_t max_header;
+        unsigned max_connections;
+        unsigned connection_timeout_s;
+        struct metrics_registry *metrics;
+        struct tracer *tracer;
+        http_ready_fn ready;
+        void *userdata;
+        bool access_log;
+
+        struct route *routes;
+        size_t n_routes;
+
+        struct metric_family *requests_total;
+        struct metric_family *duration;
+        struct metric *in_flight_gauge;
+
+        struct MHD_Daemon *daemon;
+        int quiesced_fd;
+        bool own_socket; /* we bound it; close it after stopping */
+        uint16_t port;
+
+        pthread_mutex_t lock;
+        pthread_cond_t idle; /* in_flight reached 0 */
+        unsigned in_flight;
+        struct http_request *head, *tail;
+        bool draining;
+};
+
+static const char *const known_methods[] = {
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
+};
+
+static const char *method_label(const char *method)
+{
+        for (size_t i = 0; i < ELEMENTSOF(known_methods); i++)
+                if (method && strcmp(method, known_methods[i]) == 0)
+                        return known_methods[i];
+        return "OTHER";
+}
+
+/* ---- routes ---- */
+
+static void route_done(struct route *r)
+{
+        free(r->method);
+        free(r->path);
+        free(r->buf);
+}
+
+/* Split a template into r->segments. Returns 0 or -EINVAL. */
+static int route_compile(struct route *r)
+{
+        size_t n_params = 0;
+        char *p;
+
+        if (r->path[0] != '/')
+                return -EINVAL;
+        r->buf = strdup(r->path + 1);
+        if (!r->buf)
+                return -ENOMEM;
+
+        r->n_segments = 0;
+        if (r->buf[0] == '\0')
+                return 0; /* "/" */
+
+        p = r->buf;
+        for (;;) {
+                char *slash = strchr(p, '/');
+                struct segment *seg;
+                size_t len;
+
+                if (slash)
+                        *slash = '\0';
+                len = strlen(p);
+                if (r->n_segments >= HTTP_MAX_SEGMENTS)
+                        return -EINVAL;
+                seg = &r->segments[r->n_segments++];
+
+                if (len > 0 && p[0] == '{') {
+                        if (len < 3 || p[len - 1] != '}' || memchr(p + 1, '{', len - 2) ||
+                            memchr(p + 1, '}', len - 2))
+                                return -EINVAL;
+                        if (++n_params > HTTP_MAX_PARAMS)
+                                return -EINVAL;
+                        p[len - 1] = '\0';
+                        *seg = (struct segment){.text = p + 1, .len = len - 2, .param = true};
+                } else {
+                        if (memchr(p, '{', len) || memchr(p, '}', len))
+                                return -EINVAL;
+                        *seg = (struct segment){.text = p, .len = len, .param = false};
+                }
+
+                if (!slash)
+                        break;
+                p = slash + 1;
+        }
+        return 0;
+}
+
+/* Does path match the template of r? Fills params (when non-NULL) with
+ * pointers into path_buf, which holds a copy of path with '/' replaced by
+ * NUL. */
+static bool route_match(const struct route *r, const char *path, char *path_buf,
+                        struct param *params, size_t *ret_n_params)
+{
+        const char *p;
+        size_t i = 0, n_params = 0;
+
+        if (path[0] != '/')
+                return false;
+        p = path + 1;
+        if (*p == '\0')
+                return r->n_segments == 0;
+
+        for (;;) {
+                const char *slash = strchr(p, '/');
+                size_t len = slash ? (size_t)(slash - p) : strlen(p);
+                const struct segment *seg;
+
+                if (i >= r->n_segments)
+                        return false;
+                seg = &r->segments[i++];
+                if (seg->param) {
+                        if (len == 0)
+                                return false;
+                        if (params) {
+                                char *v = path_buf + (p - path);
+                                v[len] = '\0';
+                                params[n_params++] = (struct param){seg->text, v};
+                        }
+                } else if (len != seg->len || memcmp(p, seg->text, len) != 0)
+                        return false;
+
+                if (!slash)
+                        break;
+                p = slash + 1;
+        }
+
+        if (i != r->n_segments)
+                return false;
+        if (ret_n_params)
+                *ret_n_params = n_params;
+        return true;
+}
+
+/* ---- responses ---- */
+
+static bool header_name_is_valid(const char *name)
+{
+        if (!name || !*name)
+                return false;
+        for (const char *c = name; *c; c++)
+                if (!isalnum((unsigned char)*c) && !strchr("!#$%&'*+-.^_`|~", *c))
+                        return false;
+        return true;
+}
+
+static bool header_value_is_valid(const char *value)
+{
+        if (!value)
+                return false;
+        for (const unsigned char *c = (const unsigned char *)value; *c; c++)
+                if ((*c < 0x20 && *c != '\t') || *c == 0x7F)
+                        return false;
+        return true;
+}
+
+int http_reply_add_header(struct http_request *req, const char *name, const char *value)
+{
+        struct reply_header *h;
+
+        assert(req);
+
+        if (req->status != 0)
+                return -EALREADY;
+        if (!header_name_is_valid(name) || !header_value_is_valid(value))
+                return -EINVAL;
+        if (strcasecmp(name, "Content-Type") == 0 || strcasecmp(name, "Content-Length") == 0)
+                return -EINVAL;
+        if (req->n_headers >= HTTP_MAX_REPLY_HEADERS)
+                return -E2BIG;
+
+        h = &req->headers[req->n_headers];
+        h->name = strdup(name);
+        h->value = strdup(value);
+        if (!h->name || !h->value) {
+                free(h->name);
+                free(h->value);
+                *h = (struct reply_header){0};
+                return -ENOMEM;
+        }
+        req->n_headers++;
+        return 0;
+}
+
+/* Queue a response whose body (malloc()ed, or NULL) is taken over in any
+ * case. content_type NULL: none. */
+static int reply_take(struct http_request *req, unsigned status, const char *content_type,
+                      char *body, size_t len)
+{
+        struct MHD_Response *response;
+        bool draining;
+        enum MHD_Result q;
+
+        assert(req);
+
+        if (req->status != 0) {
+                free(body);
+                return -EALREADY;
+        }
+        req->reply_tried = true;
+        if (status < 100 || status > 999 ||
+            (content_type && !header_value_is_valid(content_type))) {
+                free(body);
+                return -EINVAL;
+        }
+
+        response = MHD_create_response_from_buffer(len, body ? body : (char *)"",
+                                                   body ? MHD_RESPMEM_MUST_FREE
+                                                        : MHD_RESPMEM_PERSISTENT);
+        if (!response) {
+                free(body);
+                return -ENOMEM;
+        }
+
+        if (content_type && MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                                    content_type) != MHD_YES)
+                goto fail;
+        for (size_t i = 0; i < req->n_headers; i++)
+                if (MHD_add_response_header(response, req->headers[i].name,
+                                            req->headers[i].value) != MHD_YES)
+                        goto fail;
+
+        pthread_mutex_lock(&req->server->lock);
+        draining = req->server->draining;
+        pthread_mutex_unlock(&req->server->lock);
+        if (draining &&
+            MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
+                goto fail;
+
+        q = MHD_queue_response(req->connection, status, response);
+        MHD_destroy_response(response);
+        if (q != MHD_YES)
+                return -EIO;
+        req->status = status;
+        return 0;
+
+fail:
+        MHD_destroy_response(response);
+        return -ENOMEM;
+}
+
+int http_reply(struct http_request *req, unsigned status, const char *content_type,
+               const char *body, size_t len)
+{
+        char *copy;
+
+        assert(req);
+        assert(body || len == 0);
+
+        if (!content_type)
+                return -EINVAL;
+        copy = malloc(len + 1);
+        if (!copy)
+                return -ENOMEM;
+        if (len > 0)
+                memcpy(copy, body, len);
+        copy[len] = '\0';
+        return reply_take(req, status, content_type, copy, len);
+}
+
+int http_reply_json(struct http_request *req, unsigned status, struct json_object *body)
+{
+        char *s;
+        size_t len = 0;
+
+        assert(req);
+
+        s = json_to_string_dup(body, &len);
+        if (!s)
+                return -ENOMEM;
+        return reply_take(req, status, "application/json", s, len);
+}
+
+/* {"error":{"code":code,"message":message}} plus extra members on the top
+ * level object (may be NULL). */
+static int reply_error_object(struct http_request *req, unsigned status, const char *code,
+                              const char *message, struct json_object *top)
+{
+        _cleanup_(json_object_putp) struct json_object *owned = NULL;
+        struct json_object *error;
+
+        if (!top) {
+                owned = json_object_new_object();
+                top = owned;
+        }
+        error = json_object_new_object();
+        if (!top || !error) {
+                json_object_put(error);
+                return -ENOMEM;
+        }
+        json_object_object_add(error, "code", json_object_new_string(code));
+        json_object_object_add(error, "message", json_object_new_string(message));
+        json_object_object_add(top, "error", error);
+        return http_reply_json(req, status, top);
+}
+
+int http_reply_error(struct http_request *req, unsigned status, const char *code,
+                     const char *format, ...)
+{
+        _cleanup_free_ char *message = NULL;
+        va_list ap;
+        int r;
+
+        assert(req);
+        assert(code);
+        assert(format);
+
+        va_start(ap, format);
+        r = vasprintf(&message, format, ap);
+        va_end(ap);
+        if (r < 0) {
+                message = NULL;
+                return -ENOMEM;
+        }
+        return reply_error_object(req, status, code, message, NULL);
+}
+
+int http_reply_empty(struct http_request *req, unsigned status)
+{
+        return reply_take(req, status, NULL, NULL, 0);
+}
+
+/* ---- request accessors ---- */
+
+const char *http_request_method(const struct http_request *req)
+{
+        return req->method;
+}
+
+const char *http_request_path(const struct http_request *req)
+{
+        return req->path;
+}
+
+const char *http_request_route(const struct http_request *req)
+{
+        return req->route ? req->route->path : "unmatched";
+}
+
+const char *http_request_header(const struct http_request *req, const char *name)
+{
+        assert(name);
+        return MHD_lookup_connection_value(req->connection, MHD_HEADER_KIND, name);
+}
+
+const char *http_request_param(const struct http_request *req, const char *name)
+{
+        assert(name);
+        for (size_t i = 0; i < req->n_params; i++)
+                if (strcmp(req->params[i].name, name) == 0)
+                        return req->params[i].value;
+        return NULL;
+}
+
+const char *http_request_body(const struct http_request *req, size_t *ret_len)
+{
+        if (ret_len)
+                *ret_len = req->body_len;
+        return req->body ? req->body : "";
+}
+
+struct span *http_request_span(const struct http_request *req)
+{
+        return req->span;
+}
+
+const char *http_request_bearer(const struct http_request *req)
+{
+        const char *v = http_request_header(req, "Authorization");
+        const char *token;
+
+        if (!v || strncasecmp(v, "Bearer", 6) != 0 || (v[6] != ' ' && v[6] != '\t'))
+                return NULL;
+        token = v + 6;
+        while (*token == ' ' || *token == '\t')
+                token++;
+        if (*token == '\0')
+                return NULL;
+        for (const char *c = token; *c; c++)
+                if (isspace((unsigned char)*c))
+                        return NULL;
+        return token;
+}
+
+/* Is the Content-Type absent or application/json, with any parameters? */
+static bool content_type_is_json(const char *ct)
+{
+        size_t len;
+
+        if (!ct)
+                return true;
+        while (*ct == ' ' || *ct == '\t')
+                ct++;
+        len = strcspn(ct, "; \t");
+        return len == strlen("application/json") && strncasecmp(ct, "application/json", len) == 0;
+}
+
+static const char *json_error_message(const char *code)
+{
+        if (strcmp(code, "invalid_utf8") == 0)
+                return "The request body is not valid UTF-8";
+        if (strcmp(code, "too_deep") == 0)
+                return "The request body is nested too deeply";
+        if (strcmp(code, "not_an_object") == 0)
+                return "The request body must be a JSON object";
+        return "The request body is not valid JSON";
+}
+
+int http_request_json(struct http_request *req, struct json_object **ret)
+{
+        struct json_object *obj = NULL;
+        const char *code = NULL;
+        int r;
+
+        assert(req);
+        assert(ret);
+
+        if (!content_type_is_json(http_request_header(req, "Content-Type"))) {
+                (void)http_reply_error(req, 415, "unsupported_media_type",
+                                       "The request body must be application/json");
+                return -EPROTONOSUPPORT;
+        }
+
+        r = json_parse_object(req->body ? req->body : "", req->body_len, JSON_DEFAULT_MAX_DEPTH,
+                              &obj, &code);
+        if (r == -ENOMEM) {
+                (void)http_reply_error(req, 500, "internal", "Out of memory");
+                return r;
+        }
+        if (r == -EFBIG) {
+                (void)http_reply_error(req, 413, "payload_too_large",
+                                       "The request body is too large");
+                return r;
+        }
+        if (r < 0) {
+                (void)http_reply_error(req, 400, code, "%s", json_error_message(code));
+                return r;
+        }
+
+        *ret = obj;
+        return 0;
+}
+
+/* ---- built-in routes ---- */
+
+static void handle_health(struct http_request *req, void *userdata)
+{
+        static const char body[] = "{\"status\":\"ok\"}";
+
+        (void)userdata;
+        (void)http_reply(req, 200, "application/json", body, sizeof(body) - 1);
+}
+
+static void handle_ready(struct http_request *req, void *userdata)
+{
+        static const char body[] = "{\"status\":\"ready\"}";
+        _cleanup_(json_object_putp) struct json_object *top = NULL;
+        _cleanup_free_ char *message = NULL;
+        struct http_server *s = req->server;
+        const char *failing = NULL;
+        int r;
+
+        (void)userdata;
+
+        r = s->ready ? s->ready(s->userdata, &failing) : 0;
+        if (r >= 0) {
+                (void)http_reply(req, 200, "application/json", body, sizeof(body) - 1);
+                return;
+        }
+
+        if (!failing)
+                failing = "unknown";
+        top = json_object_new_object();
+        if (!top || asprintf(&message, "%s is not answering", failing) < 0) {
+                message = NULL;
+                (void)http_reply_error(req, 503, "dependency_unavailable",
+                                       "A dependency is not answering");
+                return;
+        }
+        json_object_object_add(top, "status", json_object_new_string("unavailable"));
+        json_object_object_add(top, "failing", json_object_new_string(failing));
+        (void)reply_error_object(req, 503, "dependency_unavailable", message, top);
+}
+
+static void handle_metrics(struct http_request *req, void *userdata)
+{
+        enum metrics_format fmt = metrics_format_from_accept(http_request_header(req, "Accept"));
+        char *text = NULL;
+        size_t len = 0;
+        int r;
+
+        (void)userdata;
+
+        r = metrics_render(req->server->metrics, fmt, &text, &len);
+        if (r < 0) {
+                (void)http_reply_error(req, 500, "internal", "Could not render metrics");
+                return;
+        }
+        (void)reply_take(req, 200, metrics_content_type(fmt), text, len);
+}
+
+static const struct http_route builtin_routes[] = {
+        {"GET", "/health", handle_health},
+        {"GET", "/ready", handle_ready},
+        {"GET", "/metrics", handle_metrics},
+};
+
+/* ---- request life cycle ---- */
+
+static void in_flight_remove(struct http_server *s, struct http_request *req)
+{
+        if (req->prev)
+                req->prev->next = req->next;
+        else
+                s->head = req->next;
+        if (req->next)
+                req->next->prev = req->prev;
+        else
+                s->tail = req->prev;
+        req->prev = req->next = NULL;
+}
+
+static void *uri_log_cb(void *cls, const char *uri, struct MHD_Connection *connection)
+{
+        struct http_server *s = cls;
+        struct http_request *req;
+
+        (void)uri; /* raw, with the query: the access callback's url is used */
+
+        req = calloc(1, sizeof(*req));
+        if (!req)
+                return NULL; /* access_cb refuses the request */
+        req->server = s;
+        req->connection = connection;
+        req->method_label = "OTHER";
+
+        pthread_mutex_lock(&s->lock);
+        req->start_usec = now_usec(CLOCK_MONOTONIC);
+        req->prev = s->tail;
+        if (s->tail)
+                s->tail->next = req;
+        else
+                s->head = req;
+        s->tail = req;
+        s->in_flight++;
+        pthread_mutex_unlock(&s->lock);
+        metrics_gauge_add(s->in_flight_gauge, 1);
+
+        return req;
+}
+
+static void request_free(struct http_request *req)
+{
+        for (size_t i = 0; i < req->n_headers; i++) {
+                free(req->headers[i].name);
+                free(req->headers[i].value);
+        }
+        free(req->path_buf);
+        free(req->body);
+        free(req);
+}
+
+static void completed_cb(void *cls, struct MHD_Connection *connection, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+        struct http_server *s = cls;
+        struct http_request *req = *con_cls;
+        const char *route = NULL;
+        char code[16], duration_ms[32];
+        unsigned status;
+        double seconds;
+
+        (void)toe;
+        if (!req)
+                return;
+        *con_cls = NULL;
+
+        status = req->status;
+        if (status == 0) {
+                /* libmicrohttpd may have answered by itself (e.g. 431 for
+                 * headers beyond its memory); otherwise nobody answered. */
+                const union MHD_ConnectionInfo *info =
+                        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_HTTP_STATUS);
+                status = info && info->http_status >= 100 ? info->http_status : 499;
+        }
+        seconds = (double)(now_usec(CLOCK_MONOTONIC) - req->start_usec) / (double)USEC_PER_SEC;
+        route = http_request_route(req);
+        (void)snprintf(code, sizeof(code), "%u", status);
+        (void)snprintf(duration_ms, sizeof(duration_ms), "%.3f", seconds * 1000.0);
+
+        metrics_counter_inc(metrics_child3(s->requests_total, route, req->method_label, code));
+        metrics_histogram_observe(metrics_child2(s->duration, route, req->method_label), seconds,
+                                  req->span ? span_context(req->span) : NULL);
+
+        if (req->span) {
+                span_set_attribute_int(req->span, "http.response.status_code", status);
+                if (status >= 500)
+                        span_set_status(req->span, SPAN_STATUS_ERROR, NULL);
+        }
+
+        if (s->access_log || status >= 500) {
+                const struct log_field fields[] = {
+                        {"HTTP_METHOD", req->method_label},
+                        {"HTTP_ROUTE", route},
+                        {"HTTP_STATUS", code},
+                        {"DURATION_MS", duration_ms},
+                };
+                struct span *prev = trace_set_current(req->span);
+
+                (void)log_fields(status >= 500 ? LOG_ERR : LOG_INFO, 0, fields, ELEMENTSOF(fields),
+                                 "%s %s %u %.1fms", req->method_label, route, status,
+                                 seconds * 1000.0);
+                (void)trace_set_current(prev);
+        }
+
+        span_end(req->span);
+        req->span = NULL;
+
+        pthread_mutex_lock(&s->lock);
+        in_flight_remove(s, req);
+        s->in_flight--;
+        if (s->in_flight == 0)
+                pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->lock);
+        metrics_gauge_add(s->in_flight_gauge, -1);
+
+        request_free(req);
+}
+
+/* Match the route and fill req->route/params; when only other methods
+ * match, write them to allow (comma-separated) and return false. */
+static bool request_route(struct http_request *req, char allow[static MAX_ALLOW])
+{
+        struct http_server *s = req->server;
+        const struct route *path_match = NULL;
+
+        allow[0] = '\0';
+        for (size_t i = 0; i < s->n_routes; i++) {
+                const struct route *r = &s->routes[i];
+
+                if (!route_match(r, req->path, NULL, NULL, NULL))
+                        continue;
+                if (strcmp(r->method, req->method) == 0) {
+                        req->route = r;
+                        if (r->n_segments > 0) {
+                                req->path_buf = strdup(req->path);
+                                if (!req->path_buf)
+                                        return true; /* handled as OOM by the caller */
+                                (void)route_match(r, req->path, req->path_buf, req->params,
+                                                  &req->n_params);
+                        }
+                        return true;
+                }
+                if (!path_match)
+                        path_match = r;
+                if (!strstr(allow, r->method) &&
+                    strlen(allow) + strlen(r->method) + 3 < MAX_ALLOW) {
+                        if (allow[0])
+                                strcat(allow, ", ");
+                        strcat(allow, r->method);
+                }
+        }
+        /* The route label of a 405 is the template: bounded, and useful. */
+        req->route = path_match;
+        return false;
+}
+
+static void request_start_span(struct http_request *req)
+{
+        struct http_server *s = req->server;
+        struct trace_context parent;
+        bool has_parent;
+        char name[TRACE_MAX_NAME_LEN];
+        const char *ua;
+
+        has_parent = trace_parse_traceparent(http_request_header(req, "traceparent"), &parent) == 0;
+        if (req->route)
+                (void)snprintf(name, sizeof(name), "%s %s", req->method_label, req->route->path);
+        else
+                (void)snprintf(name, sizeof(name), "%s", req->method_label);
+
+        /* The connection thread has no current span, so without a valid
+         * traceparent this starts a new trace. */
+        req->span = span_start(s->tracer, name, SPAN_KIND_SERVER, has_parent ? &parent : NULL);
+        if (!span_is_recording(req->span))
+                return;
+
+        span_set_attribute_string(req->span, "http.request.method", req->method_label);
+        if (req->route)
+                span_set_attribute_string(req->span, "http.route", req->route->path);
+        span_set_attribute_string(req->span, "url.path", req->path);
+        span_set_attribute_int(req->span, "server.port", s->port);
+        ua = http_request_header(req, "User-Agent");
+        if (ua) {
+                char buf[MAX_USER_AGENT + 1];
+                (void)snprintf(buf, sizeof(buf), "%s", ua);
+                span_set_attribute_string(req->span, "user_agent.original", buf);
+        }
+}
+
+/* The first call: headers are complete. Answers at once what can be
+ * answered from the headers. */
+static void request_begin(struct http_request *req, const char *url, const char *method)
+{
+        struct http_server *s = req->server;
+        const union MHD_ConnectionInfo *info;
+        const char *cl;
+        char allow[MAX_ALLOW];
+        bool matched;
+
+        req->started = true;
+        req->method = method;
+        req->method_label = method_label(method);
+        req->path = url;
+
+        matched = request_route(req, allow);
+        request_start_span(req);
+
+        info = MHD_get_connection_info(req->connection, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+        if (info && info->header_size > s->max_header) {
+                (void)http_reply_error(req, 431, "headers_too_large",
+                                       "The request headers exceed %zu bytes", s->max_header);
+                return;
+        }
+
+        cl = http_request_header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl) {
+                char *end = NULL;
+                unsigned long long n;
+
+                errno = 0;
+                n = strtoull(cl, &end, 10);
+                if (errno != 0 || end == cl || n > s->max_body) {
+                        (void)http_reply_error(req, 413, "payload_too_large",
+                                               "The request body exceeds %zu bytes", s->max_body);
+                        return;
+                }
+        }
+
+        if (!matched && !req->route) {
+                (void)http_reply_error(req, 404, "not_found", "No such resource");
+                return;
+        }
+        if (!matched) {
+                if (http_reply_add_header(req, "Allow", allow) < 0) {
+                        (void)http_reply_error(req, 500, "internal", "Out of memory");
+                        return;
+                }
+                (void)http_reply_error(req, 405, "method_not_allowed",
+                                       "Method %s is not allowed here", req->method_label);
+                return;
+        }
+        if (req->route->n_segments > 0 && !req->path_buf)
+                (void)http_reply_error(req, 500, "internal", "Out of memory");
+}
+
+/* Append a body chunk. Returns false when the connection must be closed. */
+static bool request_append(struct http_request *req, const char *data, size_t size)
+{
+        struct http_server *s = req->server;
+
+        if (req->too_large || req->body_len + size > s->max_body) {
+                req->too_large = true;
+                req->discarded += size;
+                return req->discarded <= BODY_DISCARD_LIMIT;
+        }
+
+        if (req->body_len + size + 1 > req->body_cap) {
+                size_t cap = req->body_cap ? req->body_cap : 1024;
+                char *p;
+
+                while (cap < req->body_len + size + 1)
+                        cap *= 2;
+                if (cap > s->max_body + 1)
+                        cap = s->max_body + 1;
+                p = realloc(req->body, cap);
+                if (!p)
+                        return false;
+                req->body = p;
+                req->body_cap = cap;
+        }
+        memcpy(req->body + req->body_len, data, size);
+        req->body_len += size;
+        req->body[req->body_len] = '\0';
+        return true;
+}
+
+static void request_dispatch(struct http_request *req)
+{
+        struct http_server *s = req->server;
+        struct span *prev;
+
+        if (req->too_large) {
+                (void)http_reply_error(req, 413, "payload_too_large",
+                                       "The request body exceeds %zu bytes", s->max_body);
+                return;
+        }
+
+        prev = trace_set_current(req->span);
+
+        pthread_mutex_lock(&s->lock);
+        req->handler_start_usec = now_usec(CLOCK_MONOTONIC);
+        pthread_mutex_unlock(&s->lock);
+
+        req->route->handler(req, s->userdata);
+
+        pthread_mutex_lock(&s->lock);
+        req->handler_start_usec = 0;
+        pthread_mutex_unlock(&s->lock);
+
+        /* A handler may have changed the current span; ours is current
+         * again for the log line. */
+        (void)trace_set_current(req->span);
+        if (!req->reply_tried) {
+                log_error("Handler for %s %s sent no response", req->method_label,
+                          req->route->path);
+                (void)http_reply_error(req, 500, "internal", "Internal server error");
+        } else if (req->status == 0)
+                /* Its reply failed (out of memory, or the connection is
+                 * being closed by a stop): try the short answer. */
+                (void)http_reply_error(req, 500, "internal", "Internal server error");
+        (void)trace_set_current(prev);
+}
+
+static enum MHD_Result access_cb(void *cls, struct MHD_Connection *connection, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
+{
+        struct http_request *req = *con_cls;
+
+        (void)cls;
+        (void)connection;
+        (void)version;
+
+        if (!req)
+                return MHD_NO; /* out of memory in uri_log_cb */
+
+        if (!req->started) {
+                request_begin(req, url, method);
+                return MHD_YES;
+        }
+
+        if (*upload_data_size > 0) {
+                size_t size = *upload_data_size;
+
+                *upload_data_size = 0;
+                if (req->status != 0)
+                        return MHD_YES; /* answered already; drop */
+                return request_append(req, upload_data, size) ? MHD_YES : MHD_NO;
+        }
+
+        if (req->status == 0)
+                request_dispatch(req);
+        /* A response must be queued now, or libmicrohttpd calls again. */
+        return req->status != 0 ? MHD_YES : MHD_NO;
+}
+
+_printf_(2, 0) static void mhd_logger(void *cls, const char *format, va_list ap)
+{
+        char buf[512];
+        size_t n;
+
+        (void)cls;
+        (void)vsnprintf(buf, sizeof(buf), format, ap);
+        n = strlen(buf);
+        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+                buf[--n] = '\0';
+        log_debug("libmicrohttpd: %s", buf);
+}
+
+/* ---- server ---- */
+
+int http_server_new(const struct http_server_options *opts, const struct http_route *routes,
+                    size_t n_routes, struct http_server **ret)
+{
+        static const char *const requests_labels[] = {"route", "method", "code", NULL};
+        static const char *const duration_labels[] = {"route", "method", NULL};
+        struct http_server *s;
+        pthread_condattr_t attr;
+        size_t total;
+        int r;
+
+        assert(opts);
+        assert(routes || n_routes == 0);
+        assert(ret);
+
+        if (!opts->metrics)
+                return -EINVAL;
+        if (n_routes > SIZE_MAX / 2)
+                return -EINVAL;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->listen_fd = opts->listen_fd >= 3 ? opts->listen_fd : -1;
+        s->quiesced_fd = -1;
+        s->max_body = opts->max_body ? opts->max_body : DEFAULT_MAX_BODY;
+        s->max_header = opts->max_header ? opts->max_header : DEFAULT_MAX_HEADER;
+        s->max_connections =
+                opts->max_connections ? opts->max_connections : DEFAULT_MAX_CONNECTIONS;
+        s->connection_timeout_s = opts->connection_timeout_s ? opts->connection_timeout_s
+                                                             : DEFAULT_CONNECTION_TIMEOUT;
+        s->metrics = opts->metrics;
+        s->tracer = opts->tracer;
+        s->ready = opts->ready;
+        s->userdata = opts->userdata;
+        s->access_log = opts->access_log;
+
+        pthread_mutex_init(&s->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&s->idle, &attr);
+        pthread_condattr_destroy(&attr);
+
+        if (opts->listen) {
+                s->listen = strdup(opts->listen);
+                if (!s->listen) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+        }
+
+        total = n_routes + ELEMENTSOF(builtin_routes);
+        s->routes = calloc(total, sizeof(*s->routes));
+        if (!s->routes) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (size_t i = 0; i < total; i++) {
+                const struct http_route *src =
+                        i < n_routes ? &routes[i] : &builtin_routes[i - n_routes];
+                struct route *dst = &s->routes[i];
+
+                if (!src->method || !src->path || !src->handler || !*src->method) {
+                        r = -EINVAL;
+                        goto fail;
+                }
+                s->n_routes++;
+                dst->handler = src->handler;
+                dst->method = strdup(src->method);
+                dst->path = strdup(src->path);
+                if (!dst->method || !dst->path) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                r = route_compile(dst);
+                if (r < 0)
+                        goto fail;
+        }
+
+        s->requests_total = metrics_counter_new(s->metrics, "vigil_http_requests_total",
+                                                "HTTP requests served, by route template, "
+                                                "method and status code.",
+                                                requests_labels);
+        s->duration = metrics_histogram_new(
+                s->metrics, "vigil_http_request_duration_seconds",
+                "Time from the request line to the end of the response, by route template "
+                "and method.",
+                duration_labels, metrics_latency_buckets, metrics_latency_buckets_count);
+        {
+                struct metric_family *g = metrics_gauge_new(
+                        s->metrics, "vigil_http_requests_in_flight",
+                        "HTTP requests being received, handled or answered.", NULL);
+                s->in_flight_gauge = g ? metrics_child(g, NULL) : NULL;
+        }
+        if (!s->requests_total || !s->duration || !s->in_flight_gauge) {
+                r = -EEXIST;
+                goto fail;
+        }
+
+        *ret = s;
+        return 0;
+
+fail:
+        http_server_free(s);
+        return r;
+}
+
+/* Bind and listen on listen_address. Returns the socket or a negative
+ * errno. ":port" (no host) prefers the IPv6 wildcard with IPV6_V6ONLY off,
+ * so that it listens on IPv4 too, and falls back to 0.0.0.0 where IPv6 is
+ * unavailable. */
+static int bind_listen(const char *listen_address)
+{
+        struct addrinfo hints = {
+                .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+                .ai_family = AF_UNSPEC,
+                .ai_socktype = SOCK_STREAM,
+        };
+        struct addrinfo *res = NULL;
+        char host[256], port_text[8];
+        uint16_t port;
+        int r, fd = -1, err = -EADDRNOTAVAIL;
+
+        if (!listen_address)
+                return -EINVAL;
+        r = conf_parse_listen(listen_address, host, sizeof(host), &port);
+        if (r < 0)
+                return r;
+        (void)snprintf(port_text, sizeof(port_text), "%u", port);
+
+        r = getaddrinfo(host[0] ? host : NULL, port_text, &hints, &res);
+        if (r != 0)
+                return r == EAI_SYSTEM ? negative_errno() : -EADDRNOTAVAIL;
+
+        /* Pass 0: the IPv6 wildcard for ":port"; pass 1: everything else, in
+         * the resolver's order. */
+        for (int pass = host[0] ? 1 : 0; pass < 2 && fd < 0; pass++)
+                for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+                        bool wildcard6 = !host[0] && ai->ai_family == AF_INET6;
+                        int one = 1, zero = 0;
+
+                        if (pass == 0 && !wildcard6)
+                                continue;
+                        if (pass == 1 && wildcard6)
+                                continue;
+                        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+                        if (fd < 0) {
+                                err = negative_errno();
+                                continue;
+                        }
+                        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+                        if (wildcard6)
+                                (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero,
+                                                 sizeof(zero));
+                        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+                            listen(fd, SOMAXCONN) == 0)
+                                break;
+                        err = negative_errno();
+                        close(fd);
+                        fd = -1;
+                }
+        freeaddrinfo(res);
+        return fd >= 0 ? fd : err;
+}
+
+int http_server_start(struct http_server *s)
+{
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof(sa);
+        unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                         MHD_USE_ITC | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
+        size_t memory;
+        int fd;
+
+        assert(s);
+
+        if (s->daemon)
+                return -EALREADY;
+        pthread_mutex_lock(&s->lock);
+        s->draining = false;
+        pthread_mutex_unlock(&s->lock);
+
+        if (s->listen_fd >= 0)
+                fd = s->listen_fd;
+        else {
+                fd = bind_listen(s->listen);
+                if (fd < 0)
+                        return fd;
+        }
+
+        if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0) {
+                if (sa.ss_family == AF_INET)
+                        s->port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+                else if (sa.ss_family == AF_INET6) {
+                        s->port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
+                        flags |= MHD_USE_IPv6;
+                }
+        }
+
+        memory = s->max_header + CONNECTION_MEMORY_SLACK;
+        if (memory < MIN_CONNECTION_MEMORY)
+                memory = MIN_CONNECTION_MEMORY;
+
+        s->daemon = MHD_start_daemon(
+                flags, 0, NULL, NULL, access_cb, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+                MHD_OPTION_CONNECTION_LIMIT, s->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                s->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
+                MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
+                MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s, MHD_OPTION_URI_LOG_CALLBACK,
+                uri_log_cb, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
+                MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_END);
+        if (!s->daemon) {
+                if (s->listen_fd < 0)
+                        close(fd);
+                s->port = 0;
+                return -EIO;
+        }
+        s->own_socket = s->listen_fd < 0;
+        return 0;
+}
+
+uint16_t http_server_port(const struct http_server *s)
+{
+        return s->daemon ? s->port : 0;
+}
+
+bool http_server_is_healthy(struct http_server *s, uint64_t max_request_usec)
+{
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
+        bool healthy = true;
+
+        assert(s);
+
+        pthread_mutex_lock(&s->lock);
+        for (struct http_request *req = s->head; req; req = req->next)
+                if (req->handler_start_usec != 0 &&
+                    now - req->handler_start_usec > max_request_usec) {
+                        healthy = false;
+                        break;
+                }
+        pthread_mutex_unlock(&s->lock);
+        return healthy;
+}
+
+/* Stop the daemon, leaving a socket-activated listener open. */
+static void stop_daemon(struct http_server *s)
+{
+        if (!s->daemon)
+                return;
+
+        if (s->quiesced_fd < 0) {
+                MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+                s->quiesced_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
+        }
+        /* Joins every connection thread: waits for running handlers. */
+        MHD_stop_daemon(s->daemon);
+        s->daemon = NULL;
+
+        /* Only after the stop: a connection thread may still use it. */
+        if (s->quiesced_fd >= 0 && s->own_socket)
+                close(s->quiesced_fd);
+        s->quiesced_fd = -1;
+}
+
+void http_server_drain(struct http_server *s, unsigned timeout_ms)
+{
+        struct timespec deadline;
+        uint64_t until;
+
+        assert(s);
+
+        if (!s->daemon)
+                return;
+
+        pthread_mutex_lock(&s->lock);
+        s->draining = true;
+        pthread_mutex_unlock(&s->lock);
+
+        if (s->quiesced_fd < 0) {
+                MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+                s->quiesced_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
+        }
+
+        until = now_usec(CLOCK_MONOTONIC) + (uint64_t)timeout_ms * USEC_PER_MSEC;
+        deadline.tv_sec = (time_t)(until / USEC_PER_SEC);
+        deadline.tv_nsec = (long)(until % USEC_PER_SEC) * 1000L;
+
+        pthread_mutex_lock(&s->lock);
+        while (s->in_flight > 0)
+                if (pthread_cond_timedwait(&s->idle, &s->lock, &deadline) == ETIMEDOUT)
+                        break;
+        pthread_mutex_unlock(&s->lock);
+
+        stop_daemon(s);
+}
+
+void http_server_free(struct http_server *s)
+{
+        if (!s)
+                return;
+
+        stop_daemon(s);
+        for (size_t i = 0; i < s->n_routes; i++)
+                route_done(&s->routes[i]);
+        free(s->routes);
+        free(s->listen);
+        pthread_cond_destroy(&s->idle);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+}
