@@ -23,7 +23,6 @@
 #define DEFAULT_MAX_RESPONSE       (1024U * 1024U)
 #define DEFAULT_MAX_IDLE_HANDLES   64U
 #define MAX_METHOD                 16U
-#define MAX_REGISTRIES             1024U
 
 struct http_client {
         char *peer;
@@ -44,7 +43,7 @@ struct http_client {
         size_t n_idle;
 };
 
-/* ---- process-wide state: see the header ---- */
+/* ---- curl_global_init(), once per process: see the header ---- */
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_result = CURLE_FAILED_INIT;
@@ -54,55 +53,21 @@ static void curl_init_once(void)
         curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-struct family_entry {
-        struct metrics_registry *registry;
-        struct metric_family *family;
-};
-
-static pthread_mutex_t families_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct family_entry families[MAX_REGISTRIES];
-static size_t families_used;
-
-/* The vigil_http_client_requests_total family of r: created on first use,
- * found in the table afterwards. A registry at the address of a freed one
- * is recognised because creating the family in it succeeds. */
-static int requests_family_get(struct metrics_registry *r, struct metric_family **ret)
+/* The vigil_http_client_requests_total family of r, shared by every client
+ * of r: found when another client created it, else created (and found after
+ * all when a concurrent creation won). */
+static struct metric_family *requests_family(struct metrics_registry *r)
 {
         static const char *const labels[] = {"peer", "code", NULL};
-        struct family_entry *e = NULL;
-        struct metric_family *f;
+        static const char name[] = "vigil_http_client_requests_total";
+        struct metric_family *f = metrics_family_find(r, name);
 
-        pthread_mutex_lock(&families_lock);
-        for (size_t i = 0; i < families_used; i++)
-                if (families[i].registry == r) {
-                        e = &families[i];
-                        break;
-                }
-
-        f = metrics_counter_new(r, "vigil_http_client_requests_total",
-                                "Outgoing HTTP requests, by peer and status code (\"error\": no "
-                                "answer).",
-                                labels);
-        if (f) {
-                if (!e) {
-                        if (families_used >= MAX_REGISTRIES) {
-                                pthread_mutex_unlock(&families_lock);
-                                return -ENOSPC;
-                        }
-                        e = &families[families_used++];
-                        e->registry = r;
-                }
-                e->family = f;
-        } else if (e)
-                f = e->family;
-        else {
-                pthread_mutex_unlock(&families_lock);
-                return -EEXIST;
-        }
-        pthread_mutex_unlock(&families_lock);
-
-        *ret = f;
-        return 0;
+        if (!f)
+                f = metrics_counter_new(r, name,
+                                        "Outgoing HTTP requests, by peer and status code "
+                                        "(\"error\": no answer).",
+                                        labels);
+        return f ? f : metrics_family_find(r, name);
 }
 
 /* ---- handles ---- */
@@ -221,9 +186,11 @@ int http_client_new(const struct http_client_options *opts, struct http_client *
                 goto fail;
 
         if (opts->metrics) {
-                r = requests_family_get(opts->metrics, &c->requests_total);
-                if (r < 0)
+                c->requests_total = requests_family(opts->metrics);
+                if (!c->requests_total) {
+                        r = -ENOMEM;
                         goto fail;
+                }
                 r = dependency_metrics_get(opts->metrics, &c->dependency);
                 if (r < 0)
                         goto fail;

@@ -12,9 +12,7 @@
  * other ways, as libcurl asks.
  *
  * vigil_http_client_requests_total is shared by every client of a
- * registry; like the dependency families it is found again through a small
- * process-wide table keyed by the registry (the module's only global
- * state besides the curl_global_init() once-flag). */
+ * registry: the first client creates it, the others find it. */
 #pragma once
 
 #include <stddef.h>
