@@ -23,6 +23,7 @@ struct metrics_registry;
 struct tracer;
 struct pg_pool;
 struct redis_pool;
+struct amqp_client;
 
 /* The keys every daemon has; it must be the first member (named common) of
  * each daemon's config struct. */
@@ -76,7 +77,21 @@ struct daemon_redis_config {
                     "host:port or unix:/path of the Redis server"),                              \
         CONF_STRING("redis", "password_file", "", 4096, type, field.password_file,                \
                     "Password file when the redis-password credential is absent"),               \
-        CONF_INT("redis", "pool_size", "8", 1, 256, type, field.pool_size, "Connections in the pool")
+        CONF_INT("redis", "pool_size", "32", 1, 256, type, field.pool_size,                      \
+                 "Connections in the pool (a request holds one per command)")
+
+struct daemon_amqp_config {
+        char *url;
+        char *password_file;
+};
+
+/* The password is not in the default URL: it comes from the amqp-password
+ * credential (or password_file), which overrides one in the URL. */
+#define DAEMON_CONF_AMQP_KEYS(type, field)                                                        \
+        CONF_STRING("amqp", "url", "amqp://vigil@127.0.0.1:5672/vigil", 1024, type, field.url,    \
+                    "amqp://user@host:port/vhost of the RabbitMQ broker"),                       \
+        CONF_STRING("amqp", "password_file", "", 4096, type, field.password_file,                 \
+                    "Password file when the amqp-password credential is absent")
 
 struct daemon_ops {
         const char *name;           /* "vigil-authd": identifier, service.name */
@@ -122,3 +137,9 @@ int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *appli
                        struct pg_pool **ret);
 int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_registry *metrics,
                           struct tracer *tracer, struct redis_pool **ret);
+/* An AMQP client from its config section; the amqp-password credential (or
+ * password_file) is read here and overrides a password in the URL. Does not
+ * connect. -ENOKEY when there is no password anywhere. */
+int daemon_amqp_client_new(const struct daemon_amqp_config *c, const char *connection_name,
+                           struct metrics_registry *metrics, struct tracer *tracer,
+                           struct amqp_client **ret);

@@ -1,0 +1,204 @@
+#include "inventoryd-routes.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "inventoryd-cache.h"
+#include "inventoryd-manager.h"
+#include "inventoryd-products.h"
+#include "json-util.h"
+#include "log.h"
+#include "metrics.h"
+
+/* Answer for an error from the pool that has no more specific meaning in
+ * the handler: the database being unreachable or slow is 503, anything
+ * else a logged 500. */
+static void reply_failure(struct http_request *req, int r)
+{
+        switch (r) {
+        case -ECONNREFUSED:
+        case -ECONNRESET:
+        case -ETIMEDOUT:
+        case -EHOSTDOWN:
+        case -EHOSTUNREACH:
+        case -ENOTCONN:
+        case -EPIPE:
+                http_reply_add_header(req, "Retry-After", "1");
+                http_reply_error(req, 503, "dependency_unavailable", "postgres is not answering");
+                return;
+        default:
+                log_error_errno(r, "Request failed on postgres: %m");
+                http_reply_error(req, 500, "internal", "Internal error");
+        }
+}
+
+/* The {id} of the route; replies 400 itself when it is not a product id. */
+static int request_product_id(struct http_request *req, int64_t *ret_id)
+{
+        const char *text = http_request_param(req, "id");
+        int r;
+
+        r = inventory_parse_product_id(text ? text : "", ret_id);
+        if (r < 0)
+                http_reply_error(req, 400, "invalid_field",
+                                 "Product id must be a decimal integer from 1 to %" PRId64,
+                                 INT64_MAX);
+        return r;
+}
+
+static int build_products(void *userdata, char **ret_value, size_t *ret_len)
+{
+        struct inventoryd_manager *m = userdata;
+
+        return inventory_list_products_json(m->pg, ret_value, ret_len);
+}
+
+struct product_build {
+        struct inventoryd_manager *manager;
+        int64_t id;
+};
+
+static int build_product(void *userdata, char **ret_value, size_t *ret_len)
+{
+        struct product_build *b = userdata;
+
+        return inventory_get_product_json(b->manager->pg, b->id, ret_value, ret_len);
+}
+
+static void handle_products(struct http_request *req, void *userdata)
+{
+        struct inventoryd_manager *m = userdata;
+        _cleanup_free_ char *products = NULL, *body = NULL;
+        size_t len;
+        bool hit;
+        int r, n;
+
+        r = cache_get(m->cache, INVENTORY_CACHE_PRODUCTS, build_products, m, &products, &len, &hit);
+        if (r < 0) {
+                reply_failure(req, r);
+                return;
+        }
+        metrics_counter_inc(hit ? m->cache_products_hit : m->cache_products_miss);
+
+        /* The cached text is spliced in as is: no parse per request. */
+        n = asprintf(&body, "{\"products\":%s,\"source\":\"%s\"}", products,
+                     hit ? "cache" : "database");
+        if (n < 0) {
+                body = NULL;
+                http_reply_error(req, 500, "internal", "Out of memory");
+                return;
+        }
+        http_reply_add_header(req, "X-Cache", hit ? "hit" : "miss");
+        http_reply(req, 200, "application/json", body, (size_t)n);
+}
+
+static void handle_product(struct http_request *req, void *userdata)
+{
+        struct inventoryd_manager *m = userdata;
+        _cleanup_free_ char *product = NULL;
+        char name[INVENTORY_CACHE_PRODUCT_NAME_MAX];
+        struct product_build b = {.manager = m};
+        size_t len;
+        bool hit;
+        int r;
+
+        if (request_product_id(req, &b.id) < 0)
+                return;
+
+        inventory_product_cache_name(b.id, name);
+        r = cache_get(m->cache, name, build_product, &b, &product, &len, &hit);
+        if (r == -ENOENT) {
+                metrics_counter_inc(m->cache_product_miss);
+                http_reply_error(req, 404, "not_found", "No product with id %" PRId64, b.id);
+                return;
+        }
+        if (r < 0) {
+                reply_failure(req, r);
+                return;
+        }
+        metrics_counter_inc(hit ? m->cache_product_hit : m->cache_product_miss);
+        http_reply_add_header(req, "X-Cache", hit ? "hit" : "miss");
+        http_reply(req, 200, "application/json", product, len);
+}
+
+/* Decode {"quantity": n}; replies 400 itself on failure. */
+static int request_quantity(struct http_request *req, int64_t *ret_quantity)
+{
+        _cleanup_(json_object_putp) struct json_object *body = NULL;
+        int r;
+
+        r = http_request_json(req, &body);
+        if (r < 0)
+                return r;
+
+        r = json_get_int64(body, "quantity", INVENTORY_QUANTITY_MIN, INVENTORY_QUANTITY_MAX,
+                           ret_quantity);
+        if (r == -ENOENT)
+                http_reply_error(req, 400, "missing_field", "Field \"quantity\" is required");
+        else if (r < 0)
+                http_reply_error(req, 400, "invalid_field",
+                                 "Field \"quantity\" must be an integer from %d to %d",
+                                 INVENTORY_QUANTITY_MIN, INVENTORY_QUANTITY_MAX);
+        return r;
+}
+
+static void handle_reserve(struct http_request *req, void *userdata)
+{
+        struct inventoryd_manager *m = userdata;
+        _cleanup_(json_object_putp) struct json_object *answer = NULL;
+        char name[INVENTORY_CACHE_PRODUCT_NAME_MAX], id_text[24];
+        int64_t id, quantity, remaining;
+        int r;
+
+        if (request_product_id(req, &id) < 0)
+                return;
+        if (request_quantity(req, &quantity) < 0)
+                return;
+
+        r = inventory_reserve(m->pg, id, quantity, &remaining);
+        if (r == -ENOENT) {
+                metrics_counter_inc(m->reservations_not_found);
+                http_reply_error(req, 404, "not_found", "No product with id %" PRId64, id);
+                return;
+        }
+        if (r == -ENOSPC) {
+                metrics_counter_inc(m->reservations_insufficient);
+                http_reply_error(req, 409, "insufficient_stock",
+                                 "Not enough stock for %" PRId64 " units of product %" PRId64,
+                                 quantity, id);
+                return;
+        }
+        if (r < 0) {
+                reply_failure(req, r);
+                return;
+        }
+
+        metrics_counter_inc(m->reservations_reserved);
+        snprintf(id_text, sizeof(id_text), "%" PRId64, id);
+        /* product_id values are ids of existing rows: bounded by the
+         * catalog, and by the registry's child limit beyond that. */
+        metrics_counter_add(metrics_child1(m->sales, id_text), (double)quantity);
+
+        /* Committed: the next read must see it. A failure leaves a purge
+         * pending (done once Redis answers), so it is not the client's
+         * problem. */
+        inventory_product_cache_name(id, name);
+        r = cache_invalidate(m->cache, (const char *const[]){name, INVENTORY_CACHE_PRODUCTS}, 2);
+        if (r < 0)
+                log_full_errno(LOG_DEBUG, r,
+                               "Cache invalidation for product %" PRId64 " deferred: %m", id);
+
+        answer = json_object_new_object();
+        json_object_object_add(answer, "reserved", json_object_new_int64(quantity));
+        json_object_object_add(answer, "product_id", json_object_new_int64(id));
+        json_object_object_add(answer, "remaining", json_object_new_int64(remaining));
+        http_reply_json(req, 200, answer);
+}
+
+const struct http_route inventoryd_routes[] = {
+        {"GET", "/products", handle_products},
+        {"GET", "/product/{id}", handle_product},
+        {"POST", "/product/{id}/reserve", handle_reserve},
+};
+const size_t inventoryd_routes_count = ELEMENTSOF(inventoryd_routes);

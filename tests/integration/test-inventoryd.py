@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""Integration tests of vigil-inventoryd against real PostgreSQL and Redis.
+
+The catalog and its cache (hits, misses, stampede protection, no stale
+stock after a reservation), reservations that never oversell under
+contention, a Redis outage (served from PostgreSQL, /ready degraded, never
+a 500, then recovery), and every kind of bad input (status, error code, and
+no change of stock). Run by `make check`; by hand:
+  top_builddir=/path/to/build python3 tests/integration/test-inventoryd.py [TEST...]
+"""
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import check, check_eq, check_error  # noqa: E402
+
+runner = harness.Runner("test-inventoryd", test_timeout=180)
+test = runner.test
+
+PRODUCT_FIELDS = {"id", "name", "description", "price_cents", "stock", "updated_at"}
+SEEDED = ["Laptop", "Wireless Mouse", "Mechanical Keyboard", "4K Monitor",
+          "Noise-Cancelling Headphones"]
+JSON = {"Content-Type": "application/json"}
+
+
+def new_inventoryd(ctx, env=None):
+    """An inventoryd (not started) wired to ctx.stack; registered for teardown."""
+    s = ctx.stack.env
+    with open(s["VIGIL_DEV_PG_PASSWORD_FILE_INVENTORY"], "rb") as f:
+        pg_password = f.read()
+    e = {
+        "VIGIL_POSTGRES_DSN": s["VIGIL_DEV_PG_DSN_INVENTORY"],
+        "VIGIL_REDIS_ADDRESS": s["VIGIL_REDIS_ADDRESS"],
+        "VIGIL_TRACING_OTLP_ENDPOINT": "",
+        "VIGIL_LOG_LEVEL": "info",
+        # Long enough that the lock tests cannot lose a race on a busy host.
+        "VIGIL_CACHE_WAIT_MS": "1000",
+    }
+    e.update(env or {})
+    d = harness.Daemon("inventoryd", env=e, credentials={"postgres-password": pg_password})
+    ctx.daemons.append(d)
+    ctx.cleanup(d.close)
+    return d
+
+
+def setup(ctx):
+    ctx.stack = harness.Stack(("postgres", "redis"))
+    ctx.cleanup(ctx.stack.stop)
+    ctx.stack.start()
+    ctx.inv = new_inventoryd(ctx)
+    ctx.inv.start()
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+def sql(ctx, query):
+    return ctx.stack.sql(query)
+
+
+def db_stock(ctx, pid):
+    return int(sql(ctx, f"SELECT stock FROM inventory.products WHERE id = {int(pid)}"))
+
+
+def set_stock(ctx, pid, stock):
+    """Set stock behind the daemon's back (as an operator would), then drop
+    the cached copies so the next read sees it."""
+    sql(ctx, f"UPDATE inventory.products SET stock = {int(stock)} WHERE id = {int(pid)}")
+    ctx.stack.redis("DEL", f"inventory:product:{pid}", "inventory:products")
+
+
+def db_state(ctx):
+    """What bad input must leave alone: every product row."""
+    return sql(ctx, "SELECT id, stock, units_sold, updated_at FROM inventory.products "
+                    "ORDER BY id")
+
+
+@contextlib.contextmanager
+def unchanged(ctx, what):
+    before = db_state(ctx)
+    yield
+    after = db_state(ctx)
+    check(before == after, f"{what}: products changed:\nbefore {before}\nafter  {after}")
+
+
+def reserve(d, pid, quantity, **kw):
+    return d.post(f"/product/{pid}/reserve", {"quantity": quantity}, **kw)
+
+
+def get_product(d, pid):
+    r = d.get(f"/product/{pid}")
+    check_eq(r.status, 200, f"GET /product/{pid}")
+    return r
+
+
+def scrape(d):
+    r = d.get("/metrics")
+    check_eq(r.status, 200, "GET /metrics")
+    return harness.parse_metrics(r.body.decode())
+
+
+def cache_counts(samples, cache=None):
+    labels = {"cache": cache} if cache else {}
+    hits = harness.metric_value(samples, "vigil_cache_requests_total", result="hit", **labels)
+    misses = harness.metric_value(samples, "vigil_cache_requests_total", result="miss", **labels)
+    return hits, misses
+
+
+def count_5xx(samples):
+    """5xx answers of the API (/ready's 503 is its job, not a failure)."""
+    return sum(s.value for s in samples
+               if s.name == "vigil_http_requests_total" and s.labels.get("route") != "/ready"
+               and s.labels.get("code", "").startswith("5"))
+
+
+def postgres_selects(samples):
+    return harness.metric_value(samples, "vigil_dependency_request_duration_seconds_count",
+                                dependency="postgres", operation="SELECT")
+
+
+# --------------------------------------------------------------------------
+# command line, configuration, schema
+
+@test
+def test_dump_config_matches_the_shipped_file(ctx):
+    p = ctx.inv.run("--dump-config")
+    check_eq(p.returncode, 0, "--dump-config exit status")
+    with open(os.path.join(harness.TOP_SRCDIR, "etc", "vigil", "inventoryd.conf"),
+              encoding="utf-8") as f:
+        shipped = f.read()
+    check(p.stdout == shipped, "etc/vigil/inventoryd.conf differs from --dump-config; "
+                               "regenerate it with vigil-inventoryd --dump-config")
+    check("#listen = 127.0.0.1:8003" in shipped, "default listen address is not 8003")
+    check("#ttl_seconds = 30" in shipped, "[cache] ttl_seconds not shown")
+
+
+@test
+def test_check_config_rejects_a_bad_cache_value_naming_file_and_key(ctx):
+    path = os.path.join(ctx.inv.dir, "bad.conf")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("[cache]\nttl_seconds = 0\n")
+    p = ctx.inv.run("--check-config", "--config", path)
+    check(p.returncode != 0, "--check-config accepted ttl_seconds = 0")
+    check(path in p.stderr and "ttl_seconds" in p.stderr,
+          f"message does not name file and key: {p.stderr!r}")
+
+
+@test
+def test_health_and_ready_answer_200(ctx):
+    check_eq(ctx.inv.get("/health").status, 200, "GET /health")
+    check_eq(ctx.inv.get("/ready").status, 200, "GET /ready")
+
+
+@test
+def test_migration_seeds_five_products_and_guards_stock(ctx):
+    names = sql(ctx, "SELECT name FROM inventory.products WHERE id <= 5 ORDER BY id").split("\n")
+    check_eq(names, SEEDED, "seeded products")
+    try:
+        sql(ctx, "UPDATE inventory.products SET stock = -1 WHERE id = 1")
+        refused = False
+    except AssertionError as e:
+        refused = "check constraint" in str(e)
+    check(refused, "PostgreSQL accepted a negative stock")
+    check(db_stock(ctx, 1) >= 0, "stock is negative")
+
+
+# --------------------------------------------------------------------------
+# reads through the cache
+
+@test
+def test_products_come_from_the_database_then_from_the_cache(ctx):
+    ctx.stack.redis("DEL", "inventory:products")
+    first = ctx.inv.get("/products")
+    check_eq(first.status, 200, "GET /products")
+    check_eq(first.body.get("source"), "database", "source of the first read")
+    second = ctx.inv.get("/products")
+    check_eq(second.body.get("source"), "cache", "source of the second read")
+    check_eq(second.body["products"], first.body["products"], "cached list")
+    products = first.body["products"]
+    check([p["name"] for p in products[:5]] == SEEDED, f"catalog: {products!r}")
+    for p in products:
+        check_eq(set(p), PRODUCT_FIELDS, f"fields of product {p.get('id')}")
+        check(isinstance(p["id"], int) and isinstance(p["stock"], int)
+              and isinstance(p["price_cents"], int), f"types of {p!r}")
+    cached = json.loads(ctx.stack.redis("GET", "inventory:products"))
+    check_eq(cached, products, "value stored under inventory:products")
+
+
+@test
+def test_cache_entries_get_a_jittered_ttl_around_30_seconds(ctx):
+    ttls = []
+    for pid in range(1, 6):
+        ctx.stack.redis("DEL", f"inventory:product:{pid}")
+        get_product(ctx.inv, pid)
+        ttls.append(ctx.stack.redis("PTTL", f"inventory:product:{pid}"))
+    # 30 s ± 10 %, minus the moments that passed since the SET.
+    for t in ttls:
+        check(25000 <= t <= 33000, f"PTTL {t} outside 30 s ± 10 %: {ttls}")
+
+
+@test
+def test_product_by_id_and_unknown_ids(ctx):
+    r = get_product(ctx.inv, 2)
+    check_eq(r.body["id"], 2, "id")
+    check_eq(r.body["name"], "Wireless Mouse", "name")
+    check_eq(r.body["stock"], db_stock(ctx, 2), "stock")
+    check_error(ctx.inv.get("/product/999999"), 404, "not_found", "unknown id")
+    check_error(ctx.inv.get("/product/9223372036854775807"), 404, "not_found", "largest id")
+
+
+@test
+def test_a_cold_key_under_a_stampede_reads_the_database_about_once(ctx):
+    ctx.stack.redis("DEL", "inventory:product:3")
+    before = scrape(ctx.inv)
+    n = 40
+    barrier = threading.Barrier(n, timeout=30)
+
+    def one(_):
+        barrier.wait()
+        return ctx.inv.get("/product/3", timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(one, range(n)))
+    check(all(r.status == 200 for r in results), f"statuses {[r.status for r in results]}")
+    check(len({json.dumps(r.body, sort_keys=True) for r in results}) == 1, "answers differ")
+    after = scrape(ctx.inv)
+    # One SELECT for the rebuild; the tick's readiness pings (SELECT 1,
+    # about one a second) may add a few.
+    selects = postgres_selects(after) - postgres_selects(before)
+    check(selects <= 4, f"{n} concurrent reads of a cold key made {selects:.0f} SELECTs")
+    runner.note(f"stampede: {n} concurrent cold reads -> {selects:.0f} PostgreSQL SELECTs")
+
+
+@test
+def test_a_rebuild_lock_held_elsewhere_makes_readers_wait_for_its_value(ctx):
+    key, lock = "inventory:product:4", "inventory:lock:product:4"
+    marker = {"id": 4, "name": "filled by the lock holder", "description": "", "price_cents": 1,
+              "stock": 4242, "updated_at": "2024-01-01T00:00:00Z"}
+    ctx.stack.redis("DEL", key)
+    check_eq(ctx.stack.redis("SET", lock, "someone-else", "NX", "PX", "5000"), "OK", "lock")
+    try:
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("r", ctx.inv.get("/product/4")))
+        t.start()
+        time.sleep(0.05)
+        ctx.stack.redis("SET", key, json.dumps(marker), "PX", "30000")
+        t.join(15)
+        r = box["r"]
+        check_eq(r.status, 200, "GET while another process rebuilds")
+        check_eq(r.body, marker, "the reader did not take the lock holder's value")
+        check_eq(r.headers.get("x-cache"), "hit", "X-Cache")
+        check_eq(ctx.stack.redis("GET", lock), "someone-else", "our lock was touched")
+    finally:
+        ctx.stack.redis("DEL", key, lock)
+
+
+@test
+def test_a_lock_holder_that_never_fills_costs_at_most_wait_ms(ctx):
+    key, lock = "inventory:product:5", "inventory:lock:product:5"
+    ctx.stack.redis("DEL", key)
+    ctx.stack.redis("SET", lock, "a-dead-process", "PX", "10000")
+    try:
+        t0 = time.monotonic()
+        r = get_product(ctx.inv, 5)
+        elapsed = time.monotonic() - t0
+        check_eq(r.body["stock"], db_stock(ctx, 5), "stock read from PostgreSQL")
+        check_eq(r.headers.get("x-cache"), "miss", "X-Cache")
+        check(elapsed >= 0.9, f"answered after {elapsed:.3f} s without waiting for the lock")
+    finally:
+        ctx.stack.redis("DEL", key, lock)
+
+
+# --------------------------------------------------------------------------
+# reservations
+
+@test
+def test_reserve_decrements_stock_and_counts_the_sale(ctx):
+    set_stock(ctx, 3, 150)
+    before = scrape(ctx.inv)
+    sold_before = int(sql(ctx, "SELECT units_sold FROM inventory.products WHERE id = 3"))
+    r = reserve(ctx.inv, 3, 2)
+    check_eq(r.status, 200, "reserve")
+    check_eq(r.body, {"reserved": 2, "product_id": 3, "remaining": 148}, "answer")
+    check_eq(db_stock(ctx, 3), 148, "stock in PostgreSQL")
+    check_eq(int(sql(ctx, "SELECT units_sold FROM inventory.products WHERE id = 3")),
+             sold_before + 2, "units_sold")
+    after = scrape(ctx.inv)
+    sales = (harness.metric_value(after, "vigil_inventory_sales_total", product_id="3")
+             - harness.metric_value(before, "vigil_inventory_sales_total", product_id="3"))
+    check_eq(sales, 2, "vigil_inventory_sales_total{product_id=3} increase")
+    reserved = (harness.metric_value(after, "vigil_inventory_reservations_total", result="reserved")
+                - harness.metric_value(before, "vigil_inventory_reservations_total",
+                                       result="reserved"))
+    check_eq(reserved, 1, "vigil_inventory_reservations_total{result=reserved} increase")
+
+
+@test
+def test_insufficient_stock_is_409_and_unknown_product_404_with_nothing_changed(ctx):
+    set_stock(ctx, 2, 5)
+    before = scrape(ctx.inv)
+    with unchanged(ctx, "failed reservations"):
+        check_error(reserve(ctx.inv, 2, 6), 409, "insufficient_stock", "6 of 5")
+        check_error(reserve(ctx.inv, 999999, 1), 404, "not_found", "unknown product")
+    check_eq(reserve(ctx.inv, 2, 5).body.get("remaining"), 0, "all 5")
+    check_error(reserve(ctx.inv, 2, 1), 409, "insufficient_stock", "1 of 0")
+    after = scrape(ctx.inv)
+    for result, n in (("insufficient", 2), ("not_found", 1)):
+        got = (harness.metric_value(after, "vigil_inventory_reservations_total", result=result)
+               - harness.metric_value(before, "vigil_inventory_reservations_total",
+                                      result=result))
+        check_eq(got, n, f"reservations{{result={result}}} increase")
+    set_stock(ctx, 2, 200)
+
+
+@test
+def test_a_reservation_is_visible_on_the_next_read(ctx):
+    set_stock(ctx, 4, 1000)
+    for i in range(25):
+        # Both entries warm (the second read of each is a hit) ...
+        for _ in range(2):
+            get_product(ctx.inv, 4)
+            ctx.inv.get("/products")
+        check_eq(ctx.inv.get("/products").body["source"], "cache", "warm list")
+        r = reserve(ctx.inv, 4, 1 + i % 3)
+        check_eq(r.status, 200, "reserve")
+        remaining = r.body["remaining"]
+        # ... and the very next read shows the new stock.
+        check_eq(get_product(ctx.inv, 4).body["stock"], remaining,
+                 f"GET /product/4 after reservation {i}")
+        listed = {p["id"]: p["stock"] for p in ctx.inv.get("/products").body["products"]}
+        check_eq(listed[4], remaining, f"GET /products after reservation {i}")
+    check_eq(db_stock(ctx, 4), remaining, "stock in PostgreSQL")
+
+
+@test
+def test_concurrent_reservations_never_oversell(ctx):
+    set_stock(ctx, 1, 100)
+    sold_before = int(sql(ctx, "SELECT units_sold FROM inventory.products WHERE id = 1"))
+    stop = threading.Event()
+    lowest = [100]
+    admin_dsn = ctx.stack.env["VIGIL_TEST_PG_ADMIN_DSN"].replace("dbname=postgres",
+                                                                 "dbname=vigil")
+    watcher_psql = harness.PsqlSession(admin_dsn)
+
+    def watch():
+        while not stop.is_set():
+            v = int(watcher_psql.query("SELECT stock FROM inventory.products WHERE id = 1"))
+            lowest[0] = min(lowest[0], v)
+            time.sleep(0.01)
+
+    retried = [0]
+
+    def one(_):
+        # A 503 (no pooled connection free in time on a busy host) changed
+        # nothing, so a client may send it again; any other answer is final.
+        for _ in range(10):
+            r = reserve(ctx.inv, 1, 1, timeout=60)
+            if r.status != 503:
+                return r
+            retried[0] += 1
+            time.sleep(0.1)
+        return r
+
+    w = threading.Thread(target=watch, daemon=True)
+    w.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+            results = list(pool.map(one, range(500)))
+    finally:
+        stop.set()
+        w.join(10)
+        watcher_psql.close()
+    statuses = [r.status for r in results]
+    ok = [r for r in results if r.status == 200]
+    check_eq(statuses.count(200), 100, "successful reservations")
+    check_eq(statuses.count(409), 400, f"409 answers (others: "
+                                       f"{sorted(set(statuses) - {200, 409})})")
+    for r in results:
+        if r.status == 409:
+            check_error(r, 409, "insufficient_stock")
+    check_eq(sorted(r.body["remaining"] for r in ok), list(range(100)),
+             "each success saw a distinct remaining stock")
+    check_eq(db_stock(ctx, 1), 0, "final stock")
+    check(lowest[0] >= 0, f"stock went negative: {lowest[0]}")
+    check_eq(int(sql(ctx, "SELECT units_sold FROM inventory.products WHERE id = 1")),
+             sold_before + 100, "units_sold")
+    check_eq(get_product(ctx.inv, 1).body["stock"], 0, "stock read through the cache")
+    if retried[0]:
+        runner.note(f"oversell: {retried[0]} reservations answered 503 (pool busy) and were "
+                    f"sent again")
+    set_stock(ctx, 1, 50)
+
+
+@test
+def test_cache_hit_ratio_after_warm_up_is_at_least_90_percent(ctx):
+    set_stock(ctx, 5, 100000)
+    paths = ["/products"] + [f"/product/{i}" for i in range(1, 6)]
+    for p in paths:  # warm-up
+        check_eq(ctx.inv.get(p).status, 200, f"warm-up {p}")
+    before = scrape(ctx.inv)
+    rng = random.Random(4)
+    # 98 % reads over the catalog and five products, 2 % reservations (each
+    # one invalidates two entries).
+    ops = [("reserve", None) if rng.random() < 0.02 else ("get", rng.choice(paths))
+           for _ in range(1500)]
+
+    def run(op):
+        kind, path = op
+        r = reserve(ctx.inv, 5, 1) if kind == "reserve" else ctx.inv.get(path)
+        return r.status
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(run, ops))
+    check(all(s == 200 for s in statuses), f"non-200 answers: {set(statuses)}")
+    after = scrape(ctx.inv)
+    hits = cache_counts(after)[0] - cache_counts(before)[0]
+    misses = cache_counts(after)[1] - cache_counts(before)[1]
+    ratio = hits / (hits + misses)
+    writes = sum(1 for k, _ in ops if k == "reserve")
+    runner.note(f"hit ratio {ratio:.3f} ({hits:.0f} hits, {misses:.0f} misses, "
+                f"{writes} reservations among {len(ops)} requests)")
+    check(ratio >= 0.90, f"hit ratio {ratio:.3f} < 0.90 ({hits:.0f} hits, {misses:.0f} misses)")
+
+
+@test
+def test_reload_changes_the_ttl_of_new_entries(ctx):
+    d = ctx.inv
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write("[cache]\nttl_seconds = 5\njitter_percent = 0\n")
+    try:
+        d.proc.send_signal(signal.SIGHUP)
+        harness.wait_until(lambda: "Configuration reloaded" in d.log_text(), 10,
+                           what="the reload")
+        ctx.stack.redis("DEL", "inventory:product:2")
+        get_product(d, 2)
+        ttl = ctx.stack.redis("PTTL", "inventory:product:2")
+        check(0 < ttl <= 5000, f"PTTL {ttl} after reloading ttl_seconds = 5")
+    finally:
+        with open(d.config, "w", encoding="utf-8"):
+            pass
+        d.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+
+
+@test
+def test_metrics_pass_promtool(ctx):
+    text = ctx.inv.get("/metrics").body.decode()
+    for name in ("vigil_cache_requests_total", "vigil_inventory_reservations_total",
+                 "vigil_inventory_sales_total", "vigil_http_requests_total"):
+        check(name in text, f"{name} missing from /metrics")
+    try:
+        p = subprocess.run([harness.PROMTOOL, "check", "metrics"], input=text.encode(),
+                           capture_output=True, timeout=30, check=False)
+    except FileNotFoundError:
+        runner.note("promtool not installed: metrics format not checked")
+        return
+    out = (p.stdout + p.stderr).decode(errors="replace").strip()
+    check(p.returncode == 0 and not out, f"promtool check metrics exited {p.returncode}:\n{out}")
+
+
+# --------------------------------------------------------------------------
+# bad input: status, error code, and no change
+
+def expect_bad(ctx, method, path, body, status, code, what, headers=None):
+    with unchanged(ctx, what):
+        r = ctx.inv.request(method, path, body, headers=headers)
+        check_error(r, status, code, what)
+
+
+@test
+def test_malformed_and_non_object_json_is_400(ctx):
+    cases = [
+        (b"{", "invalid_json"), (b"{\"quantity\": 1", "invalid_json"), (b"", "invalid_json"),
+        (b"{'quantity': 1}", "invalid_json"), (b"{\"quantity\": 1} x", "invalid_json"),
+        (b"{\"quantity\": NaN}", "invalid_json"), (b"[1]", "not_an_object"),
+        (b"1", "not_an_object"), (b"\"quantity\"", "not_an_object"),
+        (b"{\"quantity\": \"\xff\"}", "invalid_utf8"),
+    ]
+    for body, code in cases:
+        expect_bad(ctx, "POST", "/product/1/reserve", body, 400, code, f"body {body!r}",
+                   headers=JSON)
+
+
+@test
+def test_wrong_types_and_bad_quantities_are_400_invalid_field(ctx):
+    bad = ["1", "one", True, False, [1], {"n": 1}, 1.5, 1.0, 0.5, "1e2",
+           0, -1, -1000, 1001, 2 ** 31, 2 ** 63, -2 ** 63, 10 ** 30]
+    for q in bad:
+        expect_bad(ctx, "POST", "/product/1/reserve", {"quantity": q}, 400, "invalid_field",
+                   f"quantity {q!r}")
+    for raw in (b'{"quantity": 1e2}', b'{"quantity": 2.0}', b'{"quantity": -0.5}',
+                b'{"quantity": 99999999999999999999999}', b'{"quantity": 0.01}'):
+        expect_bad(ctx, "POST", "/product/1/reserve", raw, 400, "invalid_field",
+                   f"body {raw!r}", headers=JSON)
+
+
+@test
+def test_missing_quantity_is_400_missing_field(ctx):
+    for body in ({}, {"qty": 1}, {"quantity": None}, {"Quantity": 1}):
+        expect_bad(ctx, "POST", "/product/1/reserve", body, 400, "missing_field",
+                   f"body {body!r}")
+
+
+@test
+def test_bad_product_ids_are_400_invalid_field_on_every_endpoint(ctx):
+    ids = ["abc", "-1", "0", "1.5", "1e3", "+1", "01", "0x10", "99999999999999999999",
+           "9223372036854775808", "1%20", "1a"]
+    for pid in ids:
+        expect_bad(ctx, "GET", f"/product/{pid}", None, 400, "invalid_field", f"GET id {pid!r}")
+        expect_bad(ctx, "POST", f"/product/{pid}/reserve", {"quantity": 1}, 400,
+                   "invalid_field", f"reserve id {pid!r}")
+
+
+@test
+def test_wrong_content_type_is_415(ctx):
+    expect_bad(ctx, "POST", "/product/1/reserve", b'{"quantity": 1}', 415,
+               "unsupported_media_type", "text/plain", headers={"Content-Type": "text/plain"})
+
+
+@test
+def test_one_mib_body_is_413(ctx):
+    body = b'{"quantity": 1, "pad": "' + b"x" * (1 << 20) + b'"}'
+    with unchanged(ctx, "1 MiB body"):
+        r = ctx.inv.raw(harness.build_request("POST", "/product/1/reserve", body, JSON))
+        check_error(r, 413, "payload_too_large", "1 MiB body")
+
+
+@test
+def test_huge_header_is_431(ctx):
+    with unchanged(ctx, "huge header"):
+        r = ctx.inv.raw(harness.build_request("GET", "/product/1",
+                                              headers={"X-Big": "a" * 20000}))
+        check_eq(r.status, 431, "status for a 20 kB header")
+
+
+@test
+def test_unknown_routes_are_404_and_wrong_methods_405(ctx):
+    for path in ("/nope", "/products/", "/product", "/product/1/reserve/x", "/product/1/buy",
+                 "/api/v1/inventory/products"):
+        expect_bad(ctx, "GET", path, None, 404, "not_found", f"GET {path}")
+    for method, path in (("POST", "/products"), ("DELETE", "/product/1"), ("PUT", "/product/1"),
+                         ("GET", "/product/1/reserve"), ("PATCH", "/product/1/reserve")):
+        with unchanged(ctx, f"{method} {path}"):
+            r = ctx.inv.request(method, path, {"quantity": 1})
+            check_error(r, 405, "method_not_allowed", f"{method} {path}")
+            check(r.headers.get("allow"), f"{method} {path}: no Allow header")
+
+
+# --------------------------------------------------------------------------
+# Redis outage (last: it restarts Redis)
+
+@test
+def test_redis_down_serves_from_postgres_and_degrades_readiness_then_recovers(ctx):
+    d = ctx.inv
+    set_stock(ctx, 2, 300)
+    get_product(d, 2)
+    before = scrape(d)
+    ctx.stack.kill("redis")
+    try:
+        for _ in range(20):
+            r = d.get("/products")
+            check_eq(r.status, 200, "GET /products without Redis")
+            check_eq(r.body["source"], "database", "source without Redis")
+            check_eq(get_product(d, 2).body["stock"], db_stock(ctx, 2), "stock without Redis")
+        r = reserve(d, 2, 3)
+        check_eq(r.status, 200, "reserve without Redis")
+        check_eq(get_product(d, 2).body["stock"], r.body["remaining"],
+                 "reservation visible without Redis")
+        check_error(d.get("/product/999999"), 404, "not_found", "unknown id without Redis")
+        ready = d.get("/ready")
+        check_error(ready, 503, "dependency_unavailable", "/ready without Redis")
+        check_eq(ready.body.get("failing"), "redis", "/ready names the failing dependency")
+        check_eq(d.get("/health").status, 200, "/health without Redis")
+        after = scrape(d)
+        check_eq(count_5xx(after) - count_5xx(before), 0, "5xx answers during the outage")
+        check_eq(harness.metric_value(after, "vigil_dependency_up", dependency="redis"), 0,
+                 "vigil_dependency_up{redis}")
+    finally:
+        ctx.stack.start_one("redis")
+    d.wait_ready(30)
+    # The invalidation that could not reach Redis left a purge pending.
+    harness.wait_until(lambda: "Cache purged" in d.log_text(), 15, what="the deferred purge")
+    remaining = db_stock(ctx, 2)
+    harness.wait_until(lambda: d.get("/products").body["source"] == "cache", 15,
+                       what="/products served from the cache again")
+    listed = {p["id"]: p["stock"] for p in d.get("/products").body["products"]}
+    check_eq(listed[2], remaining, "stock listed after the outage")
+    check_eq(get_product(d, 2).body["stock"], remaining, "stock read after the outage")
+    check_eq(count_5xx(scrape(d)) - count_5xx(before), 0, "5xx answers after the outage")
+
+
+if __name__ == "__main__":
+    sys.exit(runner.main(setup, binaries=[harness.daemon_binary("inventoryd")]))
