@@ -1,12 +1,14 @@
 #include "daemon.h"
 
 #include <getopt.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/signalfd.h>
 
+#include "amqp.h"
 #include "log.h"
 #include "macro.h"
 #include "pg.h"
@@ -144,6 +146,17 @@ static int run_loop(const struct daemon_ops *ops, void *manager, int sigfd, cons
         }
 }
 
+/* One thread per connection would give glibc a malloc arena per thread,
+ * and a freed 16 MiB yescrypt buffer would raise the mmap threshold so the
+ * next ones stay in the heap: both keep memory resident after a burst. A
+ * fixed threshold returns large buffers to the kernel on free. */
+static void limit_heap_growth(void)
+{
+        mallopt(M_ARENA_MAX, 2);
+        mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+        mallopt(M_TRIM_THRESHOLD, 512 * 1024);
+}
+
 static void help(const struct daemon_ops *ops)
 {
         printf("%s %s — %s\n\n"
@@ -206,6 +219,7 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
         }
 
         log_open(ops->name);
+        limit_heap_growth();
 
         r = load_config(ops, path, required, &config);
         if (r < 0)
@@ -331,4 +345,25 @@ int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_re
                 .tracer = tracer,
         };
         return redis_pool_new(&opts, ret);
+}
+
+int daemon_amqp_client_new(const struct daemon_amqp_config *c, const char *connection_name,
+                           struct metrics_registry *metrics, struct tracer *tracer,
+                           struct amqp_client **ret)
+{
+        _cleanup_(erase_secret) char *password = NULL;
+        int r;
+
+        r = read_optional_secret("amqp-password", c->password_file, &password);
+        if (r < 0)
+                return r;
+
+        struct amqp_client_options opts = {
+                .url = c->url,
+                .password = password,
+                .connection_name = connection_name,
+                .metrics = metrics,
+                .tracer = tracer,
+        };
+        return amqp_client_new(&opts, ret);
 }
