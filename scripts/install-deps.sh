@@ -13,7 +13,7 @@ BUILD_PKGS=(
 RUNTIME_PKGS=(
 	postgresql postgresql-contrib redis-server rabbitmq-server nginx-light
 	prometheus prometheus-alertmanager wrk curl python3 procps psmisc
-	iproute2 util-linux python3-prometheus-client
+	iproute2 util-linux python3-prometheus-client python3-yaml
 )
 
 missing=()

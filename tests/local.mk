@@ -97,3 +97,4 @@ include tests/integration/local.mk
 print-unit-tests:
 	@echo $(UNIT_TESTS)
 .PHONY: print-unit-tests
+include tests/observability/local.mk

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""An SLO burn-rate alert fired end to end, with short windows.
+
+scripts/slo-gen.py generates the shipped auth-availability SLO with every
+window scaled by 1/60 (5m -> 5s, 1h -> 1m, `for: 2m` -> 2s); a real
+Prometheus scrapes a real vigil-authd every second and evaluates those rules
+every second; Redis is killed so authd answers /login with 503; the alert
+must go pending, then firing, reach the real Alertmanager (the shipped
+alertmanager.yml, its URLs pointed at a test webhook and its timers cut to
+seconds) and arrive at the escalation receiver -- and resolve the same way
+once Redis is back. A second test posts alerts to a real Alertmanager and
+checks the shipped inhibitions: a down database silences the dependency and
+SLO alerts of the services using it, and nothing else.
+
+Until vigil-paymentd exists the fault is a dependency outage of authd; with
+paymentd the same harness injects errors through [faults] error_ratio.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+import harness  # noqa: E402
+import obslib  # noqa: E402
+from harness import check  # noqa: E402
+
+runner = harness.Runner("test-alert-e2e", test_timeout=240)
+test = runner.test
+
+SCALE = "1/60"
+SLO = "auth-availability"
+ALERT = "VigilSLOBudgetBurnPage"
+TRAFFIC_MAX_SECONDS = 400
+TOKEN = "e2e-test-webhook-token-" + os.urandom(8).hex()
+
+
+class Traffic:
+    """Logins of one user in a loop (about 20/s), bounded in time."""
+
+    def __init__(self, d, username, password):
+        self.d, self.username, self.password = d, username, password
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.codes = {}
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        deadline = time.monotonic() + TRAFFIC_MAX_SECONDS
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                r = self.d.post("/login", {"username": self.username, "password": self.password},
+                                timeout=5)
+                code = r.status
+            except OSError:
+                code = 0
+            with self.lock:
+                self.codes[code] = self.codes.get(code, 0) + 1
+            self.stop.wait(0.05)
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.codes)
+
+
+def generate_scaled_rules(tmp):
+    out = os.path.join(tmp, "rules")
+    p = subprocess.run([sys.executable, os.path.join(obslib.TOP_SRCDIR, "scripts", "slo-gen.py"),
+                        "--windows-scale", SCALE, "--out-dir", out],
+                       capture_output=True, text=True, timeout=60, check=False)
+    check(p.returncode == 0, f"slo-gen failed: {p.stderr}")
+    path = os.path.join(out, f"slo-{SLO}.yml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    check("[5s]" in text and "for: 2s" in text, "windows were not scaled")
+    return path
+
+
+def setup(ctx):
+    check(obslib.Prometheus.BINARY and obslib.Alertmanager.BINARY,
+          "prometheus and prometheus-alertmanager must be installed")
+    ctx.tmp = harness._mkdtemp("vigil-obs-e2e-")  # pylint: disable=protected-access
+    ctx.cleanup(harness._rmtree, ctx.tmp)  # pylint: disable=protected-access
+    ctx.token_file = os.path.join(ctx.tmp, "webhook-token")
+    with open(ctx.token_file, "w", encoding="utf-8") as f:
+        f.write(TOKEN + "\n")
+    ctx.webhook = obslib.WebhookReceiver()
+    ctx.cleanup(ctx.webhook.close)
+    ctx.am = obslib.Alertmanager(obslib.test_alertmanager_config(ctx.webhook, ctx.token_file))
+    ctx.cleanup(ctx.am.close)
+    ctx.am.start()
+
+    harness.start_authd_stack(ctx)
+    _, ctx.user, ctx.password = harness.register(ctx.authd)
+    rules = generate_scaled_rules(ctx.tmp)
+    cfg = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ctx.am.port}"]}]}]},
+        "scrape_configs": [{"job_name": "auth", "static_configs": [
+            {"targets": [f"127.0.0.1:{ctx.authd.port}"], "labels": {"service": "auth"}}]}],
+    }
+    ctx.prom = obslib.Prometheus(cfg, [rules], extra_args=["--rules.alert.resend-delay=1s"])
+    ctx.cleanup(ctx.prom.close)
+    ctx.prom.start()
+    ctx.traffic = Traffic(ctx.authd, ctx.user, ctx.password)
+    ctx.cleanup(ctx.traffic.stop.set)
+    ctx.traffic.thread.start()
+
+
+def prom_alert_state(ctx):
+    for a in ctx.prom.alerts():
+        if a["labels"].get("alertname") == ALERT and a["labels"].get("slo") == SLO:
+            return a["state"]
+    return None
+
+
+def scalar(ctx, expr):
+    res = ctx.prom.query(expr)["data"]["result"]
+    return float(res[0]["value"][1]) if res else None
+
+
+def notifications(ctx, path, status=None):
+    out = []
+    for p, auth, body in ctx.webhook.notifications():
+        if p != path or not body:
+            continue
+        for a in body.get("alerts", []):
+            if a["labels"].get("alertname") == ALERT and a["labels"].get("slo") == SLO \
+                    and (status is None or a["status"] == status):
+                out.append((auth, body, a))
+    return out
+
+
+@test
+def test_burn_rate_alert_goes_pending_then_firing_and_reaches_the_webhook(ctx):
+    # Healthy traffic first: the guard is satisfied and nothing burns.
+    def healthy():
+        events = scalar(ctx, f'slo:sli_events:rate1h{{slo="{SLO}"}}')
+        ratio = scalar(ctx, f'slo:sli_error:ratio_rate5m{{slo="{SLO}"}}')
+        return events is not None and events > 1 and ratio == 0
+    obslib.wait_until(healthy, 60, interval=0.5, what="healthy traffic recorded")
+    check(prom_alert_state(ctx) is None, "alert active before any error")
+
+    ctx.t_fault = time.time()
+    ctx.stack.kill("redis")
+    r = ctx.authd.post("/login", {"username": ctx.user, "password": ctx.password})
+    check(r.status == 503, f"login without Redis: expected 503, got {r.status} {r.body!r}")
+
+    states = []
+
+    def firing():
+        s = prom_alert_state(ctx)
+        if s and (not states or states[-1] != s):
+            states.append(s)
+        return s == "firing"
+    obslib.wait_until(firing, 60, interval=0.1, what=f"{ALERT} firing in Prometheus")
+    # Pending is short (for: 2s); Prometheus' own ALERTS series proves it
+    # came before firing even when polling missed it.
+    now = time.time()
+    q = urllib.parse.urlencode({"query": f'ALERTS{{alertname="{ALERT}",slo="{SLO}"}}',
+                                "start": ctx.t_fault - 5, "end": now + 1, "step": "0.5"})
+    series = ctx.prom.api(f"/api/v1/query_range?{q}")["data"]["result"]
+    first = {s["metric"]["alertstate"]: float(s["values"][0][0]) for s in series}
+    check("pending" in first and "firing" in first, f"ALERTS states seen: {first}, polled {states}")
+    check(first["pending"] < first["firing"], f"pending at {first['pending']} not before firing "
+                                              f"at {first['firing']}")
+
+    got = obslib.wait_until(lambda: notifications(ctx, "/escalate", "firing"), 60, interval=0.2,
+                            what=f"{ALERT} at the escalation webhook")
+    _, body, alert = got[0]
+    check(body["receiver"] == "escalation", f"receiver {body['receiver']}")
+    check(alert["labels"]["severity"] == "page" and alert["labels"]["service"] == "auth",
+          f"labels {alert['labels']}")
+    check(alert["annotations"]["runbook_url"].endswith(f"/docs/runbooks/{ALERT}.md"),
+          f"annotations {alert['annotations']}")
+    print(f"  fault -> webhook in {time.time() - ctx.t_fault:.1f} s; traffic {ctx.traffic.snapshot()}")
+    # Not remediable: the bot's webhook never hears of it; a page is no ticket.
+    check(not notifications(ctx, "/webhook"), "an SLO page reached the alert bot")
+    check(not notifications(ctx, "/ticket"), "an SLO page reached the ticket receiver")
+
+
+@test
+def test_burn_rate_alert_resolves_when_the_dependency_is_back(ctx):
+    check(notifications(ctx, "/escalate", "firing"), "needs the firing alert of the previous test")
+    ctx.stack.start_one("redis")
+
+    def login_ok():
+        return ctx.authd.post("/login", {"username": ctx.user, "password": ctx.password}).status == 200
+    obslib.wait_until(login_ok, 30, interval=0.5, what="authd logging in again")
+    obslib.wait_until(lambda: prom_alert_state(ctx) is None, 120, interval=0.5,
+                      what=f"{ALERT} resolved in Prometheus")
+    obslib.wait_until(lambda: notifications(ctx, "/escalate", "resolved"), 60, interval=0.2,
+                      what="the resolved notification at the escalation webhook")
+
+
+def post(am, labels, minutes=10):
+    now = time.time()
+    am.post_alerts([{
+        "labels": labels,
+        "annotations": {"summary": "test"},
+        "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60)),
+        "endsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + minutes * 60)),
+    }])
+
+
+@test
+def test_a_down_database_inhibits_the_alerts_it_causes_and_nothing_else(ctx):
+    webhook = obslib.WebhookReceiver()
+    am = obslib.Alertmanager(obslib.test_alertmanager_config(webhook, ctx.token_file))
+    try:
+        am.start()
+        post(am, {"alertname": "VigilPostgresDown", "dependency": "postgres", "severity": "page"})
+        for svc in ("payment", "inventory"):
+            post(am, {"alertname": "VigilDependencyDown", "dependency": "postgres",
+                      "service": svc, "severity": "page"})
+            post(am, {"alertname": "VigilSLOBudgetBurnPage", "slo": f"{svc}-availability",
+                      "service": svc, "severity": "page"})
+        post(am, {"alertname": "VigilDependencyDown", "dependency": "redis", "service": "auth",
+                  "severity": "page"})
+        post(am, {"alertname": "VigilSLOBudgetBurnPage", "slo": "notify-freshness",
+                  "service": "notify", "severity": "page"})
+        post(am, {"alertname": "VigilSLOBudgetBurnTicket", "slo": "payment-availability",
+                  "service": "payment", "severity": "ticket"})
+        post(am, {"alertname": "VigilSLOBudgetBurnTicket", "slo": "auth-latency",
+                  "service": "auth", "severity": "ticket"})
+        post(am, {"alertname": "VigilSLOBudgetBurnTicket", "slo": "notify-other",
+                  "service": "notify", "severity": "ticket"})
+
+        def key(a):
+            lab = a["labels"]
+            return (lab["alertname"], lab.get("service") or lab.get("dependency"))
+
+        want = {
+            ("VigilPostgresDown", "postgres"): "active",
+            ("VigilDependencyDown", "payment"): "suppressed",
+            ("VigilDependencyDown", "inventory"): "suppressed",
+            ("VigilSLOBudgetBurnPage", "payment"): "suppressed",
+            ("VigilSLOBudgetBurnPage", "inventory"): "suppressed",
+            ("VigilDependencyDown", "auth"): "active",
+            ("VigilSLOBudgetBurnPage", "notify"): "active",
+            ("VigilSLOBudgetBurnTicket", "payment"): "suppressed",
+            # auth's own Redis is down: its SLO alerts are the outage's
+            ("VigilSLOBudgetBurnTicket", "auth"): "suppressed",
+            ("VigilSLOBudgetBurnTicket", "notify"): "active",
+        }
+
+        def settled():
+            got = {key(a): a["status"]["state"] for a in am.alerts()}
+            return got if got == want else None
+        try:
+            obslib.wait_until(settled, 20, interval=0.3, what="inhibitions applied")
+        except AssertionError:
+            got = {key(a): (a["status"]["state"], a["status"]["inhibitedBy"]) for a in am.alerts()}
+            raise AssertionError(f"states {json.dumps({str(k): v for k, v in got.items()}, indent=1)}")
+        # Inhibited alerts are never notified.
+        time.sleep(3)
+        sent = {(a["labels"]["alertname"], a["labels"].get("service"))
+                for _, _, body in webhook.notifications() for a in body.get("alerts", [])}
+        for (name, who), state in want.items():
+            if state == "suppressed":
+                check((name, who) not in sent, f"inhibited {name} {who} was notified")
+    finally:
+        am.close()
+        webhook.close()
+
+
+if __name__ == "__main__":
+    if not (obslib.Prometheus.BINARY and obslib.Alertmanager.BINARY):
+        print("SKIP: prometheus / prometheus-alertmanager not installed", file=sys.stderr)
+        sys.exit(obslib.SKIP)
+    sys.exit(runner.main(setup, binaries=(harness.authd_binary(),)))

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""Static checks of the log, trace and alerting configs that cannot be run
+here (Promtail, Loki, Tempo and Grafana are not Debian packages): every
+file parses, the keys each server needs are present, the ports agree with
+DESIGN.md section 1, the labels Promtail keeps are the agreed ones (never a
+trace id), the Grafana correlations point at the right datasources, and
+every alert -- Prometheus and Loki -- has a severity, summary, description
+and a runbook that exists."""
+
+import glob
+import os
+import re
+import sys
+import urllib.parse
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import yaml  # noqa: E402
+
+import obslib  # noqa: E402
+
+TOP = obslib.TOP_SRCDIR
+ETC = os.path.join(TOP, "etc")
+# DESIGN.md section 1: who listens where.
+PORTS = {
+    "auth": 8001, "payment": 8002, "inventory": 8003, "notify": 8004, "alertbot": 8005,
+    "node": 9100, "postgres": 9187, "redis": 9121, "nginx": 9113, "rabbitmq": 15692,
+    "alertmanager": 9093, "prometheus": 9090,
+    "promtail": 9080, "loki": 3100, "tempo": 3200, "otlp-http": 4318, "grafana": 3000,
+}
+VIGIL_JOBS = ("auth", "payment", "inventory", "notify", "alertbot")
+RUNBOOK_BASE = "https://github.com/vigil-sre/vigil/blob/main/"
+
+runner = obslib.TapRunner("test-static-configs")
+
+
+def load(*parts):
+    with open(os.path.join(TOP, *parts), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def port_of(url):
+    u = urllib.parse.urlparse(url if "//" in url else "//" + url)
+    return u.port
+
+
+def check_prometheus_scrape_config():
+    cfg = load("etc", "prometheus", "prometheus.yml")
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    for job in list(VIGIL_JOBS) + ["node", "postgres", "redis", "nginx", "rabbitmq",
+                                   "alertmanager", "prometheus"]:
+        assert job in jobs, f"no scrape job {job}"
+        targets = [t for sc in jobs[job]["static_configs"] for t in sc["targets"]]
+        assert targets == [f"127.0.0.1:{PORTS[job]}"], f"job {job}: targets {targets}"
+    for job in VIGIL_JOBS:
+        labels = jobs[job]["static_configs"][0].get("labels", {})
+        assert labels.get("service") == job, f"job {job}: service label {labels}"
+    q = jobs["rabbitmq-queues"]
+    assert q["metrics_path"] == "/metrics/detailed" and "queue_coarse_metrics" in q["params"]["family"]
+    am = [t for a in cfg["alerting"]["alertmanagers"] for sc in a["static_configs"] for t in sc["targets"]]
+    assert am == [f"127.0.0.1:{PORTS['alertmanager']}"], am
+    assert cfg["rule_files"] == ["rules/*.yml"], cfg["rule_files"]
+    assert cfg["storage"]["exemplars"]["max_exemplars"] > 0
+
+
+def check_prometheus_flags():
+    with open(os.path.join(ETC, "prometheus", "prometheus.default"), encoding="utf-8") as f:
+        text = f.read()
+    args = re.search(r'^ARGS="([^"]*)"', text, re.M).group(1).split()
+    assert "--enable-feature=exemplar-storage" in args, args
+    assert "--web.enable-remote-write-receiver" in args, args
+    ret = [a for a in args if a.startswith("--storage.tsdb.retention.time=")]
+    assert ret and int(re.match(r".*=(\d+)d$", ret[0]).group(1)) > 30, \
+        "retention must exceed the 30-day SLO window"
+    with open(os.path.join(ETC, "prometheus", "prometheus-node-exporter.default"), encoding="utf-8") as f:
+        text = f.read()
+    args = re.search(r'^ARGS="([^"]*)"', text, re.M).group(1).split()
+    assert "--collector.systemd" in args and "--collector.systemd.enable-restarts-metrics" in args, args
+    inc = [a for a in args if a.startswith("--collector.systemd.unit-include=")][0]
+    regex = inc.split("=", 1)[1].replace("\\\\", "\\")
+    for unit in ("vigil-authd.service", "vigil-alertbotd.service", "nginx.service",
+                 "postgresql@15-main.service", "redis-server.service"):
+        assert re.fullmatch(regex, unit), f"{unit} not included by {regex}"
+
+
+def check_promtail():
+    cfg = load("etc", "promtail", "promtail.yml")
+    assert cfg["server"]["http_listen_port"] == PORTS["promtail"]
+    (client,) = cfg["clients"]
+    assert port_of(client["url"]) == PORTS["loki"] and client["url"].endswith("/loki/api/v1/push")
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    j = jobs["journal"]
+    assert j["journal"]["json"] is True, "journal entries must be shipped as JSON"
+    relabel = {r["target_label"]: r["source_labels"] for r in j["relabel_configs"]}
+    assert relabel == {
+        "unit": ["__journal__systemd_unit"],
+        "priority": ["__journal_priority_keyword"],
+        "syslog_identifier": ["__journal_syslog_identifier"],
+        "host": ["__journal__hostname"],
+    }, relabel
+    # Never a trace id (or any per-request value) as a label.
+    for job in cfg["scrape_configs"]:
+        names = set(job.get("journal", {}).get("labels", {}))
+        for sc in job.get("static_configs", []):
+            names |= set(sc.get("labels", {}))
+        names |= {r.get("target_label", "") for r in job.get("relabel_configs", [])}
+        for stage in job.get("pipeline_stages", []) or []:
+            names |= set((stage.get("labels") or {}))
+        bad = {n for n in names if re.search(r"trace|span|user|route|status", n, re.I)}
+        assert not bad, f"promtail job {job['job_name']}: per-request labels {bad}"
+    gw = jobs["vigil-gateway"]["static_configs"][0]["labels"]
+    assert gw["job"] == "vigil-gateway" and gw["__path__"].startswith("/var/log/nginx/")
+    # The gateway site writes its JSON access log where promtail reads it.
+    for conf in glob.glob(os.path.join(ETC, "nginx", "**", "*.conf"), recursive=True):
+        with open(conf, encoding="utf-8") as f:
+            for m in re.finditer(r"^\s*access_log\s+(/\S+)\s+vigil_json", f.read(), re.M):
+                assert m.group(1) == gw["__path__"], f"{conf}: access log {m.group(1)} not scraped"
+
+
+def check_loki():
+    cfg = load("etc", "loki", "loki.yml")
+    assert cfg["server"]["http_listen_port"] == PORTS["loki"]
+    assert cfg["auth_enabled"] is False
+    assert cfg["compactor"]["retention_enabled"] is True
+    period = cfg["limits_config"]["retention_period"]
+    hours = int(re.fullmatch(r"(\d+)h", period).group(1))
+    assert hours >= 14 * 24, f"retention {period} shorter than 14 days"
+    assert cfg["schema_config"]["configs"][0]["object_store"] == "filesystem"
+    assert port_of(cfg["ruler"]["alertmanager_url"]) == PORTS["alertmanager"]
+    assert cfg["ruler"]["storage"]["local"]["directory"] == "/etc/loki/rules"
+
+
+def logql_balanced(expr):
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack = []
+    in_str = False
+    prev = ""
+    for c in expr:
+        if c == '"' and prev != "\\":
+            in_str = not in_str
+        elif not in_str:
+            if c in "([{":
+                stack.append(c)
+            elif c in ")]}":
+                if not stack or stack.pop() != pairs[c]:
+                    return False
+        prev = c
+    return not stack and not in_str
+
+
+def check_loki_rules():
+    files = glob.glob(os.path.join(ETC, "loki", "rules", "fake", "*.yml"))
+    assert files, "no Loki rule files under etc/loki/rules/fake/"
+    n = 0
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        for g in doc["groups"]:
+            for r in g["rules"]:
+                e = r["expr"]
+                assert logql_balanced(e), f"{r.get('alert')}: unbalanced brackets or quotes"
+                assert re.search(r'\{job="vigil-gateway"\}', e), "must select the gateway stream"
+                for m in re.finditer(r"count_over_time\((.*?)\[(\d+[smhd])\]\)", e, re.S):
+                    assert m.group(1).strip().startswith("{"), "range aggregation without a selector"
+                assert "$" not in e
+                n += 1
+    assert n
+
+
+def check_tempo():
+    cfg = load("etc", "tempo", "tempo.yml")
+    assert cfg["server"]["http_listen_port"] == PORTS["tempo"]
+    ep = cfg["distributor"]["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert port_of(ep) == PORTS["otlp-http"], ep
+    rw = cfg["metrics_generator"]["storage"]["remote_write"]
+    assert [w["url"] for w in rw] == [f"http://127.0.0.1:{PORTS['prometheus']}/api/v1/write"], rw
+    procs = cfg["overrides"]["metrics_generator_processors"]
+    assert set(procs) == {"service-graphs", "span-metrics"}, procs
+    assert cfg["storage"]["trace"]["backend"] == "local"
+    assert re.fullmatch(r"\d+h", cfg["compactor"]["compaction"]["block_retention"])
+    # The daemons' shipped default exporter endpoint is this receiver.
+    for conf in glob.glob(os.path.join(ETC, "vigil", "*.conf")):
+        with open(conf, encoding="utf-8") as f:
+            m = re.search(r"^#?\s*otlp_endpoint\s*=\s*(\S+)", f.read(), re.M)
+        if m:
+            assert port_of(m.group(1)) == PORTS["otlp-http"], f"{conf}: {m.group(1)}"
+
+
+def check_grafana_datasources():
+    with open(obslib.DATASOURCES, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    ds = {d["uid"]: d for d in doc["datasources"]}
+    assert port_of(ds["prometheus"]["url"]) == PORTS["prometheus"]
+    assert port_of(ds["loki"]["url"]) == PORTS["loki"]
+    assert port_of(ds["tempo"]["url"]) == PORTS["tempo"]
+    ex = ds["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert ex == [{"name": "trace_id", "datasourceUid": "tempo"}], ex
+    (df,) = ds["loki"]["jsonData"]["derivedFields"]
+    assert df["datasourceUid"] == "tempo" and df["name"] == "trace_id"
+    assert df["url"] == "$${__value.raw}", "a literal $ must be written $$ in provisioning"
+    rx = re.compile(df["matcherRegex"])
+    tid = "4bf92f3577b34da6a3ce929d0e0e4736"
+    for line in ('{"MESSAGE":"done","TRACE_ID":"%s","PRIORITY":"6"}' % tid,
+                 'level=info TRACE_ID=%s msg="done"' % tid,
+                 '{"status":429,"trace_id":"%s"}' % tid):
+        m = rx.search(line)
+        assert m and m.group(1) == tid, f"derived field misses the trace id in {line}"
+    assert not rx.search('{"MESSAGE":"no trace here","SPAN_ID":"00f067aa0ba902b7"}')
+    t = ds["tempo"]["jsonData"]
+    assert t["tracesToLogsV2"]["datasourceUid"] == "loki" and t["tracesToLogsV2"]["filterByTraceID"]
+    assert "${__trace.traceId}" in t["tracesToLogsV2"]["query"]
+    assert t["tracesToMetrics"]["datasourceUid"] == "prometheus"
+    assert t["serviceMap"]["datasourceUid"] == "prometheus"
+
+
+def all_alerts():
+    """(source, alert rule) of every Prometheus and Loki alerting rule."""
+    out = []
+    for name, rules in obslib.alert_rules().items():
+        for r in rules:
+            out.append(("prometheus", r))
+    for path in glob.glob(os.path.join(ETC, "loki", "rules", "fake", "*.yml")):
+        with open(path, encoding="utf-8") as f:
+            for g in yaml.safe_load(f)["groups"]:
+                out.extend(("loki", r) for r in g["rules"] if "alert" in r)
+    return out
+
+
+def check_alert_metadata():
+    alerts = all_alerts()
+    assert len(alerts) > 20, len(alerts)
+    for src, r in alerts:
+        name = r["alert"]
+        assert r.get("labels", {}).get("severity") in ("page", "ticket"), f"{name}: severity"
+        ann = r.get("annotations", {})
+        for key in ("summary", "description", "runbook_url"):
+            assert ann.get(key), f"{src} alert {name}: no {key}"
+        url = ann["runbook_url"]
+        assert url == f"{RUNBOOK_BASE}docs/runbooks/{name}.md", f"{name}: runbook_url {url}"
+        path = os.path.join(TOP, "docs", "runbooks", f"{name}.md")
+        assert os.path.isfile(path), f"{name}: {path} does not exist"
+        if r.get("labels", {}).get("remediation") == "restart":
+            assert "unit" in r["expr"], f"{name}: remediable alerts must carry the unit label"
+
+
+RANGE_FUNCTIONS = {"rate", "irate", "increase", "delta", "changes", "resets"}
+
+
+def enclosing_function(expr, pos):
+    """Name of the innermost function call whose parentheses enclose pos."""
+    depth = 0
+    i = pos - 1
+    while i >= 0:
+        c = expr[i]
+        if c == ")":
+            depth += 1
+        elif c == "(":
+            if depth == 0:
+                m = re.search(r"([a-zA-Z_]+)\s*$", expr[:i])
+                return m.group(1) if m else ""
+            depth -= 1
+        i -= 1
+    return None
+
+
+def counters_outside_range_functions(expr):
+    e = re.sub(r'"(\\.|[^"\\])*"', '""', expr)
+    e = re.sub(r"\{[^}]*\}", lambda m: " " * len(m.group(0)), e)
+    bad = []
+    for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*_total\b", e):
+        if enclosing_function(e, m.start()) not in RANGE_FUNCTIONS:
+            bad.append(m.group(0))
+    return bad
+
+
+def check_no_counter_threshold():
+    # An alert on a raw counter (`x_total > 0`) never resolves.
+    assert counters_outside_range_functions("vigil_notify_dead_lettered_total > 0")
+    assert counters_outside_range_functions('sum(x_total{a="b"}) > 1')
+    assert not counters_outside_range_functions('sum(rate(x_total{a="(b"}[5m])) > 1')
+    for _, r in all_alerts():
+        if "count_over_time" in r["expr"]:
+            continue  # LogQL counts log lines, not counters
+        bad = counters_outside_range_functions(r["expr"])
+        assert not bad, f"{r['alert']}: counters used without rate()/increase(): {bad}"
+
+
+def check_alertmanager_config():
+    cfg = load("etc", "alertmanager", "alertmanager.yml")
+    recv = {r["name"]: r for r in cfg["receivers"]}
+    bot = recv["alertbot"]["webhook_configs"][0]
+    assert bot["url"] == f"http://127.0.0.1:{PORTS['alertbot']}/webhook"
+    auth = bot["http_config"]["authorization"]
+    assert auth["credentials_file"] == "/etc/vigil/alertmanager/webhook-token"
+    assert auth.get("type", "Bearer") == "Bearer"
+    routes = {r["receiver"]: r for r in cfg["route"]["routes"]}
+    r = routes["alertbot"]
+    assert r["continue"] is True
+    for key in ("group_interval", "repeat_interval"):
+        m = re.fullmatch(r"(\d+)([mh])", r[key])
+        minutes = int(m.group(1)) * (60 if m.group(2) == "h" else 1)
+        assert minutes >= 60, f"alertbot route {key} {r[key]}: restarts would repeat too often"
+
+
+def main():
+    runner.check("prometheus.yml: every job at its DESIGN.md port, service labels, alerting",
+                 check_prometheus_scrape_config)
+    runner.check("prometheus and node_exporter flags: exemplars, remote write, retention, systemd",
+                 check_prometheus_flags)
+    runner.check("promtail: port 9080, journal as JSON, labels unit/priority/syslog_identifier/host only",
+                 check_promtail)
+    runner.check("loki: port 3100, filesystem, retention >= 14d, ruler to Alertmanager", check_loki)
+    runner.check("loki rules: LogQL structurally sound", check_loki_rules)
+    runner.check("tempo: 3200, OTLP/HTTP 4318, metrics generator remote-writes to Prometheus",
+                 check_tempo)
+    runner.check("grafana datasources: ports and trace/log/metric correlations", check_grafana_datasources)
+    runner.check("alerts: severity, summary, description and an existing runbook", check_alert_metadata)
+    runner.check("alerts: no threshold on a raw counter", check_no_counter_threshold)
+    runner.check("alertmanager: bot webhook with bearer token file, slow repeats", check_alertmanager_config)
+    return runner.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
