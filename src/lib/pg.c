@@ -608,9 +608,16 @@ int pg_pool_ping(struct pg_pool *p)
 
         if (!p)
                 return -EINVAL;
+
+        /* A probe is not part of any trace. */
+        struct span *probe = span_start_unsampled("ping");
+        struct span *previous = trace_set_current(probe);
+
         r = pg_pool_acquire(p, &c);
         if (r >= 0)
                 r = pg_exec(c, "SELECT 1", 0, NULL, NULL);
+        trace_set_current(previous);
+        span_end(probe);
         dependency_metrics_set_up(p->metrics, "postgres", r >= 0);
         return r < 0 ? r : 0;
 }

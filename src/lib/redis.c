@@ -507,7 +507,14 @@ int redis_pool_ping(struct redis_pool *p)
 
         if (!p)
                 return -EINVAL;
+
+        /* A probe is not part of any trace. */
+        struct span *probe = span_start_unsampled("ping");
+        struct span *previous = trace_set_current(probe);
+
         r = redis_command_argv(p, 1, argv, NULL, &reply);
+        trace_set_current(previous);
+        span_end(probe);
         if (r >= 0 && (reply->type != REDIS_REPLY_STATUS || strcmp(reply->str, "PONG") != 0))
                 r = -EIO;
         dependency_metrics_set_up(p->metrics, "redis", r >= 0);

@@ -125,6 +125,11 @@ struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
                         const struct trace_context *parent);
 /* Attributes and status are recorded only when span_is_recording(); a key
  * set twice keeps the last value. All accept a NULL span. */
+/* A root span that is never recorded, and neither are the spans started
+ * under it: for background probes and pollers (readiness pings, the outbox
+ * relay) that would otherwise start a new trace every few seconds. Make it
+ * current around the work, then end it. Never fails (see span_start). */
+struct span *span_start_unsampled(const char *name);
 void span_set_attribute_string(struct span *s, const char *key, const char *value);
 void span_set_attribute_int(struct span *s, const char *key, int64_t value);
 void span_set_attribute_double(struct span *s, const char *key, double value);

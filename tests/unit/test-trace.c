@@ -1111,6 +1111,24 @@ START_TEST(test_counters_are_registered_as_metrics)
 }
 END_TEST
 
+START_TEST(test_unsampled_span_and_its_children_are_never_recorded)
+{
+        struct span *quiet = span_start_unsampled("probe");
+        struct span *previous = trace_set_current(quiet);
+        struct span *child = span_start(NULL, "SELECT", SPAN_KIND_CLIENT, NULL);
+
+        ck_assert(trace_context_is_valid(span_context(quiet)));
+        ck_assert_int_eq(span_context(quiet)->flags & TRACE_FLAG_SAMPLED, 0);
+        ck_assert(!span_is_recording(quiet));
+        ck_assert(!span_is_recording(child));
+        ck_assert(memcmp(span_context(child)->trace_id, span_context(quiet)->trace_id,
+                         TRACE_ID_SIZE) == 0);
+        span_end(child);
+        trace_set_current(previous);
+        span_end(quiet);
+}
+END_TEST
+
 static Suite *trace_suite(void)
 {
         Suite *s = suite_create("trace");
@@ -1122,6 +1140,7 @@ static Suite *trace_suite(void)
         tcase_add_loop_test(tc, test_parse_rejects_malformed_traceparent, 0,
                             (int)ELEMENTSOF(invalid_traceparents));
         tcase_add_test(tc, test_parse_rejects_null);
+        tcase_add_test(tc, test_unsampled_span_and_its_children_are_never_recorded);
         tcase_add_test(tc, test_format_round_trips_version_00);
         tcase_add_test(tc, test_format_writes_future_version_as_00);
         tcase_add_test(tc, test_generated_contexts_round_trip);
@@ -1157,6 +1176,7 @@ static Suite *trace_suite(void)
         suite_add_tcase(s, tc);
         return s;
 }
+
 
 int main(void)
 {
