@@ -1,0 +1,68 @@
+/* vigil-paymentd's manager: owns the configuration, the metrics registry,
+ * the tracer, the PostgreSQL pools (requests, and one connection for the
+ * outbox relay), the authd client, the AMQP client and its relay thread,
+ * the simulated processor and the HTTP server, created in that order and
+ * torn down in reverse. */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "daemon.h"
+#include "paymentd-processor.h"
+
+struct paymentd_config {
+        struct daemon_config common;
+        struct daemon_postgres_config postgres;
+        struct daemon_amqp_config amqp;
+        char *auth_url;
+        int64_t auth_timeout_ms;
+        int64_t processor_latency_ms;
+        double processor_decline_ratio;
+        double faults_error_ratio;
+        int64_t faults_latency_ms;
+        int64_t idempotency_retention_hours;
+        int64_t idempotency_takeover_seconds;
+        int64_t outbox_batch_size;
+        int64_t outbox_poll_interval_ms;
+        int64_t outbox_retention_hours;
+};
+
+struct paymentd_manager {
+        const struct paymentd_config *config;
+        struct metrics_registry *metrics;
+        struct tracer *tracer;
+        struct pg_pool *pg;
+        struct pg_pool *relay_pg;
+        struct http_client *auth;
+        struct amqp_client *amqp;
+        struct outbox_relay *relay;
+        struct payment_processor processor; /* reloadable settings (atomics) */
+        struct http_server *http;
+
+        atomic_bool migrated;
+        atomic_bool postgres_up;
+        atomic_bool amqp_up;
+        uint64_t next_prune_usec;
+        char status[128];
+
+        struct metric *transactions_success;
+        struct metric *transactions_declined;
+        struct metric *transactions_failed;
+        struct metric *amount_cents;
+        struct metric *revenue_dollars;
+        struct metric *outbox_pending;
+        struct metric *outbox_oldest_age;
+        struct dependency_metrics *dependencies;
+};
+
+extern const struct daemon_ops paymentd_ops;
+
+/* Exposed for tests: the configuration table of vigil-paymentd. */
+extern const struct conf_key paymentd_conf_table[];
+extern const size_t paymentd_conf_table_size;
+
+/* The processor settings of a config (what SIGHUP applies). */
+void paymentd_processor_settings(const struct paymentd_config *c, struct processor_settings *ret);

@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# Benchmark vigil-paymentd's POST /charge with wrk, next to the machine's
+# ceilings measured in the same run: nginx serving a static response, and
+# `pgbench -N` (the PostgreSQL write-commit ceiling). See docs/benchmarks.md.
+#
+#   tests/bench/bench-paymentd.sh [--builddir DIR] [--duration SECONDS]
+#                                 [--connections N] [--keep]
+#
+# It starts PostgreSQL, Redis and RabbitMQ (scripts/dev-stack.sh),
+# vigil-authd and vigil-paymentd (processor latency 0, decline ratio 0,
+# tracing and access log off) and nginx, on free loopback ports in a
+# temporary directory; then runs, one after the other, with
+# `wrk -t2 -cN -dSECONDS --latency`:
+#
+#   1. nginx GET /static                    the HTTP ceiling
+#   2. paymentd GET /health                 the HTTP stack alone
+#   3. paymentd POST /charge                a unique Idempotency-Key per request:
+#                                           authd /verify + claim + commit
+#                                           {payment, outbox, key, revenue, NOTIFY}
+#   4. pgbench -N -cN -j2 -TSECONDS         PostgreSQL's write-commit ceiling
+#
+# and reports the outbox backlog at the end (the relay publishes with
+# confirms while the charges run) and paymentd's resident memory. It prints
+# a markdown report; it never fails on the figures, only when the set-up
+# does or the charge run serves errors. Everything it started is stopped.
+set -euo pipefail
+
+prog=${0##*/}
+srcdir=$(cd "$(dirname "$0")/../.." && pwd)
+benchdir="$srcdir/tests/bench"
+
+builddir=${top_builddir:-.}
+duration=10
+connections=32
+keep=no
+
+die() {
+        echo "$prog: $*" >&2
+        exit 1
+}
+
+note() {
+        echo "$prog: $*" >&2
+}
+
+usage() {
+        echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--keep]" >&2
+        exit 2
+}
+
+while [ $# -gt 0 ]; do
+        case $1 in
+        --builddir) [ $# -ge 2 ] || usage; builddir=$2; shift 2 ;;
+        --builddir=*) builddir=${1#*=}; shift ;;
+        --duration) [ $# -ge 2 ] || usage; duration=$2; shift 2 ;;
+        --duration=*) duration=${1#*=}; shift ;;
+        --connections) [ $# -ge 2 ] || usage; connections=$2; shift 2 ;;
+        --connections=*) connections=${1#*=}; shift ;;
+        --keep) keep=yes; shift ;;
+        -h | --help) usage ;;
+        *) usage ;;
+        esac
+done
+if ! [[ "$duration" =~ ^[0-9]+$ ]] || [ "$duration" -lt 1 ] || [ "$duration" -gt 600 ]; then
+        die "--duration must be 1..600 seconds"
+fi
+if ! [[ "$connections" =~ ^[0-9]+$ ]] || [ "$connections" -lt 2 ] ||
+        [ "$connections" -gt 1024 ]; then
+        die "--connections must be 2..1024"
+fi
+
+bindir() {
+        local b="$builddir/src/$1/vigil-$1"
+        [ -x "$b" ] || die "$b not found: build it, or pass --builddir"
+        echo "$(cd "$(dirname "$b")" && pwd)/vigil-$1"
+}
+authd=$(bindir authd)
+paymentd=$(bindir paymentd)
+for tool in wrk nginx pgbench psql python3 curl timeout; do
+        command -v "$tool" >/dev/null ||
+                die "$tool not found (Debian packages: wrk nginx-light postgresql-client postgresql-contrib python3 curl coreutils)"
+done
+if grep -qa __asan_init "$paymentd"; then
+        note "warning: $paymentd is built with sanitizers; its figures are not representative"
+fi
+
+# The whole run is bounded; the traps below still tear down.
+if [ -z "${VIGIL_BENCH_UNDER_TIMEOUT:-}" ]; then
+        budget=$((5 * (duration + 5) + 400))
+        export VIGIL_BENCH_UNDER_TIMEOUT=$budget
+        args=(--builddir "$builddir" --duration "$duration" --connections "$connections")
+        [ "$keep" = no ] || args+=(--keep)
+        exec timeout -k 30 "$budget" "$0" "${args[@]}"
+fi
+
+tmp=$(mktemp -d /tmp/vigil-bench.XXXXXX)
+chmod 755 "$tmp"
+authd_pid='' paymentd_pid='' nginx_pid='' wrk_pid='' pgbench_pid=''
+stack_started=no
+finished=no
+
+stop_pid() {
+        local pid=$1
+        [ -n "$pid" ] || return 0
+        kill -TERM "$pid" 2>/dev/null || return 0
+        for _ in $(seq 100); do
+                kill -0 "$pid" 2>/dev/null || return 0
+                sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+        local rc=$?
+        trap - EXIT INT TERM
+        stop_pid "$wrk_pid"
+        stop_pid "$pgbench_pid"
+        stop_pid "$paymentd_pid"
+        stop_pid "$authd_pid"
+        stop_pid "$nginx_pid"
+        if [ "$stack_started" = yes ]; then
+                "$srcdir/scripts/dev-stack.sh" stop "$tmp/stack" >>"$tmp/stack.log" 2>&1 || true
+        fi
+        if [ "$finished" != yes ]; then
+                note "failed; last lines of the logs:"
+                for f in "$tmp"/*.log "$tmp/nginx/error.log"; do
+                        [ -s "$f" ] || continue
+                        echo "---- $f" >&2
+                        tail -n 15 "$f" >&2
+                done
+        fi
+        if [ "$keep" = yes ] || [ "$finished" != yes ]; then
+                note "logs and wrk outputs kept in $tmp"
+        else
+                rm -rf "$tmp"
+        fi
+        exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'note "interrupted (time budget ${VIGIL_BENCH_UNDER_TIMEOUT}s exceeded?)"; exit 143' TERM
+
+free_port() {
+        python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+}
+
+wait_for() {
+        local deadline=$((SECONDS + $1))
+        shift
+        until "$@"; do
+                [ "$SECONDS" -lt "$deadline" ] || return 1
+                sleep 0.2
+        done
+}
+
+http_status() {
+        curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true
+}
+
+answers_200() {
+        [ "$(http_status "$1")" = 200 ]
+}
+
+# ------------------------------------------------------------------ servers
+
+note "starting PostgreSQL, Redis and RabbitMQ (scripts/dev-stack.sh)"
+stack_started=yes
+# Its stdout is the env file, which holds passwords: not kept in the log.
+"$srcdir/scripts/dev-stack.sh" start "$tmp/stack" postgres redis rabbitmq >/dev/null \
+        2>"$tmp/stack.log" || die "the dev stack did not start"
+# shellcheck disable=SC1091
+. "$tmp/stack/env"
+admin_dsn=$VIGIL_TEST_PG_ADMIN_DSN
+sql() {
+        psql "${admin_dsn/dbname=postgres/dbname=vigil}" -X -v ON_ERROR_STOP=1 -Atc "$1"
+}
+
+mkdir -p "$tmp/auth-credentials" "$tmp/payment-credentials"
+chmod 700 "$tmp/auth-credentials" "$tmp/payment-credentials"
+od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/auth-credentials/jwt-key"
+cp "$VIGIL_DEV_PG_PASSWORD_FILE_AUTH" "$tmp/auth-credentials/postgres-password"
+cp "$VIGIL_DEV_PG_PASSWORD_FILE_PAYMENT" "$tmp/payment-credentials/postgres-password"
+: >"$tmp/empty.conf"
+auth_port=$(free_port)
+pay_port=$(free_port)
+auth_url="http://127.0.0.1:$auth_port"
+pay_url="http://127.0.0.1:$pay_port"
+
+daemon_env=(env -u JOURNAL_STREAM -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID
+        VIGIL_TRACING_OTLP_ENDPOINT= VIGIL_LOG_LEVEL=warning VIGIL_HTTP_ACCESS_LOG=false)
+
+note "starting vigil-authd on $auth_url"
+"${daemon_env[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$auth_port" \
+        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
+        CREDENTIALS_DIRECTORY="$tmp/auth-credentials" \
+        "$authd" --config "$tmp/empty.conf" </dev/null >"$tmp/authd.log" 2>&1 &
+authd_pid=$!
+wait_for 60 answers_200 "$auth_url/ready" || die "authd is not ready after 60s"
+
+note "starting vigil-paymentd on $pay_url (processor latency 0, decline ratio 0)"
+"${daemon_env[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$pay_port" \
+        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_PAYMENT" VIGIL_AMQP_URL="$VIGIL_AMQP_URL" \
+        VIGIL_AUTH_URL="$auth_url" VIGIL_PROCESSOR_LATENCY_MS=0 \
+        VIGIL_PROCESSOR_DECLINE_RATIO=0 CREDENTIALS_DIRECTORY="$tmp/payment-credentials" \
+        "$paymentd" --config "$tmp/empty.conf" </dev/null >"$tmp/paymentd.log" 2>&1 &
+paymentd_pid=$!
+wait_for 60 answers_200 "$pay_url/ready" || die "paymentd is not ready after 60s"
+
+nginx_port=$(free_port)
+mkdir -p "$tmp/nginx"
+nginx_user=
+if [ "$(id -u)" -eq 0 ]; then
+        nginx_user="user nobody $(id -gn nobody);"
+fi
+sed -e "s|@PREFIX@|$tmp/nginx|g" -e "s|@PORT@|$nginx_port|g" -e "s|@USER@|$nginx_user|g" \
+        "$benchdir/nginx-static.conf.in" >"$tmp/nginx/nginx.conf"
+note "starting nginx on 127.0.0.1:$nginx_port"
+nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' </dev/null \
+        >"$tmp/nginx/stdout.log" 2>&1 &
+nginx_pid=$!
+wait_for 20 answers_200 "http://127.0.0.1:$nginx_port/static" ||
+        die "nginx does not answer on 127.0.0.1:$nginx_port"
+
+# ------------------------------------------------------------- user, token
+
+user="bench_$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n')"
+password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+credentials="{\"username\":\"$user\",\"password\":\"$password\"}"
+status=$(http_status -X POST -H 'Content-Type: application/json' --data "$credentials" \
+        "$auth_url/register")
+[ "$status" = 201 ] || die "POST /register answered $status, not 201"
+body=$(curl -sf --max-time 10 -X POST -H 'Content-Type: application/json' \
+        --data "$credentials" "$auth_url/login") || die "POST /login failed"
+export BENCH_TOKEN
+BENCH_TOKEN=$(printf '%s' "$body" | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+run_id=$(od -An -tx1 -N4 /dev/urandom | tr -d ' \n')
+
+# One charge per request, each with its own Idempotency-Key
+# ($BENCH_RUN-<thread>-<counter>), so every request is a new charge.
+cat >"$tmp/charge.lua" <<'EOF'
+local token = os.getenv("BENCH_TOKEN")
+local run = os.getenv("BENCH_RUN") or "run"
+local threads = 0
+local counter = 0
+
+function setup(thread)
+        threads = threads + 1
+        thread:set("thread_id", threads)
+end
+
+function request()
+        counter = counter + 1
+        return wrk.format("POST", "/charge", {
+                ["Content-Type"] = "application/json",
+                ["Authorization"] = "Bearer " .. token,
+                ["Idempotency-Key"] = string.format("%s-%d-%d", run, thread_id or 0, counter),
+        }, '{"amount": 19.99}')
+end
+EOF
+status=$(http_status -X POST -H 'Content-Type: application/json' \
+        -H "Authorization: Bearer $BENCH_TOKEN" -H "Idempotency-Key: $run_id-probe" \
+        --data '{"amount": 19.99}' "$pay_url/charge")
+[ "$status" = 201 ] || die "a probe POST /charge answered $status, not 201"
+
+# ---------------------------------------------------------------------- wrk
+
+to_ms() {
+        awk -v t="$1" 'BEGIN {
+                if (match(t, /^[0-9.]+/) == 0) { print ""; exit }
+                v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
+                if (u == "us") f = 0.001
+                else if (u == "ms") f = 1
+                else if (u == "s") f = 1000
+                else if (u == "m") f = 60000
+                else { print ""; exit }
+                printf "%.3f\n", v * f
+        }'
+}
+
+declare -A ROW_RPS ROW_P50 ROW_P99 ROW_ERR LABEL
+ROWS=()
+threads=2
+
+# wrk_run NAME URL [LUA]: wrk in the background (a TERM is handled at once).
+wrk_run() {
+        local name=$1 url=$2 lua=${3:-} secs=${4:-$duration}
+        local args=(-t$threads -c"$connections" -d"${secs}s" --timeout 10s --latency)
+        [ -z "$lua" ] || args+=(-s "$lua")
+        # Keys are <run>-<name>-<thread>-<n>: no run replays another's.
+        BENCH_RUN="$run_id-$name" wrk "${args[@]}" "$url" </dev/null >"$tmp/$name.txt" 2>&1 &
+        wrk_pid=$!
+        wait "$wrk_pid" || die "wrk failed for $name: $(tail -n 3 "$tmp/$name.txt")"
+        wrk_pid=
+}
+
+record() {
+        local f="$tmp/$1.txt"
+        ROWS+=("$1")
+        ROW_RPS[$1]=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+        ROW_P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
+        ROW_P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
+        ROW_ERR[$1]=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
+                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10}
+                END {print n + 0}' "$f")
+        note "$1: ${ROW_RPS[$1]} req/s, p50 ${ROW_P50[$1]:-?} ms, p99 ${ROW_P99[$1]:-?} ms, ${ROW_ERR[$1]} errors"
+}
+
+note "each run: wrk -t$threads -c$connections -d${duration}s --latency"
+note "1/4 nginx GET /static (ceiling)"
+LABEL[nginx]="nginx GET /static (ceiling)"
+wrk_run nginx "http://127.0.0.1:$nginx_port/static"
+record nginx
+
+note "2/4 paymentd GET /health"
+LABEL[health]="paymentd GET /health"
+wrk_run health "$pay_url/health"
+record health
+
+note "warming up POST /charge (3s, not recorded)"
+wrk_run warmup "$pay_url/charge" "$tmp/charge.lua" 3
+payments_before=$(sql "SELECT count(*) FROM payment.payments")
+note "3/4 paymentd POST /charge (unique keys, latency 0, decline 0)"
+LABEL[charge]="paymentd POST /charge"
+wrk_run charge "$pay_url/charge" "$tmp/charge.lua"
+record charge
+payments_after=$(sql "SELECT count(*) FROM payment.payments")
+charge_requests=$(awk '/ requests in / {print $1}' "$tmp/charge.txt")
+pending_end=$(sql "SELECT count(*) FROM payment.outbox WHERE published_at IS NULL")
+drain_start=$SECONDS
+wait_for 120 test "$(sql "SELECT count(*) FROM payment.outbox WHERE published_at IS NULL")" = 0 ||
+        note "warning: the outbox did not drain within 120 s"
+drain_seconds=$((SECONDS - drain_start))
+read -r RSS_MB HWM_MB < <(awk '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
+        END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$paymentd_pid/status")
+
+note "4/4 pgbench -N -c$connections -j$threads -T$duration (write-commit ceiling)"
+psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE vigil_bench" >/dev/null
+bench_dsn=${admin_dsn/dbname=postgres/dbname=vigil_bench}
+pgbench -i -q -s 10 "$bench_dsn" >"$tmp/pgbench-init.log" 2>&1 || die "pgbench -i failed"
+pgbench -N -c "$connections" -j $threads -T "$duration" "$bench_dsn" </dev/null \
+        >"$tmp/pgbench.txt" 2>&1 &
+pgbench_pid=$!
+wait "$pgbench_pid" || die "pgbench failed: $(tail -n 3 "$tmp/pgbench.txt")"
+pgbench_pid=
+PG_TPS=$(awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
+PG_LAT=$(awk -F'= ' '/^latency average = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
+PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || setting, ', ')
+        FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers')")
+
+# ------------------------------------------------------------------- report
+
+fmt_ratio() {
+        awk -v a="$1" -v b="$2" 'BEGIN {
+                if (a == "" || b == "" || b + 0 == 0) print "n/a"
+                else if (a / b >= 0.1) printf "%.2f\n", a / b
+                else printf "%.3f\n", a / b }'
+}
+fmt_int() {
+        awk -v v="$1" 'BEGIN {printf "%.0f\n", v}'
+}
+fmt_ms() {
+        [ -n "$1" ] && awk -v v="$1" 'BEGIN {printf "%.2f ms\n", v}' || echo "n/a"
+}
+
+{
+        echo
+        echo "### vigil-paymentd, $(date -u +%Y-%m-%d) — $(nproc) CPUs, $(uname -sr)"
+        echo
+        echo "wrk -t$threads -c$connections -d${duration}s --latency and pgbench -N -c$connections"
+        echo "-j$threads -T$duration, one after the other; all servers share the machine."
+        echo
+        echo "| test | requests/s | p50 | p99 | vs nginx | errors |"
+        echo "|------|-----------:|----:|----:|---------:|-------:|"
+        for row in "${ROWS[@]}"; do
+                printf '| %s | %s | %s | %s | %s | %s |\n' "${LABEL[$row]}" \
+                        "$(fmt_int "${ROW_RPS[$row]}")" "$(fmt_ms "${ROW_P50[$row]}")" \
+                        "$(fmt_ms "${ROW_P99[$row]}")" \
+                        "$(fmt_ratio "${ROW_RPS[$row]}" "${ROW_RPS[nginx]}")" "${ROW_ERR[$row]}"
+        done
+        printf '| pgbench -N (write-commit ceiling) | %s tps | avg %s ms | — | — | — |\n' \
+                "$(fmt_int "${PG_TPS:-0}")" "${PG_LAT:-?}"
+        echo
+        echo "- charges committed in the measured run: $((payments_after - payments_before))" \
+                "for ${charge_requests:-?} requests answered" \
+                "(×$(fmt_ratio "${ROW_RPS[charge]}" "${PG_TPS:-0}") of pgbench -N's tps;" \
+                "each charge is an authd /verify call plus two transactions)."
+        echo "- outbox backlog when the run ended: $pending_end events, drained" \
+                "${drain_seconds}s later (publisher confirms, batches of up to 100)."
+        echo "- paymentd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB."
+        echo "- PostgreSQL settings of the dev stack: $PG_SETTINGS."
+} | tee "$tmp/report.md"
+
+finished=yes
+if [ "${ROW_ERR[charge]}" -gt 0 ]; then
+        note "${ROW_ERR[charge]} charges failed (non-2xx or socket errors): the figures are suspect"
+        keep=yes
+        exit 1
+fi
