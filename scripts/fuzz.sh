@@ -26,13 +26,13 @@
 # test, fix the bug and copy the file into tests/fuzz/corpus/<name>/: every
 # `make check` replays that directory.
 #
-# Environment: FUZZ_TARGETS (default "json traceparent conf"),
+# Environment: FUZZ_TARGETS (default "json traceparent conf alertmanager"),
 # FUZZ_RSS_LIMIT_MB (default 2048), FUZZ_JOBS for make (default: CPUs).
 set -eu
 
 seconds=${1:-30}
 builddir=${2:-build-fuzz}
-targets=${FUZZ_TARGETS:-json traceparent conf}
+targets=${FUZZ_TARGETS:-json traceparent conf alertmanager}
 rss_limit_mb=${FUZZ_RSS_LIMIT_MB:-2048}
 jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
 

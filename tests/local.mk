@@ -7,6 +7,8 @@ AM_TESTS_ENVIRONMENT = \
 	top_srcdir='$(abs_top_srcdir)'; export top_srcdir; \
 	top_builddir='$(abs_top_builddir)'; export top_builddir; \
 	PROMTOOL='$(PROMTOOL)'; export PROMTOOL; \
+	sysconfdir='$(sysconfdir)'; export sysconfdir; \
+	localstatedir='$(localstatedir)'; export localstatedir; \
 	CK_DEFAULT_TIMEOUT=60; export CK_DEFAULT_TIMEOUT;
 
 UNIT_CFLAGS = $(VIGIL_CFLAGS) $(CHECK_CFLAGS) -iquote $(top_srcdir)/tests/unit
@@ -37,9 +39,9 @@ DAEMON_UNIT_TESTS = \
 
 check_PROGRAMS += $(DAEMON_UNIT_TESTS)
 UNIT_TESTS = tests/fuzz/replay.sh $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh \
-	$(DAEMON_UNIT_TESTS) tests/unit/test-authd-config.sh
+	$(DAEMON_UNIT_TESTS) tests/unit/test-daemon-config.sh
 TESTS += $(UNIT_TESTS)
-EXTRA_DIST += tests/unit/test-authd-config.sh
+EXTRA_DIST += tests/unit/test-daemon-config.sh
 
 tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
 tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/authd

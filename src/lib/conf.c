@@ -834,7 +834,10 @@ int conf_write_defaults(const struct conf_key *table, size_t n_keys, FILE *f)
                                 fprintf(f, "# Range: %.0f..%.0f\n", k->min, k->max);
                         else if (k->type == CONF_TYPE_DOUBLE)
                                 fprintf(f, "# Range: %g..%g\n", k->min, k->max);
-                        fprintf(f, "#%s = %s\n", k->key, k->default_value ? k->default_value : "");
+                        if (k->default_value && *k->default_value)
+                                fprintf(f, "#%s = %s\n", k->key, k->default_value);
+                        else
+                                fprintf(f, "#%s =\n", k->key);
                 }
         }
 

@@ -14,8 +14,7 @@ src_notifyd_vigil_notifyd_LDADD = src/notifyd/libnotifyd.a $(VIGIL_LIBS)
 
 # Unit tests of its areas (no server needed).
 check_PROGRAMS += tests/unit/test-notifyd-notifications
-TESTS += tests/unit/test-notifyd-notifications tests/unit/test-notifyd-config.sh
-EXTRA_DIST += tests/unit/test-notifyd-config.sh
+TESTS += tests/unit/test-notifyd-notifications
 tests_unit_test_notifyd_notifications_SOURCES = tests/unit/test-notifyd-notifications.c
 tests_unit_test_notifyd_notifications_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/notifyd
 tests_unit_test_notifyd_notifications_LDADD = src/notifyd/libnotifyd.a $(UNIT_LDADD)

@@ -20,8 +20,7 @@ PAYMENTD_UNIT_TESTS = \
 	tests/unit/test-paymentd-processor \
 	tests/unit/test-paymentd-outbox
 check_PROGRAMS += $(PAYMENTD_UNIT_TESTS)
-TESTS += $(PAYMENTD_UNIT_TESTS) tests/unit/test-paymentd-config.sh
-EXTRA_DIST += tests/unit/test-paymentd-config.sh
+TESTS += $(PAYMENTD_UNIT_TESTS)
 
 tests_unit_test_paymentd_payments_SOURCES = tests/unit/test-paymentd-payments.c
 tests_unit_test_paymentd_payments_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/paymentd

@@ -17,7 +17,8 @@ FUZZ_LDADD = $(VIGIL_LIBS)
 check_PROGRAMS += \
 	tests/fuzz/replay-json \
 	tests/fuzz/replay-traceparent \
-	tests/fuzz/replay-conf
+	tests/fuzz/replay-conf \
+	tests/fuzz/replay-alertmanager
 # tests/fuzz/replay.sh is one of UNIT_TESTS (tests/local.mk).
 EXTRA_DIST += tests/fuzz/replay.sh tests/fuzz/corpus
 
@@ -30,6 +31,10 @@ tests_fuzz_replay_conf_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_replay_json_LDADD = $(FUZZ_LDADD)
 tests_fuzz_replay_traceparent_LDADD = $(FUZZ_LDADD)
 tests_fuzz_replay_conf_LDADD = $(FUZZ_LDADD)
+# The Alertmanager webhook payload decoder lives in vigil-alertbotd.
+tests_fuzz_replay_alertmanager_SOURCES = tests/fuzz/fuzz-alertmanager.c tests/fuzz/replay-main.c
+tests_fuzz_replay_alertmanager_CFLAGS = $(FUZZ_CFLAGS) -iquote $(top_srcdir)/src/alertbotd
+tests_fuzz_replay_alertmanager_LDADD = src/alertbotd/libalertbotd.a $(FUZZ_LDADD)
 
 if ENABLE_FUZZING
 # libFuzzer binaries. Only the link step adds -fsanitize=fuzzer (libFuzzer's
@@ -44,7 +49,8 @@ FUZZER_LINKFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer $(FUZZ_SANITIZE)
 noinst_PROGRAMS += \
 	tests/fuzz/fuzz-json \
 	tests/fuzz/fuzz-traceparent \
-	tests/fuzz/fuzz-conf
+	tests/fuzz/fuzz-conf \
+	tests/fuzz/fuzz-alertmanager
 
 tests_fuzz_fuzz_json_SOURCES = tests/fuzz/fuzz-json.c
 tests_fuzz_fuzz_traceparent_SOURCES = tests/fuzz/fuzz-traceparent.c
@@ -58,4 +64,8 @@ tests_fuzz_fuzz_conf_LDFLAGS = $(FUZZER_LINKFLAGS)
 tests_fuzz_fuzz_json_LDADD = $(FUZZ_LDADD)
 tests_fuzz_fuzz_traceparent_LDADD = $(FUZZ_LDADD)
 tests_fuzz_fuzz_conf_LDADD = $(FUZZ_LDADD)
+tests_fuzz_fuzz_alertmanager_SOURCES = tests/fuzz/fuzz-alertmanager.c
+tests_fuzz_fuzz_alertmanager_CFLAGS = $(FUZZER_CFLAGS) -iquote $(top_srcdir)/src/alertbotd
+tests_fuzz_fuzz_alertmanager_LDFLAGS = $(FUZZER_LDFLAGS)
+tests_fuzz_fuzz_alertmanager_LDADD = src/alertbotd/libalertbotd.a $(FUZZ_LDADD)
 endif

@@ -1,0 +1,764 @@
+#include "alertbotd-policy.h"
+
+#include <assert.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "alertbotd-webhook.h"
+
+#define POLICY_MAX_LINE 190
+
+static const struct {
+        const char *name;
+        const char *message_id;
+} decision_kinds[_DECISION_MAX] = {
+        [DECISION_ACTED] = {"acted", "8fa5e36ef7934bd7ad1a5b385a4e81c8"},
+        [DECISION_FAILED] = {"failed", "921e60d90ea547238d9985a44b17dd0e"},
+        [DECISION_SKIPPED_COOLDOWN] = {"skipped_cooldown", "57808b0596314f2ab48ee04197ccd8f8"},
+        [DECISION_SKIPPED_BUDGET] = {"skipped_budget", "2137a6ab35e043b2b7f4a3707d7d8d7c"},
+        [DECISION_SKIPPED_BREAKER] = {"skipped_breaker", "f311ce8ab2da4f9b985235429606b923"},
+        [DECISION_DRY_RUN] = {"dry_run", "d02da98cdff5496d94379b01165de0fe"},
+        [DECISION_REFUSED_ALLOWLIST] = {"refused_allowlist", "ee06a8d952b040f38852d559d7f94fa7"},
+        [DECISION_DUPLICATE] = {"duplicate", "1554b0b6c8fa4baf9cca372d712731bc"},
+        [DECISION_RESOLVED] = {"resolved", "2db92e48889241bbbaa31f40d68d21b1"},
+        [DECISION_UNMATCHED] = {"unmatched", "fd07560df8274713a952f16a26f6d03c"},
+};
+
+const char *decision_kind_to_string(enum decision_kind k)
+{
+        return k < _DECISION_MAX ? decision_kinds[k].name : "unknown";
+}
+
+const char *decision_kind_message_id(enum decision_kind k)
+{
+        return k < _DECISION_MAX ? decision_kinds[k].message_id : NULL;
+}
+
+const char *policy_action_to_string(enum policy_action a)
+{
+        return a == POLICY_ACTION_RESTART ? "restart" : "unknown";
+}
+
+static void rule_done(struct policy_rule *r)
+{
+        free(r->name);
+        free(r->alertname);
+        free(r->unit);
+        free(r->unit_label);
+        free(r->unit_format);
+        for (size_t i = 0; i < r->n_matches; i++) {
+                free(r->matches[i].label);
+                free(r->matches[i].value);
+        }
+}
+
+void policy_free(struct policy *p)
+{
+        if (!p)
+                return;
+        for (size_t i = 0; i < p->n_allowlist; i++)
+                free(p->allowlist[i]);
+        for (size_t i = 0; i < p->n_rules; i++)
+                rule_done(&p->rules[i]);
+        for (size_t i = 0; i < p->n_units; i++) {
+                free(p->units[i].name);
+                free(p->units[i].ready_url);
+        }
+        free(p);
+}
+
+int policy_new(struct policy **ret)
+{
+        struct policy *p = calloc(1, sizeof(*p));
+
+        if (!p)
+                return -ENOMEM;
+        p->cooldown_seconds = 600;
+        p->budget_per_hour = 6;
+        p->breaker_failures = 3;
+        p->breaker_window_seconds = 3600;
+        p->breaker_half_open_after_seconds = 1800;
+        p->verify_timeout_seconds = 60;
+        *ret = p;
+        return 0;
+}
+
+/* ---- loading */
+
+struct loader {
+        struct policy *policy;
+        char *error; /* the first problem */
+};
+
+static int loader_fail(struct loader *l, const char *format, ...) _printf_(2, 3);
+
+static int loader_fail(struct loader *l, const char *format, ...)
+{
+        va_list ap;
+
+        if (!l->error) {
+                va_start(ap, format);
+                if (vasprintf(&l->error, format, ap) < 0)
+                        l->error = NULL;
+                va_end(ap);
+        }
+        return 0; /* tells libinih this line is an error */
+}
+
+static bool valid_unit_name(const char *unit)
+{
+        size_t len = strlen(unit);
+        static const char suffix[] = ".service";
+
+        if (len <= sizeof(suffix) - 1 || len > STATE_UNIT_MAX)
+                return false;
+        if (strspn(unit, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\@") !=
+            len)
+                return false;
+        return strcmp(unit + len - (sizeof(suffix) - 1), suffix) == 0;
+}
+
+static int parse_int(const char *value, int64_t min, int64_t max, int64_t *ret)
+{
+        char *end;
+        long long v;
+
+        errno = 0;
+        v = strtoll(value, &end, 10);
+        if (errno != 0 || end == value || *end || v < min || v > max)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+static int set_policy_key(struct loader *l, const char *name, const char *value)
+{
+        static const struct {
+                const char *key;
+                size_t offset;
+                int64_t min, max;
+        } ints[] = {
+                {"cooldown_seconds", offsetof(struct policy, cooldown_seconds), 0, 86400 * 7},
+                {"budget_per_hour", offsetof(struct policy, budget_per_hour), 0, STATE_MAX_BUDGET},
+                {"breaker_failures", offsetof(struct policy, breaker_failures), 1,
+                 STATE_MAX_FAILURES},
+                {"breaker_window_seconds", offsetof(struct policy, breaker_window_seconds), 1,
+                 86400 * 7},
+                {"breaker_half_open_after_seconds",
+                 offsetof(struct policy, breaker_half_open_after_seconds), 1, 86400 * 7},
+                {"verify_timeout_seconds", offsetof(struct policy, verify_timeout_seconds), 1,
+                 3600},
+        };
+        struct policy *p = l->policy;
+
+        if (strcmp(name, "allowlist") == 0) {
+                _cleanup_free_ char *copy = strdup(value);
+                char *save = NULL;
+
+                if (!copy)
+                        return loader_fail(l, "out of memory");
+                for (char *w = strtok_r(copy, " \t,", &save); w;
+                     w = strtok_r(NULL, " \t,", &save)) {
+                        if (p->n_allowlist == POLICY_MAX_ALLOWLIST)
+                                return loader_fail(l, "[policy] allowlist: more than %d entries",
+                                                   POLICY_MAX_ALLOWLIST);
+                        if (strlen(w) > STATE_UNIT_MAX)
+                                return loader_fail(l, "[policy] allowlist: \"%s\" is too long", w);
+                        p->allowlist[p->n_allowlist] = strdup(w);
+                        if (!p->allowlist[p->n_allowlist])
+                                return loader_fail(l, "out of memory");
+                        p->n_allowlist++;
+                }
+                return 1;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(ints); i++) {
+                if (strcmp(name, ints[i].key) != 0)
+                        continue;
+                if (parse_int(value, ints[i].min, ints[i].max,
+                              (int64_t *)((char *)p + ints[i].offset)) < 0)
+                        return loader_fail(
+                                l, "[policy] %s: expected an integer in %" PRId64 "..%" PRId64,
+                                name, ints[i].min, ints[i].max);
+                return 1;
+        }
+        return loader_fail(l, "[policy] %s: unknown key", name);
+}
+
+static int set_string(struct loader *l, char **field, const char *section, const char *name,
+                      const char *value)
+{
+        if (strlen(value) > POLICY_MAX_VALUE)
+                return loader_fail(l, "[%s] %s: longer than %d bytes", section, name,
+                                   POLICY_MAX_VALUE);
+        free(*field);
+        *field = strdup(value);
+        return *field ? 1 : loader_fail(l, "out of memory");
+}
+
+static int set_rule_key(struct loader *l, const char *section, const char *rule_name,
+                        const char *name, const char *value)
+{
+        struct policy *p = l->policy;
+        struct policy_rule *r = NULL;
+
+        for (size_t i = 0; i < p->n_rules; i++)
+                if (strcmp(p->rules[i].name, rule_name) == 0)
+                        r = &p->rules[i];
+        if (!r) {
+                if (p->n_rules == POLICY_MAX_RULES)
+                        return loader_fail(l, "more than %d rules", POLICY_MAX_RULES);
+                if (!*rule_name)
+                        return loader_fail(l, "[%s]: a rule needs a name", section);
+                r = &p->rules[p->n_rules];
+                r->name = strdup(rule_name);
+                if (!r->name)
+                        return loader_fail(l, "out of memory");
+                p->n_rules++;
+        }
+
+        if (strcmp(name, "alertname") == 0)
+                return set_string(l, &r->alertname, section, name, value);
+        if (strcmp(name, "unit") == 0) {
+                if (!valid_unit_name(value))
+                        return loader_fail(l, "[%s] unit: \"%s\" is not a service unit name",
+                                           section, value);
+                return set_string(l, &r->unit, section, name, value);
+        }
+        if (strcmp(name, "unit_label") == 0)
+                return set_string(l, &r->unit_label, section, name, value);
+        if (strcmp(name, "unit_format") == 0) {
+                const char *hole = strstr(value, "{}");
+
+                if (!hole || strstr(hole + 2, "{}"))
+                        return loader_fail(l, "[%s] unit_format: needs exactly one \"{}\"",
+                                           section);
+                return set_string(l, &r->unit_format, section, name, value);
+        }
+        if (strcmp(name, "action") == 0) {
+                if (strcmp(value, "restart") != 0)
+                        return loader_fail(l, "[%s] action: only \"restart\" is supported",
+                                           section);
+                r->action = POLICY_ACTION_RESTART;
+                return 1;
+        }
+        if (strcmp(name, "match") == 0) {
+                _cleanup_free_ char *copy = strdup(value);
+                char *save = NULL;
+
+                if (!copy)
+                        return loader_fail(l, "out of memory");
+                for (char *w = strtok_r(copy, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+                        char *eq = strchr(w, '=');
+
+                        if (!eq || eq == w)
+                                return loader_fail(l, "[%s] match: expected label=value pairs",
+                                                   section);
+                        if (r->n_matches == POLICY_MAX_MATCHES)
+                                return loader_fail(l, "[%s] match: more than %d pairs", section,
+                                                   POLICY_MAX_MATCHES);
+                        *eq = '\0';
+                        r->matches[r->n_matches].label = strdup(w);
+                        r->matches[r->n_matches].value = strdup(eq + 1);
+                        r->n_matches++;
+                        if (!r->matches[r->n_matches - 1].label ||
+                            !r->matches[r->n_matches - 1].value)
+                                return loader_fail(l, "out of memory");
+                }
+                return 1;
+        }
+        return loader_fail(l, "[%s] %s: unknown key", section, name);
+}
+
+static int set_unit_key(struct loader *l, const char *section, const char *unit, const char *name,
+                        const char *value)
+{
+        struct policy *p = l->policy;
+        struct policy_unit *u = NULL;
+
+        if (!valid_unit_name(unit))
+                return loader_fail(l, "[%s]: \"%s\" is not a service unit name", section, unit);
+        for (size_t i = 0; i < p->n_units; i++)
+                if (strcmp(p->units[i].name, unit) == 0)
+                        u = &p->units[i];
+        if (!u) {
+                if (p->n_units == POLICY_MAX_UNITS)
+                        return loader_fail(l, "more than %d [unit.*] sections", POLICY_MAX_UNITS);
+                u = &p->units[p->n_units];
+                u->name = strdup(unit);
+                if (!u->name)
+                        return loader_fail(l, "out of memory");
+                p->n_units++;
+        }
+        if (strcmp(name, "ready_url") == 0) {
+                if (*value && strncmp(value, "http://", 7) != 0 &&
+                    strncmp(value, "https://", 8) != 0)
+                        return loader_fail(l, "[%s] ready_url: expected an http:// URL", section);
+                if (!*value) {
+                        free(u->ready_url);
+                        u->ready_url = NULL;
+                        return 1;
+                }
+                return set_string(l, &u->ready_url, section, name, value);
+        }
+        return loader_fail(l, "[%s] %s: unknown key", section, name);
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+        struct loader *l = user;
+
+        if (l->error)
+                return 0;
+        if (strcmp(section, "policy") == 0)
+                return set_policy_key(l, name, value);
+        if (strncmp(section, "rule.", 5) == 0)
+                return set_rule_key(l, section, section + 5, name, value);
+        if (strncmp(section, "unit.", 5) == 0)
+                return set_unit_key(l, section, section + 5, name, value);
+        return loader_fail(l, "[%s]: unknown section", section);
+}
+
+static int check_rules(struct loader *l)
+{
+        struct policy *p = l->policy;
+
+        for (size_t i = 0; i < p->n_rules; i++) {
+                struct policy_rule *r = &p->rules[i];
+
+                if (!r->unit == !r->unit_label) {
+                        loader_fail(l, "[rule.%s]: needs exactly one of unit and unit_label",
+                                    r->name);
+                        return -EINVAL;
+                }
+                if (r->unit_format && !r->unit_label) {
+                        loader_fail(l, "[rule.%s]: unit_format needs unit_label", r->name);
+                        return -EINVAL;
+                }
+                if (!r->alertname) {
+                        r->alertname = strdup(r->name);
+                        if (!r->alertname)
+                                return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
+int policy_load_string(const char *name, const char *text, struct policy **ret, char **ret_error)
+{
+        _cleanup_(policy_freep) struct policy *p = NULL;
+        struct loader l = {};
+        unsigned line = 1;
+        int r;
+
+        r = policy_new(&p);
+        if (r < 0)
+                return r;
+
+        /* libinih cuts long lines silently: refuse them instead. */
+        for (const char *s = text; *s;) {
+                const char *nl = strchr(s, '\n');
+                size_t len = nl ? (size_t)(nl - s) : strlen(s);
+
+                if (len > POLICY_MAX_LINE) {
+                        loader_fail(&l, "line longer than %d characters", POLICY_MAX_LINE);
+                        goto invalid;
+                }
+                if (!nl)
+                        break;
+                s = nl + 1;
+                line++;
+        }
+
+        l.policy = p;
+        r = ini_parse_string(text, handler, &l);
+        if (r != 0 || l.error) {
+                line = r > 0 ? (unsigned)r : 0;
+                if (!l.error)
+                        loader_fail(&l, "syntax error");
+                goto invalid;
+        }
+        r = check_rules(&l);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                line = 0;
+                goto invalid;
+        }
+        *ret = TAKE_PTR(p);
+        return 0;
+
+invalid:
+        if (ret_error) {
+                char *msg = NULL;
+
+                if (line > 0 ? asprintf(&msg, "%s:%u: %s", name, line, l.error ? l.error : "?") < 0
+                             : asprintf(&msg, "%s: %s", name, l.error ? l.error : "?") < 0)
+                        msg = NULL;
+                *ret_error = msg;
+        }
+        free(l.error);
+        return -EINVAL;
+}
+
+int policy_load_file(const char *path, struct policy **ret, char **ret_error)
+{
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+        size_t len = 0;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        if (fstat(fd, &st) < 0)
+                return negative_errno();
+        if (!S_ISREG(st.st_mode))
+                return -EINVAL;
+        if (st.st_size > (off_t)POLICY_MAX_FILE_SIZE)
+                return -EFBIG;
+        text = malloc((size_t)st.st_size + 1);
+        if (!text)
+                return -ENOMEM;
+        while (len < (size_t)st.st_size) {
+                ssize_t n = read(fd, text + len, (size_t)st.st_size - len);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return negative_errno();
+                if (n == 0)
+                        break;
+                len += (size_t)n;
+        }
+        text[len] = '\0';
+        if (strlen(text) != len) {
+                if (ret_error && asprintf(ret_error, "%s: contains NUL bytes", path) < 0)
+                        *ret_error = NULL;
+                return -EINVAL;
+        }
+        return policy_load_string(path, text, ret, ret_error);
+}
+
+/* ---- matching */
+
+bool policy_unit_allowed(const struct policy *p, const char *unit)
+{
+        if (!valid_unit_name(unit))
+                return false;
+        for (size_t i = 0; i < p->n_allowlist; i++)
+                if (fnmatch(p->allowlist[i], unit, 0) == 0)
+                        return true;
+        return false;
+}
+
+const char *policy_unit_ready_url(const struct policy *p, const char *unit)
+{
+        for (size_t i = 0; i < p->n_units; i++)
+                if (strcmp(p->units[i].name, unit) == 0)
+                        return p->units[i].ready_url;
+        return NULL;
+}
+
+const struct policy_rule *policy_match(const struct policy *p, const struct webhook_alert *a)
+{
+        const char *alertname = webhook_alert_label(a, "alertname");
+
+        if (!alertname)
+                return NULL;
+        for (size_t i = 0; i < p->n_rules; i++) {
+                const struct policy_rule *r = &p->rules[i];
+                bool ok = strcmp(r->alertname, alertname) == 0;
+
+                for (size_t j = 0; ok && j < r->n_matches; j++) {
+                        const char *v = webhook_alert_label(a, r->matches[j].label);
+
+                        ok = v && strcmp(v, r->matches[j].value) == 0;
+                }
+                if (ok)
+                        return r;
+        }
+        return NULL;
+}
+
+/* The unit a rule names for an alert into unit (STATE_UNIT_MAX + 1 bytes),
+ * "" when the label is missing or the result too long. */
+static void rule_unit(const struct policy_rule *r, const struct webhook_alert *a, char *unit)
+{
+        const char *v, *hole;
+
+        unit[0] = '\0';
+        if (r->unit) {
+                state_set_string(unit, STATE_UNIT_MAX, r->unit);
+                return;
+        }
+        v = webhook_alert_label(a, r->unit_label);
+        if (!v || !*v || strlen(v) > STATE_UNIT_MAX)
+                return;
+        if (!r->unit_format) {
+                state_set_string(unit, STATE_UNIT_MAX, v);
+                return;
+        }
+        hole = strstr(r->unit_format, "{}");
+        if (strlen(r->unit_format) - 2 + strlen(v) > STATE_UNIT_MAX)
+                return;
+        {
+                size_t prefix = (size_t)(hole - r->unit_format), vlen = strlen(v);
+
+                memcpy(unit, r->unit_format, prefix);
+                memcpy(unit + prefix, v, vlen);
+                strcpy(unit + prefix + vlen, hole + 2);
+        }
+}
+
+/* ---- breaker */
+
+static void prune_failures(const struct policy *p, struct state_unit *u, int64_t now)
+{
+        size_t old = 0;
+
+        while (old < u->n_failures && u->failures[old] <= now - p->breaker_window_seconds)
+                old++;
+        memmove(u->failures, u->failures + old, (u->n_failures - old) * sizeof(u->failures[0]));
+        u->n_failures -= old;
+}
+
+static void refresh_breaker(const struct policy *p, struct state_unit *u, int64_t now)
+{
+        prune_failures(p, u, now);
+        if (u->breaker == BREAKER_OPEN && now - u->opened_at >= p->breaker_half_open_after_seconds)
+                u->breaker = BREAKER_HALF_OPEN;
+}
+
+enum breaker_state policy_breaker_state(const struct policy *p, struct alertbot_state *s,
+                                        const char *unit, int64_t now)
+{
+        struct state_unit *u = state_unit_get(s, unit, false, now);
+
+        if (!u)
+                return BREAKER_CLOSED;
+        refresh_breaker(p, u, now);
+        return u->breaker;
+}
+
+/* Count a failure; returns true when it opened the breaker. */
+static bool count_failure(const struct policy *p, struct state_unit *u, int64_t now)
+{
+        bool was_open = u->breaker == BREAKER_OPEN;
+
+        refresh_breaker(p, u, now);
+        if (u->n_failures == STATE_MAX_FAILURES)
+                memmove(u->failures, u->failures + 1, (--u->n_failures) * sizeof(u->failures[0]));
+        u->failures[u->n_failures++] = now;
+
+        if (u->breaker == BREAKER_HALF_OPEN ||
+            (u->breaker == BREAKER_CLOSED && u->n_failures >= (size_t)p->breaker_failures)) {
+                u->breaker = BREAKER_OPEN;
+                u->opened_at = now;
+        }
+        return !was_open && u->breaker == BREAKER_OPEN;
+}
+
+bool policy_record_outcome(const struct policy *p, struct alertbot_state *s, const char *unit,
+                           bool success, int64_t now)
+{
+        struct state_unit *u = state_unit_get(s, unit, true, now);
+        bool opened = false;
+
+        if (!u)
+                return false;
+        if (success) {
+                u->awaiting_resolve = true;
+                u->awaiting_since = now;
+                if (u->breaker == BREAKER_HALF_OPEN) {
+                        u->breaker = BREAKER_CLOSED;
+                        u->n_failures = 0;
+                }
+        } else {
+                u->awaiting_resolve = false;
+                opened = count_failure(p, u, now);
+        }
+        u->probe_in_flight = false;
+        return opened;
+}
+
+/* ---- decisions */
+
+static void decided(struct decision *d, struct state_incident *inc, enum decision_kind kind,
+                    const char *reason, int64_t now)
+{
+        const char *action = d->rule ? policy_action_to_string(d->rule->action) : "";
+
+        d->kind = kind;
+        d->reason = reason;
+        if (inc)
+                state_incident_add_action(inc, now, decision_kind_to_string(kind), action, d->unit,
+                                          kind == DECISION_ACTED ? "started" : "none");
+}
+
+static void decide_resolved(const struct policy *p, struct alertbot_state *s,
+                            const struct webhook_alert *a, int64_t now, struct decision *d)
+{
+        const char *alertname = webhook_alert_label(a, "alertname");
+        struct state_incident *inc;
+        struct state_unit *u;
+
+        inc = state_incident_find(s, a->fingerprint, a->starts_at);
+        if (!inc)
+                inc = state_incident_add(s, a->fingerprint, a->starts_at, alertname, now);
+        if (d->rule && !inc->unit[0])
+                state_set_string(inc->unit, STATE_UNIT_MAX, d->unit);
+        inc->resolved = true;
+        inc->resolved_at = now;
+
+        /* The restart healed it: it no longer counts as a failure. */
+        u = d->unit[0] ? state_unit_get(s, d->unit, false, now) : NULL;
+        if (u)
+                u->awaiting_resolve = false;
+        decided(d, inc, DECISION_RESOLVED, "the alert resolved", now);
+}
+
+void policy_decide(const struct policy *p, struct alertbot_state *s, const struct webhook_alert *a,
+                   int64_t starts_unix, bool dry_run, int64_t now, struct decision *ret)
+{
+        const char *alertname = webhook_alert_label(a, "alertname");
+        char key[STATE_KEY_MAX + 1];
+        struct state_incident *inc;
+        struct state_unit *u;
+        struct decision d = {};
+
+        assert(p && s && a && ret);
+
+        d.rule = policy_match(p, a);
+        if (d.rule)
+                rule_unit(d.rule, a, d.unit);
+
+        if (state_dedup_key(a->fingerprint, a->starts_at, a->firing, key) < 0 ||
+            state_dedup_contains(s, key)) {
+                decided(&d, NULL, DECISION_DUPLICATE, "already received", now);
+                *ret = d;
+                return;
+        }
+        state_dedup_add(s, key, now);
+
+        if (!a->firing) {
+                decide_resolved(p, s, a, now, &d);
+                *ret = d;
+                return;
+        }
+
+        inc = state_incident_find(s, a->fingerprint, a->starts_at);
+        if (!inc)
+                inc = state_incident_add(s, a->fingerprint, a->starts_at, alertname, now);
+        state_set_string(inc->unit, STATE_UNIT_MAX, d.unit);
+
+        if (!d.rule) {
+                decided(&d, inc, DECISION_UNMATCHED, "no rule for this alert", now);
+                goto done;
+        }
+        if (!policy_unit_allowed(p, d.unit)) {
+                /* A rule that names its unit itself was configured to act:
+                 * refusing it needs a person. A unit from a label may just
+                 * be an alert we are not meant to handle. */
+                d.escalate = d.rule->unit != NULL;
+                decided(&d, inc, DECISION_REFUSED_ALLOWLIST,
+                        d.unit[0] ? "the unit is not on the allowlist" : "the alert names no unit",
+                        now);
+                goto done;
+        }
+
+        u = state_unit_get(s, d.unit, true, now);
+        if (!u) {
+                decided(&d, inc, DECISION_REFUSED_ALLOWLIST, "the unit name is too long", now);
+                goto done;
+        }
+        /* The unit fires again after a restart that looked good: that
+         * restart did not resolve the alert. */
+        if (u->awaiting_resolve && now - u->awaiting_since <= p->breaker_window_seconds &&
+            starts_unix >= u->awaiting_since) {
+                u->awaiting_resolve = false;
+                count_failure(p, u, now);
+        }
+
+        refresh_breaker(p, u, now);
+        if (u->breaker == BREAKER_OPEN) {
+                d.escalate = true;
+                decided(&d, inc, DECISION_SKIPPED_BREAKER, "the circuit breaker is open", now);
+                goto done;
+        }
+        if (u->breaker == BREAKER_HALF_OPEN && u->probe_in_flight) {
+                decided(&d, inc, DECISION_SKIPPED_BREAKER,
+                        "the circuit breaker's trial restart is running", now);
+                goto done;
+        }
+        if (u->last_restart_at > 0 && now - u->last_restart_at < p->cooldown_seconds) {
+                decided(&d, inc, DECISION_SKIPPED_COOLDOWN, "the unit is in its cooldown", now);
+                goto done;
+        }
+        if (state_budget_count(s, now, POLICY_BUDGET_WINDOW) >= (size_t)p->budget_per_hour) {
+                d.escalate = true;
+                decided(&d, inc, DECISION_SKIPPED_BUDGET, "the hourly restart budget is spent",
+                        now);
+                goto done;
+        }
+        if (dry_run) {
+                decided(&d, inc, DECISION_DRY_RUN, "dry run: would restart", now);
+                goto done;
+        }
+
+        d.act = true;
+        d.probe = u->breaker == BREAKER_HALF_OPEN;
+        u->last_restart_at = now;
+        u->probe_in_flight = d.probe;
+        state_budget_add(s, now);
+        decided(&d, inc, DECISION_ACTED,
+                d.probe ? "trial restart of a half-open breaker" : "restart", now);
+
+done:
+        *ret = d;
+}
+
+int policy_parse_time(const char *s, int64_t *ret)
+{
+        struct tm tm = {};
+        int64_t offset = 0, t;
+        const char *p;
+        char *end;
+
+        end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+        if (!end)
+                return -EINVAL;
+        p = end;
+        if (*p == '.') {
+                p++;
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                while (*p >= '0' && *p <= '9')
+                        p++;
+        }
+        if (*p == 'Z' || *p == 'z') {
+                p++;
+        } else if (*p == '+' || *p == '-') {
+                int hh, mm, n = 0;
+
+                if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &n) != 2 || n != 5 || hh > 23 || mm > 59)
+                        return -EINVAL;
+                offset = (int64_t)(hh * 3600 + mm * 60) * (*p == '+' ? 1 : -1);
+                p += 1 + n;
+        } else {
+                return -EINVAL;
+        }
+        if (*p)
+                return -EINVAL;
+        t = (int64_t)timegm(&tm);
+        if (t == -1)
+                return -EINVAL;
+        *ret = t - offset;
+        return 0;
+}
