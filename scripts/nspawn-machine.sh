@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# A Debian 12 machine booted with systemd-nspawn, for the system test and for
+# platform-up.sh on hosts where systemd is not PID 1.
+#
+#   nspawn-machine.sh create               build (or reuse) the cached trees
+#   nspawn-machine.sh boot NAME            boot a fresh machine from the cache
+#   nspawn-machine.sh exec NAME CMD…       run CMD inside (all namespaces of PID 1)
+#   nspawn-machine.sh copy-in NAME SRC DST copy a host file or directory in
+#   nspawn-machine.sh install-debs NAME DIR   install DIR/*.deb with apt
+#   nspawn-machine.sh status NAME          0 when running
+#   nspawn-machine.sh stop NAME            power off and remove the machine
+#
+# Caches (under $VIGIL_NSPAWN_CACHE, default /var/cache/vigil/nspawn):
+#   bookworm-base       debootstrap --variant=minbase (+ systemd, dbus)
+#   bookworm-platform   base + the distro services vigil runs on
+# Machines live in $VIGIL_NSPAWN_DIR/NAME (default /var/tmp/vigil-nspawn): an
+# overlayfs over the platform cache when the kernel allows it, else a copy.
+#
+# The machine shares the host's network (no --private-network), so what it
+# serves on 127.0.0.1 is reachable from the host and apt inside it reaches
+# deb.debian.org. Its distro services are on their default ports.
+set -euo pipefail
+
+CACHE=${VIGIL_NSPAWN_CACHE:-/var/cache/vigil/nspawn}
+RUNDIR=${VIGIL_NSPAWN_DIR:-/var/tmp/vigil-nspawn}
+MIRROR=${VIGIL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SUITE=bookworm
+BOOT_TIMEOUT=${VIGIL_NSPAWN_BOOT_TIMEOUT:-90}
+# What vigil runs on, from Debian. polkitd (with its duktape JS engine)
+# evaluates the vigil polkit rule; curl and python3 drive tests inside.
+PLATFORM_PKGS=(
+	postgresql redis-server rabbitmq-server nginx-light
+	prometheus prometheus-alertmanager prometheus-node-exporter
+	polkitd curl python3 ca-certificates procps iproute2 less
+	libjwt0 libmicrohttpd12 libpq5 libhiredis0.14 librabbitmq4 libjson-c5
+	libcurl4 libinih1 libcrypt1 libsystemd0
+)
+
+prog=${0##*/}
+die() {
+	echo "$prog: $*" >&2
+	exit 1
+}
+note() {
+	echo "$prog: $*" >&2
+}
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+
+usage() {
+	sed -n '4,11p' "$0" >&2
+	exit 2
+}
+
+machine_dir() {
+	echo "$RUNDIR/$1"
+}
+
+valid_name() {
+	[[ "$1" =~ ^[a-zA-Z0-9][a-zA-Z0-9_-]{0,30}$ ]] || die "bad machine name: $1"
+}
+
+# Commands run inside a tree that is not booted (while building the caches).
+chroot_run() { # dir cmd…
+	local dir=$1
+	shift
+	systemd-nspawn -q -D "$dir" --register=no --keep-unit --pipe \
+		-E DEBIAN_FRONTEND=noninteractive -E LANG=C.UTF-8 "$@"
+}
+
+create_base() {
+	local base=$CACHE/$SUITE-base tmp
+	[ -f "$base/.vigil-complete" ] && return 0
+	command -v debootstrap >/dev/null || die "debootstrap not found: apt-get install debootstrap"
+	command -v systemd-nspawn >/dev/null || die "systemd-nspawn not found: apt-get install systemd-container"
+	mkdir -p "$CACHE"
+	tmp=$CACHE/.$SUITE-base.tmp
+	rm -rf "$tmp"
+	note "debootstrap $SUITE into $base (once; a few minutes)"
+	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus \
+		"$SUITE" "$tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
+		{ tail -n 30 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
+	# No login prompts on the console, a hostname, and apt that fails fast.
+	echo vigil >"$tmp/etc/hostname"
+	printf 'Acquire::Retries "3";\nAcquire::http::Timeout "30";\n' >"$tmp/etc/apt/apt.conf.d/80vigil"
+	ln -sf /dev/null "$tmp/etc/systemd/system/console-getty.service"
+	ln -sf /dev/null "$tmp/etc/systemd/system/getty@.service"
+	rm -f "$tmp/etc/machine-id" && : >"$tmp/etc/machine-id"
+	touch "$tmp/.vigil-complete"
+	rm -rf "$base"
+	mv "$tmp" "$base"
+}
+
+create_platform() {
+	local base=$CACHE/$SUITE-base plat=$CACHE/$SUITE-platform tmp
+	[ -f "$plat/.vigil-complete" ] && return 0
+	create_base
+	tmp=$CACHE/.$SUITE-platform.tmp
+	rm -rf "$tmp"
+	note "installing the distro services into $plat (once)"
+	cp -a "$base" "$tmp"
+	rm -f "$tmp/.vigil-complete"
+	# Services are installed, not started (nothing runs in a chroot): the
+	# booted machine starts them.
+	printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
+	chmod 755 "$tmp/usr/sbin/policy-rc.d"
+	if ! chroot_run "$tmp" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends ${PLATFORM_PKGS[*]} && apt-get clean" \
+		>"$CACHE/platform.log" 2>&1; then
+		tail -n 30 "$CACHE/platform.log" >&2
+		die "installing the distro packages failed (log: $CACHE/platform.log)"
+	fi
+	rm -f "$tmp/usr/sbin/policy-rc.d"
+	rm -f "$tmp/etc/machine-id" && : >"$tmp/etc/machine-id"
+	touch "$tmp/.vigil-complete"
+	rm -rf "$plat"
+	mv "$tmp" "$plat"
+}
+
+cmd_create() {
+	create_platform
+	echo "$CACHE/$SUITE-platform"
+}
+
+leader_pid() { # name → the machine's PID 1 as seen from the host
+	local dir pid child
+	dir=$(machine_dir "$1")
+	pid=$(cat "$dir/nspawn.pid" 2>/dev/null) || return 1
+	kill -0 "$pid" 2>/dev/null || return 1
+	# systemd-nspawn's child is the container's init.
+	child=$(ps -o pid= --ppid "$pid" | head -n1 | tr -d ' ')
+	[ -n "$child" ] || return 1
+	echo "$child"
+}
+
+in_machine() { # name cmd…  (no tty, clean environment)
+	local name=$1 leader
+	shift
+	leader=$(leader_pid "$name") || die "machine $name is not running"
+	nsenter -t "$leader" -m -u -i -n -p -C -r -w \
+		env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		LANG=C.UTF-8 HOME=/root TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
+}
+
+unmount_root() {
+	local dir=$1
+	if mountpoint -q "$dir/root" 2>/dev/null; then
+		umount "$dir/root" 2>/dev/null || umount -l "$dir/root" || true
+	fi
+}
+
+cmd_boot() {
+	local name=$1 dir plat pid state
+	valid_name "$name"
+	dir=$(machine_dir "$name")
+	plat=$CACHE/$SUITE-platform
+	[ -f "$plat/.vigil-complete" ] || create_platform
+	if leader_pid "$name" >/dev/null 2>&1; then
+		die "machine $name is already running (stop it first)"
+	fi
+	unmount_root "$dir"
+	rm -rf "$dir"
+	mkdir -p "$dir/upper" "$dir/work" "$dir/root"
+	if ! mount -t overlay overlay -o "lowerdir=$plat,upperdir=$dir/upper,workdir=$dir/work" "$dir/root" 2>/dev/null; then
+		note "overlayfs unavailable: copying the platform tree"
+		rmdir "$dir/root"
+		cp -a "$plat" "$dir/root"
+	fi
+	systemd-machine-id-setup --root="$dir/root" >/dev/null 2>&1 ||
+		od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$dir/root/etc/machine-id"
+	# The host's network is shared; so is its resolver configuration.
+	cp -L /etc/resolv.conf "$dir/root/etc/resolv.conf" 2>/dev/null || true
+	note "booting $name"
+	setsid systemd-nspawn -q -D "$dir/root" -M "$name" --boot --register=no --keep-unit \
+		--console=read-only --resolv-conf=off --timezone=off \
+		>"$dir/console.log" 2>&1 </dev/null &
+	pid=$!
+	echo "$pid" >"$dir/nspawn.pid"
+	# Booted when systemd says so (degraded is fine: nothing vigil-related
+	# has been installed yet).
+	for _ in $(seq 1 $((BOOT_TIMEOUT * 2))); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			tail -n 40 "$dir/console.log" >&2
+			die "systemd-nspawn exited while booting $name"
+		fi
+		state=$(in_machine "$name" systemctl is-system-running 2>/dev/null || true)
+		case $state in
+		running | degraded)
+			note "$name is up ($state)"
+			return 0
+			;;
+		esac
+		sleep 0.5
+	done
+	tail -n 40 "$dir/console.log" >&2
+	die "$name did not finish booting within ${BOOT_TIMEOUT}s (state: ${state:-unknown})"
+}
+
+cmd_exec() {
+	local name=$1
+	shift
+	[ $# -gt 0 ] || usage
+	in_machine "$name" "$@"
+}
+
+cmd_copy_in() { # name src dst
+	local name=$1 src=$2 dst=$3
+	in_machine "$name" mkdir -p "$(dirname "$dst")"
+	tar -C "$(dirname "$src")" -cf - "$(basename "$src")" |
+		in_machine "$name" tar -C "$(dirname "$dst")" -xf - --no-same-owner
+	if [ "$(basename "$src")" != "$(basename "$dst")" ]; then
+		in_machine "$name" mv "$(dirname "$dst")/$(basename "$src")" "$dst"
+	fi
+}
+
+cmd_install_debs() { # name dir
+	local name=$1 src=$2 debs
+	debs=$(cd "$src" && ls -1 ./*.deb 2>/dev/null | tr '\n' ' ')
+	[ -n "$debs" ] || die "no .deb files in $src"
+	in_machine "$name" rm -rf /root/debs
+	in_machine "$name" mkdir -p /root/debs
+	(cd "$src" && tar -cf - ./*.deb) | in_machine "$name" tar -C /root/debs -xf -
+	# apt resolves the distro dependencies (already in the cache) itself.
+	in_machine "$name" sh -c "cd /root/debs && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold $debs"
+}
+
+cmd_status() {
+	leader_pid "$1" >/dev/null 2>&1
+}
+
+cmd_stop() {
+	local name=$1 dir pid
+	valid_name "$name"
+	dir=$(machine_dir "$name")
+	pid=$(cat "$dir/nspawn.pid" 2>/dev/null || true)
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+		note "stopping $name"
+		# SIGRTMIN+4 to the container's init is a clean poweroff.
+		in_machine "$name" systemctl poweroff --no-block >/dev/null 2>&1 || true
+		for _ in $(seq 1 60); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.5
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			note "$name did not power off in 30s: killing it"
+			kill -KILL "$pid" 2>/dev/null || true
+			sleep 1
+		fi
+	fi
+	unmount_root "$dir"
+	rm -rf "$dir"
+}
+
+[ $# -ge 1 ] || usage
+cmd=$1
+shift
+case $cmd in
+create) cmd_create ;;
+boot) [ $# -eq 1 ] || usage; cmd_boot "$1" ;;
+exec) [ $# -ge 2 ] || usage; cmd_exec "$@" ;;
+copy-in) [ $# -eq 3 ] || usage; cmd_copy_in "$@" ;;
+install-debs) [ $# -eq 2 ] || usage; cmd_install_debs "$@" ;;
+status) [ $# -eq 1 ] || usage; cmd_status "$1" ;;
+stop) [ $# -eq 1 ] || usage; cmd_stop "$1" ;;
+*) usage ;;
+esac

@@ -1,0 +1,8 @@
+# The system test under real systemd: packages built from this tree,
+# installed in a systemd-nspawn machine (see tests/system/test-system.py).
+# It skips itself (exit 77) without root, systemd-nspawn or a git work tree,
+# and when the ports it needs are taken. test-rpm.sh builds rpm/vigil.spec
+# with Debian's rpm (skipped without rpmbuild or a git work tree).
+SYSTEM_TESTS = tests/system/test-system.py tests/system/test-rpm.sh
+TESTS += $(SYSTEM_TESTS)
+EXTRA_DIST += $(SYSTEM_TESTS)

@@ -1,0 +1,79 @@
+# systemd units, sysusers/tmpfiles entries, the polkit rule and the shipped
+# configuration. Adding a daemon: append its name to VIGIL_DAEMONS and add
+# units/vigil-<name>.service.in and units/vigil-<name>.socket.
+VIGIL_DAEMONS = authd
+
+# systemdsystemunitdir, sysusersdir and tmpfilesdir come from configure
+# (pkg-config systemd).
+polkitrulesdir = $(datadir)/polkit-1/rules.d
+
+VIGIL_SERVICE_UNITS = $(VIGIL_DAEMONS:%=units/vigil-%.service)
+VIGIL_SOCKET_UNITS = $(VIGIL_DAEMONS:%=units/vigil-%.socket)
+
+systemdsystemunit_DATA = $(VIGIL_SERVICE_UNITS) $(VIGIL_SOCKET_UNITS) units/vigil.target
+sysusers_DATA = units/sysusers.d/vigil.conf
+tmpfiles_DATA = units/tmpfiles.d/vigil.conf
+polkitrules_DATA = units/polkit/50-vigil-alertbot.rules
+
+EXTRA_DIST += $(VIGIL_SERVICE_UNITS:=.in) $(VIGIL_SOCKET_UNITS) units/vigil.target \
+	$(sysusers_DATA) $(tmpfiles_DATA) $(polkitrules_DATA)
+CLEANFILES += $(VIGIL_SERVICE_UNITS)
+
+# Service units name the installed binaries.
+SUFFIXES = .service.in .service
+.service.in.service:
+	$(AM_V_GEN)$(MKDIR_P) $(@D) && \
+	sed -e 's|[@]sbindir[@]|$(sbindir)|g' -e 's|[@]sysconfdir[@]|$(sysconfdir)|g' \
+		-e 's|[@]localstatedir[@]|$(localstatedir)|g' $< >$@.tmp && mv $@.tmp $@
+
+# /etc/vigil/*.conf, whatever daemons have shipped so far (conffiles in the
+# packages). An existing file is never overwritten by `make install`.
+vigilconfdir = $(sysconfdir)/vigil
+install-data-local: install-vigil-conf
+uninstall-local: uninstall-vigil-conf
+install-vigil-conf:
+	$(MKDIR_P) '$(DESTDIR)$(vigilconfdir)'
+	@for f in $(srcdir)/etc/vigil/*.conf; do \
+		[ -f "$$f" ] || continue; \
+		b=$${f##*/}; \
+		if [ -z '$(DESTDIR)' ] && [ -e '$(vigilconfdir)'/"$$b" ]; then \
+			echo "  KEEP     $(vigilconfdir)/$$b"; continue; fi; \
+		echo "  INSTALL  $(vigilconfdir)/$$b"; \
+		$(INSTALL_DATA) "$$f" '$(DESTDIR)$(vigilconfdir)'/"$$b" || exit 1; \
+	done
+uninstall-vigil-conf:
+	@for f in $(srcdir)/etc/vigil/*.conf; do \
+		[ -f "$$f" ] || continue; rm -f '$(DESTDIR)$(vigilconfdir)'/"$${f##*/}"; \
+	done
+
+# The gateway (nginx) and monitoring configuration, installed by the
+# packages (not by `make install`: they configure distro services).
+# Monitoring directories are installed as they are, whatever they hold:
+# etc/<tool>/ → $(sysconfdir)/<tool>/, grafana-provisioning/ →
+# $(sysconfdir)/grafana/provisioning/. Missing directories are skipped.
+VIGIL_MONITORING_DIRS = prometheus alertmanager promtail loki tempo
+install-gateway:
+	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx'
+	cp -R $(srcdir)/etc/nginx/. '$(DESTDIR)$(sysconfdir)/nginx/'
+install-monitoring:
+	@for d in $(VIGIL_MONITORING_DIRS); do \
+		[ -d "$(srcdir)/etc/$$d" ] || { echo "  SKIP     etc/$$d (not there yet)"; continue; }; \
+		echo "  INSTALL  $(sysconfdir)/$$d/"; \
+		$(MKDIR_P) '$(DESTDIR)$(sysconfdir)'/"$$d" && \
+		cp -R "$(srcdir)/etc/$$d/." '$(DESTDIR)$(sysconfdir)'/"$$d"/ || exit 1; \
+	done
+	@if [ -d "$(srcdir)/grafana-provisioning" ]; then \
+		echo "  INSTALL  $(sysconfdir)/grafana/provisioning/"; \
+		$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/grafana/provisioning' && \
+		cp -R "$(srcdir)/grafana-provisioning/." '$(DESTDIR)$(sysconfdir)/grafana/provisioning/'; \
+	else echo "  SKIP     grafana-provisioning (not there yet)"; fi
+	@[ ! -d '$(DESTDIR)$(sysconfdir)' ] || \
+		find '$(DESTDIR)$(sysconfdir)' \( -name '*~' -o -name '.*.sw?' \) -delete
+.PHONY: install-vigil-conf uninstall-vigil-conf install-gateway install-monitoring
+
+# What the packages run on install and purge (credentials, database).
+vigilexecdir = $(libexecdir)/vigil
+dist_vigilexec_SCRIPTS = units/vigil-setup
+
+# The packaging travels with the source tarball (rpmbuild builds from it).
+EXTRA_DIST += debian rpm
