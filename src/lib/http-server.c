@@ -129,8 +129,9 @@ struct http_server {
         uint16_t port;
 
         pthread_mutex_t lock;
-        pthread_cond_t idle; /* in_flight reached 0 */
+        pthread_cond_t idle; /* in_flight or unstarted reached 0 */
         unsigned in_flight;
+        unsigned unstarted; /* connections accepted, no request begun yet */
         struct http_request *head, *tail;
         bool draining;
 };
@@ -640,8 +641,51 @@ static void in_flight_remove(struct http_server *s, struct http_request *req)
         req->prev = req->next = NULL;
 }
 
+/* Per connection: whether a request has begun on it. A connection the
+ * kernel handed us just before a drain has its request on the way; closing
+ * it would fail that request (nginx does not retry a POST), so drain waits
+ * for such connections as for requests in flight. */
+struct connection_state {
+        bool started;
+};
+
+static void unstarted_done(struct http_server *s, struct connection_state *c)
+{
+        if (!c || c->started)
+                return;
+        c->started = true;
+        if (--s->unstarted == 0 && s->in_flight == 0)
+                pthread_cond_broadcast(&s->idle);
+}
+
+static void connection_cb(void *cls, struct MHD_Connection *connection, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+        struct http_server *s = cls;
+        struct connection_state *c = *socket_context;
+
+        (void)connection;
+        if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+                c = calloc(1, sizeof(*c));
+                if (!c)
+                        return; /* not tracked: drain just won't wait for it */
+                pthread_mutex_lock(&s->lock);
+                s->unstarted++;
+                pthread_mutex_unlock(&s->lock);
+                *socket_context = c;
+        } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+                pthread_mutex_lock(&s->lock);
+                unstarted_done(s, c);
+                pthread_mutex_unlock(&s->lock);
+                free(c);
+                *socket_context = NULL;
+        }
+}
+
 static void *uri_log_cb(void *cls, const char *uri, struct MHD_Connection *connection)
 {
+        const union MHD_ConnectionInfo *info =
+                MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         struct http_server *s = cls;
         struct http_request *req;
 
@@ -663,6 +707,7 @@ static void *uri_log_cb(void *cls, const char *uri, struct MHD_Connection *conne
                 s->head = req;
         s->tail = req;
         s->in_flight++;
+        unstarted_done(s, info ? info->socket_context : NULL);
         pthread_mutex_unlock(&s->lock);
         metrics_gauge_add(s->in_flight_gauge, 1);
 
@@ -1197,7 +1242,8 @@ int http_server_start(struct http_server *s)
                 MHD_OPTION_CONNECTION_LIMIT, s->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
                 s->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
                 MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
-                MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s, MHD_OPTION_URI_LOG_CALLBACK,
+                MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s, MHD_OPTION_NOTIFY_CONNECTION,
+                connection_cb, s, MHD_OPTION_URI_LOG_CALLBACK,
                 uri_log_cb, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
                 MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_END);
         if (!s->daemon) {
@@ -1277,7 +1323,7 @@ void http_server_drain(struct http_server *s, unsigned timeout_ms)
         deadline.tv_nsec = (long)(until % USEC_PER_SEC) * 1000L;
 
         pthread_mutex_lock(&s->lock);
-        while (s->in_flight > 0)
+        while (s->in_flight > 0 || s->unstarted > 0)
                 if (pthread_cond_timedwait(&s->idle, &s->lock, &deadline) == ETIMEDOUT)
                         break;
         pthread_mutex_unlock(&s->lock);

@@ -886,6 +886,45 @@ START_TEST(test_drain_waits_for_in_flight_request_and_health_reports_hung_handle
 }
 END_TEST
 
+START_TEST(test_drain_waits_for_a_connection_accepted_before_it)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+        static const char request_text[] = "GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+        struct timeval tv = {.tv_sec = 10};
+        struct drain_args da = {.timeout_ms = 30000};
+        pthread_t drain;
+        char buf[4096];
+        ssize_t n;
+        int fd;
+
+        /* A client connected just before the drain (as nginx does on a
+         * fresh upstream connection) but has not sent its request yet. */
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        usleep(100000); /* accepted by the server */
+
+        ck_assert_int_eq(pthread_create(&drain, NULL, drainer, &da), 0);
+        usleep(100000);
+        pthread_mutex_lock(&ctx.lock);
+        ck_assert_msg(!da.done, "drain closed a connection whose request was on its way");
+        pthread_mutex_unlock(&ctx.lock);
+
+        ck_assert_int_eq(send(fd, request_text, sizeof(request_text) - 1, MSG_NOSIGNAL),
+                         (ssize_t)sizeof(request_text) - 1);
+        n = recv(fd, buf, sizeof(buf) - 1, 0);
+        ck_assert_int_gt(n, 0);
+        buf[n] = '\0';
+        ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0, "%s", buf);
+        close(fd);
+
+        pthread_join(drain, NULL);
+        ck_assert(da.done);
+}
+END_TEST
+
 START_TEST(test_drain_timeout_closes_connections_and_waits_for_handler)
 {
         struct drain_args da = {.timeout_ms = 50};
@@ -1060,6 +1099,7 @@ static Suite *http_server_suite(void)
         tcase_add_test(tc, test_malformed_traceparent_starts_new_trace);
         tcase_add_test(tc, test_drain_waits_for_in_flight_request_and_health_reports_hung_handler);
         tcase_add_test(tc, test_drain_timeout_closes_connections_and_waits_for_handler);
+        tcase_add_test(tc, test_drain_waits_for_a_connection_accepted_before_it);
         tcase_add_test(tc, test_new_rejects_bad_templates_and_second_server_on_registry);
         tcase_add_test(tc, test_start_reports_address_in_use);
         tcase_add_test(tc, test_without_access_log_only_5xx_are_logged);
