@@ -93,6 +93,7 @@ tests_unit_test_redis_LDADD = $(UNIT_LDADD)
 
 include tests/fuzz/local.mk
 include tests/integration/local.mk
+include tests/integration/chaos.mk
 
 # The tests that need no daemon binary: run again under ASan/UBSan by
 # scripts/test.sh.
