@@ -74,8 +74,25 @@ give() {
 	fi
 }
 
+# A free port below Linux's ephemeral range (32768-60999): a port the kernel
+# hands out for bind(0) is also what it picks for outgoing connections, and
+# on a busy machine one of those took a port between our choice and the
+# server's bind.
 free_port() {
-	python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+	python3 -c '
+import random, socket, sys
+for _ in range(200):
+    port = random.randrange(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    sys.exit(0)
+sys.exit(1)'
 }
 
 port_is_free() {
@@ -302,6 +319,10 @@ pg_start() {
 	pg_init
 	if ! pg_running; then
 		note "postgres: starting on 127.0.0.1:$PG_PORT"
+		# After a kill -9 the old postmaster may linger as a zombie (when
+		# PID 1 does not reap orphans), and PostgreSQL takes a zombie's
+		# PID in postmaster.pid for a live server. pg_running said no.
+		rm -f "$(pg_data)/postmaster.pid"
 		mkdir -p "$DIR/postgres/run"
 		give postgres "$DIR/postgres/run"
 		# pg_ctl -w waits until the server accepts connections.

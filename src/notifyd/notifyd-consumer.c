@@ -302,18 +302,19 @@ static enum outcome settle_ack(struct notifyd_consumer *c, const struct amqp_del
         return r < 0 ? OUTCOME_BROKEN : OUTCOME_SETTLED;
 }
 
-/* Park d in the dead queue: rejected without requeue, the broker moves it
- * there atomically through the queue's dead-letter arguments, so a crash at
- * any moment parks it once (a republish-then-ack could park it twice). The
- * broker records the move in the x-death header; the reason is logged. */
+/* Park d in the dead queue (confirmed), then ack it. */
 static enum outcome park(struct notifyd_consumer *c, const struct amqp_delivery *d,
                          const char *reason)
 {
-        int r = amqp_reject(c->amqp, d, false);
+        int r;
 
+        r = republish(c, d, AMQP_NOTIFY_DEAD_QUEUE, d->attempt, reason);
         if (r < 0) {
-                log_warning_errno(r, "Could not park message %s in %s: %m; it will be redelivered",
+                log_warning_errno(r,
+                                  "Could not park message %s in %s: %m; it will be "
+                                  "redelivered",
                                   d->message_id ?: "(no id)", AMQP_NOTIFY_DEAD_QUEUE);
+                amqp_client_disconnect(c->amqp);
                 return OUTCOME_BROKEN;
         }
         log_warning("Parked message %s in %s: %s", d->message_id ?: "(no id)",
@@ -322,7 +323,7 @@ static enum outcome park(struct notifyd_consumer *c, const struct amqp_delivery 
         span_set_status(d->span, SPAN_STATUS_ERROR, reason);
         metrics_counter_inc(c->dead_lettered);
         metrics_counter_inc(c->dead_total);
-        return OUTCOME_SETTLED;
+        return settle_ack(c, d);
 }
 
 /* This attempt failed: next retry queue, or the dead queue at the end. */
@@ -376,8 +377,16 @@ static enum outcome handle(struct notifyd_consumer *c, const struct amqp_deliver
         }
 
         if (d->body_too_large) {
-                snprintf(reason, sizeof(reason), "body larger than %u bytes", AMQP_MAX_BODY_SIZE);
-                return park(c, d, reason);
+                /* Not held in memory: the queue's dead-letter policy parks
+                 * it, body and all. */
+                log_warning("Parked message %s in %s: body larger than %u bytes",
+                            d->message_id ?: "(no id)", AMQP_NOTIFY_DEAD_QUEUE, AMQP_MAX_BODY_SIZE);
+                r = amqp_reject(c->amqp, d, false);
+                if (r < 0)
+                        return OUTCOME_BROKEN;
+                metrics_counter_inc(c->dead_lettered);
+                metrics_counter_inc(c->dead_total);
+                return OUTCOME_SETTLED;
         }
         if (!d->message_id)
                 return park(c, d, "poison: no message_id");

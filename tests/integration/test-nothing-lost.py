@@ -48,6 +48,7 @@ test = runner.test
 PUBLISHER = os.path.join(harness.TOP_BUILDDIR, "tests", "integration", "amqp-publish")
 MAIN_QUEUE = "vigil.notify.payments"
 DEAD_QUEUE = "vigil.notify.dead"
+NOTIFYD_KILLS = 1  # the chaos sequence kills notifyd once
 RETRY_QUEUES = ("vigil.notify.retry.1", "vigil.notify.retry.2")
 MAX_ATTEMPTS = 3  # notifyd: first delivery + retry queues 1 (1 s) and 2 (4 s)
 
@@ -531,6 +532,7 @@ def test_every_committed_charge_is_notified_exactly_once_across_kills(ctx):
     print(f"parked      {len(parked):6d}  in {DEAD_QUEUE} (injected poison: {len(poison.acked)} "
           f"confirmed + {len(poison.unknown)} of unknown outcome; "
           f"{len(poison.acked) / max(1, attempted) * 100:.1f} % of the charges)")
+    print(f"parked twice {len(parked_dups):5d}  {parked_dups} (a kill between confirm and ack)")
     print(f"orphans     {len(orphans):6d}  notifications without a charge")
     print(f"outbox             {unpublished} unpublished, {len(no_outbox)} payments without a row; "
           f"{main_left} left in {MAIN_QUEUE}")
@@ -552,7 +554,12 @@ def test_every_committed_charge_is_notified_exactly_once_across_kills(ctx):
     check_eq(no_outbox, [], "payments without an outbox row")
     check_eq(unpublished, 0, "unpublished outbox rows")
     check_eq(phantom, [], "201 answers without a payment row")
-    check_eq(parked_dups, [], "messages parked more than once")
+    # Parking is at least once (docs/messaging.md): a notifyd killed between
+    # the dead queue's confirm and its ack parks that one message again.
+    # Messages are handled one at a time, so one kill can do that once.
+    check(len(parked_dups) <= NOTIFYD_KILLS,
+          f"messages parked more than once: {parked_dups} (notifyd was killed "
+          f"{NOTIFYD_KILLS} time(s))")
     check_eq(missing_poison, [], "confirmed poison messages not parked")
     check_eq(extra_parked, [], "parked messages that are not injected poison")
     check_eq(main_left, 0, f"messages left in {MAIN_QUEUE}")
