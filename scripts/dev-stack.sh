@@ -235,9 +235,12 @@ pg_pid() {
 	read_pid "$(pg_data)/postmaster.pid"
 }
 
+# The pid in postmaster.pid outlives a killed server: check that it is
+# still a postgres process, not a reused pid.
 pg_running() {
 	local pid
-	pid=$(pg_pid 2>/dev/null) && pid_alive "$pid"
+	pid=$(pg_pid 2>/dev/null) && pid_alive "$pid" &&
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ]
 }
 
 pg_psql() {

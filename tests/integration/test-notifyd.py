@@ -259,7 +259,7 @@ def test_postgres_outage_mid_stream_parks_nothing(ctx):
     time.sleep(0.5)
     ctx.stack.kill("postgres")
     try:
-        harness.wait_until(lambda: ready_body(ctx)[0] == 503, 30, what="/ready 503")
+        harness.wait_until(lambda: ready_body(ctx)[0] == 503, 60, what="/ready 503")
         status, body = ready_body(ctx)
         check("postgres" in body, f"/ready names postgres: {status} {body}")
         publish(ctx, [event(p) for p in pids[100:]])

@@ -509,7 +509,7 @@ START_TEST(test_write_defaults_lists_every_key_commented_out)
                                            "#listen = 127.0.0.1:8001\n"));
         ck_assert_ptr_nonnull(strstr(text, "# Range: 1..65536\n#max_connections = 512\n"));
         ck_assert_ptr_nonnull(strstr(text, "# OTLP endpoint\n# empty disables export\n"
-                                           "#otlp-endpoint = \n"));
+                                           "#otlp-endpoint =\n"));
         ck_assert_ptr_nonnull(strstr(text, "# Range: 0..1\n#sample_ratio = 0.5\n"));
         ck_assert_ptr_nonnull(strstr(text, "\n[cache]\n# Range: -5..3600\n#ttl.seconds = 60\n"));
         /* Each section once, in table order. */
