@@ -276,7 +276,7 @@ def test_postgres_outage_mid_stream_parks_nothing(ctx):
 @test
 def test_rabbitmq_restart_is_survived(ctx):
     ctx.stack.restart("rabbitmq")
-    harness.wait_until(lambda: ready_body(ctx)[0] == 200, 60, interval=0.2,
+    harness.wait_until(lambda: ready_body(ctx)[0] == 200, 150, interval=0.2,
                        what="/ready after the broker restart")
     pids = new_payments(ctx, 10)
     publish(ctx, [event(p) for p in pids])
