@@ -161,6 +161,15 @@ class Slo:
         pairs.extend(extra)
         return "{" + label_matchers(pairs) + "}"
 
+    def le_matcher(self):
+        """The bucket's label matcher. A whole-number bound is written "30"
+        in the text format but "30.0" in OpenMetrics, which Prometheus
+        negotiates once exemplar storage is on, and 2.42 does not
+        normalise le: match both spellings."""
+        if "." not in self.le and float(self.le).is_integer():
+            return ("le", "=~", f"{self.le}|{self.le}.0")
+        return ("le", "=", self.le)
+
     def total_expr(self, w):
         if self.kind == "availability":
             return f"sum(rate(vigil_http_requests_total{self.selector()}[{w}]))"
@@ -173,7 +182,7 @@ class Slo:
                       f"{self.selector(('code', '=~', '5..'))}[{w}]))")
             # No 5xx series at all is a ratio of 0, not "no data".
             return f"(\n  {errors}\n  or vector(0)\n)\n/\n{total}\n"
-        good = f"sum(rate({self.metric}_bucket{self.selector(('le', '=', self.le))}[{w}]))"
+        good = f"sum(rate({self.metric}_bucket{self.selector(self.le_matcher())}[{w}]))"
         return f"1 - (\n  {good}\n  /\n  {total}\n)\n"
 
 

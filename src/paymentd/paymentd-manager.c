@@ -386,13 +386,14 @@ static int manager_start(void *userdata)
         log_info("Listening on %s",
                  fd >= 0 ? "the socket from systemd" : m->config->common.http_listen);
 
+        /* Dependencies are tried before READY=1, but being down is a
+         * degraded state, not a failure: they may come up later. Trying
+         * them first migrates the schema before the relay reads it. */
+        check_dependencies_quietly(m);
+
         r = outbox_relay_start(m->relay);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the outbox relay: %m");
-
-        /* Dependencies are tried before READY=1, but being down is a
-         * degraded state, not a failure: they may come up later. */
-        check_dependencies_quietly(m);
         return 0;
 }
 

@@ -1,6 +1,6 @@
 # Observability tests (included from tests/local.mk): configs, rules,
 # dashboards and SLO generation checked statically and with promtool/amtool,
-# then evaluated against real Prometheus and Alertmanager with vigil-authd.
+# then evaluated against real Prometheus and Alertmanager scraping the daemons.
 OBSERVABILITY_TESTS = \
 	tests/observability/test-slo-generated.sh \
 	tests/observability/test-prometheus-rules.sh \

@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """An SLO burn-rate alert fired end to end, with short windows.
 
-scripts/slo-gen.py generates the shipped auth-availability SLO with every
+scripts/slo-gen.py generates the shipped payment-availability SLO with every
 window scaled by 1/60 (5m -> 5s, 1h -> 1m, `for: 2m` -> 2s); a real
-Prometheus scrapes a real vigil-authd every second and evaluates those rules
-every second; Redis is killed so authd answers /login with 503; the alert
+Prometheus scrapes a real vigil-authd and vigil-paymentd of the dev stack
+(PostgreSQL, Redis, RabbitMQ) every second and evaluates those rules every
+second while a bounded generator sends charges (a share of them declined,
+402, which must burn no budget). Errors are injected the way an operator
+would: [faults] error_ratio in paymentd's config file and SIGHUP. The page
 must go pending, then firing, reach the real Alertmanager (the shipped
 alertmanager.yml, its URLs pointed at a test webhook and its timers cut to
 seconds) and arrive at the escalation receiver -- and resolve the same way
-once Redis is back. A second test posts alerts to a real Alertmanager and
-checks the shipped inhibitions: a down database silences the dependency and
-SLO alerts of the services using it, and nothing else.
-
-Until vigil-paymentd exists the fault is a dependency outage of authd; with
-paymentd the same harness injects errors through [faults] error_ratio.
+once error_ratio is 0 again. A second test posts alerts to a real
+Alertmanager and checks the shipped inhibitions: a down database silences
+the dependency and SLO alerts of the services using it, and nothing else.
 """
 
 import json
@@ -30,23 +30,34 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import harness  # noqa: E402
 import obslib  # noqa: E402
+import paymentd_stack as ps  # noqa: E402
 from harness import check  # noqa: E402
 
-runner = harness.Runner("test-alert-e2e", test_timeout=240)
+runner = harness.Runner("test-alert-e2e", test_timeout=150)
 test = runner.test
 
 SCALE = "1/60"
-SLO = "auth-availability"
+SLO = "payment-availability"
 ALERT = "VigilSLOBudgetBurnPage"
-TRAFFIC_MAX_SECONDS = 400
+# Charges: about 15/s, never longer than this in all.
+TRAFFIC_MAX_SECONDS = 240
+TRAFFIC_PAUSE = 0.05
+DECLINE_RATIO = 0.2
+FAULT_RATIO = 0.5
 TOKEN = "e2e-test-webhook-token-" + os.urandom(8).hex()
 
 
-class Traffic:
-    """Logins of one user in a loop (about 20/s), bounded in time."""
+def paymentd_config(error_ratio):
+    return ps.config_with(processor={"decline_ratio": DECLINE_RATIO},
+                          faults={"error_ratio": error_ratio})
 
-    def __init__(self, d, username, password):
-        self.d, self.username, self.password = d, username, password
+
+class Traffic:
+    """Charges with fresh idempotency keys in a loop, bounded in time;
+    counts the answers by status (0: no answer)."""
+
+    def __init__(self, d, token):
+        self.d, self.token = d, token
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.codes = {}
@@ -56,18 +67,22 @@ class Traffic:
         deadline = time.monotonic() + TRAFFIC_MAX_SECONDS
         while not self.stop.is_set() and time.monotonic() < deadline:
             try:
-                r = self.d.post("/login", {"username": self.username, "password": self.password},
-                                timeout=5)
-                code = r.status
+                code = ps.charge(self.d, self.token, ps.unique_key("e2e"), amount=4.2,
+                                 timeout=5).status
             except OSError:
                 code = 0
             with self.lock:
                 self.codes[code] = self.codes.get(code, 0) + 1
-            self.stop.wait(0.05)
+            self.stop.wait(TRAFFIC_PAUSE)
 
     def snapshot(self):
         with self.lock:
             return dict(self.codes)
+
+    def wait_for(self, code, more_than, what):
+        """Wait until more than more_than answers with code were counted."""
+        return obslib.wait_until(lambda: self.snapshot().get(code, 0) > more_than, 30,
+                                 interval=0.1, what=what)
 
 
 def generate_scaled_rules(tmp):
@@ -97,19 +112,26 @@ def setup(ctx):
     ctx.cleanup(ctx.am.close)
     ctx.am.start()
 
-    harness.start_authd_stack(ctx)
-    _, ctx.user, ctx.password = harness.register(ctx.authd)
+    ps.start_stack(ctx)  # PostgreSQL, Redis, RabbitMQ and authd
+    ctx.paymentd = ps.new_paymentd(ctx, config=paymentd_config(0))
+    ctx.paymentd.start()
+    token, _, _ = harness.new_session(ctx.authd)
     rules = generate_scaled_rules(ctx.tmp)
     cfg = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ctx.am.port}"]}]}]},
-        "scrape_configs": [{"job_name": "auth", "static_configs": [
-            {"targets": [f"127.0.0.1:{ctx.authd.port}"], "labels": {"service": "auth"}}]}],
+        "scrape_configs": [
+            {"job_name": "auth", "static_configs": [
+                {"targets": [f"127.0.0.1:{ctx.authd.port}"], "labels": {"service": "auth"}}]},
+            {"job_name": "payment", "static_configs": [
+                {"targets": [f"127.0.0.1:{ctx.paymentd.port}"], "labels": {"service": "payment"}}]},
+        ],
     }
     ctx.prom = obslib.Prometheus(cfg, [rules], extra_args=["--rules.alert.resend-delay=1s"])
     ctx.cleanup(ctx.prom.close)
     ctx.prom.start()
-    ctx.traffic = Traffic(ctx.authd, ctx.user, ctx.password)
+    ctx.traffic = Traffic(ctx.paymentd, token)
+    ctx.cleanup(ctx.traffic.thread.join, 10)
     ctx.cleanup(ctx.traffic.stop.set)
     ctx.traffic.thread.start()
 
@@ -140,18 +162,25 @@ def notifications(ctx, path, status=None):
 
 @test
 def test_burn_rate_alert_goes_pending_then_firing_and_reaches_the_webhook(ctx):
-    # Healthy traffic first: the guard is satisfied and nothing burns.
+    # Healthy traffic first: the guard is satisfied, declines (402) are
+    # counted as events and burn nothing.
+    ctx.traffic.wait_for(402, 0, "a declined charge")
+
     def healthy():
         events = scalar(ctx, f'slo:sli_events:rate1h{{slo="{SLO}"}}')
         ratio = scalar(ctx, f'slo:sli_error:ratio_rate5m{{slo="{SLO}"}}')
-        return events is not None and events > 1 and ratio == 0
-    obslib.wait_until(healthy, 60, interval=0.5, what="healthy traffic recorded")
+        declines = scalar(ctx, 'sum(vigil_http_requests_total{job="payment",code="402"})')
+        return events is not None and events > 1 and ratio == 0 and declines
+    obslib.wait_until(healthy, 60, interval=0.5, what="healthy traffic with declines recorded")
     check(prom_alert_state(ctx) is None, "alert active before any error")
+    check(not ctx.webhook.notifications(), f"notified before any error: "
+                                           f"{ctx.webhook.notifications()}")
 
+    before = ctx.traffic.snapshot()
+    check(not [c for c in before if c >= 500], f"5xx before the fault was injected: {before}")
     ctx.t_fault = time.time()
-    ctx.stack.kill("redis")
-    r = ctx.authd.post("/login", {"username": ctx.user, "password": ctx.password})
-    check(r.status == 503, f"login without Redis: expected 503, got {r.status} {r.body!r}")
+    ps.reload(ctx.paymentd, paymentd_config(FAULT_RATIO))
+    ctx.traffic.wait_for(503, 0, "an injected 503 (error_ratio reloaded)")
 
     states = []
 
@@ -176,28 +205,37 @@ def test_burn_rate_alert_goes_pending_then_firing_and_reaches_the_webhook(ctx):
                             what=f"{ALERT} at the escalation webhook")
     _, body, alert = got[0]
     check(body["receiver"] == "escalation", f"receiver {body['receiver']}")
-    check(alert["labels"]["severity"] == "page" and alert["labels"]["service"] == "auth",
+    check(alert["labels"]["severity"] == "page" and alert["labels"]["service"] == "payment",
           f"labels {alert['labels']}")
     check(alert["annotations"]["runbook_url"].endswith(f"/docs/runbooks/{ALERT}.md"),
           f"annotations {alert['annotations']}")
-    print(f"  fault -> webhook in {time.time() - ctx.t_fault:.1f} s; traffic {ctx.traffic.snapshot()}")
+    print(f"  fault -> webhook in {time.time() - ctx.t_fault:.1f} s; polled states {states}; "
+          f"charges {ctx.traffic.snapshot()}")
     # Not remediable: the bot's webhook never hears of it; a page is no ticket.
     check(not notifications(ctx, "/webhook"), "an SLO page reached the alert bot")
     check(not notifications(ctx, "/ticket"), "an SLO page reached the ticket receiver")
 
 
 @test
-def test_burn_rate_alert_resolves_when_the_dependency_is_back(ctx):
+def test_burn_rate_alert_resolves_when_the_fault_is_removed(ctx):
     check(notifications(ctx, "/escalate", "firing"), "needs the firing alert of the previous test")
-    ctx.stack.start_one("redis")
-
-    def login_ok():
-        return ctx.authd.post("/login", {"username": ctx.user, "password": ctx.password}).status == 200
-    obslib.wait_until(login_ok, 30, interval=0.5, what="authd logging in again")
-    obslib.wait_until(lambda: prom_alert_state(ctx) is None, 120, interval=0.5,
+    t0 = time.time()
+    ps.reload(ctx.paymentd, paymentd_config(0))
+    # Every charge answered after the reload succeeds (201) or is declined.
+    n = ctx.traffic.snapshot()
+    ctx.traffic.wait_for(201, n.get(201, 0) + 20, "charges succeeding again")
+    before = ctx.traffic.snapshot()
+    ctx.traffic.wait_for(201, before.get(201, 0) + 20, "more charges succeeding")
+    after = ctx.traffic.snapshot()
+    check(after.get(503, 0) == before.get(503, 0),
+          f"503s after error_ratio was set back to 0: {before} -> {after}")
+    obslib.wait_until(lambda: prom_alert_state(ctx) is None, 90, interval=0.5,
                       what=f"{ALERT} resolved in Prometheus")
     obslib.wait_until(lambda: notifications(ctx, "/escalate", "resolved"), 60, interval=0.2,
                       what="the resolved notification at the escalation webhook")
+    print(f"  fault removed -> resolved at the webhook in {time.time() - t0:.1f} s; "
+          f"charges {ctx.traffic.snapshot()}")
+    ctx.traffic.stop.set()
 
 
 def post(am, labels, minutes=10):
@@ -275,4 +313,4 @@ if __name__ == "__main__":
     if not (obslib.Prometheus.BINARY and obslib.Alertmanager.BINARY):
         print("SKIP: prometheus / prometheus-alertmanager not installed", file=sys.stderr)
         sys.exit(obslib.SKIP)
-    sys.exit(runner.main(setup, binaries=(harness.authd_binary(),)))
+    sys.exit(runner.main(setup, binaries=(harness.authd_binary(), ps.paymentd_binary())))
