@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop what scripts/platform-up.sh started: vigil.target on a host where
-# systemd is PID 1 (the packages stay installed: `apt purge vigil-authd ...`
+# systemd is PID 1 (the packages stay installed: `apt purge vigil-authd
+# vigil-paymentd vigil-inventoryd vigil-notifyd vigil-alertbot ...`
 # removes them and their data), otherwise the whole systemd-nspawn machine
 # (its disk is thrown away; the cached trees stay for the next start).
 set -euo pipefail

@@ -7,8 +7,9 @@
 # machine with systemd-nspawn from a cached debootstrap tree, install the
 # same packages in it and start vigil.target there; the machine shares the
 # host's network, so the gateway (:80) and Prometheus (:9090) answer on
-# localhost. Either way a smoke request goes through the gateway
-# (register → login → verify) and the script prints where to look.
+# localhost. Either way smoke requests go through the gateway (register →
+# login → charge → products → reserve; the charge's notification is looked
+# for in PostgreSQL) and the script prints where to look.
 #
 # scripts/platform-down.sh stops it. Run as root. VIGIL_PACKAGES=DIR installs
 # the packages already in DIR instead of building them.
@@ -55,7 +56,7 @@ else
 	run() { "$nspawn" exec "$machine" "$@"; }
 	if ! "$nspawn" status "$machine"; then
 		busy=()
-		for p in 80 8001 5432 6379 9090 9093; do
+		for p in 80 8001 8002 8003 8004 8005 5432 5672 6379 9090 9093 9100; do
 			port_busy "$p" && busy+=("$p")
 		done
 		[ ${#busy[@]} -eq 0 ] ||
@@ -69,23 +70,55 @@ else
 fi
 
 run systemctl start vigil.target
-for _ in $(seq 1 60); do
-	[ "$(run systemctl is-active vigil.target 2>/dev/null || true)" = active ] &&
-		curl -fsS -m 2 http://127.0.0.1/api/v1/auth/ready >/dev/null 2>&1 && break
+all_ready() {
+	for u in auth payment inventory; do
+		curl -fsS -m 2 "http://127.0.0.1/api/v1/$u/ready" >/dev/null 2>&1 || return 1
+	done
+	for p in 8004 8005; do
+		curl -fsS -m 2 "http://127.0.0.1:$p/ready" >/dev/null 2>&1 || return 1
+	done
+}
+for _ in $(seq 1 90); do
+	[ "$(run systemctl is-active vigil.target 2>/dev/null || true)" = active ] && all_ready && break
 	sleep 1
 done
-curl -fsS -m 2 http://127.0.0.1/api/v1/auth/ready >/dev/null ||
-	{ run systemctl --no-pager status 'vigil-*' || true; die "vigil-authd is not ready through the gateway"; }
+all_ready || { run systemctl --no-pager status 'vigil-*' || true; die "the daemons are not all ready"; }
 
-# Smoke: register → login → verify through the gateway.
+# Smoke: register → login → charge → products → reserve through the
+# gateway, and the charge's notification in PostgreSQL.
+json_field() { # field: from the JSON on stdin
+	python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
+}
+notifications() {
+	run runuser -u postgres -- psql -X -A -t -q -d vigil -c 'SELECT count(*) FROM notify.notifications'
+}
 user=smoke-$(date +%s)-$$
 body="{\"username\":\"$user\",\"password\":\"correct horse battery staple\"}"
 curl -fsS -m 10 -X POST -H 'Content-Type: application/json' -d "$body" \
 	http://127.0.0.1/api/v1/auth/register >/dev/null
 token=$(curl -fsS -m 10 -X POST -H 'Content-Type: application/json' -d "$body" \
-	http://127.0.0.1/api/v1/auth/login | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-curl -fsS -m 10 -X POST -H "Authorization: Bearer $token" http://127.0.0.1/api/v1/auth/verify >/dev/null
-echo "Smoke test passed through the gateway: register → login → verify"
+	http://127.0.0.1/api/v1/auth/login | json_field token)
+before=$(notifications)
+# The simulated processor declines 5% of charges (402): a few tries.
+for i in 1 2 3 4 5; do
+	code=$(curl -sS -m 10 -o /tmp/vigil-smoke-charge.$$ -w '%{http_code}' -X POST \
+		-H "Authorization: Bearer $token" -H "Idempotency-Key: smoke-$$-$i" \
+		-H 'Content-Type: application/json' -d '{"amount":12.34}' http://127.0.0.1/api/v1/payment/charge)
+	[ "$code" = 402 ] || break
+done
+payment=$(json_field payment_id </tmp/vigil-smoke-charge.$$ 2>/dev/null || true)
+rm -f /tmp/vigil-smoke-charge.$$
+[ "$code" = 201 ] && [ -n "$payment" ] || die "charge through the gateway answered $code"
+for _ in $(seq 1 30); do
+	[ "$(notifications)" -gt "$before" ] && break
+	sleep 0.5
+done
+[ "$(notifications)" -gt "$before" ] || die "payment $payment produced no notification (vigil-notifyd, RabbitMQ?)"
+product=$(curl -fsS -m 10 http://127.0.0.1/api/v1/inventory/products |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["products"][0]["id"])')
+curl -fsS -m 10 -X POST -H 'Content-Type: application/json' -d '{"quantity":1}' \
+	"http://127.0.0.1/api/v1/inventory/product/$product/reserve" >/dev/null
+echo "Smoke test passed through the gateway: register → login → charge (payment $payment, notified) → products → reserve"
 
 if [ $mode = machine ]; then
 	in="scripts/nspawn-machine.sh exec $machine "
@@ -97,12 +130,14 @@ fi
 cat <<TEXT
 
 vigil is up under systemd $where. Where to look:
-  gateway        http://127.0.0.1/api/v1/auth/health   (nginx :80, JSON access log in /var/log/nginx/vigil-gateway.access.log)
-  authd          http://127.0.0.1:8001/metrics          (socket-activated; /health /ready /metrics)
+  gateway        http://127.0.0.1/api/v1/{auth,payment,inventory}/   (nginx :80, JSON access log in /var/log/nginx/vigil-gateway.access.log)
+  daemons        http://127.0.0.1:8001 … 8005/metrics    (authd, paymentd, inventoryd, notifyd, alertbotd; socket-activated)
+  incidents      http://127.0.0.1:8005/incidents         (the alert bot's remediations)
   Prometheus     http://127.0.0.1:9090                  Alertmanager http://127.0.0.1:9093
   nginx status   http://127.0.0.1:8081/stub_status
   units          ${in}systemctl list-units 'vigil*'
-  logs           ${in}journalctl -u vigil-authd -o json-pretty
-  hardening      ${in}systemd-analyze security vigil-authd.service
+  logs           ${in}journalctl -u vigil-paymentd -o json-pretty
+  remediations   ${in}journalctl MESSAGE_ID=8fa5e36ef7934bd7ad1a5b385a4e81c8
+  hardening      ${in}systemd-analyze security vigil-alertbotd.service
 Stop it with: scripts/platform-down.sh
 TEXT

@@ -1,7 +1,7 @@
 # systemd units, sysusers/tmpfiles entries, the polkit rule and the shipped
 # configuration. Adding a daemon: append its name to VIGIL_DAEMONS and add
 # units/vigil-<name>.service.in and units/vigil-<name>.socket.
-VIGIL_DAEMONS = authd
+VIGIL_DAEMONS = authd paymentd inventoryd notifyd alertbotd
 
 # systemdsystemunitdir, sysusersdir and tmpfilesdir come from configure
 # (pkg-config systemd).

@@ -38,18 +38,26 @@ fi
 rpms=$(find "$work/RPMS" -name '*.rpm' | sort)
 echo "$rpms" | sed "s|$work/RPMS/||"
 fail=0
-for p in vigil vigil-common vigil-authd vigil-gateway vigil-monitoring; do
+for p in vigil vigil-common vigil-authd vigil-paymentd vigil-inventoryd vigil-notifyd vigil-alertbot \
+	vigil-gateway vigil-monitoring; do
 	echo "$rpms" | grep -q "/$p-$version-" || { echo "FAIL: no $p package"; fail=1; }
 done
-authd=$(echo "$rpms" | grep "/vigil-authd-$version-")
-for f in /usr/sbin/vigil-authd /usr/lib/systemd/system/vigil-authd.service \
-	/usr/lib/systemd/system/vigil-authd.socket /etc/vigil/authd.conf; do
-	rpm -qlp "$authd" 2>/dev/null | grep -qx "$f" || { echo "FAIL: vigil-authd lacks $f"; fail=1; }
+# Every daemon subpackage: binary, units, conffile, and a %post that runs vigil-setup.
+for d in authd paymentd inventoryd notifyd alertbotd; do
+	case $d in alertbotd) p=vigil-alertbot ;; *) p=vigil-$d ;; esac
+	rpm=$(echo "$rpms" | grep "/$p-$version-") || continue
+	for f in /usr/sbin/vigil-$d /usr/lib/systemd/system/vigil-$d.service \
+		/usr/lib/systemd/system/vigil-$d.socket /etc/vigil/$d.conf; do
+		rpm -qlp "$rpm" 2>/dev/null | grep -qx "$f" || { echo "FAIL: $p lacks $f"; fail=1; }
+	done
+	rpm -qp --scripts "$rpm" 2>/dev/null | grep -q "vigil-setup install $d" ||
+		{ echo "FAIL: $p's %post does not run vigil-setup install $d"; fail=1; }
+	rpm -qcp "$rpm" 2>/dev/null | grep -qx "/etc/vigil/$d.conf" ||
+		{ echo "FAIL: /etc/vigil/$d.conf is not a config file of $p"; fail=1; }
 done
-rpm -qp --scripts "$authd" 2>/dev/null | grep -q 'vigil-setup credentials authd' ||
-	{ echo "FAIL: vigil-authd's %post does not generate credentials"; fail=1; }
-rpm -qcp "$authd" 2>/dev/null | grep -qx /etc/vigil/authd.conf ||
-	{ echo "FAIL: /etc/vigil/authd.conf is not a config file"; fail=1; }
+alertbot=$(echo "$rpms" | grep "/vigil-alertbot-$version-" || true)
+rpm -qcp "$alertbot" 2>/dev/null | grep -qx /etc/vigil/alertbot-policy.conf ||
+	{ echo "FAIL: vigil-alertbot lacks the policy /etc/vigil/alertbot-policy.conf"; fail=1; }
 grep -q '^PASS: tests/unit/test-jwt' "$work/rpmbuild.log" || { echo "FAIL: %check did not run the unit tests"; fail=1; }
 [ $fail -eq 0 ] && echo "PASS: rpmbuild built the split"
 exit $fail
