@@ -1,6 +1,7 @@
 #include "notifyd-consumer.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -423,9 +424,14 @@ static enum outcome handle(struct notifyd_consumer *c, const struct amqp_deliver
         span_set_attribute_string(d->span, "vigil.notify.result",
                                   duplicate ? "duplicate" : "processed");
         metrics_counter_inc(duplicate ? c->duplicate : c->processed);
+        /* One entry per event, like an access log: it carries the payment's
+         * TRACE_ID (the delivery's span is current), so journalctl finds a
+         * charge's notification by its trace. */
         if (duplicate)
                 log_info("Message %s was already processed; acknowledging the duplicate",
                          d->message_id);
+        else
+                log_info("Notified user %" PRId64 " of %s", e.user_id, d->message_id);
         return settle_ack(c, d);
 }
 
