@@ -713,40 +713,27 @@ fail:
 static int manager_start(void *userdata)
 {
         struct alertbotd_manager *m = userdata;
-        int fd = -1, r;
-
-        r = sd_daemon_listen_fd(&fd);
-        if (r < 0)
-                return log_error_errno(r, "Unusable sockets passed by systemd: %m");
+        struct http_server_options opts = {
+                .service_name = alertbotd_ops.name,
+                .max_body = WEBHOOK_MAX_BODY,
+                .metrics = m->metrics,
+                .tracer = m->tracer,
+                .ready = ready,
+                .userdata = m,
+        };
+        int r;
 
         r = -pthread_create(&m->worker, NULL, worker, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the remediation worker: %m");
         m->worker_started = true;
 
-        struct http_server_options opts = {
-                .listen = m->config->common.http_listen,
-                .listen_fd = fd,
-                .service_name = alertbotd_ops.name,
-                .max_body = WEBHOOK_MAX_BODY,
-                .max_connections = (unsigned)m->config->common.http_max_connections,
-                .access_log = m->config->common.http_access_log,
-                .metrics = m->metrics,
-                .tracer = m->tracer,
-                .ready = ready,
-                .userdata = m,
-        };
-        r = http_server_new(&opts, alertbotd_routes, alertbotd_routes_count, &m->http);
+        r = daemon_http_server_start(&m->config->common, &opts, alertbotd_routes,
+                                     alertbotd_routes_count, &m->http);
         if (r < 0)
-                return log_error_errno(r, "Failed to set up the HTTP server: %m");
-        r = http_server_start(m->http);
-        if (r < 0)
-                return log_error_errno(r, "Failed to listen on %s: %m",
-                                       fd >= 0 ? "the socket from systemd"
-                                               : m->config->common.http_listen);
-        log_info("Listening on %s; %zu rules, %s",
-                 fd >= 0 ? "the socket from systemd" : m->config->common.http_listen,
-                 m->policy->n_rules, m->dry_run ? "dry run (no restarts)" : "remediating");
+                return r;
+        log_info("%zu rules, %s", m->policy->n_rules,
+                 m->dry_run ? "dry run (no restarts)" : "remediating");
         return 0;
 }
 

@@ -31,8 +31,8 @@ const struct conf_key authd_conf_table[] = {
                     "JWT signing key file when the jwt-key credential is absent"),
         CONF_INT("auth", "token_ttl_seconds", "3600", 60, 86400 * 30, struct authd_config,
                  token_ttl_seconds, "Lifetime of tokens and their sessions"),
-        CONF_INT("password", "max_concurrent", "0", 0, 64, struct authd_config,
-                 hash_max_concurrent, "Password hashes computed at once (0: CPUs - 1)"),
+        CONF_INT("password", "max_concurrent", "0", 0, 64, struct authd_config, hash_max_concurrent,
+                 "Password hashes computed at once (0: CPUs - 1)"),
         CONF_INT("password", "queue_timeout_ms", "2000", 1, 60000, struct authd_config,
                  hash_queue_timeout_ms, "How long a login waits for a hashing slot before 503"),
         CONF_INT("password", "cost", "0", 0, 11, struct authd_config, hash_cost,
@@ -65,8 +65,7 @@ static int load_jwt_key(struct authd_manager *m)
         size_t len;
         int r;
 
-        r = conf_read_credential("jwt-key", m->config->jwt_key_file, JWT_KEY_MAX_SIZE, &key,
-                                 &len);
+        r = conf_read_credential("jwt-key", m->config->jwt_key_file, JWT_KEY_MAX_SIZE, &key, &len);
         if (r == -ENOENT)
                 return log_error_errno(r, "No JWT signing key: provide the jwt-key credential "
                                           "(LoadCredential=jwt-key:…) or [auth] jwt_key_file");
@@ -239,33 +238,19 @@ static void check_dependencies(struct authd_manager *m)
 static int manager_start(void *userdata)
 {
         struct authd_manager *m = userdata;
-        int fd = -1, r;
-
-        r = sd_daemon_listen_fd(&fd);
-        if (r < 0)
-                return log_error_errno(r, "Unusable sockets passed by systemd: %m");
-
         struct http_server_options opts = {
-                .listen = m->config->common.http_listen,
-                .listen_fd = fd,
                 .service_name = authd_ops.name,
-                .max_connections = (unsigned)m->config->common.http_max_connections,
-                .access_log = m->config->common.http_access_log,
                 .metrics = m->metrics,
                 .tracer = m->tracer,
                 .ready = ready,
                 .userdata = m,
         };
-        r = http_server_new(&opts, authd_routes, authd_routes_count, &m->http);
+        int r;
+
+        r = daemon_http_server_start(&m->config->common, &opts, authd_routes, authd_routes_count,
+                                     &m->http);
         if (r < 0)
-                return log_error_errno(r, "Failed to set up the HTTP server: %m");
-        r = http_server_start(m->http);
-        if (r < 0)
-                return log_error_errno(r, "Failed to listen on %s: %m",
-                                       fd >= 0 ? "the socket from systemd"
-                                               : m->config->common.http_listen);
-        log_info("Listening on %s", fd >= 0 ? "the socket from systemd"
-                                            : m->config->common.http_listen);
+                return r;
 
         /* Dependencies are tried before READY=1, but being down is a
          * degraded state, not a failure: they may come up later. */

@@ -247,33 +247,19 @@ static void check_dependencies(struct inventoryd_manager *m)
 static int manager_start(void *userdata)
 {
         struct inventoryd_manager *m = userdata;
-        int fd = -1, r;
-
-        r = sd_daemon_listen_fd(&fd);
-        if (r < 0)
-                return log_error_errno(r, "Unusable sockets passed by systemd: %m");
-
         struct http_server_options opts = {
-                .listen = m->config->common.http_listen,
-                .listen_fd = fd,
                 .service_name = inventoryd_ops.name,
-                .max_connections = (unsigned)m->config->common.http_max_connections,
-                .access_log = m->config->common.http_access_log,
                 .metrics = m->metrics,
                 .tracer = m->tracer,
                 .ready = ready,
                 .userdata = m,
         };
-        r = http_server_new(&opts, inventoryd_routes, inventoryd_routes_count, &m->http);
+        int r;
+
+        r = daemon_http_server_start(&m->config->common, &opts, inventoryd_routes,
+                                     inventoryd_routes_count, &m->http);
         if (r < 0)
-                return log_error_errno(r, "Failed to set up the HTTP server: %m");
-        r = http_server_start(m->http);
-        if (r < 0)
-                return log_error_errno(r, "Failed to listen on %s: %m",
-                                       fd >= 0 ? "the socket from systemd"
-                                               : m->config->common.http_listen);
-        log_info("Listening on %s",
-                 fd >= 0 ? "the socket from systemd" : m->config->common.http_listen);
+                return r;
 
         /* Dependencies are tried before READY=1, but being down is a
          * degraded state, not a failure: they may come up later. */

@@ -9,6 +9,7 @@
 #include <sys/signalfd.h>
 
 #include "amqp.h"
+#include "http-server.h"
 #include "log.h"
 #include "macro.h"
 #include "pg.h"
@@ -20,8 +21,7 @@
 
 /* Load config from path into a zeroed struct of ops->config_size. On failure
  * every problem is logged and the struct is freed. */
-static int load_config(const struct daemon_ops *ops, const char *path, bool required,
-                       void **ret)
+static int load_config(const struct daemon_ops *ops, const char *path, bool required, void **ret)
 {
         _cleanup_free_ void *config = NULL;
         struct conf_diagnostics diag = {0};
@@ -268,6 +268,36 @@ fail:
                 ops->manager_free(manager);
         free_config(ops, config);
         return EXIT_FAILURE;
+}
+
+int daemon_http_server_start(const struct daemon_config *c, struct http_server_options *opts,
+                             const struct http_route *routes, size_t n_routes,
+                             struct http_server **ret)
+{
+        struct http_server *s = NULL;
+        const char *where;
+        int fd = -1, r;
+
+        r = sd_daemon_listen_fd(&fd);
+        if (r < 0)
+                return log_error_errno(r, "Unusable sockets passed by systemd: %m");
+        where = fd >= 0 ? "the socket from systemd" : c->http_listen;
+
+        opts->listen = c->http_listen;
+        opts->listen_fd = fd;
+        opts->max_connections = (unsigned)c->http_max_connections;
+        opts->access_log = c->http_access_log;
+        r = http_server_new(opts, routes, n_routes, &s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the HTTP server: %m");
+        r = http_server_start(s);
+        if (r < 0) {
+                http_server_free(s);
+                return log_error_errno(r, "Failed to listen on %s: %m", where);
+        }
+        log_info("Listening on %s", where);
+        *ret = s;
+        return 0;
 }
 
 int daemon_tracer_new(const struct daemon_config *c, const char *service_name,

@@ -19,6 +19,9 @@
 
 #include "conf.h"
 
+struct http_route;
+struct http_server;
+struct http_server_options;
 struct metrics_registry;
 struct tracer;
 struct pg_pool;
@@ -123,6 +126,14 @@ struct daemon_ops {
 
 /* Run the daemon; returns the process exit status. */
 int daemon_main(int argc, char **argv, const struct daemon_ops *ops);
+
+/* Create and start the daemon's HTTP server. opts names the service,
+ * metrics, tracer, readiness check and userdata; the listener (the socket
+ * systemd passed, else [http] listen), the connection limit and the access
+ * log come from c. Logs what failed and returns a negative errno. */
+int daemon_http_server_start(const struct daemon_config *c, struct http_server_options *opts,
+                             const struct http_route *routes, size_t n_routes,
+                             struct http_server **ret);
 
 /* The tracer from the shared config keys (export off when the endpoint is
  * empty). */

@@ -160,33 +160,18 @@ static void update_status(struct notifyd_manager *m)
 static int manager_start(void *userdata)
 {
         struct notifyd_manager *m = userdata;
-        int fd = -1, r;
-
-        r = sd_daemon_listen_fd(&fd);
-        if (r < 0)
-                return log_error_errno(r, "Unusable sockets passed by systemd: %m");
-
         struct http_server_options opts = {
-                .listen = m->config->common.http_listen,
-                .listen_fd = fd,
                 .service_name = notifyd_ops.name,
-                .max_connections = (unsigned)m->config->common.http_max_connections,
-                .access_log = m->config->common.http_access_log,
                 .metrics = m->metrics,
                 .tracer = m->tracer,
                 .ready = ready,
                 .userdata = m,
         };
-        r = http_server_new(&opts, NULL, 0, &m->http);
+        int r;
+
+        r = daemon_http_server_start(&m->config->common, &opts, NULL, 0, &m->http);
         if (r < 0)
-                return log_error_errno(r, "Failed to set up the HTTP server: %m");
-        r = http_server_start(m->http);
-        if (r < 0)
-                return log_error_errno(r, "Failed to listen on %s: %m",
-                                       fd >= 0 ? "the socket from systemd"
-                                               : m->config->common.http_listen);
-        log_info("Listening on %s",
-                 fd >= 0 ? "the socket from systemd" : m->config->common.http_listen);
+                return r;
 
         /* Dependencies come and go: the consumer waits for them itself. */
         r = notifyd_consumer_start(m->consumer);
