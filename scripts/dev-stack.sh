@@ -324,8 +324,8 @@ pg_start() {
 		note "postgres: starting on 127.0.0.1:$PG_PORT"
 		# After a kill -9 the old postmaster may linger as a zombie (when
 		# PID 1 does not reap orphans), and PostgreSQL takes a zombie's
-		# PID in postmaster.pid for a live server. pg_running said no.
-		rm -f "$(pg_data)/postmaster.pid"
+		# PID in its lock files for a live server. pg_running said no.
+		rm -f "$(pg_data)/postmaster.pid" "$DIR"/postgres/run/.s.PGSQL.*.lock
 		mkdir -p "$DIR/postgres/run"
 		give postgres "$DIR/postgres/run"
 		# pg_ctl -w waits until the server accepts connections.

@@ -238,14 +238,16 @@ def test_burn_rate_alert_resolves_when_the_fault_is_removed(ctx):
     ctx.traffic.stop.set()
 
 
-def post(am, labels, minutes=10):
+def post(am, *label_sets, minutes=10):
+    """Post alerts in one request, so Alertmanager sees an inhibiting alert
+    no later than the alerts it inhibits."""
     now = time.time()
     am.post_alerts([{
         "labels": labels,
         "annotations": {"summary": "test"},
         "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60)),
         "endsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + minutes * 60)),
-    }])
+    } for labels in label_sets])
 
 
 @test
@@ -254,22 +256,25 @@ def test_a_down_database_inhibits_the_alerts_it_causes_and_nothing_else(ctx):
     am = obslib.Alertmanager(obslib.test_alertmanager_config(webhook, ctx.token_file))
     try:
         am.start()
-        post(am, {"alertname": "VigilPostgresDown", "dependency": "postgres", "severity": "page"})
+        alerts = [{"alertname": "VigilPostgresDown", "dependency": "postgres", "severity": "page"}]
         for svc in ("payment", "inventory"):
-            post(am, {"alertname": "VigilDependencyDown", "dependency": "postgres",
-                      "service": svc, "severity": "page"})
-            post(am, {"alertname": "VigilSLOBudgetBurnPage", "slo": f"{svc}-availability",
-                      "service": svc, "severity": "page"})
-        post(am, {"alertname": "VigilDependencyDown", "dependency": "redis", "service": "auth",
-                  "severity": "page"})
-        post(am, {"alertname": "VigilSLOBudgetBurnPage", "slo": "notify-freshness",
-                  "service": "notify", "severity": "page"})
-        post(am, {"alertname": "VigilSLOBudgetBurnTicket", "slo": "payment-availability",
-                  "service": "payment", "severity": "ticket"})
-        post(am, {"alertname": "VigilSLOBudgetBurnTicket", "slo": "auth-latency",
-                  "service": "auth", "severity": "ticket"})
-        post(am, {"alertname": "VigilSLOBudgetBurnTicket", "slo": "notify-other",
-                  "service": "notify", "severity": "ticket"})
+            alerts += [{"alertname": "VigilDependencyDown", "dependency": "postgres",
+                        "service": svc, "severity": "page"},
+                       {"alertname": "VigilSLOBudgetBurnPage", "slo": f"{svc}-availability",
+                        "service": svc, "severity": "page"}]
+        alerts += [
+            {"alertname": "VigilDependencyDown", "dependency": "redis", "service": "auth",
+             "severity": "page"},
+            {"alertname": "VigilSLOBudgetBurnPage", "slo": "notify-freshness",
+             "service": "notify", "severity": "page"},
+            {"alertname": "VigilSLOBudgetBurnTicket", "slo": "payment-availability",
+             "service": "payment", "severity": "ticket"},
+            {"alertname": "VigilSLOBudgetBurnTicket", "slo": "auth-latency",
+             "service": "auth", "severity": "ticket"},
+            {"alertname": "VigilSLOBudgetBurnTicket", "slo": "notify-other",
+             "service": "notify", "severity": "ticket"},
+        ]
+        post(am, *alerts)
 
         def key(a):
             lab = a["labels"]
