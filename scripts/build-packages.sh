@@ -16,6 +16,11 @@
 # sources (same content hash, same version).
 set -euo pipefail
 
+# Run from `make check`, we inherit the outer make's command-line variables
+# (TEST_LOGS, the whole suite) through MAKEFLAGS; the package build's own
+# `make check TESTS=…` must not see them.
+unset MAKEFLAGS MFLAGS MAKEOVERRIDES MAKELEVEL GNUMAKEFLAGS
+
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=$top/build/packages
 version=

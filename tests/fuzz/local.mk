@@ -66,6 +66,6 @@ tests_fuzz_fuzz_traceparent_LDADD = $(FUZZ_LDADD)
 tests_fuzz_fuzz_conf_LDADD = $(FUZZ_LDADD)
 tests_fuzz_fuzz_alertmanager_SOURCES = tests/fuzz/fuzz-alertmanager.c
 tests_fuzz_fuzz_alertmanager_CFLAGS = $(FUZZER_CFLAGS) -iquote $(top_srcdir)/src/alertbotd
-tests_fuzz_fuzz_alertmanager_LDFLAGS = $(FUZZER_LDFLAGS)
+tests_fuzz_fuzz_alertmanager_LDFLAGS = $(FUZZER_LINKFLAGS)
 tests_fuzz_fuzz_alertmanager_LDADD = src/alertbotd/libalertbotd.a $(FUZZ_LDADD)
 endif

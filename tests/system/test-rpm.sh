@@ -7,6 +7,11 @@
 # another tree (copied whole).
 set -eu
 
+# Run from `make check`, we inherit the outer make's command-line variables
+# (TEST_LOGS, the whole suite) through MAKEFLAGS; the package build's own
+# `make check TESTS=…` must not see them.
+unset MAKEFLAGS MFLAGS MAKEOVERRIDES MAKELEVEL GNUMAKEFLAGS
+
 top=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 src=${VIGIL_RPM_SRC:-$top}
 command -v rpmbuild >/dev/null 2>&1 || { echo "SKIP: rpmbuild not installed (apt-get install rpm)"; exit 77; }
