@@ -30,6 +30,7 @@ LIB_UNIT_TESTS = \
 SERVER_UNIT_TESTS = \
 	tests/unit/test-pg \
 	tests/unit/test-redis \
+	tests/unit/test-local-cache \
 	tests/unit/test-amqp
 
 check_PROGRAMS += $(LIB_UNIT_TESTS) $(SERVER_UNIT_TESTS)
@@ -38,7 +39,8 @@ DAEMON_UNIT_TESTS = \
 	tests/unit/test-authd-users
 
 check_PROGRAMS += $(DAEMON_UNIT_TESTS)
-UNIT_TESTS = tests/fuzz/replay.sh $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh \
+UNIT_TESTS = tests/fuzz/replay.sh $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh \
+	tests/unit/test-local-cache.sh tests/unit/test-amqp.sh \
 	$(DAEMON_UNIT_TESTS) tests/unit/test-daemon-config.sh
 TESTS += $(UNIT_TESTS)
 EXTRA_DIST += tests/unit/test-daemon-config.sh
@@ -46,7 +48,8 @@ EXTRA_DIST += tests/unit/test-daemon-config.sh
 tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
 tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/authd
 tests_unit_test_authd_users_LDADD = src/authd/libauthd.a $(UNIT_LDADD)
-EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-amqp.sh tests/with-servers.sh \
+EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-local-cache.sh \
+	tests/unit/test-amqp.sh tests/with-servers.sh \
 	tests/unit/otlp-sink.h
 
 tests_unit_test_log_SOURCES = tests/unit/test-log.c
@@ -61,6 +64,7 @@ tests_unit_test_jwt_SOURCES = tests/unit/test-jwt.c
 tests_unit_test_password_SOURCES = tests/unit/test-password.c
 tests_unit_test_pg_SOURCES = tests/unit/test-pg.c
 tests_unit_test_redis_SOURCES = tests/unit/test-redis.c
+tests_unit_test_local_cache_SOURCES = tests/unit/test-local-cache.c
 tests_unit_test_amqp_SOURCES = tests/unit/test-amqp.c
 tests_unit_test_amqp_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_amqp_LDADD = $(UNIT_LDADD)
@@ -78,6 +82,7 @@ tests_unit_test_jwt_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_password_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_pg_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_redis_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_local_cache_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_log_LDADD = $(UNIT_LDADD)
 tests_unit_test_sd_LDADD = $(UNIT_LDADD)
 tests_unit_test_conf_LDADD = $(UNIT_LDADD)
@@ -90,6 +95,7 @@ tests_unit_test_jwt_LDADD = $(UNIT_LDADD)
 tests_unit_test_password_LDADD = $(UNIT_LDADD)
 tests_unit_test_pg_LDADD = $(UNIT_LDADD)
 tests_unit_test_redis_LDADD = $(UNIT_LDADD)
+tests_unit_test_local_cache_LDADD = $(UNIT_LDADD)
 
 include tests/fuzz/local.mk
 include tests/integration/local.mk

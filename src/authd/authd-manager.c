@@ -9,6 +9,7 @@
 #include "authd-users.h"
 #include "dependency-metrics.h"
 #include "http-server.h"
+#include "local-cache.h"
 #include "log.h"
 #include "metrics.h"
 #include "password.h"
@@ -52,6 +53,7 @@ static void manager_free(void *userdata)
                 free(m->jwt_key);
         }
         password_hasher_free(m->hasher);
+        local_cache_free(m->sessions_cache);
         redis_pool_free(m->redis);
         pg_pool_free(m->pg);
         tracer_free(m->tracer);
@@ -168,6 +170,12 @@ static int manager_new(const void *config, void **ret)
         r = daemon_redis_pool_new(&c->redis, m->metrics, m->tracer, &m->redis);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up Redis (redis-password credential): %m");
+                goto fail;
+        }
+        r = daemon_local_cache_new(&c->redis, m->redis, m->metrics, "sessions", SESSION_KEY_PREFIX,
+                                   &m->sessions_cache);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up the local session cache: %m");
                 goto fail;
         }
         r = password_hasher_new((unsigned)c->hash_max_concurrent,

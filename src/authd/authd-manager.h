@@ -28,6 +28,7 @@ struct authd_manager {
         struct tracer *tracer;
         struct pg_pool *pg;
         struct redis_pool *redis;
+        struct local_cache *sessions_cache;
         struct password_hasher *hasher;
         uint8_t *jwt_key;
         size_t jwt_key_len;

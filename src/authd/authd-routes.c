@@ -58,8 +58,7 @@ static void reply_field_error(struct http_request *req, int r, const char *field
                                  field, max);
         else
                 http_reply_error(req, 400, "invalid_field",
-                                 "Field \"%s\" must be a string without control characters",
-                                 field);
+                                 "Field \"%s\" must be a string without control characters", field);
 }
 
 /* Decode {"username","password"}; replies 400 itself on failure. */
@@ -204,10 +203,10 @@ static int authenticate(struct http_request *req, struct authd_manager *m,
         if (!token)
                 r = -EBADMSG;
         else
-                r = jwt_hs256_verify(m->jwt_key, m->jwt_key_len, token, now_seconds(),
-                                     ret_claims);
+                r = jwt_hs256_verify(m->jwt_key, m->jwt_key_len, token, now_seconds(), ret_claims);
         if (r >= 0) {
-                r = sessions_check(m->redis, ret_claims->session_id, ret_claims->user_id);
+                r = sessions_check(m->redis, m->sessions_cache, ret_claims->session_id,
+                                   ret_claims->user_id);
                 if (r < 0 && r != -ENOENT) {
                         reply_failure(req, r, "redis");
                         return r;
@@ -246,7 +245,7 @@ static void handle_logout(struct http_request *req, void *userdata)
         if (authenticate(req, m, &claims) < 0)
                 return;
 
-        r = sessions_revoke(m->redis, claims.session_id);
+        r = sessions_revoke(m->redis, m->sessions_cache, claims.session_id);
         if (r == -ENOENT) {
                 /* Revoked by a concurrent logout. */
                 http_reply_error(req, 401, "invalid_token", "Missing, invalid or revoked token");
@@ -285,10 +284,8 @@ static void handle_stats(struct http_request *req, void *userdata)
 }
 
 const struct http_route authd_routes[] = {
-        {"POST", "/register", handle_register},
-        {"POST", "/login", handle_login},
-        {"POST", "/verify", handle_verify},
-        {"POST", "/logout", handle_logout},
+        {"POST", "/register", handle_register}, {"POST", "/login", handle_login},
+        {"POST", "/verify", handle_verify},     {"POST", "/logout", handle_logout},
         {"GET", "/stats", handle_stats},
 };
 const size_t authd_routes_count = ELEMENTSOF(authd_routes);

@@ -5,11 +5,11 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "local-cache.h"
 #include "macro.h"
 #include "redis.h"
 
-#define SESSION_KEY_PREFIX "auth:sess:"
-#define SESSIONS_SET "auth:sessions"
+#define SESSIONS_SET    "auth:sessions"
 #define SESSION_KEY_MAX (sizeof(SESSION_KEY_PREFIX) + SESSION_ID_LENGTH)
 
 static int session_key(const char *session_id, char key[static SESSION_KEY_MAX])
@@ -68,15 +68,23 @@ int sessions_create(struct redis_pool *redis, int64_t user_id, int64_t ttl_secon
         return 0;
 }
 
-int sessions_check(struct redis_pool *redis, const char *session_id, int64_t user_id)
+int sessions_check(struct redis_pool *redis, struct local_cache *cache, const char *session_id,
+                   int64_t user_id)
 {
         _cleanup_(freeReplyObjectp) redisReply *reply = NULL;
+        _cleanup_free_ char *cached = NULL;
         char key[SESSION_KEY_MAX], uid[24];
+        uint64_t ticket;
         int r;
 
         r = session_key(session_id, key);
         if (r < 0)
                 return r;
+        snprintf(uid, sizeof(uid), "%" PRId64, user_id);
+
+        r = local_cache_get(cache, key, &cached, NULL, &ticket);
+        if (r >= 0)
+                return strcmp(cached, uid) == 0 ? 0 : -ENOENT;
 
         const char *argv[] = {"GET", key};
         r = redis_command_argv(redis, 2, argv, NULL, &reply);
@@ -87,11 +95,11 @@ int sessions_check(struct redis_pool *redis, const char *session_id, int64_t use
         if (reply->type != REDIS_REPLY_STRING)
                 return -EIO;
 
-        snprintf(uid, sizeof(uid), "%" PRId64, user_id);
+        local_cache_put(cache, key, reply->str, reply->len, ticket, 0);
         return strcmp(reply->str, uid) == 0 ? 0 : -ENOENT;
 }
 
-int sessions_revoke(struct redis_pool *redis, const char *session_id)
+int sessions_revoke(struct redis_pool *redis, struct local_cache *cache, const char *session_id)
 {
         redisReply *replies[2] = {0};
         char key[SESSION_KEY_MAX];
@@ -106,6 +114,9 @@ int sessions_revoke(struct redis_pool *redis, const char *session_id)
         const char *const *cmds[] = {del, zrem};
 
         r = redis_pipeline(redis, ELEMENTSOF(cmds), cmds, replies);
+        /* Whatever Redis said: should the DEL have gone through after all,
+         * this process must not go on accepting the session. */
+        local_cache_invalidate(cache, key);
         if (r < 0)
                 return r;
         if (!replies[0] || replies[0]->type != REDIS_REPLY_INTEGER)

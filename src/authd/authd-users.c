@@ -85,8 +85,8 @@ int users_register(struct pg_pool *pool, struct password_hasher *hasher, const c
         return parse_id(PQgetvalue(res, 0, 0), ret_user_id);
 }
 
-int users_authenticate(struct pg_pool *pool, struct password_hasher *hasher,
-                       const char *username, const char *password, int64_t *ret_user_id)
+int users_authenticate(struct pg_pool *pool, struct password_hasher *hasher, const char *username,
+                       const char *password, int64_t *ret_user_id)
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         _cleanup_(PQclearp) PGresult *res = NULL;
@@ -102,8 +102,8 @@ int users_authenticate(struct pg_pool *pool, struct password_hasher *hasher,
                         return r;
 
                 const char *params[] = {username};
-                r = pg_exec(conn, "SELECT id, password_hash FROM auth.users WHERE username = $1",
-                            1, params, &res);
+                r = pg_exec(conn, "SELECT id, password_hash FROM auth.users WHERE username = $1", 1,
+                            params, &res);
                 if (r < 0)
                         return r;
                 if (PQntuples(res) == 1) {

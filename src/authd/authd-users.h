@@ -31,8 +31,8 @@ int users_register(struct pg_pool *pool, struct password_hasher *hasher, const c
 /* Check a username and password. Returns 0 and the id, -EACCES for an
  * unknown user or a wrong password (indistinguishable, same cost), -EBUSY,
  * or a negative errno from the pool. */
-int users_authenticate(struct pg_pool *pool, struct password_hasher *hasher,
-                       const char *username, const char *password, int64_t *ret_user_id);
+int users_authenticate(struct pg_pool *pool, struct password_hasher *hasher, const char *username,
+                       const char *password, int64_t *ret_user_id);
 
 /* Number of registered users. */
 int users_count(struct pg_pool *pool, int64_t *ret_count);

@@ -7,6 +7,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "local-cache.h"
 #include "redis.h"
 
 #define KEY_MAX          (CACHE_PREFIX_MAX + CACHE_NAME_MAX + 16)
@@ -34,6 +35,7 @@ static const char UNLOCK[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
 
 struct cache {
         struct redis_pool *redis;
+        struct local_cache *local;
         char prefix[CACHE_PREFIX_MAX + 1];
         atomic_uint ttl_seconds;
         atomic_uint jitter_percent;
@@ -85,6 +87,7 @@ int cache_new(const struct cache_options *opts, struct cache **ret)
         if (!c)
                 return -ENOMEM;
         c->redis = opts->redis;
+        c->local = opts->local;
         snprintf(c->prefix, sizeof(c->prefix), "%s", opts->prefix);
         atomic_init(&c->ttl_seconds, opts->ttl_seconds);
         atomic_init(&c->jitter_percent, opts->jitter_percent);
@@ -326,17 +329,26 @@ int cache_get(struct cache *c, const char *name, cache_build_fn build, void *use
               char **ret_value, size_t *ret_len, bool *ret_hit)
 {
         struct rebuild b = {.cache = c, .name = name, .build = build, .userdata = userdata};
-        char *value = NULL;
+        char key[KEY_MAX], *value = NULL;
         size_t len = 0;
         bool shared = false;
+        uint64_t ticket;
         int r;
 
         if (!cache_name_is_valid(name))
                 return -EINVAL;
 
+        format_key(key, c, "", name);
+        if (local_cache_get(c->local, key, &value, &len, &ticket) >= 0) {
+                *ret_value = value;
+                *ret_len = len;
+                *ret_hit = true;
+                return 0;
+        }
         if (!bypassed(c)) {
                 r = read_value(c, name, &value, &len, b.gen);
                 if (r >= 0 && value) {
+                        local_cache_put(c->local, key, value, len, ticket, 0);
                         *ret_value = value;
                         *ret_len = len;
                         *ret_hit = true;
@@ -349,6 +361,8 @@ int cache_get(struct cache *c, const char *name, cache_build_fn build, void *use
                             &shared);
         if (r < 0)
                 return r;
+        /* Read after the ticket was taken: kept unless invalidated since. */
+        local_cache_put(c->local, key, value, len, ticket, 0);
         *ret_value = value;
         *ret_len = len;
         *ret_hit = !shared && b.hit;
@@ -360,18 +374,13 @@ int cache_invalidate(struct cache *c, const char *const *names, size_t n)
         char keys[16][KEY_MAX], ttl[24], n_keys[8];
         const char *argv[3 + 16 + 1];
         size_t argc = 0;
-        int r;
+        int r = -ECONNREFUSED;
 
         if (n < 1 || n > 8)
                 return -EINVAL;
         for (size_t i = 0; i < n; i++)
                 if (!cache_name_is_valid(names[i]))
                         return -EINVAL;
-
-        if (bypassed(c)) {
-                atomic_store(&c->purge_pending, true);
-                return -ECONNREFUSED;
-        }
 
         snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)CACHE_GENERATION_TTL_MS);
         snprintf(n_keys, sizeof(n_keys), "%zu", 2 * n);
@@ -386,9 +395,14 @@ int cache_invalidate(struct cache *c, const char *const *names, size_t n)
         }
         argv[argc++] = ttl;
 
-        r = command(c, (int)argc, argv, NULL, NULL);
+        if (!bypassed(c))
+                r = command(c, (int)argc, argv, NULL, NULL);
         if (r < 0)
                 atomic_store(&c->purge_pending, true);
+        /* After Redis: a reader that got the old value from Redis took its
+         * ticket before this, so it cannot store it here any more. */
+        for (size_t i = 0; i < n; i++)
+                local_cache_invalidate(c->local, keys[2 * i]);
         return r;
 }
 

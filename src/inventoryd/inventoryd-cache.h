@@ -15,6 +15,12 @@
  * the database. So a value read before a write never lands in the cache
  * after that write's invalidation.
  *
+ * In front of Redis, values are served from this process's memory when
+ * opts->local is set (see local-cache.h, which tracks every key under the
+ * prefix): a value read from Redis or rebuilt is kept there unless an
+ * invalidation raced it, and cache_invalidate() drops it here at once and,
+ * through Redis, in every other process.
+ *
  * Redis failing is never an error for readers: the value is built from the
  * database, and for a second after a connection failure Redis is bypassed
  * altogether (no connect timeout per request). An invalidation that could
@@ -34,6 +40,7 @@
 #include "inventoryd-singleflight.h"
 #include "macro.h"
 
+struct local_cache;
 struct redis_pool;
 struct cache;
 
@@ -46,11 +53,12 @@ struct cache;
 
 struct cache_options {
         struct redis_pool *redis;
-        const char *prefix;      /* "inventory:" */
-        unsigned ttl_seconds;    /* 1..86400 */
-        unsigned jitter_percent; /* 0..50: TTL varies by ± this share */
-        unsigned lock_ms;        /* lifetime of the rebuild lock, 1..60000 */
-        unsigned wait_ms;        /* how long a caller without the lock polls, 0..10000 */
+        struct local_cache *local; /* may be NULL: values in front of Redis, in memory */
+        const char *prefix;        /* "inventory:" */
+        unsigned ttl_seconds;      /* 1..86400 */
+        unsigned jitter_percent;   /* 0..50: TTL varies by ± this share */
+        unsigned lock_ms;          /* lifetime of the rebuild lock, 1..60000 */
+        unsigned wait_ms;          /* how long a caller without the lock polls, 0..10000 */
 };
 
 /* Builds a value from the source of truth: returns 0 and a malloc()ed,

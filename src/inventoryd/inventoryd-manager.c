@@ -9,6 +9,7 @@
 #include "inventoryd-cache.h"
 #include "inventoryd-products.h"
 #include "inventoryd-routes.h"
+#include "local-cache.h"
 #include "log.h"
 #include "metrics.h"
 #include "pg.h"
@@ -47,6 +48,7 @@ static void manager_free(void *userdata)
                 return;
         http_server_free(m->http);
         cache_free(m->cache);
+        local_cache_free(m->local_cache);
         redis_pool_free(m->redis);
         pg_pool_free(m->pg);
         tracer_free(m->tracer);
@@ -153,8 +155,16 @@ static int manager_new(const void *config, void **ret)
                 goto fail;
         }
 
+        r = daemon_local_cache_new(&c->redis, m->redis, m->metrics, "catalog", CACHE_PREFIX,
+                                   &m->local_cache);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up the local catalog cache: %m");
+                goto fail;
+        }
+
         struct cache_options cache_opts = {
                 .redis = m->redis,
+                .local = m->local_cache,
                 .prefix = CACHE_PREFIX,
                 .ttl_seconds = (unsigned)c->cache_ttl_seconds,
                 .jitter_percent = (unsigned)c->cache_jitter_percent,

@@ -11,6 +11,7 @@
 #include "daemon.h"
 
 struct cache;
+struct local_cache;
 
 struct inventoryd_config {
         struct daemon_config common;
@@ -29,6 +30,7 @@ struct inventoryd_manager {
         struct pg_pool *pg;
         struct redis_pool *redis;
         struct cache *cache;
+        struct local_cache *local_cache;
         struct http_server *http;
 
         atomic_bool migrated;

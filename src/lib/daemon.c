@@ -10,6 +10,7 @@
 
 #include "amqp.h"
 #include "http-server.h"
+#include "local-cache.h"
 #include "log.h"
 #include "macro.h"
 #include "pg.h"
@@ -375,6 +376,25 @@ int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_re
                 .tracer = tracer,
         };
         return redis_pool_new(&opts, ret);
+}
+
+int daemon_local_cache_new(const struct daemon_redis_config *c, struct redis_pool *redis,
+                           struct metrics_registry *metrics, const char *name, const char *prefix,
+                           struct local_cache **ret)
+{
+        struct local_cache_options opts = {
+                .redis = redis,
+                .name = name,
+                .prefix = prefix,
+                .max_age_ms = (unsigned)c->local_cache_max_age_ms,
+                .max_bytes = (size_t)c->local_cache_max_kib * 1024,
+                .metrics = metrics,
+        };
+
+        *ret = NULL;
+        if (c->local_cache_max_age_ms == 0)
+                return 0;
+        return local_cache_new(&opts, ret);
 }
 
 int daemon_amqp_client_new(const struct daemon_amqp_config *c, const char *connection_name,

@@ -26,6 +26,7 @@ struct metrics_registry;
 struct tracer;
 struct pg_pool;
 struct redis_pool;
+struct local_cache;
 struct amqp_client;
 
 /* The keys every daemon has; it must be the first member (named common) of
@@ -39,20 +40,21 @@ struct daemon_config {
         char *log_level;
 };
 
-#define DAEMON_CONF_KEYS(type, default_listen)                                                    \
-        CONF_STRING("http", "listen", default_listen, 256, type, common.http_listen,              \
-                    "Address and port to listen on when not socket-activated"),                  \
-        CONF_INT("http", "max_connections", "512", 1, 65536, type,                                \
-                 common.http_max_connections, "Concurrent client connections (one thread each)"), \
-        CONF_BOOL("http", "access_log", "true", type, common.http_access_log,                     \
-                  "Log every request (errors are always logged)"),                               \
-        CONF_STRING("tracing", "otlp_endpoint", "http://127.0.0.1:4318/v1/traces", 1024, type,    \
-                    common.tracing_otlp_endpoint,                                                \
-                    "OTLP/HTTP traces endpoint; empty disables export"),                         \
-        CONF_DOUBLE("tracing", "sample_ratio", "1.0", 0.0, 1.0, type,                             \
-                    common.tracing_sample_ratio, "Share of new traces that are recorded"),       \
-        CONF_STRING("log", "level", "info", 16, type, common.log_level,                           \
-                    "debug, info, notice, warning, err, crit, alert or emerg")
+#define DAEMON_CONF_KEYS(type, default_listen)                                                     \
+        CONF_STRING("http", "listen", default_listen, 256, type, common.http_listen,               \
+                    "Address and port to listen on when not socket-activated"),                    \
+                CONF_INT("http", "max_connections", "512", 1, 65536, type,                         \
+                         common.http_max_connections,                                              \
+                         "Concurrent client connections (one thread each)"),                       \
+                CONF_BOOL("http", "access_log", "true", type, common.http_access_log,              \
+                          "Log every request (errors are always logged)"),                         \
+                CONF_STRING("tracing", "otlp_endpoint", "http://127.0.0.1:4318/v1/traces", 1024,   \
+                            type, common.tracing_otlp_endpoint,                                    \
+                            "OTLP/HTTP traces endpoint; empty disables export"),                   \
+                CONF_DOUBLE("tracing", "sample_ratio", "1.0", 0.0, 1.0, type,                      \
+                            common.tracing_sample_ratio, "Share of new traces that are recorded"), \
+                CONF_STRING("log", "level", "info", 16, type, common.log_level,                    \
+                            "debug, info, notice, warning, err, crit, alert or emerg")
 
 struct daemon_postgres_config {
         char *dsn;
@@ -60,28 +62,35 @@ struct daemon_postgres_config {
         int64_t pool_size;
 };
 
-#define DAEMON_CONF_POSTGRES_KEYS(type, field, default_user)                                      \
-        CONF_STRING("postgres", "dsn",                                                            \
-                    "host=127.0.0.1 port=5432 dbname=vigil user=" default_user, 1024, type,      \
-                    field.dsn, "libpq connection string (without the password)"),                \
-        CONF_STRING("postgres", "password_file", "", 4096, type, field.password_file,             \
-                    "Password file when the postgres-password credential is absent"),            \
-        CONF_INT("postgres", "pool_size", "8", 1, 256, type, field.pool_size,                     \
-                 "Connections in the pool")
+#define DAEMON_CONF_POSTGRES_KEYS(type, field, default_user)                                       \
+        CONF_STRING("postgres", "dsn", "host=127.0.0.1 port=5432 dbname=vigil user=" default_user, \
+                    1024, type, field.dsn, "libpq connection string (without the password)"),      \
+                CONF_STRING("postgres", "password_file", "", 4096, type, field.password_file,      \
+                            "Password file when the postgres-password credential is absent"),      \
+                CONF_INT("postgres", "pool_size", "8", 1, 256, type, field.pool_size,              \
+                         "Connections in the pool")
 
 struct daemon_redis_config {
         char *address;
         char *password_file;
         int64_t pool_size;
+        int64_t local_cache_max_age_ms;
+        int64_t local_cache_max_kib;
 };
 
-#define DAEMON_CONF_REDIS_KEYS(type, field)                                                       \
-        CONF_STRING("redis", "address", "127.0.0.1:6379", 1024, type, field.address,              \
-                    "host:port or unix:/path of the Redis server"),                              \
-        CONF_STRING("redis", "password_file", "", 4096, type, field.password_file,                \
-                    "Password file when the redis-password credential is absent"),               \
-        CONF_INT("redis", "pool_size", "32", 1, 256, type, field.pool_size,                      \
-                 "Connections in the pool (a request holds one per command)")
+#define DAEMON_CONF_REDIS_KEYS(type, field)                                                        \
+        CONF_STRING("redis", "address", "127.0.0.1:6379", 1024, type, field.address,               \
+                    "host:port or unix:/path of the Redis server"),                                \
+                CONF_STRING("redis", "password_file", "", 4096, type, field.password_file,         \
+                            "Password file when the redis-password credential is absent"),         \
+                CONF_INT("redis", "pool_size", "32", 1, 256, type, field.pool_size,                \
+                         "Connections in the pool (a request holds one per command)"),             \
+                CONF_INT("redis", "local_cache_max_age_ms", "2000", 0, 60000, type,                \
+                         field.local_cache_max_age_ms,                                             \
+                         "Serve a value read from Redis from memory for up to this long; a write " \
+                         "anywhere drops it at once (Redis client tracking). 0: off"),             \
+                CONF_INT("redis", "local_cache_max_kib", "1024", 4, 1048576, type,                 \
+                         field.local_cache_max_kib, "Memory for that in-process cache, in KiB")
 
 struct daemon_amqp_config {
         char *url;
@@ -90,11 +99,11 @@ struct daemon_amqp_config {
 
 /* The password is not in the default URL: it comes from the amqp-password
  * credential (or password_file), which overrides one in the URL. */
-#define DAEMON_CONF_AMQP_KEYS(type, field)                                                        \
-        CONF_STRING("amqp", "url", "amqp://vigil@127.0.0.1:5672/vigil", 1024, type, field.url,    \
-                    "amqp://user@host:port/vhost of the RabbitMQ broker"),                       \
-        CONF_STRING("amqp", "password_file", "", 4096, type, field.password_file,                 \
-                    "Password file when the amqp-password credential is absent")
+#define DAEMON_CONF_AMQP_KEYS(type, field)                                                         \
+        CONF_STRING("amqp", "url", "amqp://vigil@127.0.0.1:5672/vigil", 1024, type, field.url,     \
+                    "amqp://user@host:port/vhost of the RabbitMQ broker"),                         \
+                CONF_STRING("amqp", "password_file", "", 4096, type, field.password_file,          \
+                            "Password file when the amqp-password credential is absent")
 
 struct daemon_ops {
         const char *name;           /* "vigil-authd": identifier, service.name */
@@ -102,7 +111,7 @@ struct daemon_ops {
         const char *default_config; /* SYSCONFDIR "/vigil/authd.conf" */
         const struct conf_key *conf_table;
         size_t n_conf_keys;
-        size_t config_size;         /* sizeof the daemon's config struct */
+        size_t config_size; /* sizeof the daemon's config struct */
 
         /* Build the manager from a loaded config (which stays valid until
          * the manager is freed). Failures are logged by the callee. */
@@ -148,6 +157,13 @@ int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *appli
                        struct pg_pool **ret);
 int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_registry *metrics,
                           struct tracer *tracer, struct redis_pool **ret);
+/* The in-process cache of the keys under prefix that [redis]
+ * local_cache_max_age_ms and local_cache_max_kib describe, kept coherent
+ * over its own connection to redis's server (see local-cache.h); *ret is
+ * NULL, a cache that always misses, when local_cache_max_age_ms is 0. */
+int daemon_local_cache_new(const struct daemon_redis_config *c, struct redis_pool *redis,
+                           struct metrics_registry *metrics, const char *name, const char *prefix,
+                           struct local_cache **ret);
 /* An AMQP client from its config section; the amqp-password credential (or
  * password_file) is read here and overrides a password in the URL. Does not
  * connect. -ENOKEY when there is no password anywhere. */

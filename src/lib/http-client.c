@@ -54,20 +54,15 @@ static void curl_init_once(void)
 }
 
 /* The vigil_http_client_requests_total family of r, shared by every client
- * of r: found when another client created it, else created (and found after
- * all when a concurrent creation won). */
+ * of r. */
 static struct metric_family *requests_family(struct metrics_registry *r)
 {
         static const char *const labels[] = {"peer", "code", NULL};
-        static const char name[] = "vigil_http_client_requests_total";
-        struct metric_family *f = metrics_family_find(r, name);
 
-        if (!f)
-                f = metrics_counter_new(r, name,
-                                        "Outgoing HTTP requests, by peer and status code "
-                                        "(\"error\": no answer).",
-                                        labels);
-        return f ? f : metrics_family_find(r, name);
+        return metrics_counter_get(r, "vigil_http_client_requests_total",
+                                   "Outgoing HTTP requests, by peer and status code "
+                                   "(\"error\": no answer).",
+                                   labels);
 }
 
 /* ---- handles ---- */

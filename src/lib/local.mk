@@ -16,6 +16,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/http-client.c src/lib/http-client.h \
 	src/lib/pg.c src/lib/pg.h \
 	src/lib/redis.c src/lib/redis.h \
+	src/lib/local-cache.c src/lib/local-cache.h \
 	src/lib/jwt.c src/lib/jwt.h \
 	src/lib/password.c src/lib/password.h \
 	src/lib/dependency-metrics.c src/lib/dependency-metrics.h \

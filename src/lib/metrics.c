@@ -626,6 +626,30 @@ struct metric_family *metrics_family_find(struct metrics_registry *r, const char
         return NULL;
 }
 
+struct metric_family *metrics_counter_get(struct metrics_registry *r, const char *name,
+                                          const char *help, const char *const *label_names)
+{
+        struct metric_family *f = metrics_family_find(r, name);
+
+        if (!f)
+                f = metrics_counter_new(r, name, help, label_names);
+        if (!f)
+                f = metrics_family_find(r, name);
+        return f && f->type == METRIC_COUNTER ? f : NULL;
+}
+
+struct metric_family *metrics_gauge_get(struct metrics_registry *r, const char *name,
+                                        const char *help, const char *const *label_names)
+{
+        struct metric_family *f = metrics_family_find(r, name);
+
+        if (!f)
+                f = metrics_gauge_new(r, name, help, label_names);
+        if (!f)
+                f = metrics_family_find(r, name);
+        return f && f->type == METRIC_GAUGE ? f : NULL;
+}
+
 /* ---- updates ---- */
 
 static bool metric_is(const struct metric *m, enum metric_type type)

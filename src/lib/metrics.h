@@ -72,6 +72,15 @@ struct metric_family *metrics_histogram_new(struct metrics_registry *r, const ch
  * own table: create, and on NULL find what another module created. */
 struct metric_family *metrics_family_find(struct metrics_registry *r, const char *name);
 
+/* The family of that name when r has one of this type, else a new one:
+ * for modules that share a family in one registry (found when another
+ * module or a concurrent caller created it first). NULL when the name is
+ * taken by a family of another type, or on OOM. */
+struct metric_family *metrics_counter_get(struct metrics_registry *r, const char *name,
+                                          const char *help, const char *const *label_names);
+struct metric_family *metrics_gauge_get(struct metrics_registry *r, const char *name,
+                                        const char *help, const char *const *label_names);
+
 /* The child for these label values (as many as the family has label names;
  * NULL for a family without labels). Creates it on first use. Never returns
  * NULL except on OOM (or f == NULL); every update function accepts NULL and

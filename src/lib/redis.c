@@ -179,9 +179,7 @@ void redis_pool_free(struct redis_pool *p)
         free(p);
 }
 
-/* Returns 0, or -ECONNREFUSED (unreachable, timed out), -EACCES (AUTH
- * refused) or -ENOMEM. */
-static int slot_connect(struct redis_pool *p, struct slot *s)
+int redis_pool_connect(struct redis_pool *p, redisContext **ret)
 {
         struct timeval connect_tv = timeval_from_ms(p->connect_timeout_ms);
         redisContext *ctx;
@@ -212,7 +210,7 @@ static int slot_connect(struct redis_pool *p, struct slot *s)
                         return reply ? -EACCES : -ECONNREFUSED;
                 }
         }
-        s->ctx = ctx;
+        *ret = ctx;
         return 0;
 }
 
@@ -272,7 +270,7 @@ static int acquire(struct redis_pool *p, struct slot **ret)
                 s->ctx = NULL;
         }
         if (!s->ctx) {
-                r = slot_connect(p, s);
+                r = redis_pool_connect(p, &s->ctx);
                 if (r < 0) {
                         pthread_mutex_lock(&p->lock);
                         s->in_use = false;

@@ -40,6 +40,12 @@ int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **re
 void redis_pool_free(struct redis_pool *p); /* accepts NULL */
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct redis_pool *, redis_pool_free)
 
+/* A new connection outside the pool, made as the pool makes its own
+ * (address, AUTH, connect and command timeouts), for a caller that keeps
+ * it to itself (e.g. a subscriber). Returns 0, -ECONNREFUSED (unreachable,
+ * timed out), -EACCES (AUTH refused) or -ENOMEM. */
+int redis_pool_connect(struct redis_pool *p, redisContext **ret);
+
 /* Run one command given as argv (binary-safe; argvlen may be NULL for
  * NUL-terminated strings). Returns 0 and the reply (which may be a
  * REDIS_REPLY_ERROR: the caller decides), -ECONNREFUSED when Redis cannot

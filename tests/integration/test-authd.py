@@ -685,6 +685,45 @@ def test_no_secret_reaches_the_log(ctx):
         check(secret and secret not in log, f"{what} appears in the log")
 
 
+def session_cache_hits(d):
+    r = d.get("/metrics")
+    check_eq(r.status, 200, "GET /metrics")
+    text = r.body if isinstance(r.body, str) else r.body.decode()
+    return harness.metric_value(harness.parse_metrics(text), "vigil_local_cache_lookups_total",
+                                cache="sessions", result="hit")
+
+
+@test
+def test_a_logout_on_another_authd_revokes_its_cached_session(ctx):
+    """Each authd keeps checked sessions in memory; a logout on one drops
+    them in every other through Redis's invalidation push, long before
+    local_cache_max_age_ms (a minute here) would."""
+    other = harness.new_authd(ctx, {"VIGIL_REDIS_LOCAL_CACHE_MAX_AGE_MS": "60000"},
+                              jwt_key=ctx.jwt_key)
+    other.start()
+    token, _, _ = harness.new_session(ctx.authd)
+    hits = session_cache_hits(other)
+    for i in range(3):
+        check_eq(other.post("/verify", token=token).status, 200, f"verify #{i} on the other authd")
+    check(session_cache_hits(other) >= hits + 2,
+          "repeated verifies on the other authd were not served from its cache")
+
+    check_eq(ctx.authd.post("/logout", token=token).status, 204, "logout on the first authd")
+    t0 = time.monotonic()
+    served = 0
+    while True:
+        r = other.post("/verify", token=token)
+        if r.status != 200:
+            break
+        served += 1
+        check(time.monotonic() - t0 < 1, "the other authd still accepts the session 1 s after "
+              "its logout")
+    elapsed = time.monotonic() - t0
+    check_error(r, 401, "invalid_token", "verify on the other authd after the logout")
+    runner.note(f"revoked on the other authd {elapsed * 1000:.1f} ms after the logout's 204, "
+                f"{served} verifies accepted in between")
+
+
 # --------------------------------------------------------------------------
 # restarts and outages (last: they restart things)
 
