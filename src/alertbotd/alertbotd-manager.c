@@ -80,14 +80,6 @@ static void job_free(struct remediation_job *j)
         free(j);
 }
 
-static void erase_secret(char *s)
-{
-        if (s) {
-                explicit_bzero(s, strlen(s));
-                free(s);
-        }
-}
-
 /* ---- audit and metrics */
 
 static int decision_priority(enum decision_kind k)
@@ -530,8 +522,8 @@ static void manager_free(void *userdata)
         state_free(m->scratch);
         state_free(m->state);
         policy_free(m->policy);
-        erase_secret(m->escalation_token);
-        erase_secret(m->webhook_token);
+        erase_and_free(m->escalation_token);
+        erase_and_free(m->webhook_token);
         tracer_free(m->tracer);
         metrics_registry_free(m->metrics);
         pthread_cond_destroy(&m->queue_changed);
@@ -553,8 +545,7 @@ static int load_token(const char *credential, const char *file_key, const char *
         if (r < 0)
                 return log_error_errno(r, "Failed to read the %s credential: %m", credential);
         if (len < TOKEN_MIN_SIZE) {
-                erase_secret(*ret);
-                *ret = NULL;
+                erase_and_freep(ret);
                 return log_error_errno(EINVAL,
                                        "The %s credential is %zu bytes, at least %d "
                                        "needed",

@@ -85,15 +85,6 @@ struct amqp_client {
         struct metric *publish_ack, *publish_nack, *publish_returned, *publish_error;
 };
 
-static void erase_string(char **s)
-{
-        if (*s) {
-                explicit_bzero(*s, strlen(*s));
-                free(*s);
-                *s = NULL;
-        }
-}
-
 static void set_error(struct amqp_client *c, const char *format, ...) _printf_(2, 3);
 static void set_error(struct amqp_client *c, const char *format, ...)
 {
@@ -569,7 +560,7 @@ static bool url_has_password(const char *url)
 
 static int parse_url(struct amqp_client *c, const char *url, const char *password)
 {
-        _cleanup_(erase_string) char *buf = NULL;
+        _cleanup_(erase_and_freep) char *buf = NULL;
         struct amqp_connection_info info;
 
         if (!url || strlen(url) > MAX_URL_LEN)
@@ -663,7 +654,7 @@ void amqp_client_free(struct amqp_client *c)
         free(c->host);
         free(c->vhost);
         free(c->user);
-        erase_string(&c->password);
+        erase_and_freep(&c->password);
         free(c->connection_name);
         free(c);
 }

@@ -328,19 +328,11 @@ static int read_optional_secret(const char *name, const char *fallback, char **r
         return r;
 }
 
-static void erase_secret(char **s)
-{
-        if (*s) {
-                explicit_bzero(*s, strlen(*s));
-                free(*s);
-        }
-}
-
 int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *application_name,
                        struct metrics_registry *metrics, struct tracer *tracer,
                        struct pg_pool **ret)
 {
-        _cleanup_(erase_secret) char *password = NULL;
+        _cleanup_(erase_and_freep) char *password = NULL;
         int r;
 
         r = read_optional_secret("postgres-password", c->password_file, &password);
@@ -361,7 +353,7 @@ int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *appli
 int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_registry *metrics,
                           struct tracer *tracer, struct redis_pool **ret)
 {
-        _cleanup_(erase_secret) char *password = NULL;
+        _cleanup_(erase_and_freep) char *password = NULL;
         int r;
 
         r = read_optional_secret("redis-password", c->password_file, &password);
@@ -401,7 +393,7 @@ int daemon_amqp_client_new(const struct daemon_amqp_config *c, const char *conne
                            struct metrics_registry *metrics, struct tracer *tracer,
                            struct amqp_client **ret)
 {
-        _cleanup_(erase_secret) char *password = NULL;
+        _cleanup_(erase_and_freep) char *password = NULL;
         int r;
 
         r = read_optional_secret("amqp-password", c->password_file, &password);

@@ -78,7 +78,6 @@ static void set_message(char *buf, size_t size, const char *msg)
                 buf[--n] = '\0';
 }
 
-/* Secrets live in memory only as long as the pool; wipe them on free. */
 /* The mutex and a condition variable on the monotonic clock, so acquire
  * timeouts ignore wall-clock jumps. Done first: the destructor undoes it. */
 static void init_lock(struct pg_pool *p)
@@ -90,14 +89,6 @@ static void init_lock(struct pg_pool *p)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
         pthread_cond_init(&p->cond, &attr);
         pthread_condattr_destroy(&attr);
-}
-
-static void free_secret(char *s)
-{
-        if (!s)
-                return;
-        explicit_bzero(s, strlen(s));
-        free(s);
 }
 
 int pg_sqlstate_to_errno(const char *sqlstate)
@@ -214,8 +205,8 @@ void pg_pool_free(struct pg_pool *p)
         pthread_mutex_destroy(&p->lock);
         pthread_cond_destroy(&p->cond);
         free(p->slots);
-        free_secret(p->dsn); /* may hold a password */
-        free_secret(p->password);
+        erase_and_free(p->dsn); /* may hold a password */
+        erase_and_free(p->password);
         free(p->application_name);
         free(p);
 }

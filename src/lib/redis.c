@@ -64,14 +64,6 @@ static void init_lock(struct redis_pool *p)
         pthread_condattr_destroy(&attr);
 }
 
-static void free_secret(char *s)
-{
-        if (!s)
-                return;
-        explicit_bzero(s, strlen(s));
-        free(s);
-}
-
 static struct timeval timeval_from_ms(unsigned ms)
 {
         return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000};
@@ -175,7 +167,7 @@ void redis_pool_free(struct redis_pool *p)
         pthread_cond_destroy(&p->cond);
         free(p->slots);
         free(p->host);
-        free_secret(p->password);
+        erase_and_free(p->password);
         free(p);
 }
 
