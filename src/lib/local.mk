@@ -15,6 +15,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/http-server.c src/lib/http-server.h \
 	src/lib/http-client.c src/lib/http-client.h \
 	src/lib/pg.c src/lib/pg.h \
+	src/lib/slot-pool.c src/lib/slot-pool.h \
 	src/lib/redis.c src/lib/redis.h \
 	src/lib/local-cache.c src/lib/local-cache.h \
 	src/lib/jwt.c src/lib/jwt.h \

@@ -1,8 +1,8 @@
 /* PostgreSQL connection pool over libpq.
  *
- * A pool is a fixed array of slots under one mutex; a condition variable
- * wakes waiters when a slot is given back. A slot's PGconn is made on first
- * use and dropped when it breaks, so the server may come and go. Connects
+ * A pool is a fixed array of slots, lent out by slot-pool.h. A slot's
+ * PGconn is made on first use and dropped when it breaks, so the server
+ * may come and go. Connects
  * are non-blocking (PQconnectStartParams + poll) so connect_timeout_ms is
  * honoured to the millisecond and a dead server costs a bounded wait. */
 #include <ctype.h>
@@ -18,6 +18,7 @@
 #include "macro.h"
 #include "metrics.h"
 #include "pg.h"
+#include "slot-pool.h"
 #include "trace.h"
 
 #define DEFAULT_SIZE                 8
@@ -36,14 +37,13 @@
 struct pg_conn {
         struct pg_pool *pool;
         PGconn *conn;
-        bool in_use;
         char sqlstate[6];
         char error[ERROR_LEN];
 };
 
 struct pg_pool {
-        pthread_mutex_t lock;
-        pthread_cond_t cond;
+        struct slot_pool sp;
+        pthread_mutex_t error_lock; /* of last_error */
         struct pg_conn *slots;
         unsigned size;
         unsigned acquire_timeout_ms;
@@ -76,19 +76,6 @@ static void set_message(char *buf, size_t size, const char *msg)
         n = strlen(buf);
         while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
                 buf[--n] = '\0';
-}
-
-/* The mutex and a condition variable on the monotonic clock, so acquire
- * timeouts ignore wall-clock jumps. Done first: the destructor undoes it. */
-static void init_lock(struct pg_pool *p)
-{
-        pthread_condattr_t attr;
-
-        pthread_mutex_init(&p->lock, NULL);
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&p->cond, &attr);
-        pthread_condattr_destroy(&attr);
 }
 
 int pg_sqlstate_to_errno(const char *sqlstate)
@@ -136,7 +123,7 @@ int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret)
         p = calloc(1, sizeof(*p));
         if (!p)
                 return -ENOMEM;
-        init_lock(p);
+        pthread_mutex_init(&p->error_lock, NULL);
         p->size = opts->size ?: DEFAULT_SIZE;
         p->acquire_timeout_ms = opts->acquire_timeout_ms ?: DEFAULT_ACQUIRE_TIMEOUT_MS;
         p->connect_timeout_ms = opts->connect_timeout_ms ?: DEFAULT_CONNECT_TIMEOUT_MS;
@@ -148,6 +135,9 @@ int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret)
                 return -ENOMEM;
         for (unsigned i = 0; i < p->size; i++)
                 p->slots[i].pool = p;
+        r = slot_pool_init(&p->sp, p->size);
+        if (r < 0)
+                return r;
 
         p->dsn = strdup(opts->dsn);
         if (!p->dsn)
@@ -202,8 +192,8 @@ void pg_pool_free(struct pg_pool *p)
                         if (p->slots[i].conn)
                                 PQfinish(p->slots[i].conn);
         }
-        pthread_mutex_destroy(&p->lock);
-        pthread_cond_destroy(&p->cond);
+        slot_pool_done(&p->sp);
+        pthread_mutex_destroy(&p->error_lock);
         free(p->slots);
         erase_and_free(p->dsn); /* may hold a password */
         erase_and_free(p->password);
@@ -287,9 +277,9 @@ static int slot_connect(struct pg_pool *p, struct pg_conn *c)
         return 0;
 fail:
         PQfinish(conn);
-        pthread_mutex_lock(&p->lock);
+        pthread_mutex_lock(&p->error_lock);
         memcpy(p->last_error, err, sizeof(err));
-        pthread_mutex_unlock(&p->lock);
+        pthread_mutex_unlock(&p->error_lock);
         return r;
 }
 
@@ -317,52 +307,26 @@ static bool idle_conn_is_alive(PGconn *conn)
         return PQstatus(conn) == CONNECTION_OK;
 }
 
-static void cond_deadline(struct timespec *ts, unsigned timeout_ms)
+static bool slot_connected(unsigned i, void *userdata)
 {
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += timeout_ms / 1000;
-        ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
+        const struct pg_pool *p = userdata;
+
+        return p->slots[i].conn != NULL;
 }
 
 int pg_pool_acquire(struct pg_pool *p, struct pg_conn **ret)
 {
-        struct pg_conn *c = NULL;
-        struct timespec deadline;
-        int r;
+        struct pg_conn *c;
+        int i, r;
 
         if (!p || !ret)
                 return -EINVAL;
 
-        cond_deadline(&deadline, p->acquire_timeout_ms);
-        pthread_mutex_lock(&p->lock);
-        for (;;) {
-                /* Prefer a slot that is already connected. */
-                for (unsigned i = 0; i < p->size; i++) {
-                        struct pg_conn *s = &p->slots[i];
-
-                        if (s->in_use)
-                                continue;
-                        if (s->conn) {
-                                c = s;
-                                break;
-                        }
-                        if (!c)
-                                c = s;
-                }
-                if (c)
-                        break;
-                r = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
-                if (r == ETIMEDOUT) {
-                        pthread_mutex_unlock(&p->lock);
-                        return -ETIMEDOUT;
-                }
-        }
-        c->in_use = true;
-        pthread_mutex_unlock(&p->lock);
+        /* Prefer a slot that is already connected. */
+        i = slot_pool_take(&p->sp, p->acquire_timeout_ms, slot_connected, p);
+        if (i < 0)
+                return i;
+        c = &p->slots[i];
 
         if (c->conn && !idle_conn_is_alive(c->conn)) {
                 PQfinish(c->conn);
@@ -371,10 +335,7 @@ int pg_pool_acquire(struct pg_pool *p, struct pg_conn **ret)
         if (!c->conn) {
                 r = slot_connect(p, c);
                 if (r < 0) {
-                        pthread_mutex_lock(&p->lock);
-                        c->in_use = false;
-                        pthread_cond_signal(&p->cond);
-                        pthread_mutex_unlock(&p->lock);
+                        slot_pool_give(&p->sp, (unsigned)i);
                         return r;
                 }
         }
@@ -418,10 +379,7 @@ void pg_pool_release(struct pg_conn *c)
                 c->conn = NULL;
         }
 
-        pthread_mutex_lock(&p->lock);
-        c->in_use = false;
-        pthread_cond_signal(&p->cond);
-        pthread_mutex_unlock(&p->lock);
+        slot_pool_give(&p->sp, (unsigned)(c - p->slots));
 }
 
 /* The first SQL keyword, upper-cased: the operation name in spans and
@@ -587,9 +545,9 @@ void pg_pool_last_error(struct pg_pool *p, char *buf, size_t size)
                 buf[0] = '\0';
                 return;
         }
-        pthread_mutex_lock(&p->lock);
+        pthread_mutex_lock(&p->error_lock);
         snprintf(buf, size, "%s", p->last_error);
-        pthread_mutex_unlock(&p->lock);
+        pthread_mutex_unlock(&p->error_lock);
 }
 
 int pg_pool_ping(struct pg_pool *p)

@@ -1,14 +1,12 @@
 /* Redis connection pool over hiredis (blocking contexts).
  *
- * A pool is a fixed array of slots under one mutex; a condition variable
- * wakes waiters when a slot is given back. A slot's context is made on
- * first use, and freed as soon as hiredis reports an error on it (after an
+ * A pool is a fixed array of slots, lent out by slot-pool.h. A slot's
+ * context is made on first use, and freed as soon as hiredis reports an error on it (after an
  * error the stream may be out of step with the replies) or the server has
  * closed it while idle, so the next use reconnects. */
 #include <ctype.h>
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +16,7 @@
 #include "dependency-metrics.h"
 #include "macro.h"
 #include "redis.h"
+#include "slot-pool.h"
 #include "trace.h"
 
 #define DEFAULT_SIZE               8
@@ -32,12 +31,10 @@
 
 struct slot {
         redisContext *ctx;
-        bool in_use;
 };
 
 struct redis_pool {
-        pthread_mutex_t lock;
-        pthread_cond_t cond;
+        struct slot_pool sp;
         struct slot *slots;
         unsigned size;
         unsigned connect_timeout_ms;
@@ -50,19 +47,6 @@ struct redis_pool {
         struct dependency_metrics *metrics;
         struct tracer *tracer;
 };
-
-/* The mutex and a condition variable on the monotonic clock, so acquire
- * timeouts ignore wall-clock jumps. Done first: the destructor undoes it. */
-static void init_lock(struct redis_pool *p)
-{
-        pthread_condattr_t attr;
-
-        pthread_mutex_init(&p->lock, NULL);
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&p->cond, &attr);
-        pthread_condattr_destroy(&attr);
-}
 
 static struct timeval timeval_from_ms(unsigned ms)
 {
@@ -126,7 +110,6 @@ int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **re
         p = calloc(1, sizeof(*p));
         if (!p)
                 return -ENOMEM;
-        init_lock(p);
         p->size = opts->size ?: DEFAULT_SIZE;
         p->connect_timeout_ms = opts->connect_timeout_ms ?: DEFAULT_CONNECT_TIMEOUT_MS;
         p->command_timeout_ms = opts->command_timeout_ms ?: DEFAULT_COMMAND_TIMEOUT_MS;
@@ -136,6 +119,9 @@ int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **re
         p->slots = calloc(p->size, sizeof(*p->slots));
         if (!p->slots)
                 return -ENOMEM;
+        r = slot_pool_init(&p->sp, p->size);
+        if (r < 0)
+                return r;
         r = parse_address(p, opts->address);
         if (r < 0)
                 return r;
@@ -163,8 +149,7 @@ void redis_pool_free(struct redis_pool *p)
                         if (p->slots[i].ctx)
                                 redisFree(p->slots[i].ctx);
         }
-        pthread_mutex_destroy(&p->lock);
-        pthread_cond_destroy(&p->cond);
+        slot_pool_done(&p->sp);
         free(p->slots);
         free(p->host);
         erase_and_free(p->password);
@@ -217,45 +202,22 @@ static bool idle_ctx_is_alive(redisContext *ctx)
         return poll(&pfd, 1, 0) == 0;
 }
 
-static void cond_deadline(struct timespec *ts, unsigned timeout_ms)
+static bool slot_connected(unsigned i, void *userdata)
 {
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += timeout_ms / 1000;
-        ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
+        const struct redis_pool *p = userdata;
+
+        return p->slots[i].ctx != NULL;
 }
 
 static int acquire(struct redis_pool *p, struct slot **ret)
 {
-        struct slot *s = NULL;
-        struct timespec deadline;
-        int r;
+        struct slot *s;
+        int i, r;
 
-        cond_deadline(&deadline, p->acquire_timeout_ms);
-        pthread_mutex_lock(&p->lock);
-        for (;;) {
-                for (unsigned i = 0; i < p->size; i++) {
-                        if (p->slots[i].in_use)
-                                continue;
-                        if (p->slots[i].ctx) {
-                                s = &p->slots[i];
-                                break;
-                        }
-                        if (!s)
-                                s = &p->slots[i];
-                }
-                if (s)
-                        break;
-                if (pthread_cond_timedwait(&p->cond, &p->lock, &deadline) == ETIMEDOUT) {
-                        pthread_mutex_unlock(&p->lock);
-                        return -ETIMEDOUT;
-                }
-        }
-        s->in_use = true;
-        pthread_mutex_unlock(&p->lock);
+        i = slot_pool_take(&p->sp, p->acquire_timeout_ms, slot_connected, p);
+        if (i < 0)
+                return i;
+        s = &p->slots[i];
 
         if (s->ctx && !idle_ctx_is_alive(s->ctx)) {
                 redisFree(s->ctx);
@@ -264,10 +226,7 @@ static int acquire(struct redis_pool *p, struct slot **ret)
         if (!s->ctx) {
                 r = redis_pool_connect(p, &s->ctx);
                 if (r < 0) {
-                        pthread_mutex_lock(&p->lock);
-                        s->in_use = false;
-                        pthread_cond_signal(&p->cond);
-                        pthread_mutex_unlock(&p->lock);
+                        slot_pool_give(&p->sp, (unsigned)i);
                         return r;
                 }
         }
@@ -281,10 +240,7 @@ static void release(struct redis_pool *p, struct slot *s)
                 redisFree(s->ctx);
                 s->ctx = NULL;
         }
-        pthread_mutex_lock(&p->lock);
-        s->in_use = false;
-        pthread_cond_signal(&p->cond);
-        pthread_mutex_unlock(&p->lock);
+        slot_pool_give(&p->sp, (unsigned)(s - p->slots));
 }
 
 /* The errno for a context hiredis has flagged; errno_after is errno right

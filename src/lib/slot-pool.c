@@ -1,0 +1,77 @@
+#include "slot-pool.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+int slot_pool_init(struct slot_pool *sp, unsigned size)
+{
+        pthread_condattr_t attr;
+
+        pthread_mutex_init(&sp->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&sp->cond, &attr);
+        pthread_condattr_destroy(&attr);
+        sp->size = size;
+        sp->in_use = calloc(size, sizeof(*sp->in_use));
+        return sp->in_use ? 0 : -ENOMEM;
+}
+
+void slot_pool_done(struct slot_pool *sp)
+{
+        pthread_mutex_destroy(&sp->lock);
+        pthread_cond_destroy(&sp->cond);
+        free(sp->in_use);
+        sp->in_use = NULL;
+}
+
+static void deadline_after(struct timespec *ts, unsigned timeout_ms)
+{
+        clock_gettime(CLOCK_MONOTONIC, ts);
+        ts->tv_sec += timeout_ms / 1000;
+        ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts->tv_nsec >= 1000000000L) {
+                ts->tv_sec++;
+                ts->tv_nsec -= 1000000000L;
+        }
+}
+
+int slot_pool_take(struct slot_pool *sp, unsigned timeout_ms,
+                   bool (*connected)(unsigned i, void *userdata), void *userdata)
+{
+        struct timespec deadline;
+        int found = -1;
+
+        deadline_after(&deadline, timeout_ms);
+        pthread_mutex_lock(&sp->lock);
+        for (;;) {
+                for (unsigned i = 0; i < sp->size; i++) {
+                        if (sp->in_use[i])
+                                continue;
+                        if (connected(i, userdata)) {
+                                found = (int)i;
+                                break;
+                        }
+                        if (found < 0)
+                                found = (int)i;
+                }
+                if (found >= 0)
+                        break;
+                if (pthread_cond_timedwait(&sp->cond, &sp->lock, &deadline) == ETIMEDOUT) {
+                        pthread_mutex_unlock(&sp->lock);
+                        return -ETIMEDOUT;
+                }
+        }
+        sp->in_use[found] = true;
+        pthread_mutex_unlock(&sp->lock);
+        return found;
+}
+
+void slot_pool_give(struct slot_pool *sp, unsigned i)
+{
+        pthread_mutex_lock(&sp->lock);
+        sp->in_use[i] = false;
+        pthread_cond_signal(&sp->cond);
+        pthread_mutex_unlock(&sp->lock);
+}
