@@ -7,7 +7,6 @@
 #include "authd-routes.h"
 #include "authd-sessions.h"
 #include "authd-users.h"
-#include "dependency-metrics.h"
 #include "http-server.h"
 #include "local-cache.h"
 #include "log.h"
@@ -151,9 +150,6 @@ static int manager_new(const void *config, void **ret)
         m->logins_failure = metrics_child1(logins, "failure");
         m->logins_error = metrics_child1(logins, "error");
         m->active_sessions = metrics_child(sessions, NULL);
-        r = dependency_metrics_get(m->metrics, &m->dependencies);
-        if (r < 0)
-                goto fail_oom;
 
         r = daemon_tracer_new(&c->common, authd_ops.name, m->metrics, &m->tracer);
         if (r < 0) {
@@ -200,47 +196,18 @@ fail:
         return r;
 }
 
-/* Migrate the schema once PostgreSQL answers; until then /ready is 503. */
-static void try_migrate(struct authd_manager *m)
-{
-        int r;
-
-        if (atomic_load(&m->migrated))
-                return;
-        r = pg_migrate(m->pg, AUTHD_SCHEMA, authd_users_migrations, authd_users_migrations_count);
-        if (r < 0) {
-                log_warning_errno(r, "Schema migration not applied yet (%m); will retry");
-                return;
-        }
-        atomic_store(&m->migrated, true);
-        log_info("Schema %s is up to date", AUTHD_SCHEMA);
-}
-
 static void check_dependencies(struct authd_manager *m)
 {
-        bool pg_up = pg_pool_ping(m->pg) >= 0;
-        bool redis_up = redis_pool_ping(m->redis) >= 0;
+        static const char *const names[] = {"postgres", "redis"};
+        bool up[] = {pg_pool_ping(m->pg) >= 0, redis_pool_ping(m->redis) >= 0};
 
-        if (pg_up != atomic_load(&m->postgres_up))
-                log_full_errno(pg_up ? LOG_NOTICE : LOG_WARNING, 0, "PostgreSQL is %s",
-                               pg_up ? "reachable" : "unreachable");
-        if (redis_up != atomic_load(&m->redis_up))
-                log_full_errno(redis_up ? LOG_NOTICE : LOG_WARNING, 0, "Redis is %s",
-                               redis_up ? "reachable" : "unreachable");
-        atomic_store(&m->postgres_up, pg_up);
-        atomic_store(&m->redis_up, redis_up);
-        dependency_metrics_set_up(m->dependencies, "postgres", pg_up);
-        dependency_metrics_set_up(m->dependencies, "redis", redis_up);
-
-        if (pg_up)
-                try_migrate(m);
-
-        if (pg_up && redis_up && atomic_load(&m->migrated))
-                snprintf(m->status, sizeof(m->status), "Serving");
-        else
-                snprintf(m->status, sizeof(m->status), "Degraded: %s%s%s unavailable",
-                         pg_up ? "" : "postgres", !pg_up && !redis_up ? ", " : "",
-                         redis_up ? "" : "redis");
+        daemon_note_dependency(&m->postgres_up, up[0], "PostgreSQL", NULL);
+        daemon_note_dependency(&m->redis_up, up[1], "Redis", NULL);
+        if (up[0])
+                daemon_migrate(m->pg, AUTHD_SCHEMA, authd_users_migrations,
+                               authd_users_migrations_count, &m->migrated);
+        daemon_format_status(m->status, sizeof(m->status), atomic_load(&m->migrated),
+                             ELEMENTSOF(names), names, up);
 }
 
 static int manager_start(void *userdata)

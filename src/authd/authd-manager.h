@@ -43,7 +43,6 @@ struct authd_manager {
         struct metric *logins_failure;
         struct metric *logins_error;
         struct metric *active_sessions;
-        struct dependency_metrics *dependencies;
 };
 
 extern const struct daemon_ops authd_ops;

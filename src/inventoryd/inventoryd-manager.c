@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dependency-metrics.h"
 #include "http-server.h"
 #include "inventoryd-cache.h"
 #include "inventoryd-products.h"
@@ -115,7 +114,7 @@ static int register_metrics(struct inventoryd_manager *m)
             !m->reservations_not_found)
                 return -ENOMEM;
 
-        return dependency_metrics_get(m->metrics, &m->dependencies);
+        return 0;
 }
 
 static int manager_new(const void *config, void **ret)
@@ -185,24 +184,6 @@ fail:
         return r;
 }
 
-/* Migrate the schema once PostgreSQL answers; until then /ready is 503. */
-static void try_migrate(struct inventoryd_manager *m)
-{
-        char error[256];
-        int r;
-
-        if (atomic_load(&m->migrated))
-                return;
-        r = pg_migrate_with_error(m->pg, INVENTORY_SCHEMA, inventory_migrations,
-                                  inventory_migrations_count, error, sizeof(error));
-        if (r < 0) {
-                log_warning_errno(r, "Schema migration not applied yet (%s); will retry", error);
-                return;
-        }
-        atomic_store(&m->migrated, true);
-        log_info("Schema %s is up to date", INVENTORY_SCHEMA);
-}
-
 /* An invalidation that did not reach Redis left a purge pending: do it as
  * soon as Redis answers, so no stale stock outlives an outage. */
 static void maintain_cache(struct inventoryd_manager *m)
@@ -226,32 +207,19 @@ static void maintain_cache(struct inventoryd_manager *m)
 
 static void check_dependencies(struct inventoryd_manager *m)
 {
-        bool pg_up = pg_pool_ping(m->pg) >= 0;
-        bool redis_up = redis_pool_ping(m->redis) >= 0;
+        static const char *const names[] = {"postgres", "redis"};
+        bool up[] = {pg_pool_ping(m->pg) >= 0, redis_pool_ping(m->redis) >= 0};
 
-        if (pg_up != atomic_load(&m->postgres_up))
-                log_full_errno(pg_up ? LOG_NOTICE : LOG_WARNING, 0, "PostgreSQL is %s",
-                               pg_up ? "reachable" : "unreachable");
-        if (redis_up != atomic_load(&m->redis_up))
-                log_full_errno(redis_up ? LOG_NOTICE : LOG_WARNING, 0, "Redis is %s%s",
-                               redis_up ? "reachable" : "unreachable",
-                               redis_up ? "" : ": serving the catalog from PostgreSQL");
-        atomic_store(&m->postgres_up, pg_up);
-        atomic_store(&m->redis_up, redis_up);
-        dependency_metrics_set_up(m->dependencies, "postgres", pg_up);
-        dependency_metrics_set_up(m->dependencies, "redis", redis_up);
-
-        if (pg_up)
-                try_migrate(m);
-        if (redis_up)
+        daemon_note_dependency(&m->postgres_up, up[0], "PostgreSQL", NULL);
+        daemon_note_dependency(&m->redis_up, up[1], "Redis",
+                               ": serving the catalog from PostgreSQL");
+        if (up[0])
+                daemon_migrate(m->pg, INVENTORY_SCHEMA, inventory_migrations,
+                               inventory_migrations_count, &m->migrated);
+        if (up[1])
                 maintain_cache(m);
-
-        if (pg_up && redis_up && atomic_load(&m->migrated))
-                snprintf(m->status, sizeof(m->status), "Serving");
-        else
-                snprintf(m->status, sizeof(m->status), "Degraded: %s%s%s unavailable",
-                         pg_up ? "" : "postgres", !pg_up && !redis_up ? ", " : "",
-                         redis_up ? "" : "redis");
+        daemon_format_status(m->status, sizeof(m->status), atomic_load(&m->migrated),
+                             ELEMENTSOF(names), names, up);
 }
 
 static int manager_start(void *userdata)

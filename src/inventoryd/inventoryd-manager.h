@@ -47,7 +47,6 @@ struct inventoryd_manager {
         struct metric *reservations_insufficient;
         struct metric *reservations_not_found;
         struct metric_family *sales; /* vigil_inventory_sales_total{product_id} */
-        struct dependency_metrics *dependencies;
 };
 
 extern const struct daemon_ops inventoryd_ops;

@@ -370,6 +370,54 @@ int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_re
         return redis_pool_new(&opts, ret);
 }
 
+void daemon_migrate(struct pg_pool *pg, const char *schema, const struct pg_migration *migrations,
+                    size_t n_migrations, atomic_bool *migrated)
+{
+        char error[256] = "";
+        int r;
+
+        if (atomic_load(migrated))
+                return;
+        r = pg_migrate_with_error(pg, schema, migrations, n_migrations, error, sizeof(error));
+        if (r < 0) {
+                log_warning_errno(r, "Schema migration not applied yet (%s); will retry",
+                                  *error ? error : "no detail");
+                return;
+        }
+        atomic_store(migrated, true);
+        log_info("Schema %s is up to date", schema);
+}
+
+void daemon_note_dependency(atomic_bool *state, bool up, const char *what, const char *consequence)
+{
+        if (atomic_exchange(state, up) == up)
+                return;
+        if (up)
+                log_notice("%s is reachable", what);
+        else
+                log_warning("%s is unreachable%s", what, consequence ? consequence : "");
+}
+
+void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const char *const *names,
+                          const bool *up)
+{
+        size_t len;
+
+        len = (size_t)snprintf(buf, size, "Degraded: ");
+        for (size_t i = 0; i < n && len < size; i++)
+                if (!up[i])
+                        len += (size_t)snprintf(buf + len, size - len, "%s%s",
+                                                len > strlen("Degraded: ") ? ", " : "", names[i]);
+        if (len >= size)
+                return;
+        if (len > strlen("Degraded: "))
+                snprintf(buf + len, size - len, " unavailable");
+        else if (ready)
+                snprintf(buf, size, "Serving");
+        else
+                snprintf(buf + len, size - len, "schema migration pending");
+}
+
 int daemon_local_cache_new(const struct daemon_redis_config *c, struct redis_pool *redis,
                            struct metrics_registry *metrics, const char *name, const char *prefix,
                            struct local_cache **ret)

@@ -13,6 +13,7 @@
  * manager starts inherits the mask and signals arrive only at the loop. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,6 +26,7 @@ struct http_server_options;
 struct metrics_registry;
 struct tracer;
 struct pg_pool;
+struct pg_migration;
 struct redis_pool;
 struct local_cache;
 struct amqp_client;
@@ -157,6 +159,23 @@ int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *appli
                        struct pg_pool **ret);
 int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_registry *metrics,
                           struct tracer *tracer, struct redis_pool **ret);
+/* Bring schema up to date unless *migrated says it is, for a tick that
+ * retries until PostgreSQL answers: sets *migrated on success, and logs
+ * why (PostgreSQL's message) when it cannot yet. */
+void daemon_migrate(struct pg_pool *pg, const char *schema, const struct pg_migration *migrations,
+                    size_t n_migrations, atomic_bool *migrated);
+
+/* Keep a dependency check's outcome in *state and log when it changed:
+ * "<what> is reachable" (notice) or "<what> is unreachable<consequence>"
+ * (warning; consequence may be NULL). */
+void daemon_note_dependency(atomic_bool *state, bool up, const char *what, const char *consequence);
+
+/* The STATUS= text after a check: "Serving" when ready and every one of
+ * the n dependencies is up, else "Degraded: postgres, redis unavailable"
+ * naming those down (or "Degraded: schema migration pending"). */
+void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const char *const *names,
+                          const bool *up);
+
 /* The in-process cache of the keys under prefix that [redis]
  * local_cache_max_age_ms and local_cache_max_kib describe, kept coherent
  * over its own connection to redis's server (see local-cache.h); *ret is

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "amqp.h"
-#include "dependency-metrics.h"
 #include "http-client.h"
 #include "http-server.h"
 #include "log.h"
@@ -176,7 +175,7 @@ static int new_metrics(struct paymentd_manager *m)
         m->outbox_oldest_age = metrics_child(age, NULL);
         if (!m->transactions_success || !m->transactions_declined || !m->transactions_failed)
                 return -ENOMEM;
-        return dependency_metrics_get(m->metrics, &m->dependencies);
+        return 0;
 }
 
 static int manager_new(const void *config, void **ret)
@@ -278,25 +277,6 @@ fail:
         return r;
 }
 
-/* Migrate the schema once PostgreSQL answers; until then /ready is 503. */
-static void try_migrate(struct paymentd_manager *m)
-{
-        char error[256];
-        int r;
-
-        if (atomic_load(&m->migrated))
-                return;
-        r = pg_migrate_with_error(m->pg, PAYMENTD_SCHEMA, paymentd_migrations,
-                                  paymentd_migrations_count, error, sizeof(error));
-        if (r < 0) {
-                log_warning_errno(r, "Schema migration not applied yet (%s); will retry",
-                                  *error ? error : "no detail");
-                return;
-        }
-        atomic_store(&m->migrated, true);
-        log_info("Schema %s is up to date", PAYMENTD_SCHEMA);
-}
-
 static void prune(struct paymentd_manager *m)
 {
         uint64_t now = now_usec(CLOCK_MONOTONIC);
@@ -321,26 +301,18 @@ static void prune(struct paymentd_manager *m)
 
 static void check_dependencies(struct paymentd_manager *m)
 {
-        bool pg_up = pg_pool_ping(m->pg) >= 0;
-        bool amqp_up = outbox_relay_amqp_up(m->relay);
+        static const char *const names[] = {"postgres", "amqp"};
+        bool up[] = {pg_pool_ping(m->pg) >= 0, outbox_relay_amqp_up(m->relay)};
 
-        if (pg_up != atomic_load(&m->postgres_up))
-                log_full_errno(pg_up ? LOG_NOTICE : LOG_WARNING, 0, "PostgreSQL is %s",
-                               pg_up ? "reachable" : "unreachable");
-        atomic_store(&m->postgres_up, pg_up);
-        atomic_store(&m->amqp_up, amqp_up);
-
-        if (pg_up) {
-                try_migrate(m);
+        daemon_note_dependency(&m->postgres_up, up[0], "PostgreSQL", NULL);
+        atomic_store(&m->amqp_up, up[1]);
+        if (up[0]) {
+                daemon_migrate(m->pg, PAYMENTD_SCHEMA, paymentd_migrations,
+                               paymentd_migrations_count, &m->migrated);
                 prune(m);
         }
-
-        if (pg_up && amqp_up && atomic_load(&m->migrated))
-                snprintf(m->status, sizeof(m->status), "Serving");
-        else
-                snprintf(m->status, sizeof(m->status), "Degraded: %s%s%s unavailable",
-                         pg_up ? "" : "postgres", !pg_up && !amqp_up ? ", " : "",
-                         amqp_up ? "" : "amqp");
+        daemon_format_status(m->status, sizeof(m->status), atomic_load(&m->migrated),
+                             ELEMENTSOF(names), names, up);
 }
 
 /* Periodic checks under a span that is not sampled: a ping a second must

@@ -55,7 +55,6 @@ struct paymentd_manager {
         struct metric *revenue_dollars;
         struct metric *outbox_pending;
         struct metric *outbox_oldest_age;
-        struct dependency_metrics *dependencies;
 };
 
 extern const struct daemon_ops paymentd_ops;
