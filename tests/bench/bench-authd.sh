@@ -28,6 +28,8 @@ set -euo pipefail
 prog=${0##*/}
 srcdir=$(cd "$(dirname "$0")/../.." && pwd)
 benchdir="$srcdir/tests/bench"
+# shellcheck source=tests/bench/bench-lib.sh
+. "$benchdir/bench-lib.sh"
 
 builddir=${top_builddir:-.}
 duration=10
@@ -35,15 +37,6 @@ connections=32
 keep=no
 flood_connections=16
 sample_ratio_on=1
-
-die() {
-        echo "$prog: $*" >&2
-        exit 1
-}
-
-note() {
-        echo "$prog: $*" >&2
-}
 
 usage() {
         echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--keep]" >&2
@@ -63,13 +56,7 @@ while [ $# -gt 0 ]; do
         *) usage ;;
         esac
 done
-if ! [[ "$duration" =~ ^[0-9]+$ ]] || [ "$duration" -lt 1 ] || [ "$duration" -gt 600 ]; then
-        die "--duration must be 1..600 seconds"
-fi
-if ! [[ "$connections" =~ ^[0-9]+$ ]] || [ "$connections" -lt 2 ] ||
-        [ "$connections" -gt 4096 ]; then
-        die "--connections must be 2..4096"
-fi
+bench_check_options
 
 authd="$builddir/src/authd/vigil-authd"
 [ -x "$authd" ] || die "$authd not found: build it, or pass --builddir"
@@ -82,84 +69,12 @@ if grep -qa __asan_init "$authd"; then
 fi
 
 # The whole run is bounded: six wrk windows (and two short warm-ups) plus
-# set-up and tear-down. The
-# script re-runs itself under timeout(1); the traps below still tear down.
-if [ -z "${VIGIL_BENCH_UNDER_TIMEOUT:-}" ]; then
-        budget=$((6 * (duration + 5) + 300))
-        export VIGIL_BENCH_UNDER_TIMEOUT=$budget
-        args=(--builddir "$builddir" --duration "$duration" --connections "$connections")
-        [ "$keep" = no ] || args+=(--keep)
-        exec timeout -k 30 "$budget" "$0" "${args[@]}"
-fi
+# set-up and tear-down.
+args=(--builddir "$builddir" --duration "$duration" --connections "$connections")
+[ "$keep" = no ] || args+=(--keep)
+bench_under_timeout $((6 * (duration + 5) + 300)) "${args[@]}"
 
-tmp=$(mktemp -d /tmp/vigil-bench.XXXXXX)
-chmod 755 "$tmp"
-authd_pid='' nginx_pid='' sink_pid='' flood_pid='' wrk_pid=''
-stack_started=no
-finished=no
-
-stop_pid() {
-        local pid=$1
-        [ -n "$pid" ] || return 0
-        kill -TERM "$pid" 2>/dev/null || return 0
-        for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || return 0
-                sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-        local rc=$?
-        trap - EXIT INT TERM
-        stop_pid "$wrk_pid"
-        stop_pid "$flood_pid"
-        stop_pid "$authd_pid"
-        stop_pid "$nginx_pid"
-        stop_pid "$sink_pid"
-        if [ "$stack_started" = yes ]; then
-                "$srcdir/scripts/dev-stack.sh" stop "$tmp/stack" >>"$tmp/stack.log" 2>&1 || true
-        fi
-        if [ "$finished" != yes ]; then
-                note "failed; last lines of the logs:"
-                for f in "$tmp"/authd*.log "$tmp/stack.log" "$tmp/nginx/error.log" "$tmp/sink.log"; do
-                        [ -s "$f" ] || continue
-                        echo "---- $f" >&2
-                        tail -n 15 "$f" >&2
-                done
-        fi
-        if [ "$keep" = yes ] || [ "$finished" != yes ]; then
-                note "logs and wrk outputs kept in $tmp"
-        else
-                rm -rf "$tmp"
-        fi
-        exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'note "interrupted (time budget ${VIGIL_BENCH_UNDER_TIMEOUT}s exceeded?)"; exit 143' TERM
-
-free_port() {
-        python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-
-# Wait up to $1 seconds for the command to succeed.
-wait_for() {
-        local deadline=$((SECONDS + $1))
-        shift
-        until "$@"; do
-                [ "$SECONDS" -lt "$deadline" ] || return 1
-                sleep 0.2
-        done
-}
-
-http_status() {
-        curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true
-}
-
-answers_200() {
-        [ "$(http_status "$1")" = 200 ]
-}
+bench_setup authd flood_pid authd_pid sink_pid
 
 # Ready, or dead (so a crash is not waited out).
 authd_ready_or_dead() {
@@ -168,13 +83,7 @@ authd_ready_or_dead() {
 
 # ------------------------------------------------------------------ servers
 
-note "starting PostgreSQL and Redis (scripts/dev-stack.sh)"
-stack_started=yes
-# Its stdout is the env file, which holds passwords: not kept in the log.
-"$srcdir/scripts/dev-stack.sh" start "$tmp/stack" postgres redis >/dev/null 2>"$tmp/stack.log" ||
-        die "the dev stack did not start"
-# shellcheck disable=SC1091
-. "$tmp/stack/env"
+bench_start_stack postgres redis
 
 mkdir -p "$tmp/credentials"
 chmod 700 "$tmp/credentials"
@@ -214,21 +123,7 @@ restart_authd() {
 note "starting vigil-authd on $auth_url (tracing off, access log off)"
 start_authd authd "" 0
 
-nginx_port=$(free_port)
-mkdir -p "$tmp/nginx"
-nginx_user=
-if [ "$(id -u)" -eq 0 ]; then
-        # Workers drop to an unprivileged user; its group is distro-specific.
-        nginx_user="user nobody $(id -gn nobody);"
-fi
-sed -e "s|@PREFIX@|$tmp/nginx|g" -e "s|@PORT@|$nginx_port|g" -e "s|@USER@|$nginx_user|g" \
-        "$benchdir/nginx-static.conf.in" >"$tmp/nginx/nginx.conf"
-note "starting nginx on 127.0.0.1:$nginx_port"
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' </dev/null \
-        >"$tmp/nginx/stdout.log" 2>&1 &
-nginx_pid=$!
-wait_for 20 answers_200 "http://127.0.0.1:$nginx_port/static" ||
-        die "nginx does not answer on 127.0.0.1:$nginx_port"
+bench_start_nginx
 
 # A minimal OTLP/HTTP collector: answers 200 to POST /v1/traces and counts
 # what it received (GET /stats), so the tracing run proves spans went out.
@@ -275,6 +170,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 EOF
 python3 "$tmp/otlp-sink.py" "$sink_port" </dev/null >"$tmp/sink.log" 2>&1 &
+# shellcheck disable=SC2034 # stopped through BENCH_PIDS
 sink_pid=$!
 wait_for 20 answers_200 "http://127.0.0.1:$sink_port/stats" ||
         die "the OTLP sink does not answer"
@@ -305,70 +201,12 @@ login
 
 # ---------------------------------------------------------------------- wrk
 
-# Convert a wrk duration (123.45us, 1.23ms, 2.00s, 1.50m) to milliseconds.
-to_ms() {
-        awk -v t="$1" 'BEGIN {
-                if (match(t, /^[0-9.]+/) == 0) { print ""; exit }
-                v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
-                if (u == "us") f = 0.001
-                else if (u == "ms") f = 1
-                else if (u == "s") f = 1000
-                else if (u == "m") f = 60000
-                else if (u == "h") f = 3600000
-                else { print ""; exit }
-                printf "%.3f\n", v * f
-        }'
-}
-
-# parse_wrk FILE: sets RPS, P50_MS, P99_MS, ERRORS (non-2xx/3xx responses
-# plus socket errors) and REQUESTS from wrk's --latency output.
-parse_wrk() {
-        local f=$1
-        RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
-        REQUESTS=$(awk '/ requests in / {print $1}' "$f")
-        P50_MS=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
-        P99_MS=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
-        ERRORS=$(awk '
-                /Non-2xx or 3xx responses:/ {n += $NF}
-                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10}
-                END {print n + 0}' "$f")
-        RPS=${RPS:-0} REQUESTS=${REQUESTS:-0}
-}
-
-threads=2
-
-# wrk_run NAME THREADS CONNECTIONS SECONDS URL [LUA]: run wrk in the
-# background (so a TERM is handled at once) and wait; output in $tmp/NAME.txt.
-wrk_start() {
-        local name=$1 threads=$2 conns=$3 secs=$4 url=$5 lua=${6:-}
-        local args=(-t"$threads" -c"$conns" -d"${secs}s" --timeout 10s --latency)
-        [ -z "$lua" ] || args+=(-s "$benchdir/$lua")
-        wrk "${args[@]}" "$url" </dev/null >"$tmp/$name.txt" 2>&1 &
-}
-
-wrk_run() {
-        wrk_start "$@"
-        wrk_pid=$!
-        wait "$wrk_pid" || die "wrk failed for $1: $(tail -n 3 "$tmp/$1.txt")"
-        wrk_pid=
-}
-
 # A short unrecorded run first, so a fresh process's pools, caches and page
 # faults do not count against the first measured row.
 warmup_seconds=$((duration < 10 ? 2 : 3))
 wrk_warmup() {
         note "warming up ($1, ${warmup_seconds}s, not recorded)"
         wrk_run "warmup-$1" $threads "$connections" "$warmup_seconds" "$2" "${3:-}"
-}
-
-declare -A ROW_RPS ROW_P50 ROW_P99 ROW_ERR ROW_N
-ROWS=()
-record() {
-        parse_wrk "$tmp/$1.txt"
-        ROWS+=("$1")
-        ROW_RPS[$1]=$RPS ROW_P50[$1]=$P50_MS ROW_P99[$1]=$P99_MS ROW_ERR[$1]=$ERRORS
-        ROW_N[$1]=$REQUESTS
-        note "$1: $RPS req/s, p50 ${P50_MS:-?} ms, p99 ${P99_MS:-?} ms, $ERRORS errors"
 }
 
 note "each run: wrk -t$threads -c$connections -d${duration}s --latency"
@@ -382,17 +220,12 @@ note "2/5 authd GET /health"
 wrk_run health $threads "$connections" "$duration" "$auth_url/health"
 record health
 
-read_memory() {
-        awk '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
-             END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$authd_pid/status"
-}
-
 note "3/5 authd POST /verify"
 # Memory is read halfway through: resident under load, and the peak so far.
 wrk_start verify $threads "$connections" "$duration" "$auth_url/verify" post-bearer.lua
 wrk_pid=$!
 sleep "$(awk -v d="$duration" 'BEGIN {print d / 2}')"
-read -r RSS_VERIFY_MB HWM_VERIFY_MB < <(read_memory)
+read -r RSS_VERIFY_MB HWM_VERIFY_MB < <(read_memory "$authd_pid")
 wait "$wrk_pid" || die "wrk failed for verify: $(tail -n 3 "$tmp/verify.txt")"
 wrk_pid=
 record verify
@@ -409,7 +242,7 @@ flood_pid=
 record verify-flood
 record login-flood
 
-read -r RSS_OFF_MB HWM_OFF_MB < <(read_memory)
+read -r RSS_OFF_MB HWM_OFF_MB < <(read_memory "$authd_pid")
 note "authd memory after load: VmRSS $RSS_OFF_MB MiB, VmHWM $HWM_OFF_MB MiB"
 
 note "5/5 authd POST /verify with tracing on (sample ratio $sample_ratio_on, OTLP to 127.0.0.1:$sink_port)"
@@ -420,27 +253,12 @@ wrk_run verify-tracing $threads "$connections" "$duration" "$auth_url/verify" po
 record verify-tracing
 # Give the exporter's batch timer a moment to flush the last spans.
 sleep 2
-read -r RSS_ON_MB HWM_ON_MB < <(read_memory)
+read -r RSS_ON_MB HWM_ON_MB < <(read_memory "$authd_pid")
 sink_stats=$(curl -sf --max-time 5 "http://127.0.0.1:$sink_port/stats" || echo '{}')
 read -r SINK_REQUESTS SINK_BYTES < <(printf '%s' "$sink_stats" | python3 -c \
         'import json,sys;d=json.load(sys.stdin);print(d.get("requests",0),d.get("bytes",0))')
 
 # ------------------------------------------------------------------- report
-
-# fmt_ratio A B: A / B to two significant places at least, or "n/a".
-fmt_ratio() {
-        awk -v a="$1" -v b="$2" 'BEGIN {
-                if (a == "" || b == "" || b + 0 == 0) print "n/a"
-                else if (a / b >= 0.1) printf "%.2f\n", a / b
-                else printf "%.3f\n", a / b
-        }'
-}
-fmt_int() {
-        awk -v v="$1" 'BEGIN {printf "%.0f\n", v}'
-}
-fmt_ms() {
-        [ -n "$1" ] && awk -v v="$1" 'BEGIN {printf "%.2f ms\n", v}' || echo "n/a"
-}
 
 declare -A LABEL=(
         [nginx]="nginx GET /static (ceiling)"

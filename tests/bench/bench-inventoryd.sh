@@ -29,21 +29,14 @@ set -euo pipefail
 prog=${0##*/}
 srcdir=$(cd "$(dirname "$0")/../.." && pwd)
 benchdir="$srcdir/tests/bench"
+# shellcheck source=tests/bench/bench-lib.sh
+. "$benchdir/bench-lib.sh"
 
 builddir=${top_builddir:-.}
 duration=10
 connections=32
 products=100000
 keep=no
-
-die() {
-        echo "$prog: $*" >&2
-        exit 1
-}
-
-note() {
-        echo "$prog: $*" >&2
-}
 
 usage() {
         echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--products N] [--keep]" >&2
@@ -65,13 +58,7 @@ while [ $# -gt 0 ]; do
         *) usage ;;
         esac
 done
-if ! [[ "$duration" =~ ^[0-9]+$ ]] || [ "$duration" -lt 1 ] || [ "$duration" -gt 600 ]; then
-        die "--duration must be 1..600 seconds"
-fi
-if ! [[ "$connections" =~ ^[0-9]+$ ]] || [ "$connections" -lt 2 ] ||
-        [ "$connections" -gt 4096 ]; then
-        die "--connections must be 2..4096"
-fi
+bench_check_options
 if ! [[ "$products" =~ ^[0-9]+$ ]] || [ "$products" -lt 11 ] || [ "$products" -gt 10000000 ]; then
         die "--products must be 11..10000000"
 fi
@@ -88,83 +75,13 @@ if grep -qa __asan_init "$daemon"; then
 fi
 
 # The whole run is bounded: seven wrk windows plus set-up, the bulk insert
-# and tear-down. The script re-runs itself under timeout(1); the traps
-# below still tear down.
-if [ -z "${VIGIL_BENCH_UNDER_TIMEOUT:-}" ]; then
-        budget=$((7 * (duration + 5) + 420))
-        export VIGIL_BENCH_UNDER_TIMEOUT=$budget
-        args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
-                --products "$products")
-        [ "$keep" = no ] || args+=(--keep)
-        exec timeout -k 30 "$budget" "$0" "${args[@]}"
-fi
+# and tear-down.
+args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
+        --products "$products")
+[ "$keep" = no ] || args+=(--keep)
+bench_under_timeout $((7 * (duration + 5) + 420)) "${args[@]}"
 
-tmp=$(mktemp -d /tmp/vigil-bench-inventoryd.XXXXXX)
-chmod 755 "$tmp"
-daemon_pid='' nginx_pid='' wrk_pid=''
-stack_started=no
-finished=no
-
-stop_pid() {
-        local pid=$1
-        [ -n "$pid" ] || return 0
-        kill -TERM "$pid" 2>/dev/null || return 0
-        for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || return 0
-                sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-        local rc=$?
-        trap - EXIT INT TERM
-        stop_pid "$wrk_pid"
-        stop_pid "$daemon_pid"
-        stop_pid "$nginx_pid"
-        if [ "$stack_started" = yes ]; then
-                "$srcdir/scripts/dev-stack.sh" stop "$tmp/stack" >>"$tmp/stack.log" 2>&1 || true
-        fi
-        if [ "$finished" != yes ]; then
-                note "failed; last lines of the logs:"
-                for f in "$tmp/inventoryd.log" "$tmp/stack.log" "$tmp/nginx/error.log"; do
-                        [ -s "$f" ] || continue
-                        echo "---- $f" >&2
-                        tail -n 15 "$f" >&2
-                done
-        fi
-        if [ "$keep" = yes ] || [ "$finished" != yes ]; then
-                note "logs and wrk outputs kept in $tmp"
-        else
-                rm -rf "$tmp"
-        fi
-        exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'note "interrupted (time budget ${VIGIL_BENCH_UNDER_TIMEOUT}s exceeded?)"; exit 143' TERM
-
-free_port() {
-        python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-
-# Wait up to $1 seconds for the command to succeed.
-wait_for() {
-        local deadline=$((SECONDS + $1))
-        shift
-        until "$@"; do
-                [ "$SECONDS" -lt "$deadline" ] || return 1
-                sleep 0.2
-        done
-}
-
-http_status() {
-        curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true
-}
-
-answers_200() {
-        [ "$(http_status "$1")" = 200 ]
-}
+bench_setup inventoryd daemon_pid
 
 daemon_ready_or_dead() {
         answers_200 "$inv_url/ready" || ! kill -0 "$daemon_pid" 2>/dev/null
@@ -172,13 +89,7 @@ daemon_ready_or_dead() {
 
 # ------------------------------------------------------------------ servers
 
-note "starting PostgreSQL and Redis (scripts/dev-stack.sh)"
-stack_started=yes
-# Its stdout is the env file, which holds passwords: not kept in the log.
-"$srcdir/scripts/dev-stack.sh" start "$tmp/stack" postgres redis >/dev/null 2>"$tmp/stack.log" ||
-        die "the dev stack did not start"
-# shellcheck disable=SC1091
-. "$tmp/stack/env"
+bench_start_stack postgres redis
 admin_dsn=$(printf '%s' "$VIGIL_TEST_PG_ADMIN_DSN" | sed 's/dbname=[^ ]*/dbname=vigil/')
 
 sql() {
@@ -206,21 +117,7 @@ daemon_pid=$!
 wait_for 60 daemon_ready_or_dead || die "inventoryd is not ready after 60s"
 kill -0 "$daemon_pid" 2>/dev/null || die "inventoryd exited during start-up"
 
-nginx_port=$(free_port)
-mkdir -p "$tmp/nginx"
-nginx_user=
-if [ "$(id -u)" -eq 0 ]; then
-        # Workers drop to an unprivileged user; its group is distro-specific.
-        nginx_user="user nobody $(id -gn nobody);"
-fi
-sed -e "s|@PREFIX@|$tmp/nginx|g" -e "s|@PORT@|$nginx_port|g" -e "s|@USER@|$nginx_user|g" \
-        "$benchdir/nginx-static.conf.in" >"$tmp/nginx/nginx.conf"
-note "starting nginx on 127.0.0.1:$nginx_port"
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' </dev/null \
-        >"$tmp/nginx/stdout.log" 2>&1 &
-nginx_pid=$!
-wait_for 20 answers_200 "http://127.0.0.1:$nginx_port/static" ||
-        die "nginx does not answer on 127.0.0.1:$nginx_port"
+bench_start_nginx
 
 # ----------------------------------------------------------- data, scripts
 
@@ -262,36 +159,6 @@ random_ids_lua "$products"
 
 # ---------------------------------------------------------------------- wrk
 
-# Convert a wrk duration (123.45us, 1.23ms, 2.00s, 1.50m) to milliseconds.
-to_ms() {
-        awk -v t="$1" 'BEGIN {
-                if (match(t, /^[0-9.]+/) == 0) { print ""; exit }
-                v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
-                if (u == "us") f = 0.001
-                else if (u == "ms") f = 1
-                else if (u == "s") f = 1000
-                else if (u == "m") f = 60000
-                else if (u == "h") f = 3600000
-                else { print ""; exit }
-                printf "%.3f\n", v * f
-        }'
-}
-
-# parse_wrk FILE: sets RPS, P50_MS, P99_MS, ERRORS (non-2xx/3xx responses
-# plus socket errors) and REQUESTS from wrk's --latency output.
-parse_wrk() {
-        local f=$1
-        RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
-        REQUESTS=$(awk '/ requests in / {print $1}' "$f")
-        P50_MS=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
-        P99_MS=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
-        ERRORS=$(awk '
-                /Non-2xx or 3xx responses:/ {n += $NF}
-                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10}
-                END {print n + 0}' "$f")
-        RPS=${RPS:-0} REQUESTS=${REQUESTS:-0}
-}
-
 # cache_counts: "hits misses" summed over every cache, from /metrics.
 cache_counts() {
         curl -sf --max-time 5 "$inv_url/metrics" | awk '
@@ -301,63 +168,41 @@ cache_counts() {
                 END {printf "%d %d\n", h, m}'
 }
 
-# wrk_run NAME URL [LUA]: run wrk in the background (so a TERM is handled
-# at once) and wait; output in $tmp/NAME.txt. Records the cache hit ratio
-# of the run in ROW_HIT[NAME].
-wrk_run() {
-        local name=$1 url=$2 lua=${3:-} h0 m0 h1 m1
-        local args=(-t"$threads" -c"$connections" -d"${duration}s" --timeout 10s --latency)
-        [ -z "$lua" ] || args+=(-s "$lua")
+# measure NAME URL [LUA]: wrk_run and record, with the cache hit ratio of
+# the run in ROW_HIT[NAME] ("—" when the run made no lookups).
+declare -A ROW_HIT
+measure() {
+        local name=$1 h0 m0 h1 m1
         read -r h0 m0 < <(cache_counts)
-        wrk "${args[@]}" "$url" </dev/null >"$tmp/$name.txt" 2>&1 &
-        wrk_pid=$!
-        wait "$wrk_pid" || die "wrk failed for $name: $(tail -n 3 "$tmp/$name.txt")"
-        wrk_pid=
+        wrk_run "$name" $threads "$connections" "$duration" "$2" "${3:-}"
         read -r h1 m1 < <(cache_counts)
         ROW_HIT[$name]=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) \
                 'BEGIN {if (h + m > 0) printf "%.1f %%\n", 100 * h / (h + m); else print "—"}')
+        record "$name" "cache hits ${ROW_HIT[$name]}"
 }
 
-declare -A ROW_RPS ROW_P50 ROW_P99 ROW_ERR ROW_N ROW_HIT
-ROWS=()
-record() {
-        parse_wrk "$tmp/$1.txt"
-        ROWS+=("$1")
-        ROW_RPS[$1]=$RPS ROW_P50[$1]=$P50_MS ROW_P99[$1]=$P99_MS ROW_ERR[$1]=$ERRORS
-        ROW_N[$1]=$REQUESTS
-        note "$1: $RPS req/s, p50 ${P50_MS:-?} ms, p99 ${P99_MS:-?} ms, $ERRORS errors, cache hits ${ROW_HIT[$1]:-—}"
-}
-
-threads=2
 note "each run: wrk -t$threads -c$connections -d${duration}s --latency"
 
 note "1/7 nginx GET /static (ceiling)"
-wrk_run nginx "http://127.0.0.1:$nginx_port/static"
-ROW_HIT[nginx]="—"
-record nginx
+measure nginx "http://127.0.0.1:$nginx_port/static"
 
 curl -sf --max-time 5 "$inv_url/products" >/dev/null || die "GET /products failed"
 curl -sf --max-time 5 "$inv_url/product/2" >/dev/null || die "GET /product/2 failed"
 
 note "2/7 GET /products (cache hit)"
-wrk_run products "$inv_url/products"
-record products
+measure products "$inv_url/products"
 
 note "3/7 GET /product/2 (10 products)"
-wrk_run product-10 "$inv_url/product/2"
-record product-10
+measure product-10 "$inv_url/product/2"
 
 note "4/7 POST /product/1/reserve (one hot product)"
 stock_before=$(sql "SELECT stock FROM inventory.products WHERE id = 1")
-wrk_run reserve "$inv_url/product/1/reserve" "$tmp/reserve.lua"
-ROW_HIT[reserve]="—"
-record reserve
+measure reserve "$inv_url/product/1/reserve" "$tmp/reserve.lua"
 stock_after=$(sql "SELECT stock FROM inventory.products WHERE id = 1")
 reserved=$((stock_before - stock_after))
 
 note "5/7 GET /product/{random 1..10}"
-wrk_run product-random-10 "$inv_url/product/1" "$tmp/random-10.lua"
-record product-random-10
+measure product-random-10 "$inv_url/product/1" "$tmp/random-10.lua"
 
 note "inserting products up to $products (generate_series)"
 t0=$SECONDS
@@ -367,32 +212,15 @@ sql "INSERT INTO inventory.products (name, price_cents, stock)
 note "inserted in $((SECONDS - t0)) s"
 
 note "6/7 GET /product/2 ($products products)"
-wrk_run product-n "$inv_url/product/2"
-record product-n
+measure product-n "$inv_url/product/2"
 
 note "7/7 GET /product/{random 1..$products}"
-wrk_run product-random-n "$inv_url/product/1" "$tmp/random-$products.lua"
-record product-random-n
+measure product-random-n "$inv_url/product/1" "$tmp/random-$products.lua"
 
-read -r RSS_MB HWM_MB < <(awk '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
-        END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$daemon_pid/status")
+read -r RSS_MB HWM_MB < <(read_memory "$daemon_pid")
 stock_ok=$(sql "SELECT count(*) FROM inventory.products WHERE stock < 0")
 
 # ------------------------------------------------------------------- report
-
-fmt_ratio() {
-        awk -v a="$1" -v b="$2" 'BEGIN {
-                if (a == "" || b == "" || b + 0 == 0) print "n/a"
-                else if (a / b >= 0.1) printf "%.2f\n", a / b
-                else printf "%.3f\n", a / b
-        }'
-}
-fmt_int() {
-        awk -v v="$1" 'BEGIN {printf "%.0f\n", v}'
-}
-fmt_ms() {
-        [ -n "$1" ] && awk -v v="$1" 'BEGIN {printf "%.2f ms\n", v}' || echo "n/a"
-}
 
 declare -A LABEL=(
         [nginx]="nginx GET /static (ceiling)"

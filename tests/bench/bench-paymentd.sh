@@ -28,20 +28,13 @@ set -euo pipefail
 prog=${0##*/}
 srcdir=$(cd "$(dirname "$0")/../.." && pwd)
 benchdir="$srcdir/tests/bench"
+# shellcheck source=tests/bench/bench-lib.sh
+. "$benchdir/bench-lib.sh"
 
 builddir=${top_builddir:-.}
 duration=10
 connections=32
 keep=no
-
-die() {
-        echo "$prog: $*" >&2
-        exit 1
-}
-
-note() {
-        echo "$prog: $*" >&2
-}
 
 usage() {
         echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--keep]" >&2
@@ -61,13 +54,9 @@ while [ $# -gt 0 ]; do
         *) usage ;;
         esac
 done
-if ! [[ "$duration" =~ ^[0-9]+$ ]] || [ "$duration" -lt 1 ] || [ "$duration" -gt 600 ]; then
-        die "--duration must be 1..600 seconds"
-fi
-if ! [[ "$connections" =~ ^[0-9]+$ ]] || [ "$connections" -lt 2 ] ||
-        [ "$connections" -gt 1024 ]; then
-        die "--connections must be 2..1024"
-fi
+bench_check_options
+# pgbench runs with as many clients.
+[ "$connections" -le 1024 ] || die "--connections must be 2..1024"
 
 bindir() {
         local b="$builddir/src/$1/vigil-$1"
@@ -84,92 +73,16 @@ if grep -qa __asan_init "$paymentd"; then
         note "warning: $paymentd is built with sanitizers; its figures are not representative"
 fi
 
-# The whole run is bounded; the traps below still tear down.
-if [ -z "${VIGIL_BENCH_UNDER_TIMEOUT:-}" ]; then
-        budget=$((5 * (duration + 5) + 400))
-        export VIGIL_BENCH_UNDER_TIMEOUT=$budget
-        args=(--builddir "$builddir" --duration "$duration" --connections "$connections")
-        [ "$keep" = no ] || args+=(--keep)
-        exec timeout -k 30 "$budget" "$0" "${args[@]}"
-fi
+# The whole run is bounded; the traps still tear down.
+args=(--builddir "$builddir" --duration "$duration" --connections "$connections")
+[ "$keep" = no ] || args+=(--keep)
+bench_under_timeout $((5 * (duration + 5) + 400)) "${args[@]}"
 
-tmp=$(mktemp -d /tmp/vigil-bench.XXXXXX)
-chmod 755 "$tmp"
-authd_pid='' paymentd_pid='' nginx_pid='' wrk_pid='' pgbench_pid=''
-stack_started=no
-finished=no
-
-stop_pid() {
-        local pid=$1
-        [ -n "$pid" ] || return 0
-        kill -TERM "$pid" 2>/dev/null || return 0
-        for _ in $(seq 100); do
-                kill -0 "$pid" 2>/dev/null || return 0
-                sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-        local rc=$?
-        trap - EXIT INT TERM
-        stop_pid "$wrk_pid"
-        stop_pid "$pgbench_pid"
-        stop_pid "$paymentd_pid"
-        stop_pid "$authd_pid"
-        stop_pid "$nginx_pid"
-        if [ "$stack_started" = yes ]; then
-                "$srcdir/scripts/dev-stack.sh" stop "$tmp/stack" >>"$tmp/stack.log" 2>&1 || true
-        fi
-        if [ "$finished" != yes ]; then
-                note "failed; last lines of the logs:"
-                for f in "$tmp"/*.log "$tmp/nginx/error.log"; do
-                        [ -s "$f" ] || continue
-                        echo "---- $f" >&2
-                        tail -n 15 "$f" >&2
-                done
-        fi
-        if [ "$keep" = yes ] || [ "$finished" != yes ]; then
-                note "logs and wrk outputs kept in $tmp"
-        else
-                rm -rf "$tmp"
-        fi
-        exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'note "interrupted (time budget ${VIGIL_BENCH_UNDER_TIMEOUT}s exceeded?)"; exit 143' TERM
-
-free_port() {
-        python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-
-wait_for() {
-        local deadline=$((SECONDS + $1))
-        shift
-        until "$@"; do
-                [ "$SECONDS" -lt "$deadline" ] || return 1
-                sleep 0.2
-        done
-}
-
-http_status() {
-        curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true
-}
-
-answers_200() {
-        [ "$(http_status "$1")" = 200 ]
-}
+bench_setup paymentd pgbench_pid paymentd_pid authd_pid
 
 # ------------------------------------------------------------------ servers
 
-note "starting PostgreSQL, Redis and RabbitMQ (scripts/dev-stack.sh)"
-stack_started=yes
-# Its stdout is the env file, which holds passwords: not kept in the log.
-"$srcdir/scripts/dev-stack.sh" start "$tmp/stack" postgres redis rabbitmq >/dev/null \
-        2>"$tmp/stack.log" || die "the dev stack did not start"
-# shellcheck disable=SC1091
-. "$tmp/stack/env"
+bench_start_stack postgres redis rabbitmq
 admin_dsn=$VIGIL_TEST_PG_ADMIN_DSN
 sql() {
         psql "${admin_dsn/dbname=postgres/dbname=vigil}" -X -v ON_ERROR_STOP=1 -Atc "$1"
@@ -194,6 +107,7 @@ note "starting vigil-authd on $auth_url"
         VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
         CREDENTIALS_DIRECTORY="$tmp/auth-credentials" \
         "$authd" --config "$tmp/empty.conf" </dev/null >"$tmp/authd.log" 2>&1 &
+# shellcheck disable=SC2034 # stopped through BENCH_PIDS
 authd_pid=$!
 wait_for 60 answers_200 "$auth_url/ready" || die "authd is not ready after 60s"
 
@@ -206,20 +120,7 @@ note "starting vigil-paymentd on $pay_url (processor latency 0, decline ratio 0)
 paymentd_pid=$!
 wait_for 60 answers_200 "$pay_url/ready" || die "paymentd is not ready after 60s"
 
-nginx_port=$(free_port)
-mkdir -p "$tmp/nginx"
-nginx_user=
-if [ "$(id -u)" -eq 0 ]; then
-        nginx_user="user nobody $(id -gn nobody);"
-fi
-sed -e "s|@PREFIX@|$tmp/nginx|g" -e "s|@PORT@|$nginx_port|g" -e "s|@USER@|$nginx_user|g" \
-        "$benchdir/nginx-static.conf.in" >"$tmp/nginx/nginx.conf"
-note "starting nginx on 127.0.0.1:$nginx_port"
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' </dev/null \
-        >"$tmp/nginx/stdout.log" 2>&1 &
-nginx_pid=$!
-wait_for 20 answers_200 "http://127.0.0.1:$nginx_port/static" ||
-        die "nginx does not answer on 127.0.0.1:$nginx_port"
+bench_start_nginx
 
 # ------------------------------------------------------------- user, token
 
@@ -264,74 +165,41 @@ status=$(http_status -X POST -H 'Content-Type: application/json' \
 
 # ---------------------------------------------------------------------- wrk
 
-to_ms() {
-        awk -v t="$1" 'BEGIN {
-                if (match(t, /^[0-9.]+/) == 0) { print ""; exit }
-                v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
-                if (u == "us") f = 0.001
-                else if (u == "ms") f = 1
-                else if (u == "s") f = 1000
-                else if (u == "m") f = 60000
-                else { print ""; exit }
-                printf "%.3f\n", v * f
-        }'
-}
+declare -A LABEL
 
-declare -A ROW_RPS ROW_P50 ROW_P99 ROW_ERR LABEL
-ROWS=()
-threads=2
-
-# wrk_run NAME URL [LUA]: wrk in the background (a TERM is handled at once).
-wrk_run() {
-        local name=$1 url=$2 lua=${3:-} secs=${4:-$duration}
-        local args=(-t$threads -c"$connections" -d"${secs}s" --timeout 10s --latency)
-        [ -z "$lua" ] || args+=(-s "$lua")
-        # Keys are <run>-<name>-<thread>-<n>: no run replays another's.
-        BENCH_RUN="$run_id-$name" wrk "${args[@]}" "$url" </dev/null >"$tmp/$name.txt" 2>&1 &
-        wrk_pid=$!
-        wait "$wrk_pid" || die "wrk failed for $name: $(tail -n 3 "$tmp/$name.txt")"
-        wrk_pid=
-}
-
-record() {
-        local f="$tmp/$1.txt"
-        ROWS+=("$1")
-        ROW_RPS[$1]=$(awk '/^Requests\/sec:/ {print $2}' "$f")
-        ROW_P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
-        ROW_P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
-        ROW_ERR[$1]=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
-                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10}
-                END {print n + 0}' "$f")
-        note "$1: ${ROW_RPS[$1]} req/s, p50 ${ROW_P50[$1]:-?} ms, p99 ${ROW_P99[$1]:-?} ms, ${ROW_ERR[$1]} errors"
+# measure NAME URL [LUA] [SECONDS]: wrk_run (BENCH_RUN names the run, so
+# keys are <run>-<name>-<thread>-<n> and no run replays another's).
+measure() {
+        export BENCH_RUN="$run_id-$1"
+        wrk_run "$1" $threads "$connections" "${4:-$duration}" "$2" "${3:-}"
 }
 
 note "each run: wrk -t$threads -c$connections -d${duration}s --latency"
 note "1/4 nginx GET /static (ceiling)"
 LABEL[nginx]="nginx GET /static (ceiling)"
-wrk_run nginx "http://127.0.0.1:$nginx_port/static"
+measure nginx "http://127.0.0.1:$nginx_port/static"
 record nginx
 
 note "2/4 paymentd GET /health"
 LABEL[health]="paymentd GET /health"
-wrk_run health "$pay_url/health"
+measure health "$pay_url/health"
 record health
 
 note "warming up POST /charge (3s, not recorded)"
-wrk_run warmup "$pay_url/charge" "$tmp/charge.lua" 3
+measure warmup "$pay_url/charge" "$tmp/charge.lua" 3
 payments_before=$(sql "SELECT count(*) FROM payment.payments")
 note "3/4 paymentd POST /charge (unique keys, latency 0, decline 0)"
 LABEL[charge]="paymentd POST /charge"
-wrk_run charge "$pay_url/charge" "$tmp/charge.lua"
+measure charge "$pay_url/charge" "$tmp/charge.lua"
 record charge
 payments_after=$(sql "SELECT count(*) FROM payment.payments")
-charge_requests=$(awk '/ requests in / {print $1}' "$tmp/charge.txt")
+charge_requests=${ROW_N[charge]}
 pending_end=$(sql "SELECT count(*) FROM payment.outbox WHERE published_at IS NULL")
 drain_start=$SECONDS
 wait_for 120 test "$(sql "SELECT count(*) FROM payment.outbox WHERE published_at IS NULL")" = 0 ||
         note "warning: the outbox did not drain within 120 s"
 drain_seconds=$((SECONDS - drain_start))
-read -r RSS_MB HWM_MB < <(awk '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
-        END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$paymentd_pid/status")
+read -r RSS_MB HWM_MB < <(read_memory "$paymentd_pid")
 
 note "4/4 pgbench -N -c$connections -j$threads -T$duration (write-commit ceiling)"
 psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE vigil_bench" >/dev/null
@@ -348,19 +216,6 @@ PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || settin
         FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers')")
 
 # ------------------------------------------------------------------- report
-
-fmt_ratio() {
-        awk -v a="$1" -v b="$2" 'BEGIN {
-                if (a == "" || b == "" || b + 0 == 0) print "n/a"
-                else if (a / b >= 0.1) printf "%.2f\n", a / b
-                else printf "%.3f\n", a / b }'
-}
-fmt_int() {
-        awk -v v="$1" 'BEGIN {printf "%.0f\n", v}'
-}
-fmt_ms() {
-        [ -n "$1" ] && awk -v v="$1" 'BEGIN {printf "%.2f ms\n", v}' || echo "n/a"
-}
 
 {
         echo

@@ -1,0 +1,231 @@
+# What the tests/bench/bench-*.sh scripts share; sourced, not run.
+#
+# The script sets prog, srcdir, benchdir, builddir, duration, connections
+# and keep (parsing its own options), then calls, in this order:
+#
+#   bench_check_options                 validate --duration and --connections
+#   bench_under_timeout BUDGET ARGS…    re-run itself under timeout(1)
+#   bench_setup NAME PIDVAR…            $tmp, and the traps that stop the
+#                                       processes in PIDVAR… (in that order),
+#                                       the dev stack, and keep or remove $tmp
+#
+# and then uses the helpers below. Every wrk output lands in $tmp/NAME.txt.
+# shellcheck shell=bash disable=SC2154 # prog, duration, … are the script's
+
+threads=2
+
+die() {
+        echo "$prog: $*" >&2
+        exit 1
+}
+
+note() {
+        echo "$prog: $*" >&2
+}
+
+bench_check_options() {
+        if ! [[ "$duration" =~ ^[0-9]+$ ]] || [ "$duration" -lt 1 ] || [ "$duration" -gt 600 ]; then
+                die "--duration must be 1..600 seconds"
+        fi
+        if ! [[ "$connections" =~ ^[0-9]+$ ]] || [ "$connections" -lt 2 ] ||
+                [ "$connections" -gt 4096 ]; then
+                die "--connections must be 2..4096"
+        fi
+}
+
+# bench_under_timeout BUDGET ARGS…: the whole run is bounded; the script
+# re-runs itself (with ARGS) under timeout(1), and its traps still tear
+# down.
+bench_under_timeout() {
+        local budget=$1
+        shift
+        [ -z "${VIGIL_BENCH_UNDER_TIMEOUT:-}" ] || return 0
+        export VIGIL_BENCH_UNDER_TIMEOUT=$budget
+        exec timeout -k 30 "$budget" "$0" "$@"
+}
+
+stop_pid() {
+        local pid=$1
+        [ -n "$pid" ] || return 0
+        kill -TERM "$pid" 2>/dev/null || return 0
+        for _ in $(seq 100); do
+                kill -0 "$pid" 2>/dev/null || return 0
+                sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+}
+
+bench_cleanup() {
+        local rc=$?
+        trap - EXIT INT TERM
+        for var in "${BENCH_PIDS[@]}"; do
+                stop_pid "${!var}"
+        done
+        if [ "$stack_started" = yes ]; then
+                "$srcdir/scripts/dev-stack.sh" stop "$tmp/stack" >>"$tmp/stack.log" 2>&1 || true
+        fi
+        if [ "$finished" != yes ]; then
+                note "failed; last lines of the logs:"
+                for f in "$tmp"/*.log "$tmp/nginx/error.log"; do
+                        [ -s "$f" ] || continue
+                        echo "---- $f" >&2
+                        tail -n 15 "$f" >&2
+                done
+        fi
+        if [ "$keep" = yes ] || [ "$finished" != yes ]; then
+                note "logs and wrk outputs kept in $tmp"
+        else
+                rm -rf "$tmp"
+        fi
+        exit "$rc"
+}
+
+# bench_setup NAME PIDVAR…: sets tmp, stack_started=no, finished=no (the
+# script sets it to yes when its report is out), empties each PIDVAR and
+# installs the traps.
+bench_setup() {
+        tmp=$(mktemp -d "/tmp/vigil-bench-$1.XXXXXX")
+        chmod 755 "$tmp"
+        shift
+        BENCH_PIDS=(wrk_pid "$@" nginx_pid)
+        for var in "${BENCH_PIDS[@]}"; do
+                printf -v "$var" '%s' ''
+        done
+        stack_started=no
+        finished=no
+        trap bench_cleanup EXIT
+        trap 'exit 130' INT
+        trap 'note "interrupted (time budget ${VIGIL_BENCH_UNDER_TIMEOUT}s exceeded?)"; exit 143' TERM
+}
+
+free_port() {
+        python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+}
+
+# Wait up to $1 seconds for the command to succeed.
+wait_for() {
+        local deadline=$((SECONDS + $1))
+        shift
+        until "$@"; do
+                [ "$SECONDS" -lt "$deadline" ] || return 1
+                sleep 0.2
+        done
+}
+
+http_status() {
+        curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true
+}
+
+answers_200() {
+        [ "$(http_status "$1")" = 200 ]
+}
+
+# bench_start_stack SERVICE…: the dev stack in $tmp/stack, its env sourced.
+bench_start_stack() {
+        note "starting $* (scripts/dev-stack.sh)"
+        stack_started=yes
+        # Its stdout is the env file, which holds passwords: not kept in the log.
+        "$srcdir/scripts/dev-stack.sh" start "$tmp/stack" "$@" >/dev/null 2>"$tmp/stack.log" ||
+                die "the dev stack did not start"
+        # shellcheck disable=SC1091
+        . "$tmp/stack/env"
+}
+
+# bench_start_nginx: nginx serving GET /static on nginx_port (the ceiling).
+bench_start_nginx() {
+        local user=
+        nginx_port=$(free_port)
+        mkdir -p "$tmp/nginx"
+        if [ "$(id -u)" -eq 0 ]; then
+                # Workers drop to an unprivileged user; its group is distro-specific.
+                user="user nobody $(id -gn nobody);"
+        fi
+        sed -e "s|@PREFIX@|$tmp/nginx|g" -e "s|@PORT@|$nginx_port|g" -e "s|@USER@|$user|g" \
+                "$benchdir/nginx-static.conf.in" >"$tmp/nginx/nginx.conf"
+        note "starting nginx on 127.0.0.1:$nginx_port"
+        nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' </dev/null \
+                >"$tmp/nginx/stdout.log" 2>&1 &
+        # shellcheck disable=SC2034 # stopped through BENCH_PIDS
+        nginx_pid=$!
+        wait_for 20 answers_200 "http://127.0.0.1:$nginx_port/static" ||
+                die "nginx does not answer on 127.0.0.1:$nginx_port"
+}
+
+# Convert a wrk duration (123.45us, 1.23ms, 2.00s, 1.50m) to milliseconds.
+to_ms() {
+        awk -v t="$1" 'BEGIN {
+                if (match(t, /^[0-9.]+/) == 0) { print ""; exit }
+                v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
+                if (u == "us") f = 0.001
+                else if (u == "ms") f = 1
+                else if (u == "s") f = 1000
+                else if (u == "m") f = 60000
+                else if (u == "h") f = 3600000
+                else { print ""; exit }
+                printf "%.3f\n", v * f
+        }'
+}
+
+# wrk_start NAME THREADS CONNECTIONS SECONDS URL [LUA]: wrk in the
+# background, output in $tmp/NAME.txt. LUA is a path, or a file name in
+# tests/bench.
+wrk_start() {
+        local name=$1 threads=$2 conns=$3 secs=$4 url=$5 lua=${6:-}
+        local args=(-t"$threads" -c"$conns" -d"${secs}s" --timeout 10s --latency)
+        [ -z "$lua" ] || [[ "$lua" == /* ]] || lua=$benchdir/$lua
+        [ -z "$lua" ] || args+=(-s "$lua")
+        wrk "${args[@]}" "$url" </dev/null >"$tmp/$name.txt" 2>&1 &
+}
+
+# wrk_run: wrk_start, then wait (in the background, so a TERM is handled
+# at once).
+wrk_run() {
+        wrk_start "$@"
+        wrk_pid=$!
+        wait "$wrk_pid" || die "wrk failed for $1: $(tail -n 3 "$tmp/$1.txt")"
+        wrk_pid=
+}
+
+# record NAME [EXTRA]: adds NAME to ROWS with its requests/s, p50, p99 (ms),
+# errors (non-2xx/3xx responses plus socket errors) and request count in
+# ROW_RPS, ROW_P50, ROW_P99, ROW_ERR and ROW_N; notes them, and EXTRA.
+declare -A ROW_RPS ROW_P50 ROW_P99 ROW_ERR ROW_N
+ROWS=()
+record() {
+        local f="$tmp/$1.txt"
+        ROWS+=("$1")
+        ROW_RPS[$1]=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+        ROW_N[$1]=$(awk '/ requests in / {print $1}' "$f")
+        ROW_P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
+        ROW_P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
+        ROW_ERR[$1]=$(awk '
+                /Non-2xx or 3xx responses:/ {n += $NF}
+                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10}
+                END {print n + 0}' "$f")
+        ROW_RPS[$1]=${ROW_RPS[$1]:-0} ROW_N[$1]=${ROW_N[$1]:-0}
+        note "$1: ${ROW_RPS[$1]} req/s, p50 ${ROW_P50[$1]:-?} ms, p99 ${ROW_P99[$1]:-?} ms," \
+                "${ROW_ERR[$1]} errors${2:+, $2}"
+}
+
+# read_memory PID: "VmRSS VmHWM" in MiB.
+read_memory() {
+        awk '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
+             END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$1/status"
+}
+
+# fmt_ratio A B: A / B to two significant places at least, or "n/a".
+fmt_ratio() {
+        awk -v a="$1" -v b="$2" 'BEGIN {
+                if (a == "" || b == "" || b + 0 == 0) print "n/a"
+                else if (a / b >= 0.1) printf "%.2f\n", a / b
+                else printf "%.3f\n", a / b
+        }'
+}
+
+fmt_int() {
+        awk -v v="$1" 'BEGIN {printf "%.0f\n", v}'
+}
+
+fmt_ms() {
+        [ -n "$1" ] && awk -v v="$1" 'BEGIN {printf "%.2f ms\n", v}' || echo "n/a"
+}
