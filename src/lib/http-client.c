@@ -16,6 +16,7 @@
 #include "http-client.h"
 #include "macro.h"
 #include "metrics.h"
+#include "strbuf.h"
 #include "trace.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 1000U
@@ -224,8 +225,8 @@ void http_client_response_done(struct http_client_response *r)
 /* ---- one request ---- */
 
 struct body_buffer {
-        char *data;
-        size_t len, cap, max;
+        struct strbuf text;
+        size_t max;
         bool too_big;
 };
 
@@ -234,28 +235,12 @@ static size_t write_cb(char *data, size_t size, size_t n, void *userdata)
         struct body_buffer *b = userdata;
         size_t add = size * n;
 
-        if (add > b->max - b->len) {
+        if (add > b->max - b->text.len) {
                 b->too_big = true;
                 return 0; /* CURLE_WRITE_ERROR */
         }
-        if (b->len + add + 1 > b->cap) {
-                size_t cap = b->cap ? b->cap : 4096;
-                char *p;
-
-                while (cap < b->len + add + 1)
-                        cap *= 2;
-                if (cap > b->max + 1)
-                        cap = b->max + 1;
-                p = realloc(b->data, cap);
-                if (!p)
-                        return 0;
-                b->data = p;
-                b->cap = cap;
-        }
-        memcpy(b->data + b->len, data, add);
-        b->len += add;
-        b->data[b->len] = '\0';
-        return add;
+        strbuf_append(&b->text, data, add);
+        return strbuf_failed(&b->text) ? 0 : add;
 }
 
 static bool method_is_valid(const char *m)
@@ -427,6 +412,8 @@ int http_client_request(struct http_client *c, const char *method, const char *p
         _cleanup_(slist_freep) struct curl_slist *list = NULL;
         _cleanup_free_ char *url = NULL;
         struct body_buffer buf = {.max = 0};
+        char *response_body = NULL;
+        size_t response_len = 0;
         const char *error_type = NULL;
         struct span *span;
         uint64_t start;
@@ -488,13 +475,12 @@ int http_client_request(struct http_client *c, const char *method, const char *p
                 goto finish;
         }
         (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-        if (!buf.data) {
-                buf.data = strdup("");
-                if (!buf.data) {
-                        r = -ENOMEM;
-                        error_type = "out_of_memory";
-                        goto finish;
-                }
+        response_len = buf.text.len;
+        response_body = strbuf_steal(&buf.text);
+        if (!response_body) {
+                r = -ENOMEM;
+                error_type = "out_of_memory";
+                goto finish;
         }
         r = 0;
 
@@ -504,14 +490,13 @@ finish:
                (double)(now_usec(CLOCK_MONOTONIC) - start) / (double)USEC_PER_SEC);
         span_end(span);
 
-        if (r < 0) {
-                free(buf.data);
+        strbuf_done(&buf.text);
+        if (r < 0)
                 return r;
-        }
         *ret = (struct http_client_response){
                 .status = status,
-                .body = buf.data,
-                .body_len = buf.len,
+                .body = response_body,
+                .body_len = response_len,
         };
         return 0;
 }

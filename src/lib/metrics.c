@@ -25,6 +25,7 @@
 
 #include "macro.h"
 #include "metrics.h"
+#include "strbuf.h"
 #include "trace.h"
 
 const double metrics_latency_buckets[] = {
@@ -1101,42 +1102,8 @@ const char *metrics_content_type(enum metrics_format fmt)
 
 /* ---- rendering ---- */
 
-struct buf {
-        char *data;
-        size_t len, cap;
-        bool oom;
-};
-
-static void buf_append(struct buf *b, const char *s, size_t n)
-{
-        if (b->oom)
-                return;
-        if (b->len + n + 1 > b->cap) {
-                size_t cap = b->cap ? b->cap : 4096;
-                char *d;
-
-                while (cap < b->len + n + 1)
-                        cap *= 2;
-                d = realloc(b->data, cap);
-                if (!d) {
-                        b->oom = true;
-                        return;
-                }
-                b->data = d;
-                b->cap = cap;
-        }
-        memcpy(b->data + b->len, s, n);
-        b->len += n;
-        b->data[b->len] = '\0';
-}
-
-static void buf_puts(struct buf *b, const char *s)
-{
-        buf_append(b, s, strlen(s));
-}
-
 /* Escape backslash and newline, and double quotes when quotes is set. */
-static void buf_put_escaped(struct buf *b, const char *s, bool quotes)
+static void buf_put_escaped(struct strbuf *b, const char *s, bool quotes)
 {
         const char *start = s;
 
@@ -1151,11 +1118,11 @@ static void buf_put_escaped(struct buf *b, const char *s, bool quotes)
                         esc = "\\\"";
                 if (!esc)
                         continue;
-                buf_append(b, start, (size_t)(s - start));
-                buf_puts(b, esc);
+                strbuf_append(b, start, (size_t)(s - start));
+                strbuf_puts(b, esc);
                 start = s + 1;
         }
-        buf_append(b, start, (size_t)(s - start));
+        strbuf_append(b, start, (size_t)(s - start));
 }
 
 /* Format v so that integers print as integers and anything else with the
@@ -1184,55 +1151,47 @@ static void format_double(double v, bool force_decimal, char buf[static 32])
         }
 }
 
-static void buf_put_double(struct buf *b, double v)
+static void buf_put_double(struct strbuf *b, double v)
 {
         char s[32];
 
         format_double(v, false, s);
-        buf_puts(b, s);
-}
-
-static void buf_put_uint(struct buf *b, uint64_t v)
-{
-        char s[24];
-
-        snprintf(s, sizeof(s), "%" PRIu64, v);
-        buf_puts(b, s);
+        strbuf_puts(b, s);
 }
 
 /* {a="x",b="y",le="0.5"}, or nothing without labels. */
-static void put_labels(struct buf *b, const struct metric *m, const char *le)
+static void put_labels(struct strbuf *b, const struct metric *m, const char *le)
 {
         const struct metric_family *f = m->family;
 
         if (f->n_labels == 0 && !le)
                 return;
-        buf_puts(b, "{");
+        strbuf_puts(b, "{");
         for (size_t i = 0; i < f->n_labels; i++) {
                 if (i > 0)
-                        buf_puts(b, ",");
-                buf_puts(b, f->label_names[i]);
-                buf_puts(b, "=\"");
+                        strbuf_puts(b, ",");
+                strbuf_puts(b, f->label_names[i]);
+                strbuf_puts(b, "=\"");
                 buf_put_escaped(b, m->label_values[i], true);
-                buf_puts(b, "\"");
+                strbuf_puts(b, "\"");
         }
         if (le) {
                 if (f->n_labels > 0)
-                        buf_puts(b, ",");
-                buf_puts(b, "le=\"");
-                buf_puts(b, le);
-                buf_puts(b, "\"");
+                        strbuf_puts(b, ",");
+                strbuf_puts(b, "le=\"");
+                strbuf_puts(b, le);
+                strbuf_puts(b, "\"");
         }
-        buf_puts(b, "}");
+        strbuf_puts(b, "}");
 }
 
-static void put_sample_name(struct buf *b, const struct metric_family *f, const char *suffix)
+static void put_sample_name(struct strbuf *b, const struct metric_family *f, const char *suffix)
 {
-        buf_puts(b, f->name);
-        buf_puts(b, suffix);
+        strbuf_puts(b, f->name);
+        strbuf_puts(b, suffix);
 }
 
-static void put_exemplar(struct buf *b, const struct exemplar *e)
+static void put_exemplar(struct strbuf *b, const struct exemplar *e)
 {
         static const char hex[] = "0123456789abcdef";
         char id[2 * TRACE_ID_SIZE + 1], ts[48];
@@ -1242,17 +1201,17 @@ static void put_exemplar(struct buf *b, const struct exemplar *e)
                 id[2 * i + 1] = hex[e->trace_id[i] & 0xf];
         }
         id[2 * TRACE_ID_SIZE] = '\0';
-        buf_puts(b, " # {trace_id=\"");
-        buf_puts(b, id);
-        buf_puts(b, "\"} ");
+        strbuf_puts(b, " # {trace_id=\"");
+        strbuf_puts(b, id);
+        strbuf_puts(b, "\"} ");
         buf_put_double(b, e->value);
         snprintf(ts, sizeof(ts), " %" PRIu64 ".%03" PRIu64,
                  (uint64_t)(e->timestamp_usec / USEC_PER_SEC),
                  (uint64_t)(e->timestamp_usec % USEC_PER_SEC / USEC_PER_MSEC));
-        buf_puts(b, ts);
+        strbuf_puts(b, ts);
 }
 
-static void render_histogram_child(struct buf *b, struct metric *m, enum metrics_format fmt)
+static void render_histogram_child(struct strbuf *b, struct metric *m, enum metrics_format fmt)
 {
         const struct metric_family *f = m->family;
         bool om = fmt == METRICS_FORMAT_OPENMETRICS;
@@ -1276,26 +1235,26 @@ static void render_histogram_child(struct buf *b, struct metric *m, enum metrics
                 cumulative += atomic_load_explicit(&m->bucket_counts[i], memory_order_relaxed);
                 put_sample_name(b, f, "_bucket");
                 put_labels(b, m, le);
-                buf_puts(b, " ");
-                buf_put_uint(b, cumulative);
+                strbuf_puts(b, " ");
+                strbuf_put_u64(b, cumulative);
                 if (om && ex[i].set)
                         put_exemplar(b, &ex[i]);
-                buf_puts(b, "\n");
+                strbuf_puts(b, "\n");
         }
         sum = atomic_load_double(&m->value_bits);
         put_sample_name(b, f, "_sum");
         put_labels(b, m, NULL);
-        buf_puts(b, " ");
+        strbuf_puts(b, " ");
         buf_put_double(b, sum);
-        buf_puts(b, "\n");
+        strbuf_puts(b, "\n");
         put_sample_name(b, f, "_count");
         put_labels(b, m, NULL);
-        buf_puts(b, " ");
-        buf_put_uint(b, cumulative);
-        buf_puts(b, "\n");
+        strbuf_puts(b, " ");
+        strbuf_put_u64(b, cumulative);
+        strbuf_puts(b, "\n");
 }
 
-static void render_family(struct buf *b, struct metric_family *f, enum metrics_format fmt)
+static void render_family(struct strbuf *b, struct metric_family *f, enum metrics_format fmt)
 {
         static const char *const type_names[] = {
                 [METRIC_COUNTER] = "counter",
@@ -1308,17 +1267,17 @@ static void render_family(struct buf *b, struct metric_family *f, enum metrics_f
         const char *suffix = f->type == METRIC_COUNTER && !om ? "_total" : "";
 
         if (f->help) {
-                buf_puts(b, "# HELP ");
+                strbuf_puts(b, "# HELP ");
                 put_sample_name(b, f, suffix);
-                buf_puts(b, " ");
+                strbuf_puts(b, " ");
                 buf_put_escaped(b, f->help, om);
-                buf_puts(b, "\n");
+                strbuf_puts(b, "\n");
         }
-        buf_puts(b, "# TYPE ");
+        strbuf_puts(b, "# TYPE ");
         put_sample_name(b, f, suffix);
-        buf_puts(b, " ");
-        buf_puts(b, type_names[f->type]);
-        buf_puts(b, "\n");
+        strbuf_puts(b, " ");
+        strbuf_puts(b, type_names[f->type]);
+        strbuf_puts(b, "\n");
 
         for (struct metric *m = atomic_load_explicit(&f->first, memory_order_acquire); m;
              m = atomic_load_explicit(&m->next, memory_order_acquire)) {
@@ -1328,15 +1287,17 @@ static void render_family(struct buf *b, struct metric_family *f, enum metrics_f
                 }
                 put_sample_name(b, f, f->type == METRIC_COUNTER ? "_total" : "");
                 put_labels(b, m, NULL);
-                buf_puts(b, " ");
+                strbuf_puts(b, " ");
                 buf_put_double(b, atomic_load_double(&m->value_bits));
-                buf_puts(b, "\n");
+                strbuf_puts(b, "\n");
         }
 }
 
 int metrics_render(struct metrics_registry *r, enum metrics_format fmt, char **ret, size_t *ret_len)
 {
-        struct buf b = {};
+        struct strbuf b = {};
+        char *page;
+        size_t len;
 
         if (!r || !ret)
                 return -EINVAL;
@@ -1350,14 +1311,13 @@ int metrics_render(struct metrics_registry *r, enum metrics_format fmt, char **r
              f = atomic_load_explicit(&f->next, memory_order_acquire))
                 render_family(&b, f, fmt);
         if (fmt == METRICS_FORMAT_OPENMETRICS)
-                buf_puts(&b, "# EOF\n");
-        buf_append(&b, "", 0); /* an empty registry still yields "" */
-        if (b.oom) {
-                free(b.data);
+                strbuf_puts(&b, "# EOF\n");
+        len = b.len;
+        page = strbuf_steal(&b); /* an empty registry yields "" */
+        if (!page)
                 return -ENOMEM;
-        }
-        *ret = b.data;
+        *ret = page;
         if (ret_len)
-                *ret_len = b.len;
+                *ret_len = len;
         return 0;
 }

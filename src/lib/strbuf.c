@@ -1,0 +1,169 @@
+/* Growable strings; the contracts are in strbuf.h. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strbuf.h"
+
+#define INITIAL_CAPACITY 256
+
+/* Room for n more bytes and the NUL; false (and failed set) when memory is
+ * short or the size would overflow. */
+static bool reserve(struct strbuf *b, size_t n)
+{
+        size_t cap;
+        char *d;
+
+        if (b->failed)
+                return false;
+        if (n < b->cap - b->len) /* also false while cap is 0 */
+                return true;
+        if (n > SIZE_MAX / 2 - b->len - 1) {
+                b->failed = true;
+                return false;
+        }
+        cap = b->cap ? b->cap : INITIAL_CAPACITY;
+        while (cap < b->len + n + 1)
+                cap *= 2;
+        d = realloc(b->data, cap);
+        if (!d) {
+                b->failed = true;
+                return false;
+        }
+        b->data = d;
+        b->cap = cap;
+        return true;
+}
+
+void strbuf_append(struct strbuf *b, const void *s, size_t n)
+{
+        if (!reserve(b, n))
+                return;
+        if (n > 0)
+                memcpy(b->data + b->len, s, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+}
+
+void strbuf_puts(struct strbuf *b, const char *s)
+{
+        strbuf_append(b, s, strlen(s));
+}
+
+void strbuf_putc(struct strbuf *b, char c)
+{
+        strbuf_append(b, &c, 1);
+}
+
+void strbuf_put_u64(struct strbuf *b, uint64_t v)
+{
+        char buf[20], *p = buf + sizeof(buf);
+
+        do {
+                *--p = (char)('0' + v % 10);
+                v /= 10;
+        } while (v > 0);
+        strbuf_append(b, p, (size_t)(buf + sizeof(buf) - p));
+}
+
+void strbuf_put_i64(struct strbuf *b, int64_t v)
+{
+        if (v < 0) {
+                strbuf_putc(b, '-');
+                /* -(v + 1) + 1 does not overflow for INT64_MIN. */
+                strbuf_put_u64(b, (uint64_t)(-(v + 1)) + 1);
+        } else
+                strbuf_put_u64(b, (uint64_t)v);
+}
+
+void strbuf_printf(struct strbuf *b, const char *fmt, ...)
+{
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(NULL, 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+                b->failed = true;
+                return;
+        }
+        if (!reserve(b, (size_t)n))
+                return;
+        va_start(ap, fmt);
+        (void)vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+        b->len += (size_t)n;
+}
+
+void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n)
+{
+        static const char hex[] = "0123456789abcdef";
+        size_t start = 0;
+
+        strbuf_putc(b, '"');
+        for (size_t i = 0; i < n; i++) {
+                unsigned char c = (unsigned char)s[i];
+                char esc[6];
+                size_t len = 2;
+
+                if (c >= 0x20 && c != '"' && c != '\\')
+                        continue;
+                esc[0] = '\\';
+                switch (c) {
+                case '"':
+                case '\\':
+                        esc[1] = (char)c;
+                        break;
+                case '\n':
+                        esc[1] = 'n';
+                        break;
+                case '\r':
+                        esc[1] = 'r';
+                        break;
+                case '\t':
+                        esc[1] = 't';
+                        break;
+                default:
+                        memcpy(esc + 1, "u00", 3);
+                        esc[4] = hex[c >> 4];
+                        esc[5] = hex[c & 0xf];
+                        len = 6;
+                }
+                strbuf_append(b, s + start, i - start);
+                strbuf_append(b, esc, len);
+                start = i + 1;
+        }
+        strbuf_append(b, s + start, n - start);
+        strbuf_putc(b, '"');
+}
+
+void strbuf_reset(struct strbuf *b)
+{
+        b->len = 0;
+        b->failed = false;
+        if (b->data)
+                b->data[0] = '\0';
+}
+
+char *strbuf_steal(struct strbuf *b)
+{
+        char *s = b->data;
+
+        if (b->failed) {
+                strbuf_done(b);
+                return NULL;
+        }
+        if (!s)
+                s = strdup("");
+        *b = (struct strbuf){};
+        return s;
+}
+
+void strbuf_done(struct strbuf *b)
+{
+        free(b->data);
+        *b = (struct strbuf){};
+}
