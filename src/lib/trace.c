@@ -9,7 +9,6 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <json-c/json.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,9 +19,9 @@
 #include <threads.h>
 #include <time.h>
 
-#include "json-util.h"
 #include "macro.h"
 #include "metrics.h"
+#include "strbuf.h"
 #include "trace.h"
 
 #define DEFAULT_QUEUE_CAPACITY    4096
@@ -294,19 +293,16 @@ static size_t utf8_sequence_len(const unsigned char *s, size_t avail)
         return n;
 }
 
-/* A malloc()ed copy of s of at most max bytes (plus NUL) that is valid
+/* Copy at most max bytes of s (reading at most max + 4) to out as valid
  * UTF-8: malformed bytes become U+FFFD, and the cut falls between
- * characters. Reads at most max + 4 bytes of s. NULL on OOM. */
-static char *strdup_utf8(const char *s, size_t max)
+ * characters. out has room for utf8_copy_bound(s, max) bytes and a NUL.
+ * Returns the bytes written, not counting the NUL. */
+static size_t utf8_copy(char *out, const char *s, size_t max)
 {
         static const char replacement[] = "\xef\xbf\xbd";
         const unsigned char *in = (const unsigned char *)s;
         size_t len = strnlen(s, max + 4), i = 0, o = 0;
-        size_t size = (len > max / 3 ? max : 3 * len) + 1;
-        char *out = malloc(size);
 
-        if (!out)
-                return NULL;
         while (i < len) {
                 size_t n = utf8_sequence_len(in + i, len - i);
 
@@ -325,7 +321,16 @@ static char *strdup_utf8(const char *s, size_t max)
                 i += n;
         }
         out[o] = '\0';
-        return out;
+        return o;
+}
+
+/* The most utf8_copy(out, s, max) writes: each byte of s may become the
+ * three of U+FFFD. */
+static size_t utf8_copy_bound(const char *s, size_t max)
+{
+        size_t len = strnlen(s, max + 4);
+
+        return len > max / 3 ? max : 3 * len;
 }
 
 /* ---- spans ---- */
@@ -337,15 +342,37 @@ enum attribute_type {
         ATTRIBUTE_BOOL,
 };
 
+/* A recording span keeps its strings (name, attribute keys and string
+ * values, status message) in one text area, referred to by offsets: inside
+ * the span while small, which is the common case, so that a span costs one
+ * allocation; on the heap once it outgrows that. A replaced value stays
+ * behind unused until the area would pass SPAN_MAX_TEXT; then the live
+ * strings, which the TRACE_MAX_* limits keep well under it, are compacted. */
+#define SPAN_INLINE_TEXT 256
+#define SPAN_MAX_TEXT    (64U * 1024U)
+#define NO_TEXT          UINT32_MAX
+
 struct attribute {
-        char *key;
+        uint32_t key;
         enum attribute_type type;
         union {
-                char *string;
+                uint32_t string;
                 int64_t integer;
                 double real;
                 bool boolean;
         } value;
+};
+
+/* What only a recording span has: allocated with it, right behind it. */
+struct span_record {
+        uint32_t name;
+        uint32_t status_message; /* NO_TEXT: none */
+        uint32_t n_attributes;
+        uint32_t n_dropped_attributes;
+        char *text; /* inline_text, or the heap once it outgrew it */
+        uint32_t text_len, text_size;
+        struct attribute attributes[TRACE_MAX_ATTRIBUTES];
+        char inline_text[SPAN_INLINE_TEXT];
 };
 
 struct span {
@@ -356,15 +383,10 @@ struct span {
         bool has_parent;
         enum span_kind kind;
         enum span_status status;
-        char *name;
-        char *status_message;
         uint64_t start_nsec; /* wall clock */
         uint64_t start_monotonic_nsec;
-        uint64_t end_nsec; /* start + monotonic duration: immune to clock steps */
-        struct attribute *attributes;
-        size_t n_attributes;
-        size_t n_attributes_allocated;
-        unsigned n_dropped_attributes;
+        uint64_t end_nsec;          /* start + monotonic duration: immune to clock steps */
+        struct span_record *record; /* NULL unless recording */
 };
 
 /* Returned when a span cannot be allocated. Every function recognises it
@@ -393,7 +415,8 @@ struct tracer {
         /* Used by the exporter thread only. */
         CURL *curl;
         struct curl_slist *headers;
-        struct json_object *resource;
+        char *request_head; /* an export request up to its first span */
+        struct strbuf body; /* reused from batch to batch */
         bool curl_initialized;
 
         atomic_uint_fast64_t dropped;
@@ -402,28 +425,101 @@ struct tracer {
         struct metric *metric_exported;
 };
 
-static void attribute_done(struct attribute *a)
-{
-        free(a->key);
-        if (a->type == ATTRIBUTE_STRING)
-                free(a->value.string);
-}
-
 static void span_free(struct span *s)
 {
         if (!s || s == &span_nonrecording)
                 return;
-        for (size_t i = 0; i < s->n_attributes; i++)
-                attribute_done(&s->attributes[i]);
-        free(s->attributes);
-        free(s->name);
-        free(s->status_message);
+        if (s->record && s->record->text != s->record->inline_text)
+                free(s->record->text);
         free(s);
 }
 
 static bool span_recording(const struct span *s)
 {
         return s && s != &span_nonrecording && s->tracer;
+}
+
+static void compact_string(const struct span_record *r, char *to, uint32_t *len, uint32_t *at)
+{
+        size_t n;
+
+        if (*at == NO_TEXT)
+                return;
+        n = strlen(r->text + *at) + 1;
+        memcpy(to + *len, r->text + *at, n);
+        *at = *len;
+        *len += (uint32_t)n;
+}
+
+/* Copy only the strings in use to a new text area. */
+static bool text_compact(struct span_record *r)
+{
+        char *to = malloc(SPAN_MAX_TEXT);
+        uint32_t len = 0;
+
+        if (!to)
+                return false;
+        compact_string(r, to, &len, &r->name);
+        compact_string(r, to, &len, &r->status_message);
+        for (uint32_t i = 0; i < r->n_attributes; i++) {
+                struct attribute *a = &r->attributes[i];
+
+                compact_string(r, to, &len, &a->key);
+                if (a->type == ATTRIBUTE_STRING)
+                        compact_string(r, to, &len, &a->value.string);
+        }
+        if (r->text != r->inline_text)
+                free(r->text);
+        r->text = to;
+        r->text_len = len;
+        r->text_size = SPAN_MAX_TEXT;
+        return true;
+}
+
+/* Room for n more bytes in r's text; false when memory is short. May move
+ * the strings in use (their offsets are updated), so an offset not yet
+ * stored in r must not be held across it. n is at most what one attribute
+ * and its key take. */
+static bool text_reserve(struct span_record *r, size_t n)
+{
+        size_t need = (size_t)r->text_len + n, size = r->text_size;
+        char *p;
+
+        if (need <= size)
+                return true;
+        if (need > SPAN_MAX_TEXT)
+                return text_compact(r) && (size_t)r->text_len + n <= SPAN_MAX_TEXT;
+        while (size < need)
+                size *= 2;
+        if (size > SPAN_MAX_TEXT)
+                size = SPAN_MAX_TEXT;
+        if (r->text == r->inline_text) {
+                p = malloc(size);
+                if (p)
+                        memcpy(p, r->text, r->text_len);
+        } else
+                p = realloc(r->text, size);
+        if (!p)
+                return false;
+        r->text = p;
+        r->text_size = (uint32_t)size;
+        return true;
+}
+
+/* Room text_append(r, s, max) needs, with the NUL. */
+static size_t text_bound(const char *s, size_t max)
+{
+        return utf8_copy_bound(s, max) + 1;
+}
+
+/* Append a bounded UTF-8 copy of s, for which text_reserve() made room;
+ * its offset. */
+static uint32_t text_append(struct span_record *r, const char *s, size_t max)
+{
+        uint32_t at = r->text_len;
+
+        r->text_len += (uint32_t)utf8_copy(r->text + at, s, max) + 1;
+        return at;
 }
 
 /* Sample a new root from its trace id, as OpenTelemetry's TraceIdRatioBased
@@ -445,7 +541,9 @@ struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
                         const struct trace_context *parent)
 {
         const struct trace_context *p = NULL;
-        struct span *s;
+        struct span head = {.kind = kind}, *s;
+        struct span_record *r;
+        bool recording;
 
         if (parent) {
                 if (trace_context_is_valid(parent))
@@ -453,29 +551,42 @@ struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
         } else if (current_span && trace_context_is_valid(&current_span->ctx))
                 p = &current_span->ctx;
 
-        s = calloc(1, sizeof(*s));
+        if (p) {
+                memcpy(head.ctx.trace_id, p->trace_id, TRACE_ID_SIZE);
+                memcpy(head.parent_span_id, p->span_id, SPAN_ID_SIZE);
+                head.has_parent = true;
+                head.ctx.flags = p->flags & TRACE_FLAG_SAMPLED;
+        } else {
+                random_id(head.ctx.trace_id, TRACE_ID_SIZE);
+                head.ctx.flags = sample_root(t, head.ctx.trace_id) ? TRACE_FLAG_SAMPLED : 0;
+        }
+        random_id(head.ctx.span_id, SPAN_ID_SIZE);
+
+        /* An unrecorded span carries only its ids, for logs and
+         * propagation. */
+        recording = t && t->exporting && (head.ctx.flags & TRACE_FLAG_SAMPLED);
+        s = malloc(sizeof(*s) + (recording ? sizeof(*r) : 0));
         if (!s)
                 return &span_nonrecording;
+        *s = head;
+        if (!recording)
+                return s;
 
-        if (p) {
-                memcpy(s->ctx.trace_id, p->trace_id, TRACE_ID_SIZE);
-                memcpy(s->parent_span_id, p->span_id, SPAN_ID_SIZE);
-                s->has_parent = true;
-                s->ctx.flags = p->flags & TRACE_FLAG_SAMPLED;
-        } else {
-                random_id(s->ctx.trace_id, TRACE_ID_SIZE);
-                s->ctx.flags = sample_root(t, s->ctx.trace_id) ? TRACE_FLAG_SAMPLED : 0;
-        }
-        random_id(s->ctx.span_id, SPAN_ID_SIZE);
-        s->kind = kind;
-
-        if (t && t->exporting && (s->ctx.flags & TRACE_FLAG_SAMPLED)) {
-                s->name = strdup_utf8(name ? name : "", TRACE_MAX_NAME_LEN);
-                if (s->name)
-                        s->tracer = t; /* else: ids only, like an unsampled span */
-                s->start_nsec = now_nsec(CLOCK_REALTIME);
-                s->start_monotonic_nsec = now_nsec(CLOCK_MONOTONIC);
-        }
+        r = (struct span_record *)(s + 1);
+        *r = (struct span_record){
+                .status_message = NO_TEXT,
+                .text = r->inline_text,
+                .text_size = SPAN_INLINE_TEXT,
+        };
+        if (!name)
+                name = "";
+        if (!text_reserve(r, text_bound(name, TRACE_MAX_NAME_LEN)))
+                return s; /* out of memory: ids only, like an unsampled span */
+        r->name = text_append(r, name, TRACE_MAX_NAME_LEN);
+        s->record = r;
+        s->tracer = t;
+        s->start_nsec = now_nsec(CLOCK_REALTIME);
+        s->start_monotonic_nsec = now_nsec(CLOCK_MONOTONIC);
         return s;
 }
 
@@ -488,63 +599,53 @@ struct span *span_start_unsampled(const char *name)
         return span_start(NULL, name, SPAN_KIND_INTERNAL, &quiet);
 }
 
-/* The attribute slot for key: the existing one (its old value released),
- * a new one, or NULL when the span is full or memory is short. */
-static struct attribute *attribute_slot(struct span *s, const char *key)
+/* The attribute slot for key, the existing one or a new one, with the
+ * text of a string value (when value is not NULL) appended and its offset
+ * in *ret_value; NULL, and the attribute counted as dropped, when the span
+ * is full or memory is short. */
+static struct attribute *attribute_slot(struct span_record *r, const char *key, const char *value,
+                                        uint32_t *ret_value)
 {
-        _cleanup_free_ char *k = NULL;
-        struct attribute *a;
+        size_t need = text_bound(key, TRACE_MAX_KEY_LEN) +
+                      (value ? text_bound(value, TRACE_MAX_STRING_LEN) : 0);
+        struct attribute *a = NULL;
+        uint32_t k;
 
-        assert(key);
-
-        k = strdup_utf8(key, TRACE_MAX_KEY_LEN);
-        if (!k)
+        if (!text_reserve(r, need)) {
+                r->n_dropped_attributes++;
                 return NULL;
-        for (size_t i = 0; i < s->n_attributes; i++) {
-                a = &s->attributes[i];
-                if (strcmp(a->key, k) == 0) {
-                        if (a->type == ATTRIBUTE_STRING)
-                                free(a->value.string);
-                        a->type = ATTRIBUTE_INT;
-                        return a;
+        }
+        k = text_append(r, key, TRACE_MAX_KEY_LEN);
+        for (uint32_t i = 0; i < r->n_attributes; i++)
+                if (strcmp(r->text + r->attributes[i].key, r->text + k) == 0) {
+                        a = &r->attributes[i];
+                        r->text_len = k; /* the key is there already */
+                        break;
                 }
-        }
-        if (s->n_attributes >= TRACE_MAX_ATTRIBUTES) {
-                s->n_dropped_attributes++;
-                return NULL;
-        }
-        if (s->n_attributes == s->n_attributes_allocated) {
-                size_t n = s->n_attributes_allocated ? 2 * s->n_attributes_allocated : 8;
-                struct attribute *m;
-
-                if (n > TRACE_MAX_ATTRIBUTES)
-                        n = TRACE_MAX_ATTRIBUTES;
-                m = reallocarray(s->attributes, n, sizeof(*m));
-                if (!m)
+        if (!a) {
+                if (r->n_attributes >= TRACE_MAX_ATTRIBUTES) {
+                        r->text_len = k;
+                        r->n_dropped_attributes++;
                         return NULL;
-                s->attributes = m;
-                s->n_attributes_allocated = n;
+                }
+                a = &r->attributes[r->n_attributes++];
+                a->key = k;
         }
-        a = &s->attributes[s->n_attributes++];
-        *a = (struct attribute){.key = TAKE_PTR(k), .type = ATTRIBUTE_INT};
+        if (value)
+                *ret_value = text_append(r, value, TRACE_MAX_STRING_LEN);
         return a;
 }
 
 void span_set_attribute_string(struct span *s, const char *key, const char *value)
 {
         struct attribute *a;
-        char *v;
+        uint32_t v;
 
         if (!span_recording(s) || !key)
                 return;
-        v = strdup_utf8(value ? value : "", TRACE_MAX_STRING_LEN);
-        if (!v)
+        a = attribute_slot(s->record, key, value ? value : "", &v);
+        if (!a)
                 return;
-        a = attribute_slot(s, key);
-        if (!a) {
-                free(v);
-                return;
-        }
         a->type = ATTRIBUTE_STRING;
         a->value.string = v;
 }
@@ -555,7 +656,7 @@ void span_set_attribute_int(struct span *s, const char *key, int64_t value)
 
         if (!span_recording(s) || !key)
                 return;
-        a = attribute_slot(s, key);
+        a = attribute_slot(s->record, key, NULL, NULL);
         if (!a)
                 return;
         a->type = ATTRIBUTE_INT;
@@ -568,7 +669,7 @@ void span_set_attribute_double(struct span *s, const char *key, double value)
 
         if (!span_recording(s) || !key)
                 return;
-        a = attribute_slot(s, key);
+        a = attribute_slot(s->record, key, NULL, NULL);
         if (!a)
                 return;
         a->type = ATTRIBUTE_DOUBLE;
@@ -581,7 +682,7 @@ void span_set_attribute_bool(struct span *s, const char *key, bool value)
 
         if (!span_recording(s) || !key)
                 return;
-        a = attribute_slot(s, key);
+        a = attribute_slot(s->record, key, NULL, NULL);
         if (!a)
                 return;
         a->type = ATTRIBUTE_BOOL;
@@ -592,12 +693,12 @@ void span_set_status(struct span *s, enum span_status status, const char *messag
 {
         if (!span_recording(s))
                 return;
-        free(s->status_message);
-        s->status_message = NULL;
         s->status = status;
+        s->record->status_message = NO_TEXT;
         /* OTLP: the message is only meaningful for an error. */
-        if (message && status == SPAN_STATUS_ERROR)
-                s->status_message = strdup_utf8(message, TRACE_MAX_STRING_LEN);
+        if (message && status == SPAN_STATUS_ERROR &&
+            text_reserve(s->record, text_bound(message, TRACE_MAX_STRING_LEN)))
+                s->record->status_message = text_append(s->record, message, TRACE_MAX_STRING_LEN);
 }
 
 const struct trace_context *span_context(const struct span *s)
@@ -684,149 +785,116 @@ struct span *trace_current(void)
 
 /* ---- OTLP/JSON ---- */
 
-/* Add val under key, taking ownership of val; -ENOMEM when val is NULL
- * (its constructor failed) or the add fails. */
-static int json_add(struct json_object *obj, const char *key, struct json_object *val)
+/* An export request is written straight into one reused buffer: its head
+ * (resource and scope) rendered once, then the spans, then the tail. */
+
+#define put_literal(b, s) strbuf_append(b, s, sizeof(s) - 1)
+
+static void put_text(struct strbuf *b, const char *s)
 {
-        if (!val)
-                return -ENOMEM;
-        if (json_object_object_add(obj, key, val) < 0) {
-                json_object_put(val);
-                return -ENOMEM;
-        }
-        return 0;
+        strbuf_put_json_string(b, s, strlen(s));
 }
 
-static int json_append(struct json_object *array, struct json_object *val)
+static void put_hex_id(struct strbuf *b, const uint8_t *id, size_t n)
 {
-        if (!val)
-                return -ENOMEM;
-        if (json_object_array_add(array, val) < 0) {
-                json_object_put(val);
-                return -ENOMEM;
-        }
-        return 0;
-}
+        char hex[2 * TRACE_ID_SIZE + 1];
 
-static struct json_object *json_uint64_string(uint64_t v)
-{
-        char buf[sizeof("18446744073709551615")];
-
-        snprintf(buf, sizeof(buf), "%" PRIu64, v);
-        return json_object_new_string(buf);
+        hex_encode(id, n, hex);
+        strbuf_put_json_string(b, hex, 2 * n);
 }
 
 /* The AnyValue of a. OTLP/JSON writes int64 as a decimal string and, as
  * proto3 JSON, non-finite doubles as the strings "NaN", "Infinity". */
-static struct json_object *attribute_value_to_json(const struct attribute *a)
+static void put_attribute_value(struct strbuf *b, const struct span_record *r,
+                                const struct attribute *a)
 {
-        _cleanup_(json_object_putp) struct json_object *v = json_object_new_object();
-        char buf[sizeof("-9223372036854775808")];
-        int r;
-
-        if (!v)
-                return NULL;
         switch (a->type) {
         case ATTRIBUTE_STRING:
-                r = json_add(v, "stringValue", json_object_new_string(a->value.string));
+                put_literal(b, "{\"stringValue\":");
+                put_text(b, r->text + a->value.string);
                 break;
         case ATTRIBUTE_INT:
-                snprintf(buf, sizeof(buf), "%" PRId64, a->value.integer);
-                r = json_add(v, "intValue", json_object_new_string(buf));
+                put_literal(b, "{\"intValue\":\"");
+                strbuf_put_i64(b, a->value.integer);
+                strbuf_putc(b, '"');
                 break;
         case ATTRIBUTE_DOUBLE:
+                put_literal(b, "{\"doubleValue\":");
                 if (isnan(a->value.real))
-                        r = json_add(v, "doubleValue", json_object_new_string("NaN"));
+                        put_literal(b, "\"NaN\"");
                 else if (isinf(a->value.real))
-                        r = json_add(v, "doubleValue",
-                                     json_object_new_string(a->value.real > 0 ? "Infinity"
-                                                                              : "-Infinity"));
+                        strbuf_puts(b, a->value.real > 0 ? "\"Infinity\"" : "\"-Infinity\"");
                 else
-                        r = json_add(v, "doubleValue", json_object_new_double(a->value.real));
+                        strbuf_printf(b, "%.17g", a->value.real);
                 break;
         case ATTRIBUTE_BOOL:
-                r = json_add(v, "boolValue", json_object_new_boolean(a->value.boolean));
+                put_literal(b, "{\"boolValue\":");
+                strbuf_puts(b, a->value.boolean ? "true" : "false");
                 break;
-        default:
-                r = -EINVAL;
         }
-        if (r < 0)
-                return NULL;
-        return TAKE_PTR(v);
+        strbuf_putc(b, '}');
 }
 
-/* A KeyValue {key, value}; takes ownership of value. */
-static struct json_object *key_value_to_json(const char *key, struct json_object *value)
+/* A KeyValue {key, value} with a string value. */
+static void put_string_key_value(struct strbuf *b, const char *key, const char *value)
 {
-        _cleanup_(json_object_putp) struct json_object *v = value;
-        _cleanup_(json_object_putp) struct json_object *kv = json_object_new_object();
-
-        if (!kv || !v)
-                return NULL;
-        if (json_add(kv, "key", json_object_new_string(key)) < 0 ||
-            json_add(kv, "value", TAKE_PTR(v)) < 0)
-                return NULL;
-        return TAKE_PTR(kv);
+        put_literal(b, "{\"key\":");
+        put_text(b, key);
+        put_literal(b, ",\"value\":{\"stringValue\":");
+        put_text(b, value);
+        put_literal(b, "}}");
 }
 
-static struct json_object *string_key_value_to_json(const char *key, const char *value)
+static void put_span(struct strbuf *b, const struct span *s)
 {
-        struct attribute a = {.type = ATTRIBUTE_STRING, .value.string = (char *)value};
+        const struct span_record *r = s->record;
 
-        return key_value_to_json(key, attribute_value_to_json(&a));
-}
-
-static struct json_object *span_to_json(const struct span *s)
-{
-        _cleanup_(json_object_putp) struct json_object *o = json_object_new_object();
-        _cleanup_(json_object_putp) struct json_object *attributes = json_object_new_array();
-        _cleanup_(json_object_putp) struct json_object *status = json_object_new_object();
-        char trace_id[2 * TRACE_ID_SIZE + 1], span_id[2 * SPAN_ID_SIZE + 1];
-
-        if (!o || !attributes || !status)
-                return NULL;
-
-        for (size_t i = 0; i < s->n_attributes; i++) {
-                const struct attribute *a = &s->attributes[i];
-
-                if (json_append(attributes, key_value_to_json(a->key, attribute_value_to_json(a))) <
-                    0)
-                        return NULL;
-        }
-        if (json_add(status, "code", json_object_new_int(s->status)) < 0)
-                return NULL;
-        if (s->status_message &&
-            json_add(status, "message", json_object_new_string(s->status_message)) < 0)
-                return NULL;
-
-        trace_format_trace_id(&s->ctx, trace_id);
-        trace_format_span_id(&s->ctx, span_id);
-        if (json_add(o, "traceId", json_object_new_string(trace_id)) < 0 ||
-            json_add(o, "spanId", json_object_new_string(span_id)) < 0)
-                return NULL;
+        put_literal(b, "{\"traceId\":");
+        put_hex_id(b, s->ctx.trace_id, TRACE_ID_SIZE);
+        put_literal(b, ",\"spanId\":");
+        put_hex_id(b, s->ctx.span_id, SPAN_ID_SIZE);
         if (s->has_parent) {
-                hex_encode(s->parent_span_id, SPAN_ID_SIZE, span_id);
-                if (json_add(o, "parentSpanId", json_object_new_string(span_id)) < 0)
-                        return NULL;
+                put_literal(b, ",\"parentSpanId\":");
+                put_hex_id(b, s->parent_span_id, SPAN_ID_SIZE);
         }
-        if (json_add(o, "name", json_object_new_string(s->name)) < 0 ||
-            json_add(o, "kind", json_object_new_int(s->kind)) < 0 ||
-            json_add(o, "startTimeUnixNano", json_uint64_string(s->start_nsec)) < 0 ||
-            json_add(o, "endTimeUnixNano", json_uint64_string(s->end_nsec)) < 0 ||
-            json_add(o, "attributes", TAKE_PTR(attributes)) < 0 ||
-            json_add(o, "status", TAKE_PTR(status)) < 0)
-                return NULL;
-        if (s->n_dropped_attributes > 0 &&
-            json_add(o, "droppedAttributesCount", json_object_new_int64(s->n_dropped_attributes)) <
-                    0)
-                return NULL;
-        return TAKE_PTR(o);
+        put_literal(b, ",\"name\":");
+        put_text(b, r->text + r->name);
+        put_literal(b, ",\"kind\":");
+        strbuf_put_u64(b, s->kind);
+        put_literal(b, ",\"startTimeUnixNano\":\"");
+        strbuf_put_u64(b, s->start_nsec);
+        put_literal(b, "\",\"endTimeUnixNano\":\"");
+        strbuf_put_u64(b, s->end_nsec);
+        put_literal(b, "\",\"attributes\":[");
+        for (uint32_t i = 0; i < r->n_attributes; i++) {
+                const struct attribute *a = &r->attributes[i];
+
+                if (i > 0)
+                        strbuf_putc(b, ',');
+                put_literal(b, "{\"key\":");
+                put_text(b, r->text + a->key);
+                put_literal(b, ",\"value\":");
+                put_attribute_value(b, r, a);
+                strbuf_putc(b, '}');
+        }
+        strbuf_putc(b, ']');
+        if (r->n_dropped_attributes > 0) {
+                put_literal(b, ",\"droppedAttributesCount\":");
+                strbuf_put_u64(b, r->n_dropped_attributes);
+        }
+        put_literal(b, ",\"status\":{\"code\":");
+        strbuf_put_u64(b, s->status);
+        if (r->status_message != NO_TEXT) {
+                put_literal(b, ",\"message\":");
+                put_text(b, r->text + r->status_message);
+        }
+        put_literal(b, "}}");
 }
 
-static struct json_object *resource_to_json(const struct tracer_options *opts)
+/* The start of every export request: the resource, the scope and the
+ * opening of its spans array. NULL on OOM. */
+static char *render_request_head(const struct tracer_options *opts)
 {
-        _cleanup_(json_object_putp) struct json_object *resource = json_object_new_object();
-        _cleanup_(json_object_putp) struct json_object *attributes = json_object_new_array();
         const struct {
                 const char *key, *value;
         } fields[] = {
@@ -838,52 +906,42 @@ static struct json_object *resource_to_json(const struct tracer_options *opts)
                 {"telemetry.sdk.name", "vigil"},
                 {"telemetry.sdk.version", PACKAGE_VERSION},
         };
+        struct strbuf b = {};
+        bool first = true;
 
-        if (!resource || !attributes)
-                return NULL;
+        put_literal(&b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
         for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
-                _cleanup_free_ char *v = NULL;
+                char value[TRACE_MAX_STRING_LEN + 1];
 
                 if (!fields[i].value || !fields[i].value[0])
                         continue;
-                v = strdup_utf8(fields[i].value, TRACE_MAX_STRING_LEN);
-                if (!v || json_append(attributes, string_key_value_to_json(fields[i].key, v)) < 0)
-                        return NULL;
+                (void)utf8_copy(value, fields[i].value, TRACE_MAX_STRING_LEN);
+                if (!first)
+                        strbuf_putc(&b, ',');
+                put_string_key_value(&b, fields[i].key, value);
+                first = false;
         }
-        if (json_add(resource, "attributes", TAKE_PTR(attributes)) < 0)
-                return NULL;
-        return TAKE_PTR(resource);
+        put_literal(&b, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"vigil\",\"version\":");
+        put_text(&b, PACKAGE_VERSION);
+        put_literal(&b, "},\"spans\":[");
+        return strbuf_steal(&b);
 }
 
-/* An ExportTraceServiceRequest holding the n spans from list. */
-static struct json_object *request_to_json(struct tracer *t, const struct span *list)
+/* The ExportTraceServiceRequest of the spans in list, in t->body; false
+ * when memory ran out. */
+static bool render_request(struct tracer *t, const struct span *list)
 {
-        _cleanup_(json_object_putp) struct json_object *request = json_object_new_object();
-        _cleanup_(json_object_putp) struct json_object *resource_spans = json_object_new_array();
-        _cleanup_(json_object_putp) struct json_object *rs = json_object_new_object();
-        _cleanup_(json_object_putp) struct json_object *scope_spans = json_object_new_array();
-        _cleanup_(json_object_putp) struct json_object *ss = json_object_new_object();
-        _cleanup_(json_object_putp) struct json_object *scope = json_object_new_object();
-        _cleanup_(json_object_putp) struct json_object *spans = json_object_new_array();
+        struct strbuf *b = &t->body;
 
-        if (!request || !resource_spans || !rs || !scope_spans || !ss || !scope || !spans)
-                return NULL;
-
-        for (const struct span *s = list; s; s = s->next)
-                if (json_append(spans, span_to_json(s)) < 0)
-                        return NULL;
-
-        if (json_add(scope, "name", json_object_new_string("vigil")) < 0 ||
-            json_add(scope, "version", json_object_new_string(PACKAGE_VERSION)) < 0 ||
-            json_add(ss, "scope", TAKE_PTR(scope)) < 0 ||
-            json_add(ss, "spans", TAKE_PTR(spans)) < 0 ||
-            json_append(scope_spans, TAKE_PTR(ss)) < 0 ||
-            json_add(rs, "resource", json_object_get(t->resource)) < 0 ||
-            json_add(rs, "scopeSpans", TAKE_PTR(scope_spans)) < 0 ||
-            json_append(resource_spans, TAKE_PTR(rs)) < 0 ||
-            json_add(request, "resourceSpans", TAKE_PTR(resource_spans)) < 0)
-                return NULL;
-        return TAKE_PTR(request);
+        strbuf_reset(b);
+        strbuf_puts(b, t->request_head);
+        for (const struct span *s = list; s; s = s->next) {
+                if (s != list)
+                        strbuf_putc(b, ',');
+                put_span(b, s);
+        }
+        put_literal(b, "]}]}]}");
+        return !strbuf_failed(b);
 }
 
 /* ---- exporter ---- */
@@ -939,17 +997,12 @@ static void free_span_list(struct span *list)
 /* Export the n spans of list (and free them) within timeout_ms. */
 static void export_batch(struct tracer *t, struct span *list, size_t n, unsigned timeout_ms)
 {
-        _cleanup_(json_object_putp) struct json_object *request = request_to_json(t, list);
-        const char *body = NULL;
-        size_t len = 0;
+        bool rendered = render_request(t, list);
         int r = -ENOMEM;
 
         free_span_list(list);
-        if (request)
-                body = json_object_to_json_string_length(
-                        request, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-        if (body)
-                r = post(t, body, len, timeout_ms > 0 ? timeout_ms : 1);
+        if (rendered)
+                r = post(t, t->body.data, t->body.len, timeout_ms > 0 ? timeout_ms : 1);
         if (r < 0)
                 count_dropped(t, n);
         else
@@ -1055,8 +1108,8 @@ static int exporter_setup(struct tracer *t, const struct tracer_options *opts)
                 return -EIO;
         t->curl_initialized = true;
 
-        t->resource = resource_to_json(opts);
-        if (!t->resource)
+        t->request_head = render_request_head(opts);
+        if (!t->request_head)
                 return -ENOMEM;
 
         l = curl_slist_append(NULL, "Content-Type: application/json");
@@ -1212,7 +1265,8 @@ void tracer_free(struct tracer *t)
 
         curl_easy_cleanup(t->curl);
         curl_slist_free_all(t->headers);
-        json_object_put(t->resource);
+        free(t->request_head);
+        strbuf_done(&t->body);
         if (t->curl_initialized)
                 curl_global_cleanup();
         pthread_cond_destroy(&t->wake);

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json-util.h"
 #include "macro.h"
 #include "metrics.h"
 #include "trace.h"
@@ -496,10 +497,12 @@ struct receiver {
 
 static void receiver_record(struct receiver *r, const char *head, const char *body)
 {
-        struct json_object *request = json_tokener_parse(body);
-        struct json_object *rs, *ss, *spans;
+        struct json_object *request = NULL, *rs, *ss, *spans;
+        const char *error;
+        /* Strict: a raw control character or bad escape is a bad request. */
         bool ok = strncmp(head, "POST /v1/traces HTTP/1.1\r\n", 26) == 0 &&
-                  strcasestr(head, "\r\nContent-Type: application/json\r\n") && request;
+                  strcasestr(head, "\r\nContent-Type: application/json\r\n") &&
+                  json_parse_object(body, strlen(body), 16, &request, &error) == 0;
 
         pthread_mutex_lock(&r->lock);
         r->n_requests++;
@@ -928,6 +931,86 @@ START_TEST(test_attributes_are_bounded_and_valid_utf8)
 }
 END_TEST
 
+START_TEST(test_strings_needing_json_escapes_arrive_intact)
+{
+        static const char tricky[] = "quote \" backslash \\ newline \n tab \t bell \a del \x7f";
+        struct receiver r;
+        struct tracer *t;
+        struct span *s;
+        struct json_object *js, *attributes, *v;
+
+        receiver_start(&r, 200);
+        t = exporting_tracer(r.port, (struct tracer_options){.sample_ratio = 1.0});
+        s = span_start(t, tricky, SPAN_KIND_INTERNAL, NULL);
+        span_set_attribute_string(s, tricky, tricky);
+        span_set_attribute_double(s, "nan", NAN);
+        span_set_attribute_double(s, "minus-inf", -INFINITY);
+        span_set_attribute_double(s, "tiny", 5e-324);
+        span_set_status(s, SPAN_STATUS_ERROR, tricky);
+        span_end(s);
+        tracer_free(t);
+
+        ck_assert_uint_eq(receiver_wait_requests(&r, 1), 1);
+        ck_assert_uint_eq(r.n_bad_requests, 0);
+        js = find_span(r.spans, tricky);
+        attributes = get(js, "attributes");
+        ck_assert_str_eq(get_string(find_attribute(attributes, tricky), "stringValue"), tricky);
+        ck_assert_str_eq(get_string(get(js, "status"), "message"), tricky);
+        ck_assert_str_eq(get_string(find_attribute(attributes, "nan"), "doubleValue"), "NaN");
+        ck_assert_str_eq(get_string(find_attribute(attributes, "minus-inf"), "doubleValue"),
+                         "-Infinity");
+        v = get(find_attribute(attributes, "tiny"), "doubleValue");
+        ck_assert_double_eq(json_object_get_double(v), 5e-324);
+        receiver_stop(&r);
+}
+END_TEST
+
+START_TEST(test_replacing_a_value_many_times_keeps_the_last_and_bounds_memory)
+{
+        char value[TRACE_MAX_STRING_LEN + 1], key[32];
+        struct receiver r;
+        struct tracer *t;
+        struct span *s;
+        struct json_object *js, *attributes;
+
+        receiver_start(&r, 200);
+        t = exporting_tracer(r.port, (struct tracer_options){.sample_ratio = 1.0});
+        s = span_start(t, "replaced", SPAN_KIND_INTERNAL, NULL);
+        /* Every attribute at its largest, then each replaced 10 times over:
+         * far more text than a span keeps, so it must reuse the space of
+         * the values replaced, and nothing may be dropped. */
+        for (int round = 0; round < 10; round++)
+                for (int i = 0; i < TRACE_MAX_ATTRIBUTES; i++) {
+                        memset(value, 'a' + round, TRACE_MAX_STRING_LEN);
+                        value[TRACE_MAX_STRING_LEN] = '\0';
+                        snprintf(value, 16, "%d/%d:", round, i);
+                        value[strlen(value)] = 'a' + round;
+                        snprintf(key, sizeof(key), "key-%d", i);
+                        span_set_attribute_string(s, key, value);
+                }
+        span_end(s);
+        tracer_free(t);
+
+        ck_assert_uint_eq(receiver_wait_requests(&r, 1), 1);
+        js = find_span(r.spans, "replaced");
+        attributes = get(js, "attributes");
+        ck_assert_uint_eq(json_object_array_length(attributes), TRACE_MAX_ATTRIBUTES);
+        ck_assert(!json_object_object_get_ex(js, "droppedAttributesCount", NULL));
+        for (int i = 0; i < TRACE_MAX_ATTRIBUTES; i++) {
+                const char *got;
+                char prefix[16];
+
+                snprintf(key, sizeof(key), "key-%d", i);
+                snprintf(prefix, sizeof(prefix), "9/%d:", i);
+                got = get_string(find_attribute(attributes, key), "stringValue");
+                ck_assert_uint_eq(strlen(got), TRACE_MAX_STRING_LEN);
+                ck_assert_int_eq(strncmp(got, prefix, strlen(prefix)), 0);
+                ck_assert_int_eq(got[TRACE_MAX_STRING_LEN - 1], 'j');
+        }
+        receiver_stop(&r);
+}
+END_TEST
+
 START_TEST(test_unsampled_spans_are_not_exported)
 {
         struct receiver r;
@@ -1166,6 +1249,8 @@ static Suite *trace_suite(void)
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_exporter_posts_otlp_json);
         tcase_add_test(tc, test_attributes_are_bounded_and_valid_utf8);
+        tcase_add_test(tc, test_strings_needing_json_escapes_arrive_intact);
+        tcase_add_test(tc, test_replacing_a_value_many_times_keeps_the_last_and_bounds_memory);
         tcase_add_test(tc, test_unsampled_spans_are_not_exported);
         tcase_add_test(tc, test_exporter_sends_full_batch_without_waiting_for_interval);
         tcase_add_test(tc, test_exporter_sends_partial_batch_after_interval);
@@ -1176,7 +1261,6 @@ static Suite *trace_suite(void)
         suite_add_tcase(s, tc);
         return s;
 }
-
 
 int main(void)
 {
