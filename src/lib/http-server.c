@@ -37,9 +37,10 @@
 #define DEFAULT_CONNECTION_TIMEOUT 30U
 /* libmicrohttpd keeps the request line and headers in a per-connection
  * pool: it must hold more than max_header for us to see, and answer, an
- * oversized header ourselves. */
-#define MIN_CONNECTION_MEMORY   (128U * 1024U)
-#define CONNECTION_MEMORY_SLACK (64U * 1024U)
+ * oversized header ourselves (past the pool libmicrohttpd answers 431
+ * itself). The pool is zeroed on every request, so all of it is resident
+ * for every open connection: keep it small. */
+#define CONNECTION_MEMORY_SLACK (8U * 1024U)
 /* Handlers allocate modestly (password hashing uses the heap). */
 #define THREAD_STACK_SIZE (512U * 1024U)
 /* A chunked body past max_body is read and dropped up to this much more
@@ -1234,8 +1235,6 @@ int http_server_start(struct http_server *s)
         }
 
         memory = s->max_header + CONNECTION_MEMORY_SLACK;
-        if (memory < MIN_CONNECTION_MEMORY)
-                memory = MIN_CONNECTION_MEMORY;
 
         s->daemon = MHD_start_daemon(
                 flags, 0, NULL, NULL, access_cb, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
@@ -1243,9 +1242,9 @@ int http_server_start(struct http_server *s)
                 s->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
                 MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
                 MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s, MHD_OPTION_NOTIFY_CONNECTION,
-                connection_cb, s, MHD_OPTION_URI_LOG_CALLBACK,
-                uri_log_cb, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
-                MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_END);
+                connection_cb, s, MHD_OPTION_URI_LOG_CALLBACK, uri_log_cb, s,
+                MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_STRICT_FOR_CLIENT, 1,
+                MHD_OPTION_END);
         if (!s->daemon) {
                 if (s->listen_fd < 0)
                         close(fd);

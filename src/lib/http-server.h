@@ -24,8 +24,9 @@
  * closed, because libmicrohttpd 0.9.75 cannot answer in the middle of an
  * upload). Request line plus headers over max_header get 431
  * "headers_too_large"; headers so large they do not fit
- * libmicrohttpd's per-connection memory (max_header + 64 KiB, at least
- * 128 KiB) are answered by libmicrohttpd itself, with an HTML 431.
+ * libmicrohttpd's per-connection memory (max_header + 8 KiB, zeroed for
+ * every request and so resident for every open connection) are answered
+ * by libmicrohttpd itself, with an HTML 431.
  *
  * Observability per request: the span "<METHOD> <route>" (kind server,
  * child of an incoming valid traceparent, else a new root) with
