@@ -49,10 +49,10 @@ struct pg_pool {
         unsigned acquire_timeout_ms;
         unsigned connect_timeout_ms;
         unsigned statement_timeout_ms;
-        /* PQconnectStartParams arguments: dsn first so that what follows
-         * overrides it. */
-        const char *keywords[4];
-        const char *values[4];
+        /* PQconnectStartParams arguments: defaults before the dsn, which
+         * overrides them, then what overrides the dsn. */
+        const char *keywords[5];
+        const char *values[5];
         char *dsn;
         char *password;
         char *application_name;
@@ -142,6 +142,13 @@ int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret)
         p->dsn = strdup(opts->dsn);
         if (!p->dsn)
                 return -ENOMEM;
+        /* GSSAPI encryption is not tried unless the dsn asks for it:
+         * looking for a Kerberos credential cache on every connect costs
+         * time and most of a megabyte of resident Kerberos code, and
+         * vigil's servers are on loopback or behind TLS. GSSAPI
+         * authentication, which the server decides, still works. */
+        p->keywords[n] = "gssencmode";
+        p->values[n++] = "disable";
         p->keywords[n] = "dbname";
         p->values[n++] = p->dsn;
         if (opts->password) {
