@@ -53,6 +53,7 @@ static void manager_free(void *userdata)
         }
         password_hasher_free(m->hasher);
         local_cache_free(m->sessions_cache);
+        jwt_cache_free(m->token_cache);
         redis_pool_free(m->redis);
         pg_pool_free(m->pg);
         tracer_free(m->tracer);
@@ -172,6 +173,11 @@ static int manager_new(const void *config, void **ret)
                                    &m->sessions_cache);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the local session cache: %m");
+                goto fail;
+        }
+        r = jwt_cache_new(m->metrics, &m->token_cache);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up the token cache: %m");
                 goto fail;
         }
         r = password_hasher_new((unsigned)c->hash_max_concurrent,

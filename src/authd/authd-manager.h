@@ -29,6 +29,7 @@ struct authd_manager {
         struct pg_pool *pg;
         struct redis_pool *redis;
         struct local_cache *sessions_cache;
+        struct jwt_cache *token_cache; /* tokens that verified */
         struct password_hasher *hasher;
         uint8_t *jwt_key;
         size_t jwt_key_len;

@@ -203,7 +203,8 @@ static int authenticate(struct http_request *req, struct authd_manager *m,
         if (!token)
                 r = -EBADMSG;
         else
-                r = jwt_hs256_verify(m->jwt_key, m->jwt_key_len, token, now_seconds(), ret_claims);
+                r = jwt_hs256_verify_cached(m->token_cache, m->jwt_key, m->jwt_key_len, token,
+                                            now_seconds(), ret_claims);
         if (r >= 0) {
                 r = sessions_check(m->redis, m->sessions_cache, ret_claims->session_id,
                                    ret_claims->user_id);

@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 #include "jwt.h"
 
 #include "macro.h"
+#include "metrics.h"
 
 /* base64url of a 32-byte HMAC-SHA256, without padding. */
 #define HS256_SIGNATURE_CHARS 43
@@ -270,6 +272,16 @@ static bool in_future(int64_t t, int64_t now)
         return t > now && (uint64_t)t - (uint64_t)now > JWT_LEEWAY_SECONDS;
 }
 
+/* Strict on expiry; leeway only for clocks running behind ours. */
+static int check_times(const struct jwt_claims *c, int64_t now)
+{
+        if (now >= c->expires_at)
+                return -ETIME;
+        if (in_future(c->not_before, now) || in_future(c->issued_at, now))
+                return -ETIME;
+        return 0;
+}
+
 static bool claim_string_ok(const char *s)
 {
         size_t len = strnlen(s, JWT_MAX_CLAIM + 1);
@@ -395,12 +407,134 @@ int jwt_hs256_verify(const uint8_t *key, size_t key_len, const char *token, int6
         if (r < 0 && r != -ENOENT)
                 return r;
 
-        /* Strict on expiry; leeway only for clocks running behind ours. */
-        if (now >= claims.expires_at)
-                return -ETIME;
-        if (in_future(claims.not_before, now) || in_future(claims.issued_at, now))
-                return -ETIME;
+        r = check_times(&claims, now);
+        if (r < 0)
+                return r;
+        *ret = claims;
+        return 0;
+}
 
+/* ---- the cache of verified tokens ---- */
+
+/* Lookups lock one of these stripes, picked by slot, so that threads
+ * verifying different tokens rarely wait for each other. */
+#define CACHE_STRIPES 16
+
+struct cache_slot {
+        uint64_t hash; /* of the key and the token */
+        char *token;   /* NULL: empty */
+        size_t token_len;
+        struct jwt_claims claims;
+};
+
+struct jwt_cache {
+        pthread_mutex_t stripes[CACHE_STRIPES];
+        struct cache_slot *slots; /* JWT_CACHE_SLOTS */
+        struct metric *hits, *misses;
+};
+
+/* FNV-1a, 64 bits: to spread tokens over the slots and to tell keys
+ * apart; a hit still compares the whole token. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+        const uint8_t *b = p;
+
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ b[i]) * 0x100000001b3ULL;
+        return h;
+}
+
+int jwt_cache_new(struct metrics_registry *registry, struct jwt_cache **ret)
+{
+        struct jwt_cache *c;
+
+        assert(ret);
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->slots = calloc(JWT_CACHE_SLOTS, sizeof(*c->slots));
+        if (!c->slots) {
+                free(c);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < CACHE_STRIPES; i++)
+                pthread_mutex_init(&c->stripes[i], NULL);
+        if (registry) {
+                struct metric_family *f = metrics_counter_get(
+                        registry, "vigil_cache_requests_total", "Cache lookups by cache and result",
+                        (const char *const[]){"cache", "result", NULL});
+
+                if (!f) {
+                        jwt_cache_free(c);
+                        return -EEXIST;
+                }
+                c->hits = metrics_child2(f, "jwt", "hit");
+                c->misses = metrics_child2(f, "jwt", "miss");
+        }
+        *ret = c;
+        return 0;
+}
+
+void jwt_cache_free(struct jwt_cache *c)
+{
+        if (!c)
+                return;
+        for (size_t i = 0; i < JWT_CACHE_SLOTS; i++)
+                erase_and_free(c->slots[i].token); /* bearer tokens are credentials */
+        for (size_t i = 0; i < CACHE_STRIPES; i++)
+                pthread_mutex_destroy(&c->stripes[i]);
+        free(c->slots);
+        free(c);
+}
+
+int jwt_hs256_verify_cached(struct jwt_cache *c, const uint8_t *key, size_t key_len,
+                            const char *token, int64_t now, struct jwt_claims *ret)
+{
+        size_t len = strnlen(token, JWT_CACHE_MAX_TOKEN + 1), i;
+        struct jwt_claims claims;
+        struct cache_slot *slot;
+        pthread_mutex_t *lock;
+        char *copy = NULL;
+        bool hit = false;
+        uint64_t hash;
+        int r;
+
+        if (!c || len > JWT_CACHE_MAX_TOKEN || key_len < JWT_MIN_KEY_SIZE)
+                return jwt_hs256_verify(key, key_len, token, now, ret);
+
+        hash = fnv1a(fnv1a(0xcbf29ce484222325ULL, key, key_len), token, len);
+        i = hash % JWT_CACHE_SLOTS;
+        slot = &c->slots[i];
+        lock = &c->stripes[i % CACHE_STRIPES];
+
+        pthread_mutex_lock(lock);
+        if (slot->token && slot->hash == hash && slot->token_len == len &&
+            equal_constant_time(slot->token, token, len)) {
+                claims = slot->claims;
+                hit = true;
+        }
+        pthread_mutex_unlock(lock);
+        metrics_counter_inc(hit ? c->hits : c->misses);
+        if (hit) {
+                r = check_times(&claims, now);
+                if (r >= 0)
+                        *ret = claims;
+                return r;
+        }
+
+        r = jwt_hs256_verify(key, key_len, token, now, &claims);
+        if (r < 0)
+                return r;
+        /* A token that verified is kept; without memory it is just not. */
+        copy = strndup(token, len);
+        if (copy) {
+                pthread_mutex_lock(lock);
+                erase_and_free(slot->token);
+                *slot = (struct cache_slot){
+                        .hash = hash, .token = copy, .token_len = len, .claims = claims};
+                pthread_mutex_unlock(lock);
+        }
         *ret = claims;
         return 0;
 }

@@ -5,7 +5,8 @@
  * "exp" names); JWT_LEEWAY_SECONDS of leeway applies only to "nbf" and
  * "iat", for issuers whose clock runs slightly ahead.
  *
- * Thread-safety: stateless; safe from any thread. */
+ * Thread-safety: jwt_hs256_issue() and jwt_hs256_verify() are stateless;
+ * a struct jwt_cache may be shared by any number of threads. */
 #pragma once
 
 /* src/lib is on the quote-only include path (-iquote), so "jwt.h" is this
@@ -13,6 +14,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+struct metrics_registry;
 
 #define JWT_MIN_KEY_SIZE   32
 #define JWT_MAX_TOKEN_SIZE 4096
@@ -53,3 +56,27 @@ int jwt_hs256_issue(const uint8_t *key, size_t key_len, const struct jwt_claims 
  *   -ENOMEM */
 int jwt_hs256_verify(const uint8_t *key, size_t key_len, const char *token, int64_t now,
                      struct jwt_claims *ret);
+
+/* A cache of tokens that verified, so that a token presented again (the
+ * same bytes, under the same key) costs a hash and a compare instead of
+ * the base64, JSON and HMAC work of a verification. Only successes are
+ * kept, with their claims; a hit checks exp, nbf and iat against now
+ * again, so an entry never outlives its token, and an entry made under
+ * another key never matches. It holds at most JWT_CACHE_SLOTS tokens of at
+ * most JWT_CACHE_MAX_TOKEN bytes; a new token takes the slot of the one
+ * that hashes alike. */
+#define JWT_CACHE_SLOTS     1024
+#define JWT_CACHE_MAX_TOKEN 1024
+
+struct jwt_cache;
+
+/* With registry non-NULL, counts lookups in vigil_cache_requests_total
+ * {cache="jwt",result="hit"|"miss"}. Returns 0, or -ENOMEM, or -EEXIST
+ * when the registry has that name as another type. */
+int jwt_cache_new(struct metrics_registry *registry, struct jwt_cache **ret);
+/* Accepts NULL. */
+void jwt_cache_free(struct jwt_cache *c);
+
+/* jwt_hs256_verify() through cache c, with the same results. */
+int jwt_hs256_verify_cached(struct jwt_cache *c, const uint8_t *key, size_t key_len,
+                            const char *token, int64_t now, struct jwt_claims *ret);

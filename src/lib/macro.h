@@ -3,6 +3,8 @@
 #pragma once
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -62,6 +64,18 @@ static inline void erase_and_freep(char **s)
 {
         erase_and_free(*s);
         *s = NULL;
+}
+
+/* Whether n bytes at a and b are equal, in a time that depends on n only,
+ * for comparing secrets. */
+static inline bool equal_constant_time(const void *a, const void *b, size_t n)
+{
+        const uint8_t *x = a, *y = b;
+        volatile uint8_t diff = 0;
+
+        for (size_t i = 0; i < n; i++)
+                diff |= x[i] ^ y[i];
+        return diff == 0;
 }
 
 static inline void closep(int *fd)

@@ -124,16 +124,11 @@ static int run_crypt(const char *password, const char *setting, char **ret_hash)
 
 /* Compare two NUL-terminated strings in time depending only on their
  * lengths (which are fixed by the hash format, so public). */
-static bool equal_constant_time(const char *a, const char *b)
+static bool equal_strings_constant_time(const char *a, const char *b)
 {
         size_t len = strlen(a);
-        volatile uint8_t diff = 0;
 
-        if (strlen(b) != len)
-                return false;
-        for (size_t i = 0; i < len; i++)
-                diff |= (uint8_t)a[i] ^ (uint8_t)b[i];
-        return diff == 0;
+        return strlen(b) == len && equal_constant_time(a, b, len);
 }
 
 static int new_setting(unsigned long cost, char **ret)
@@ -280,7 +275,7 @@ int password_verify(struct password_hasher *h, const char *password, const char 
         if (r < 0)
                 return r;
 
-        if (!equal_constant_time(computed, hash) || dummy)
+        if (!equal_strings_constant_time(computed, hash) || dummy)
                 return -EACCES;
         return 0;
 }

@@ -14,6 +14,7 @@
 #include "jwt.h"
 
 #include "macro.h"
+#include "metrics.h"
 
 #define NOW 1700000000
 
@@ -84,11 +85,24 @@ static char *sign(const char *payload_json)
         return sign_with(JWT_ALG_HS256, key, sizeof(key), payload_json);
 }
 
+/* Shared by every test, so tokens of earlier tests are in it too. */
+static struct jwt_cache *cache;
+
+/* Verify token, and through the cache twice (a miss, then a hit when it
+ * verified): the cache must never answer otherwise than a verification. */
 static int verify(const char *token, int64_t now)
 {
-        struct jwt_claims claims;
+        struct jwt_claims claims, cached;
+        int r;
 
-        return jwt_hs256_verify(key, sizeof(key), token, now, &claims);
+        r = jwt_hs256_verify(key, sizeof(key), token, now, &claims);
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(
+                        jwt_hs256_verify_cached(cache, key, sizeof(key), token, now, &cached), r);
+                if (r == 0)
+                        ck_assert_int_eq(memcmp(&cached, &claims, sizeof(claims)), 0);
+        }
+        return r;
 }
 
 /* A payload with every required claim plus extra JSON members. */
@@ -534,6 +548,72 @@ START_TEST(test_verify_leaves_output_untouched_on_failure)
 }
 END_TEST
 
+START_TEST(test_cache_serves_a_verified_token_and_counts)
+{
+        _cleanup_free_ char *token = NULL, *page = NULL;
+        struct metrics_registry *registry;
+        struct jwt_cache *c;
+        struct jwt_claims got;
+
+        ck_assert_int_eq(metrics_registry_new(&registry), 0);
+        ck_assert_int_eq(jwt_cache_new(registry, &c), 0);
+        ck_assert_int_eq(jwt_hs256_issue(key, sizeof(key), &good_claims, &token), 0);
+        for (int i = 0; i < 3; i++) {
+                ck_assert_int_eq(jwt_hs256_verify_cached(c, key, sizeof(key), token, NOW, &got), 0);
+                ck_assert_str_eq(got.username, "alice");
+        }
+        /* Failures are never kept: each is a miss. */
+        ck_assert_int_eq(jwt_hs256_verify_cached(c, key, sizeof(key), "a.b.c", NOW, &got),
+                         -EBADMSG);
+        ck_assert_int_eq(jwt_hs256_verify_cached(c, key, sizeof(key), "a.b.c", NOW, &got),
+                         -EBADMSG);
+        ck_assert_int_eq(metrics_render(registry, METRICS_FORMAT_PROMETHEUS, &page, NULL), 0);
+        ck_assert_ptr_nonnull(
+                strstr(page, "vigil_cache_requests_total{cache=\"jwt\",result=\"hit\"} 2\n"));
+        ck_assert_ptr_nonnull(
+                strstr(page, "vigil_cache_requests_total{cache=\"jwt\",result=\"miss\"} 3\n"));
+        jwt_cache_free(c);
+        metrics_registry_free(registry);
+}
+END_TEST
+
+START_TEST(test_cached_token_does_not_verify_under_another_key)
+{
+        _cleanup_free_ char *token = NULL;
+        struct jwt_cache *c;
+        struct jwt_claims got;
+
+        ck_assert_int_eq(jwt_cache_new(NULL, &c), 0);
+        ck_assert_int_eq(jwt_hs256_issue(key, sizeof(key), &good_claims, &token), 0);
+        ck_assert_int_eq(jwt_hs256_verify_cached(c, key, sizeof(key), token, NOW, &got), 0);
+        ck_assert_int_eq(jwt_hs256_verify_cached(c, other_key, sizeof(other_key), token, NOW, &got),
+                         -EPERM);
+        jwt_cache_free(c);
+}
+END_TEST
+
+START_TEST(test_cache_keeps_the_newest_of_tokens_sharing_a_slot)
+{
+        struct jwt_cache *c;
+        struct jwt_claims claims = good_claims, got;
+
+        /* More tokens than slots: every one still verifies, whether it is
+         * found or its slot went to another. */
+        ck_assert_int_eq(jwt_cache_new(NULL, &c), 0);
+        for (int round = 0; round < 2; round++)
+                for (int i = 0; i < 2 * JWT_CACHE_SLOTS; i++) {
+                        _cleanup_free_ char *token = NULL;
+
+                        claims.user_id = i + 1;
+                        ck_assert_int_eq(jwt_hs256_issue(key, sizeof(key), &claims, &token), 0);
+                        ck_assert_int_eq(
+                                jwt_hs256_verify_cached(c, key, sizeof(key), token, NOW, &got), 0);
+                        ck_assert_int_eq(got.user_id, i + 1);
+                }
+        jwt_cache_free(c);
+}
+END_TEST
+
 static Suite *jwt_suite(void)
 {
         Suite *s = suite_create("jwt");
@@ -566,17 +646,24 @@ static Suite *jwt_suite(void)
         tcase_add_test(tc, test_short_key_is_refused_on_issue_and_verify);
         tcase_add_test(tc, test_issue_rejects_bad_claims);
         tcase_add_test(tc, test_verify_leaves_output_untouched_on_failure);
+        tcase_add_test(tc, test_cache_serves_a_verified_token_and_counts);
+        tcase_add_test(tc, test_cached_token_does_not_verify_under_another_key);
+        tcase_add_test(tc, test_cache_keeps_the_newest_of_tokens_sharing_a_slot);
         suite_add_tcase(s, tc);
         return s;
 }
 
 int main(void)
 {
-        SRunner *sr = srunner_create(jwt_suite());
+        SRunner *sr;
         int failed;
 
+        if (jwt_cache_new(NULL, &cache) < 0)
+                return EXIT_FAILURE;
+        sr = srunner_create(jwt_suite());
         srunner_run_all(sr, CK_NORMAL);
         failed = srunner_ntests_failed(sr);
         srunner_free(sr);
+        jwt_cache_free(cache);
         return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
