@@ -363,15 +363,20 @@ struct attribute {
         } value;
 };
 
+/* Most spans have a handful of attributes: room for this many is inside
+ * the span, and a span with more moves them to the heap. */
+#define SPAN_INLINE_ATTRIBUTES 8
+
 /* What only a recording span has: allocated with it, right behind it. */
 struct span_record {
         uint32_t name;
         uint32_t status_message; /* NO_TEXT: none */
         uint32_t n_attributes;
         uint32_t n_dropped_attributes;
-        char *text; /* inline_text, or the heap once it outgrew it */
+        struct attribute *attributes; /* inline_attributes, or TRACE_MAX_ATTRIBUTES on the heap */
+        char *text;                   /* inline_text, or the heap once it outgrew it */
         uint32_t text_len, text_size;
-        struct attribute attributes[TRACE_MAX_ATTRIBUTES];
+        struct attribute inline_attributes[SPAN_INLINE_ATTRIBUTES];
         char inline_text[SPAN_INLINE_TEXT];
 };
 
@@ -431,6 +436,8 @@ static void span_free(struct span *s)
                 return;
         if (s->record && s->record->text != s->record->inline_text)
                 free(s->record->text);
+        if (s->record && s->record->attributes != s->record->inline_attributes)
+                free(s->record->attributes);
         free(s);
 }
 
@@ -575,6 +582,7 @@ struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
         r = (struct span_record *)(s + 1);
         *r = (struct span_record){
                 .status_message = NO_TEXT,
+                .attributes = r->inline_attributes,
                 .text = r->inline_text,
                 .text_size = SPAN_INLINE_TEXT,
         };
@@ -597,6 +605,17 @@ struct span *span_start_unsampled(const char *name)
         random_id(quiet.trace_id, TRACE_ID_SIZE);
         random_id(quiet.span_id, SPAN_ID_SIZE);
         return span_start(NULL, name, SPAN_KIND_INTERNAL, &quiet);
+}
+
+static bool attributes_to_heap(struct span_record *r)
+{
+        struct attribute *a = malloc(TRACE_MAX_ATTRIBUTES * sizeof(*a));
+
+        if (!a)
+                return false;
+        memcpy(a, r->inline_attributes, sizeof(r->inline_attributes));
+        r->attributes = a;
+        return true;
 }
 
 /* The attribute slot for key, the existing one or a new one, with the
@@ -623,7 +642,8 @@ static struct attribute *attribute_slot(struct span_record *r, const char *key, 
                         break;
                 }
         if (!a) {
-                if (r->n_attributes >= TRACE_MAX_ATTRIBUTES) {
+                if (r->n_attributes >= TRACE_MAX_ATTRIBUTES ||
+                    (r->n_attributes == SPAN_INLINE_ATTRIBUTES && !attributes_to_heap(r))) {
                         r->text_len = k;
                         r->n_dropped_attributes++;
                         return NULL;
