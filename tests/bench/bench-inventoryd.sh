@@ -4,7 +4,8 @@
 # docs/benchmarks.md.
 #
 #   tests/bench/bench-inventoryd.sh [--builddir DIR] [--duration SECONDS]
-#                                   [--connections N] [--products N] [--keep]
+#                                   [--connections N] [--products N]
+#                                   [--rounds N] [--keep]
 #
 # It starts PostgreSQL and Redis (scripts/dev-stack.sh), vigil-inventoryd
 # with tracing and the access log off, and nginx, all on free loopback ports
@@ -13,17 +14,24 @@
 #
 #   1. nginx GET /static                      the ceiling
 #   2. GET /products                          cache hit (warmed first)
-#   3. GET /product/2                         one hot product, cache hit
-#   4. POST /product/1/reserve {quantity:1}   one hot product with huge stock
-#   5. GET /product/{random 1..10}            with 10 products
-#   6. GET /product/2 and 7. GET /product/{random 1..N} after inserting
-#      products up to --products (default 100000) with generate_series
+#   3. POST /product/1/reserve {quantity:1}   one hot product with huge stock
+#   4. GET /product/{random 1..10}            with 10 products
+#   5. --rounds rounds (default 3) of GET /product/2 with 10 products and
+#      GET /product/2 with --products products (default 100000), the
+#      order alternating from round to round. Before each of these runs
+#      the catalog is brought to its size (rows deleted, or inserted with
+#      generate_series), PostgreSQL is vacuumed, analysed and
+#      checkpointed, and a short wrk run of the same request warms up.
+#   6. GET /product/{random 1..N}             with --products products
 #
-# and reads the cache hit ratio of each read run from /metrics and the
-# daemon's resident memory (VmRSS, VmHWM) after the load. It prints a
-# markdown report to paste into docs/benchmarks.md. It reports; it never
-# fails on the figures. It fails (non-zero) only when the set-up does or a
-# run serves errors, and everything it started is stopped on any exit.
+# and reads, for each run, the hit ratios of the cache and of the local
+# in-process cache in front of it (/metrics), how often the local cache
+# went off (the daemon's log) and how much CPU processes other than the
+# benchmark's took (/proc); and the daemon's resident memory (VmRSS,
+# VmHWM) after the load. It prints a markdown report to paste into
+# docs/benchmarks.md. It reports; it never fails on the figures. It fails
+# (non-zero) only when the set-up does or a run serves errors, and
+# everything it started is stopped on any exit.
 set -euo pipefail
 
 prog=${0##*/}
@@ -36,10 +44,12 @@ builddir=${top_builddir:-.}
 duration=10
 connections=32
 products=100000
+rounds=3
 keep=no
 
 usage() {
-        echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--products N] [--keep]" >&2
+        echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--products N]" \
+                "[--rounds N] [--keep]" >&2
         exit 2
 }
 
@@ -53,6 +63,8 @@ while [ $# -gt 0 ]; do
         --connections=*) connections=${1#*=}; shift ;;
         --products) [ $# -ge 2 ] || usage; products=$2; shift 2 ;;
         --products=*) products=${1#*=}; shift ;;
+        --rounds) [ $# -ge 2 ] || usage; rounds=$2; shift 2 ;;
+        --rounds=*) rounds=${1#*=}; shift ;;
         --keep) keep=yes; shift ;;
         -h | --help) usage ;;
         *) usage ;;
@@ -62,6 +74,12 @@ bench_check_options
 if ! [[ "$products" =~ ^[0-9]+$ ]] || [ "$products" -lt 11 ] || [ "$products" -gt 10000000 ]; then
         die "--products must be 11..10000000"
 fi
+# The warm-up before each run of the flatness comparison.
+warmup=$((duration < 2 ? duration : 2))
+# A run of the flatness comparison whose slowest response took this long
+# (ms) had a stall: wrk's correction for coordinated omission makes its p99
+# a measure of the stall rather than of the catalog (see bench-lib.sh).
+stall_ms=100
 
 daemon="$builddir/src/inventoryd/vigil-inventoryd"
 [ -x "$daemon" ] || die "$daemon not found: build it, or pass --builddir"
@@ -74,12 +92,14 @@ if grep -qa __asan_init "$daemon"; then
         note "warning: $daemon is built with sanitizers; its figures are not representative"
 fi
 
-# The whole run is bounded: seven wrk windows plus set-up, the bulk insert
-# and tear-down.
+# The whole run is bounded: 5 + 2 × rounds measured wrk windows, as many
+# warm-ups but the first five, at most rounds + 1 changes of the catalog
+# size (bulk insert or delete, VACUUM, CHECKPOINT), set-up and tear-down.
 args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
-        --products "$products")
+        --products "$products" --rounds "$rounds")
 [ "$keep" = no ] || args+=(--keep)
-bench_under_timeout $((7 * (duration + 5) + 420)) "${args[@]}"
+bench_under_timeout $(((5 + 2 * rounds) * (duration + 5) + 2 * rounds * (warmup + 5) +
+        (rounds + 1) * (30 + products / 2000) + 420)) "${args[@]}"
 
 bench_setup inventoryd daemon_pid
 
@@ -157,64 +177,153 @@ EOF
 random_ids_lua 10
 random_ids_lua "$products"
 
+# catalog_size N: the catalog holds products 1..N, and PostgreSQL has
+# nothing left to do about it. Rows go with a DELETE or come with
+# generate_series; then VACUUM ANALYZE, so that autovacuum and autoanalyze
+# do not start during the next run, and CHECKPOINT, so that writing the
+# dirty pages does not either. Done before every run of the flatness
+# comparison, even when the size stays, so that each run follows the same
+# steps.
+catalog=10
+catalog_size() {
+        local n=$1 t0=$SECONDS
+        if [ "$n" -lt "$catalog" ]; then
+                sql "DELETE FROM inventory.products WHERE id > $n" || die "DELETE failed"
+        elif [ "$n" -gt "$catalog" ]; then
+                sql "INSERT INTO inventory.products (id, name, price_cents, stock)
+                     SELECT g, 'Bench product ' || g, 100, 1000
+                     FROM generate_series($((catalog + 1)), $n) g;
+                     SELECT setval(pg_get_serial_sequence('inventory.products', 'id'), $n)" \
+                        >/dev/null || die "bulk insert failed"
+        fi
+        sql "VACUUM (ANALYZE) inventory.products" || die "VACUUM failed"
+        sql "CHECKPOINT" || die "CHECKPOINT failed"
+        [ "$(sql 'SELECT count(*) FROM inventory.products')" = "$n" ] ||
+                die "expected $n products in the catalog"
+        [ "$n" = "$catalog" ] || note "catalog now $n products ($((SECONDS - t0)) s)"
+        catalog=$n
+}
+
 # ---------------------------------------------------------------------- wrk
 
-# cache_counts: "hits misses" summed over every cache, from /metrics.
+# cache_counts: "hits misses local-hits local-misses" from /metrics: the
+# lookups of every cache, and of the local in-process cache in front.
 cache_counts() {
         curl -sf --max-time 5 "$inv_url/metrics" | awk '
                 /^vigil_cache_requests_total\{/ {
                         if ($1 ~ /result="hit"/) h += $2; else if ($1 ~ /result="miss"/) m += $2
                 }
-                END {printf "%d %d\n", h, m}'
+                /^vigil_local_cache_lookups_total\{/ {
+                        if ($1 ~ /result="hit"/) lh += $2; else if ($1 ~ /result="miss"/) lm += $2
+                }
+                END {printf "%d %d %d %d\n", h, m, lh, lm}'
 }
 
-# measure NAME URL [LUA]: wrk_run and record, with the cache hit ratio of
-# the run in ROW_HIT[NAME] ("—" when the run made no lookups).
-declare -A ROW_HIT
+# local_cache_losses: how often inventoryd turned its local cache off
+# because the Redis invalidation connection went silent.
+local_cache_losses() {
+        grep -c "cache off: lost the Redis invalidation connection" "$tmp/inventoryd.log" || true
+}
+
+# cpu_ticks: "all busy ours" in clock ticks since boot: all CPUs' time, the
+# busy part of it (all but idle and I/O wait; time stolen by the hypervisor
+# counts as busy), and what this benchmark's processes used: the script
+# with the children it reaped (wrk, psql, curl), inventoryd, nginx,
+# PostgreSQL and Redis, each with its children.
+cpu_ticks() {
+        local roots="$$ $daemon_pid $nginx_pid" f
+        for f in "$tmp/stack/postgres/data/postmaster.pid" "$tmp/stack/redis/redis.pid"; do
+                [ ! -r "$f" ] || roots+=" $(head -n 1 "$f")"
+        done
+        cat /proc/stat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$roots" '
+                BEGIN {n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1}
+                $1 == "cpu" {all = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; busy = all - $5 - $6}
+                $1 ~ /^[0-9]+$/ && $2 ~ /^\(/ {
+                        pid = $1
+                        sub(/^.*\) /, "")      # after "pid (comm) ": state ppid … utime
+                        if (pid in root) ours += $12 + $13 + $14 + $15
+                        else if ($2 in root) ours += $12 + $13
+                }
+                END {printf "%d %d %d\n", all, busy, ours}'
+}
+
+# measure NAME URL [LUA]: wrk_run and record, with what the run did to the
+# caches and what the rest of the machine did meanwhile: the cache and
+# local cache hit ratios in ROW_HIT[NAME] and ROW_LOCAL_HIT[NAME] ("—" when
+# there were no lookups), the times the local cache went off in
+# ROW_LOSSES[NAME], and the share of all CPU time that other processes took
+# in ROW_OTHER_CPU[NAME] (percent).
+declare -A ROW_HIT ROW_LOCAL_HIT ROW_LOSSES ROW_OTHER_CPU
 measure() {
-        local name=$1 h0 m0 h1 m1
-        read -r h0 m0 < <(cache_counts)
+        local name=$1 h0 m0 lh0 lm0 h1 m1 lh1 lm1 all0 busy0 ours0 all1 busy1 ours1 losses0 extra
+        read -r h0 m0 lh0 lm0 < <(cache_counts)
+        losses0=$(local_cache_losses)
+        read -r all0 busy0 ours0 < <(cpu_ticks)
         wrk_run "$name" $threads "$connections" "$duration" "$2" "${3:-}"
-        read -r h1 m1 < <(cache_counts)
-        ROW_HIT[$name]=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) \
-                'BEGIN {if (h + m > 0) printf "%.1f %%\n", 100 * h / (h + m); else print "—"}')
-        record "$name" "cache hits ${ROW_HIT[$name]}"
+        read -r all1 busy1 ours1 < <(cpu_ticks)
+        ROW_LOSSES[$name]=$(($(local_cache_losses) - losses0))
+        read -r h1 m1 lh1 lm1 < <(cache_counts)
+        ROW_HIT[$name]=$(hit_ratio $((h1 - h0)) $((m1 - m0)))
+        ROW_LOCAL_HIT[$name]=$(hit_ratio $((lh1 - lh0)) $((lm1 - lm0)))
+        ROW_OTHER_CPU[$name]=$(awk -v a=$((all1 - all0)) -v o=$((busy1 - busy0 - ours1 + ours0)) \
+                'BEGIN {printf "%.0f\n", (a > 0 && o > 0 ? 100 * o / a : 0)}')
+        extra="cache hits ${ROW_HIT[$name]} (local ${ROW_LOCAL_HIT[$name]},"
+        extra+=" off ${ROW_LOSSES[$name]} times), other processes ${ROW_OTHER_CPU[$name]} % CPU"
+        record "$name" "$extra"
+}
+
+# hit_ratio HITS MISSES: "99.9 %", or "—" without lookups.
+hit_ratio() {
+        awk -v h="$1" -v m="$2" \
+                'BEGIN {if (h + m > 0) printf "%.1f %%\n", 100 * h / (h + m); else print "—"}'
+}
+
+# flat_run ROUND SIZE: GET /product/2 with SIZE products, recorded as row
+# product-2-SIZE-round-ROUND, added to FLAT_ROWS too (in the order run).
+FLAT_ROWS=()
+flat_run() {
+        local name="product-2-$2-round-$1"
+        note "GET /product/2 with $2 products, round $1 of $rounds"
+        catalog_size "$2"
+        wrk_run "$name-warmup" $threads "$connections" "$warmup" "$inv_url/product/2"
+        measure "$name" "$inv_url/product/2"
+        FLAT_ROWS+=("$name")
 }
 
 note "each run: wrk -t$threads -c$connections -d${duration}s --latency"
 
-note "1/7 nginx GET /static (ceiling)"
+note "1/6 nginx GET /static (ceiling)"
 measure nginx "http://127.0.0.1:$nginx_port/static"
 
 curl -sf --max-time 5 "$inv_url/products" >/dev/null || die "GET /products failed"
 curl -sf --max-time 5 "$inv_url/product/2" >/dev/null || die "GET /product/2 failed"
 
-note "2/7 GET /products (cache hit)"
+note "2/6 GET /products (cache hit)"
 measure products "$inv_url/products"
 
-note "3/7 GET /product/2 (10 products)"
-measure product-10 "$inv_url/product/2"
-
-note "4/7 POST /product/1/reserve (one hot product)"
+note "3/6 POST /product/1/reserve (one hot product)"
 stock_before=$(sql "SELECT stock FROM inventory.products WHERE id = 1")
 measure reserve "$inv_url/product/1/reserve" "$tmp/reserve.lua"
 stock_after=$(sql "SELECT stock FROM inventory.products WHERE id = 1")
 reserved=$((stock_before - stock_after))
 
-note "5/7 GET /product/{random 1..10}"
+note "4/6 GET /product/{random 1..10}"
 measure product-random-10 "$inv_url/product/1" "$tmp/random-10.lua"
 
-note "inserting products up to $products (generate_series)"
-t0=$SECONDS
-sql "INSERT INTO inventory.products (name, price_cents, stock)
-     SELECT 'Bench product ' || g, 100, 1000 FROM generate_series(11, $products) g;
-     ANALYZE inventory.products" || die "bulk insert failed"
-note "inserted in $((SECONDS - t0)) s"
+note "5/6 GET /product/2 with 10 and $products products, $rounds rounds" \
+        "(each run after a ${warmup}s warm-up)"
+for round in $(seq "$rounds"); do
+        if [ $((round % 2)) -eq 1 ]; then
+                flat_run "$round" 10
+                flat_run "$round" "$products"
+        else
+                flat_run "$round" "$products"
+                flat_run "$round" 10
+        fi
+done
 
-note "6/7 GET /product/2 ($products products)"
-measure product-n "$inv_url/product/2"
-
-note "7/7 GET /product/{random 1..$products}"
+note "6/6 GET /product/{random 1..$products}"
+catalog_size "$products"
 measure product-random-n "$inv_url/product/1" "$tmp/random-$products.lua"
 
 read -r RSS_MB HWM_MB < <(read_memory "$daemon_pid")
@@ -225,10 +334,8 @@ stock_ok=$(sql "SELECT count(*) FROM inventory.products WHERE stock < 0")
 declare -A LABEL=(
         [nginx]="nginx GET /static (ceiling)"
         [products]="GET /products (cache hit)"
-        [product-10]="GET /product/2, 10 products"
         [reserve]="POST /product/1/reserve, one hot product"
         [product-random-10]="GET /product/{random 1..10}"
-        [product-n]="GET /product/2, $products products"
         [product-random-n]="GET /product/{random 1..$products}"
 )
 
@@ -236,6 +343,45 @@ serving_errors=0
 for row in "${ROWS[@]}"; do
         serving_errors=$((serving_errors + ${ROW_ERR[$row]}))
 done
+
+# The flatness comparison, per catalog size: the medians over the rounds,
+# the lowest and highest p99 and the runs that stalled; per round, the p99
+# ratio.
+declare -A MED_RPS MED_P50 MED_P99 MED_MAX LOW_P99 HIGH_P99 STALLED
+for size in 10 "$products"; do
+        rps=() p50=() p99=() max=()
+        STALLED[$size]=0
+        for round in $(seq "$rounds"); do
+                row=product-2-$size-round-$round
+                rps+=("${ROW_RPS[$row]}") p50+=("${ROW_P50[$row]}")
+                p99+=("${ROW_P99[$row]}") max+=("${ROW_MAX[$row]}")
+                if awk -v m="${ROW_MAX[$row]:-0}" -v s="$stall_ms" 'BEGIN {exit !(m >= s)}'; then
+                        STALLED[$size]=$((STALLED[$size] + 1))
+                fi
+        done
+        MED_RPS[$size]=$(median "${rps[@]}")
+        MED_P50[$size]=$(median "${p50[@]}")
+        MED_P99[$size]=$(median "${p99[@]}")
+        MED_MAX[$size]=$(median "${max[@]}")
+        LOW_P99[$size]=$(printf '%s\n' "${p99[@]}" | awk 'NF > 0' | sort -g | head -n 1)
+        HIGH_P99[$size]=$(printf '%s\n' "${p99[@]}" | awk 'NF > 0' | sort -g | tail -n 1)
+done
+round_ratios=
+for round in $(seq "$rounds"); do
+        round_ratios+="${round_ratios:+, }×$(fmt_ratio "${ROW_P99[product-2-$products-round-$round]}" \
+                "${ROW_P99[product-2-10-round-$round]}")"
+done
+flat_ratio=$(fmt_ratio "${MED_P99[$products]}" "${MED_P99[10]}")
+# A median p99 that may come from a stalled run says nothing about the
+# catalog.
+flat_verdict=$(awk -v r="$flat_ratio" -v a="${STALLED[10]}" -v b="${STALLED[$products]}" \
+        -v n="$rounds" 'BEGIN {
+        if (r == "n/a") print "no figure"
+        else if (2 * a >= n || 2 * b >= n) print "inconclusive: the median run stalled"
+        else if (r >= 0.9 && r <= 1.1) print "within 10 %"
+        else print "more than 10 % apart"
+}')
+lowest_hit=$(for row in "${FLAT_ROWS[@]}"; do echo "${ROW_HIT[$row]%% *}"; done | sort -g | head -n 1)
 
 {
         echo
@@ -247,6 +393,7 @@ done
         echo "| test | requests/s | p50 | p99 | vs nginx | cache hits | errors |"
         echo "|------|-----------:|----:|----:|---------:|-----------:|-------:|"
         for row in "${ROWS[@]}"; do
+                [ -n "${LABEL[$row]:-}" ] || continue
                 printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$row]}" \
                         "$(fmt_int "${ROW_RPS[$row]}")" "$(fmt_ms "${ROW_P50[$row]}")" \
                         "$(fmt_ms "${ROW_P99[$row]}")" \
@@ -254,11 +401,35 @@ done
                         "${ROW_HIT[$row]}" "${ROW_ERR[$row]}"
         done
         echo
-        echo "- /product/2 p99 with $products products: $(fmt_ms "${ROW_P99[product-n]}") vs" \
-                "$(fmt_ms "${ROW_P99[product-10]}") with 10 (×$(fmt_ratio "${ROW_P99[product-n]}" \
-                "${ROW_P99[product-10]}")); random ids: $(fmt_ms "${ROW_P99[product-random-n]}")" \
-                "vs $(fmt_ms "${ROW_P99[product-random-10]}") (×$(fmt_ratio \
-                "${ROW_P99[product-random-n]}" "${ROW_P99[product-random-10]}"), the larger" \
+        echo "GET /product/2 with 10 and with $products products, $rounds interleaved rounds,"
+        echo "in the order run; before each run: the catalog resized, VACUUM ANALYZE,"
+        echo "CHECKPOINT and a ${warmup} s warm-up of the same request:"
+        echo
+        echo "| round | products | requests/s | p50 | p99 | max | local cache hits | local cache off | other CPU |"
+        echo "|------:|---------:|-----------:|----:|----:|----:|-----------------:|----------------:|----------:|"
+        for row in "${FLAT_ROWS[@]}"; do
+                size=${row#product-2-} size=${size%-round-*}
+                printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s %% |\n' "${row##*-}" "$size" \
+                        "$(fmt_int "${ROW_RPS[$row]}")" "$(fmt_ms "${ROW_P50[$row]}")" \
+                        "$(fmt_ms "${ROW_P99[$row]}")" "$(fmt_ms "${ROW_MAX[$row]}")" \
+                        "${ROW_LOCAL_HIT[$row]}" "${ROW_LOSSES[$row]}" "${ROW_OTHER_CPU[$row]}"
+        done
+        for size in 10 "$products"; do
+                printf '| median | %s | %s | %s | %s | %s | | | |\n' "$size" \
+                        "$(fmt_int "${MED_RPS[$size]}")" "$(fmt_ms "${MED_P50[$size]}")" \
+                        "$(fmt_ms "${MED_P99[$size]}")" "$(fmt_ms "${MED_MAX[$size]}")"
+        done
+        echo
+        echo "- /product/2 median p99 with $products products vs 10: ×$flat_ratio" \
+                "($flat_verdict); per round $round_ratios. p99 ranged from" \
+                "$(fmt_ms "${LOW_P99[10]}") to $(fmt_ms "${HIGH_P99[10]}") with 10 products," \
+                "$(fmt_ms "${LOW_P99[$products]}") to $(fmt_ms "${HIGH_P99[$products]}") with" \
+                "$products. Runs with a stall (max ≥ $stall_ms ms): ${STALLED[10]} of $rounds" \
+                "with 10 products, ${STALLED[$products]} of $rounds with $products. Cache hits" \
+                "(local or Redis) in these runs: at least $lowest_hit %."
+        echo "- random ids: p99 $(fmt_ms "${ROW_P99[product-random-n]}") with $products products" \
+                "vs $(fmt_ms "${ROW_P99[product-random-10]}") with 10 (×$(fmt_ratio \
+                "${ROW_P99[product-random-n]}" "${ROW_P99[product-random-10]}"); the larger" \
                 "catalog also misses the cache more, see the hit column)."
         echo "- reservations: $reserved units reserved by $(fmt_int "${ROW_N[reserve]}")" \
                 "requests; products with negative stock afterwards: $stock_ok."

@@ -3,7 +3,8 @@
 # The script sets prog, srcdir, benchdir, builddir, duration, connections
 # and keep (parsing its own options), then calls, in this order:
 #
-#   bench_check_options                 validate --duration and --connections
+#   bench_check_options                 validate --duration, --connections
+#                                       (and --rounds, where the script has it)
 #   bench_under_timeout BUDGET ARGS…    re-run itself under timeout(1)
 #   bench_setup NAME PIDVAR…            $tmp, and the traps that stop the
 #                                       processes in PIDVAR… (in that order),
@@ -30,6 +31,11 @@ bench_check_options() {
         if ! [[ "$connections" =~ ^[0-9]+$ ]] || [ "$connections" -lt 2 ] ||
                 [ "$connections" -gt 4096 ]; then
                 die "--connections must be 2..4096"
+        fi
+        # --rounds, for the scripts that compare in interleaved rounds.
+        if [ -n "${rounds:-}" ] && { ! [[ "$rounds" =~ ^[0-9]+$ ]] || [ "$rounds" -lt 1 ] ||
+                [ "$rounds" -gt 20 ]; }; then
+                die "--rounds must be 1..20"
         fi
 }
 
@@ -186,10 +192,17 @@ wrk_run() {
         wrk_pid=
 }
 
-# record NAME [EXTRA]: adds NAME to ROWS with its requests/s, p50, p99 (ms),
-# errors (non-2xx/3xx responses plus socket errors) and request count in
-# ROW_RPS, ROW_P50, ROW_P99, ROW_ERR and ROW_N; notes them, and EXTRA.
-declare -A ROW_RPS ROW_P50 ROW_P99 ROW_ERR ROW_N
+# record NAME [EXTRA]: adds NAME to ROWS with its requests/s, p50, p99 and
+# maximum latency (ms), errors (non-2xx/3xx responses plus socket errors)
+# and request count in ROW_RPS, ROW_P50, ROW_P99, ROW_MAX, ROW_ERR and
+# ROW_N; notes them, and EXTRA.
+#
+# wrk corrects its percentiles for coordinated omission: with T the mean
+# time between two requests of one connection, a response that took S adds
+# about S/T samples spread evenly between T and S. One stall of a few
+# hundred ms in a run of 0.5 ms responses thus moves the p99 by tens or
+# hundreds of ms, and ROW_MAX shows that it happened.
+declare -A ROW_RPS ROW_P50 ROW_P99 ROW_MAX ROW_ERR ROW_N
 ROWS=()
 record() {
         local f="$tmp/$1.txt"
@@ -198,13 +211,14 @@ record() {
         ROW_N[$1]=$(awk '/ requests in / {print $1}' "$f")
         ROW_P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
         ROW_P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
+        ROW_MAX[$1]=$(to_ms "$(awk '$1 == "Latency" && $2 != "Distribution" {print $4}' "$f")")
         ROW_ERR[$1]=$(awk '
                 /Non-2xx or 3xx responses:/ {n += $NF}
                 /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10}
                 END {print n + 0}' "$f")
         ROW_RPS[$1]=${ROW_RPS[$1]:-0} ROW_N[$1]=${ROW_N[$1]:-0}
         note "$1: ${ROW_RPS[$1]} req/s, p50 ${ROW_P50[$1]:-?} ms, p99 ${ROW_P99[$1]:-?} ms," \
-                "${ROW_ERR[$1]} errors${2:+, $2}"
+                "max ${ROW_MAX[$1]:-?} ms, ${ROW_ERR[$1]} errors${2:+, $2}"
 }
 
 # read_memory PID: "VmRSS VmHWM" in MiB.
@@ -220,6 +234,17 @@ fmt_ratio() {
                 else if (a / b >= 0.1) printf "%.2f\n", a / b
                 else printf "%.3f\n", a / b
         }'
+}
+
+# median V…: the median of the numbers given, empty ones left out (the mean
+# of the middle two for an even count); nothing when none is left.
+median() {
+        printf '%s\n' "$@" | awk 'NF > 0' | sort -g | awk '{v[NR] = $1}
+                END {
+                        if (NR == 0) exit
+                        if (NR % 2) print v[(NR + 1) / 2]
+                        else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+                }'
 }
 
 fmt_int() {
