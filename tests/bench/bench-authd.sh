@@ -3,23 +3,26 @@
 # (the machine's ceiling), measured in the same run. See docs/benchmarks.md.
 #
 #   tests/bench/bench-authd.sh [--builddir DIR] [--duration SECONDS]
-#                              [--connections N] [--keep]
+#                              [--connections N] [--rounds N] [--keep]
 #
-# It starts PostgreSQL and Redis (scripts/dev-stack.sh), vigil-authd with
-# tracing and the access log off, and nginx, all on free loopback ports in a
-# temporary directory; registers a user and logs in; then runs, one after
-# the other, with `wrk -t2 -cN -dSECONDS --latency`:
+# It starts PostgreSQL and Redis (scripts/dev-stack.sh), nginx, and two
+# vigil-authd processes with the access log off: one with tracing off, one
+# recording every request and exporting it over OTLP/HTTP to nginx, all on
+# free loopback ports in a temporary directory; registers a user and logs
+# in; then runs, one after the other, with `wrk -t2 -cN -dSECONDS --latency`:
 #
 #   1. nginx GET /static                  the ceiling
 #   2. authd GET /health                  the HTTP stack alone
-#   3. authd POST /verify                 JWT check + Redis session lookup
+#   3. authd POST /verify                 JWT check + session check
 #   4. authd POST /verify during a flood of POST /login (16 connections,
 #      yescrypt hashing), both at once
-#   5. authd POST /verify with tracing on (sample ratio 1) exporting to a
-#      local OTLP sink
+#   5. --rounds rounds (default 3) of POST /verify on the tracing-off
+#      process, then on the tracing-on one: the cost of tracing is the
+#      median of the rounds' throughput ratios
 #
 # and reads authd's resident memory (VmRSS, VmHWM) halfway through the
-# /verify run and after the others. It prints
+# /verify run, after the flood, and halfway through the first tracing-on
+# run. It prints
 # a markdown report to paste into docs/benchmarks.md. It reports; it never
 # fails on the figures. It fails (non-zero) only when the set-up does or a
 # run serves errors, and everything it started is stopped on any exit.
@@ -34,12 +37,13 @@ benchdir="$srcdir/tests/bench"
 builddir=${top_builddir:-.}
 duration=10
 connections=32
+rounds=3
 keep=no
 flood_connections=16
 sample_ratio_on=1
 
 usage() {
-        echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--keep]" >&2
+        echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--rounds N] [--keep]" >&2
         exit 2
 }
 
@@ -51,6 +55,8 @@ while [ $# -gt 0 ]; do
         --duration=*) duration=${1#*=}; shift ;;
         --connections) [ $# -ge 2 ] || usage; connections=$2; shift 2 ;;
         --connections=*) connections=${1#*=}; shift ;;
+        --rounds) [ $# -ge 2 ] || usage; rounds=$2; shift 2 ;;
+        --rounds=*) rounds=${1#*=}; shift ;;
         --keep) keep=yes; shift ;;
         -h | --help) usage ;;
         *) usage ;;
@@ -68,112 +74,66 @@ if grep -qa __asan_init "$authd"; then
         note "warning: $authd is built with sanitizers; its figures are not representative"
 fi
 
-# The whole run is bounded: six wrk windows (and two short warm-ups) plus
-# set-up and tear-down.
-args=(--builddir "$builddir" --duration "$duration" --connections "$connections")
+# The whole run is bounded: four wrk windows and two per round (and two
+# short warm-ups) plus set-up and tear-down.
+args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
+        --rounds "$rounds")
 [ "$keep" = no ] || args+=(--keep)
-bench_under_timeout $((6 * (duration + 5) + 300)) "${args[@]}"
+bench_under_timeout $(((4 + 2 * rounds) * (duration + 5) + 300)) "${args[@]}"
 
-bench_setup authd flood_pid authd_pid sink_pid
-
-# Ready, or dead (so a crash is not waited out).
-authd_ready_or_dead() {
-        answers_200 "$auth_url/ready" || ! kill -0 "$authd_pid" 2>/dev/null
-}
+bench_setup authd flood_pid authd_pid tracing_pid
 
 # ------------------------------------------------------------------ servers
 
 bench_start_stack postgres redis
+bench_start_nginx
+# nginx is also the OTLP collector of the tracing-on process: it takes any
+# POST /v1/traces without parsing it, so the sink costs the machine as
+# little as it can, and logs each export's size (see nginx-static.conf.in).
+sink_log="$tmp/nginx/otlp.log"
 
 mkdir -p "$tmp/credentials"
 chmod 700 "$tmp/credentials"
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/credentials/jwt-key"
 cp "$VIGIL_DEV_PG_PASSWORD_FILE_AUTH" "$tmp/credentials/postgres-password"
 : >"$tmp/authd.conf"
-auth_port=$(free_port)
-auth_url="http://127.0.0.1:$auth_port"
+auth_url="http://127.0.0.1:$(free_port)"
+tracing_url="http://127.0.0.1:$(free_port)"
 
-# start_authd LOGNAME OTLP_ENDPOINT SAMPLE_RATIO: start authd and wait until
-# it is ready (schema migrated, PostgreSQL and Redis answering).
+# Ready, or dead (so a crash is not waited out).
+ready_or_dead() { # URL PID
+        answers_200 "$1/ready" || ! kill -0 "$2" 2>/dev/null
+}
+
+# start_authd NAME PIDVAR URL OTLP_ENDPOINT SAMPLE_RATIO: start an authd
+# listening at URL, its pid in PIDVAR, and wait until it is ready (schema
+# migrated, PostgreSQL and Redis answering). Both share the database, Redis
+# and the JWT key, so a token works on either.
 start_authd() {
-        local log="$tmp/$1.log"
+        local pid
         env -u JOURNAL_STREAM -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID \
-                VIGIL_HTTP_LISTEN="127.0.0.1:$auth_port" \
+                VIGIL_HTTP_LISTEN="${3#http://}" \
                 VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" \
                 VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
-                VIGIL_TRACING_OTLP_ENDPOINT="$2" \
-                VIGIL_TRACING_SAMPLE_RATIO="$3" \
+                VIGIL_TRACING_OTLP_ENDPOINT="$4" \
+                VIGIL_TRACING_SAMPLE_RATIO="$5" \
                 VIGIL_LOG_LEVEL=warning \
                 VIGIL_HTTP_ACCESS_LOG=false \
                 CREDENTIALS_DIRECTORY="$tmp/credentials" \
-                "$authd" --config "$tmp/authd.conf" </dev/null >"$log" 2>&1 &
-        authd_pid=$!
-        wait_for 60 authd_ready_or_dead ||
-                die "authd is not ready after 60s"
-        kill -0 "$authd_pid" 2>/dev/null || die "authd exited during start-up"
+                "$authd" --config "$tmp/authd.conf" </dev/null >"$tmp/$1.log" 2>&1 &
+        pid=$!
+        printf -v "$2" '%s' "$pid"
+        wait_for 60 ready_or_dead "$3" "$pid" || die "$1 is not ready after 60s"
+        kill -0 "$pid" 2>/dev/null || die "$1 exited during start-up"
 }
 
-restart_authd() {
-        stop_pid "$authd_pid"
-        wait "$authd_pid" 2>/dev/null || true
-        authd_pid=
-        start_authd "$@"
-}
-
+TRACING_RATIOS=()
 note "starting vigil-authd on $auth_url (tracing off, access log off)"
-start_authd authd "" 0
-
-bench_start_nginx
-
-# A minimal OTLP/HTTP collector: answers 200 to POST /v1/traces and counts
-# what it received (GET /stats), so the tracing run proves spans went out.
-sink_port=$(free_port)
-cat >"$tmp/otlp-sink.py" <<'EOF'
-import http.server, json, sys, threading
-
-MAX_BODY = 64 * 1024 * 1024
-lock = threading.Lock()
-stats = {"requests": 0, "bytes": 0}
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def reply(self, code, body=b"", ctype="application/x-protobuf"):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        if length < 0 or length > MAX_BODY:
-            self.reply(413)
-            return
-        self.rfile.read(length)
-        if self.path != "/v1/traces":
-            self.reply(404)
-            return
-        with lock:
-            stats["requests"] += 1
-            stats["bytes"] += length
-        self.reply(200)
-
-    def do_GET(self):
-        with lock:
-            body = json.dumps(stats).encode()
-        self.reply(200, body, "application/json")
-
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-EOF
-python3 "$tmp/otlp-sink.py" "$sink_port" </dev/null >"$tmp/sink.log" 2>&1 &
-# shellcheck disable=SC2034 # stopped through BENCH_PIDS
-sink_pid=$!
-wait_for 20 answers_200 "http://127.0.0.1:$sink_port/stats" ||
-        die "the OTLP sink does not answer"
+start_authd authd authd_pid "$auth_url" "" 0
+note "starting vigil-authd on $tracing_url (sample ratio $sample_ratio_on," \
+        "OTLP to nginx, access log off)"
+start_authd authd-tracing tracing_pid "$tracing_url" \
+        "http://127.0.0.1:$nginx_port/v1/traces" "$sample_ratio_on"
 
 # ------------------------------------------------------------- user, token
 
@@ -225,6 +185,7 @@ note "3/5 authd POST /verify"
 wrk_start verify $threads "$connections" "$duration" "$auth_url/verify" post-bearer.lua
 wrk_pid=$!
 sleep "$(awk -v d="$duration" 'BEGIN {print d / 2}')"
+# shellcheck disable=SC2154 # authd_pid and tracing_pid are set by start_authd
 read -r RSS_VERIFY_MB HWM_VERIFY_MB < <(read_memory "$authd_pid")
 wait "$wrk_pid" || die "wrk failed for verify: $(tail -n 3 "$tmp/verify.txt")"
 wrk_pid=
@@ -245,18 +206,41 @@ record login-flood
 read -r RSS_OFF_MB HWM_OFF_MB < <(read_memory "$authd_pid")
 note "authd memory after load: VmRSS $RSS_OFF_MB MiB, VmHWM $HWM_OFF_MB MiB"
 
-note "5/5 authd POST /verify with tracing on (sample ratio $sample_ratio_on, OTLP to 127.0.0.1:$sink_port)"
-restart_authd authd-tracing "http://127.0.0.1:$sink_port/v1/traces" "$sample_ratio_on"
-login
-wrk_warmup verify-tracing "$auth_url/verify" post-bearer.lua
-wrk_run verify-tracing $threads "$connections" "$duration" "$auth_url/verify" post-bearer.lua
-record verify-tracing
+# The cost of tracing, as the median of rounds that each measure the two
+# processes back to back, so that both see the same machine.
+note "5/5 authd POST /verify, tracing off and on, $rounds rounds"
+wrk_warmup verify-tracing "$tracing_url/verify" post-bearer.lua
+for i in $(seq "$rounds"); do
+        wrk_run "verify-off-$i" $threads "$connections" "$duration" "$auth_url/verify" \
+                post-bearer.lua
+        record "verify-off-$i"
+        wrk_start "verify-on-$i" $threads "$connections" "$duration" "$tracing_url/verify" \
+                post-bearer.lua
+        wrk_pid=$!
+        if [ "$i" = 1 ]; then
+                sleep "$(awk -v d="$duration" 'BEGIN {print d / 2}')"
+                # shellcheck disable=SC2154
+                read -r RSS_ON_MB HWM_ON_MB < <(read_memory "$tracing_pid")
+        fi
+        wait "$wrk_pid" || die "wrk failed for verify-on-$i: $(tail -n 3 "$tmp/verify-on-$i.txt")"
+        wrk_pid=
+        record "verify-on-$i"
+        TRACING_RATIOS+=("$(fmt_ratio "${ROW_RPS[verify-on-$i]}" "${ROW_RPS[verify-off-$i]}")")
+done
 # Give the exporter's batch timer a moment to flush the last spans.
 sleep 2
-read -r RSS_ON_MB HWM_ON_MB < <(read_memory "$authd_pid")
-sink_stats=$(curl -sf --max-time 5 "http://127.0.0.1:$sink_port/stats" || echo '{}')
-read -r SINK_REQUESTS SINK_BYTES < <(printf '%s' "$sink_stats" | python3 -c \
-        'import json,sys;d=json.load(sys.stdin);print(d.get("requests",0),d.get("bytes",0))')
+tracing_metrics=$(curl -sf --max-time 5 "$tracing_url/metrics") ||
+        die "the tracing-on authd does not answer /metrics"
+SPANS_EXPORTED=$(printf '%s\n' "$tracing_metrics" |
+        awk '$1 == "vigil_trace_spans_exported_total" {printf "%.0f", $2}')
+SPANS_DROPPED=$(printf '%s\n' "$tracing_metrics" |
+        awk '$1 == "vigil_trace_spans_dropped_total" {printf "%.0f", $2}')
+read -r SINK_REQUESTS SINK_BYTES < <(awk '$2 == 200 {n++; b += $1} END {print n + 0, b + 0}' \
+        "$sink_log" 2>/dev/null || echo 0 0)
+TRACED_REQUESTS=0
+for i in $(seq "$rounds"); do
+        TRACED_REQUESTS=$((TRACED_REQUESTS + ROW_N[verify-on-$i]))
+done
 
 # ------------------------------------------------------------------- report
 
@@ -266,7 +250,6 @@ declare -A LABEL=(
         [verify]="authd POST /verify"
         [verify-flood]="authd POST /verify, during login flood"
         [login-flood]="authd POST /login (the flood, $flood_connections conns)"
-        [verify-tracing]="authd POST /verify, tracing on (ratio $sample_ratio_on)"
 )
 
 # Errors while serving /health or /verify mean something is broken; the
@@ -286,6 +269,7 @@ done
         echo "| test | requests/s | p50 | p99 | vs nginx | errors |"
         echo "|------|-----------:|----:|----:|---------:|-------:|"
         for row in "${ROWS[@]}"; do
+                [ -n "${LABEL[$row]:-}" ] || continue
                 ratio=$(fmt_ratio "${ROW_RPS[$row]}" "${ROW_RPS[nginx]}")
                 [ "$row" != login-flood ] || ratio="—"
                 printf '| %s | %s | %s | %s | %s | %s |\n' "${LABEL[$row]}" \
@@ -293,20 +277,32 @@ done
                         "$(fmt_ms "${ROW_P99[$row]}")" "$ratio" "${ROW_ERR[$row]}"
         done
         echo
+        echo "Tracing: POST /verify on the tracing-off process, then on the one that"
+        echo "records every request (sample ratio $sample_ratio_on) and exports it to nginx:"
+        echo
+        echo "| round | off: requests/s | p99 | on: requests/s | p99 | on / off |"
+        echo "|------:|----------------:|----:|---------------:|----:|---------:|"
+        for i in $(seq "$rounds"); do
+                printf '| %s | %s | %s | %s | %s | %s |\n' "$i" \
+                        "$(fmt_int "${ROW_RPS[verify-off-$i]}")" \
+                        "$(fmt_ms "${ROW_P99[verify-off-$i]}")" \
+                        "$(fmt_int "${ROW_RPS[verify-on-$i]}")" \
+                        "$(fmt_ms "${ROW_P99[verify-on-$i]}")" "${TRACING_RATIOS[$((i - 1))]}"
+        done
+        echo
         echo "- /verify p99 during the login flood: $(fmt_ms "${ROW_P99[verify-flood]}")" \
                 "vs $(fmt_ms "${ROW_P99[verify]}") unloaded" \
                 "(×$(fmt_ratio "${ROW_P99[verify-flood]}" "${ROW_P99[verify]}"));" \
                 "throughput ×$(fmt_ratio "${ROW_RPS[verify-flood]}" "${ROW_RPS[verify]}")."
-        echo "- tracing cost on /verify: throughput" \
-                "×$(fmt_ratio "${ROW_RPS[verify-tracing]}" "${ROW_RPS[verify]}")," \
-                "p99 $(fmt_ms "${ROW_P99[verify-tracing]}") vs $(fmt_ms "${ROW_P99[verify]}");" \
-                "the sink received $SINK_REQUESTS OTLP export requests" \
-                "($(awk -v b="$SINK_BYTES" 'BEGIN {printf "%.1f", b / 1024}') KiB)" \
-                "for $(fmt_int "${ROW_N[verify-tracing]}") requests."
+        echo "- tracing cost on /verify: throughput ×$(median "${TRACING_RATIOS[@]}")" \
+                "(the median of the rounds); $SPANS_EXPORTED spans exported and" \
+                "$SPANS_DROPPED dropped for $(fmt_int "$TRACED_REQUESTS") traced requests;" \
+                "nginx took $SINK_REQUESTS OTLP export requests" \
+                "($(awk -v b="$SINK_BYTES" 'BEGIN {printf "%.1f", b / 1048576}') MiB)."
         echo "- authd resident memory under /verify load: VmRSS $RSS_VERIFY_MB MiB" \
                 "(peak so far, VmHWM, $HWM_VERIFY_MB MiB); after the login flood: VmRSS" \
                 "$RSS_OFF_MB MiB, VmHWM $HWM_OFF_MB MiB (each yescrypt hash in flight" \
-                "holds its 16 MiB working set); tracing on: VmRSS $RSS_ON_MB MiB," \
+                "holds its 16 MiB working set); tracing on, under load: VmRSS $RSS_ON_MB MiB," \
                 "VmHWM $HWM_ON_MB MiB."
 } | tee "$tmp/report.md"
 
