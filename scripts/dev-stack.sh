@@ -138,10 +138,12 @@ wait_exit() {
 	wait_for "$timeout" eval "! pid_alive $pid"
 }
 
+# The last lines of a service's log; with a byte offset, only of what was
+# written past it (this start's lines, not those of an earlier run).
 log_tail() {
-	local svc=$1
+	local svc=$1 from=${2:-0}
 	echo "---- last lines of $DIR/$svc.log ----" >&2
-	tail -n 40 "$DIR/$svc.log" >&2 2>/dev/null || true
+	tail -c +"$((from + 1))" "$DIR/$svc.log" 2>/dev/null | tail -n 40 >&2 || true
 	echo "----" >&2
 }
 
@@ -475,9 +477,130 @@ amqp_pid() {
 	read_pid "$DIR/rabbitmq/launcher.pid"
 }
 
+# True when process $1 is alive and part of this stack's RabbitMQ. A pid
+# file outlives its process, and with a PID 1 that reaps orphans late and
+# pid_max at 32768 a recorded pid may name another process by now. The
+# launcher (runuser) names $DIR/rabbitmq/ on its command line, the
+# processes below it in their environment.
+amqp_owns_pid() {
+	pid_alive "$1" && grep -qsF -- "$DIR/rabbitmq/" "/proc/$1/cmdline" "/proc/$1/environ"
+}
+
 amqp_running() {
 	local pid
-	pid=$(amqp_pid 2>/dev/null) && pid_alive "$pid"
+	pid=$(amqp_pid 2>/dev/null) && amqp_owns_pid "$pid"
+}
+
+# The live processes of this stack's node, its epmd aside: the
+# rabbitmq-server script, beam.smp and the port programs beam starts
+# through erl_child_setup (inet_gethost, the disk monitor's sh), which
+# run in sessions of their own, out of reach of a process-group kill.
+# All of them carry the node's environment.
+amqp_node_pids() {
+	local f pid
+	{ grep -lsF -- "RABBITMQ_MNESIA_BASE=$DIR/rabbitmq/mnesia" /proc/[0-9]*/environ || true; } |
+		while read -r f; do
+			pid=${f#/proc/}
+			pid=${pid%/environ}
+			[ "$(cat "/proc/$pid/comm" 2>/dev/null)" != epmd ] || continue
+			if pid_alive "$pid"; then
+				echo "$pid"
+			fi
+		done
+}
+
+# True while the node's name is registered with its epmd: until its
+# beam.smp has exited. A node started meanwhile stops at boot with
+# 'node with name "vigil-…" is already running'.
+amqp_name_registered() {
+	local node
+	[ -n "$AMQP_EPMD_PORT" ] || return 1
+	node=$(amqp_node)
+	amqp_env
+	"${AMQP_ENV[@]}" epmd -port "$AMQP_EPMD_PORT" -names 2>/dev/null |
+		grep -q "^name ${node%@*} at port "
+}
+
+# True when nothing of the node is left: no launcher, no process, no name
+# in epmd (whose own process outlives the node, as it would a crash).
+amqp_node_gone() {
+	! amqp_running && [ -z "$(amqp_node_pids)" ] && ! amqp_name_registered
+}
+
+# What is left of the node, for a message.
+amqp_leftovers() {
+	local pids left=()
+	if amqp_running; then
+		left+=("launcher $(amqp_pid)")
+	fi
+	pids=$(amqp_node_pids)
+	if [ -n "$pids" ]; then
+		left+=("processes $(echo "$pids" | tr '\n' ' ')")
+	fi
+	if amqp_name_registered; then
+		left+=("$(amqp_node) still registered with epmd on port $AMQP_EPMD_PORT")
+	fi
+	echo "${left[*]:-nothing}"
+}
+
+# The ports a node binds: AMQP, distribution and, with the plugin, prometheus.
+amqp_ports() {
+	echo "$AMQP_PORT" "$AMQP_DIST_PORT"
+	if grep -qs '^prometheus' "$DIR/rabbitmq/rabbitmq.conf"; then
+		echo "$AMQP_PROMETHEUS_PORT"
+	fi
+}
+
+amqp_ports_free() {
+	local port
+	for port in $(amqp_ports); do
+		port_is_free "$port" || return 1
+	done
+}
+
+# The line of this start's log (from byte offset $1) that says the node
+# stopped at boot because its name or a port was still taken, by an
+# earlier node not quite gone or by another process: worth a second try.
+amqp_taken_reason() {
+	{ tail -c +"$(($1 + 1))" "$DIR/rabbitmq.log" 2>/dev/null || true; } |
+		awk '/is already running on host|could not bind to distribution port|eaddrinuse|epmd error for host/ {
+			if (!n++) { sub(/^.*\] <[^>]*> /, ""); print }
+		}'
+}
+
+amqp_start_failed() {
+	local from=$1
+	shift
+	log_tail rabbitmq "$from"
+	die "rabbitmq: $*"
+}
+
+# Start the node in the background once what is left of an earlier one is
+# gone and its ports are free; its launcher's pid goes to launcher.pid.
+amqp_launch() {
+	local from=$1 port busy=()
+	if ! amqp_node_gone; then
+		note "rabbitmq: an earlier node is not gone ($(amqp_leftovers)); killing it"
+		amqp_kill || amqp_start_failed "$from" "cannot get rid of the earlier node"
+	fi
+	if ! wait_for 30 amqp_ports_free; then
+		for port in $(amqp_ports); do
+			if ! port_is_free "$port"; then
+				busy+=("$port")
+				ss -Htanp "( sport = :$port )" >&2 2>/dev/null || true
+			fi
+		done
+		amqp_start_failed "$from" "127.0.0.1 port(s) ${busy[*]} still in use (30s) by another process"
+	fi
+	note "rabbitmq: starting node $(amqp_node) on 127.0.0.1:$AMQP_PORT"
+	rm -f "$DIR/rabbitmq/rabbitmq.pid"
+	# Its own session, so kill can take the whole process group.
+	amqp_env
+	run_as rabbitmq
+	(cd "$DIR/rabbitmq" &&
+		exec setsid "${RUN_AS[@]}" "${AMQP_ENV[@]}" "$RABBITMQ_BIN/rabbitmq-server") \
+		</dev/null >>"$DIR/rabbitmq.log" 2>&1 &
+	echo "$!" >"$DIR/rabbitmq/launcher.pid"
 }
 
 # The vhost and the user come from the config: RabbitMQ creates them on
@@ -521,8 +644,11 @@ EOF
 	: >"$DIR/rabbitmq/rabbitmq-env.conf"
 }
 
+# Start the node unless it runs and wait until it has booted. A node that
+# stops at boot because its name or a port was still taken is started once
+# more; each of the two attempts has RABBITMQ_TIMEOUT.
 amqp_start() {
-	local pid
+	local from launcher reason attempt=1 deadline
 	[ -x "$RABBITMQ_BIN/rabbitmq-server" ] || die "rabbitmq: $RABBITMQ_BIN/rabbitmq-server not found"
 	choose_port AMQP_PORT VIGIL_DEV_AMQP_PORT
 	choose_port AMQP_DIST_PORT VIGIL_DEV_AMQP_DIST_PORT
@@ -531,23 +657,27 @@ amqp_start() {
 	amqp_init
 	touch "$DIR/rabbitmq.log"
 	give rabbitmq "$DIR/rabbitmq" "$DIR/rabbitmq.log"
+	from=$(stat -c %s "$DIR/rabbitmq.log")
 	if ! amqp_running; then
-		note "rabbitmq: starting node $(amqp_node) on 127.0.0.1:$AMQP_PORT"
-		rm -f "$DIR/rabbitmq/rabbitmq.pid"
-		# Its own session, so kill can take the whole process group.
-		amqp_env
-		run_as rabbitmq
-		(cd "$DIR/rabbitmq" &&
-			exec setsid "${RUN_AS[@]}" "${AMQP_ENV[@]}" "$RABBITMQ_BIN/rabbitmq-server") \
-			</dev/null >>"$DIR/rabbitmq.log" 2>&1 &
-		pid=$!
-		echo "$pid" >"$DIR/rabbitmq/launcher.pid"
+		amqp_launch "$from"
 	fi
-	local deadline=$((SECONDS + RABBITMQ_TIMEOUT))
+	launcher=$(amqp_pid)
+	deadline=$((SECONDS + RABBITMQ_TIMEOUT))
 	until port_answers "$AMQP_PORT" && amqp_ctl 15 await_startup --timeout 10 >/dev/null 2>&1; do
-		amqp_running || start_failed rabbitmq "the server exited during start-up"
+		if ! pid_alive "$launcher"; then
+			reason=$(amqp_taken_reason "$from")
+			if [ "$attempt" -gt 1 ] || [ -z "$reason" ]; then
+				amqp_start_failed "$from" "the server exited during start-up"
+			fi
+			note "rabbitmq: the node stopped at boot ($reason); starting it once more"
+			attempt=2
+			amqp_launch "$from"
+			launcher=$(amqp_pid)
+			deadline=$((SECONDS + RABBITMQ_TIMEOUT))
+			continue
+		fi
 		[ "$SECONDS" -lt "$deadline" ] ||
-			start_failed rabbitmq "did not start within ${RABBITMQ_TIMEOUT}s"
+			amqp_start_failed "$from" "did not start within ${RABBITMQ_TIMEOUT}s"
 		sleep 0.5
 	done
 }
@@ -557,28 +687,47 @@ amqp_beam_pid() {
 }
 
 # SIGTERM makes the Erlang VM stop gracefully (init:stop), as rabbitmqctl
-# stop does, without starting a CLI VM first; SIGKILL if it hangs.
+# stop does, without starting a CLI VM first; SIGKILL if it hangs, and for
+# whatever of the node outlived its launcher.
 amqp_stop() {
 	local pid beam
 	if amqp_running; then
 		note "rabbitmq: stopping"
 		pid=$(amqp_pid)
-		if beam=$(amqp_beam_pid 2>/dev/null) && pid_alive "$beam"; then
+		if beam=$(amqp_beam_pid 2>/dev/null) && amqp_owns_pid "$beam"; then
 			kill -TERM "$beam" 2>/dev/null || true
 		else
 			amqp_ctl "$RABBITMQ_TIMEOUT" stop >/dev/null 2>&1 || true
 		fi
-		wait_exit "$RABBITMQ_TIMEOUT" "$pid" || amqp_kill
+		wait_exit "$RABBITMQ_TIMEOUT" "$pid" || true
+	fi
+	if ! amqp_node_gone; then
+		amqp_kill || true
 	fi
 	amqp_epmd_stop
 }
 
+# SIGKILL the node (a crash: data kept, its epmd left running) and return
+# once it is gone. The launcher is only runuser: beam.smp and its port
+# programs (in sessions of their own) exit in their own time, and until
+# beam.smp has, its name stays registered with epmd and its ports stay
+# bound, so a node started then stops at boot ("already running",
+# eaddrinuse).
 amqp_kill() {
-	local pid
-	pid=$(amqp_pid 2>/dev/null) || return 0
-	pid_alive "$pid" || return 0
-	kill_hard "$pid"
-	wait_exit 10 "$pid" || true
+	local pid pids
+	[ -n "$AMQP_PORT" ] || return 0
+	if pid=$(amqp_pid 2>/dev/null) && amqp_owns_pid "$pid"; then
+		kill_hard "$pid"
+	fi
+	pids=$(amqp_node_pids)
+	if [ -n "$pids" ]; then
+		# shellcheck disable=SC2086 # one word per pid
+		kill -KILL $pids 2>/dev/null || true
+	fi
+	if ! wait_for 30 amqp_node_gone; then
+		note "rabbitmq: not gone 30s after SIGKILL: $(amqp_leftovers)"
+		return 1
+	fi
 }
 
 # Each stack's node registers with its own epmd; stop it with the node.
