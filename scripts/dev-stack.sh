@@ -385,7 +385,7 @@ redis_start() {
 bind 127.0.0.1
 port $REDIS_PORT
 protected-mode yes
-daemonize yes
+daemonize no
 pidfile $DIR/redis/redis.pid
 logfile $DIR/redis.log
 dir $DIR/redis
@@ -397,8 +397,12 @@ EOF
 	if ! redis_running; then
 		note "redis: starting on 127.0.0.1:$REDIS_PORT"
 		rm -f "$DIR/redis/redis.pid"
-		as_user redis redis-server "$DIR/redis/redis.conf" </dev/null >/dev/null 2>&1 ||
-			start_failed redis "redis-server failed"
+		# Not daemonized: a daemonizing redis-server starts a session of its
+		# own, and with autogroup scheduling (kernel.sched_autogroup_enabled)
+		# a session is a scheduling group. On a loaded 2-vCPU VM that group
+		# was seen to wait seconds for a CPU; in the caller's session Redis
+		# competes as one of the stack's processes.
+		as_user redis redis-server "$DIR/redis/redis.conf" </dev/null >/dev/null 2>&1 &
 	fi
 	wait_for "$REDIS_TIMEOUT" eval 'redis_cli ping 2>/dev/null | grep -q PONG' ||
 		start_failed redis "does not answer PING within ${REDIS_TIMEOUT}s"
