@@ -358,6 +358,10 @@ static CURLcode setup_handle(struct http_client *c, CURL *h, const char *method,
         SET(CURLOPT_USERAGENT, "vigil/" PACKAGE_VERSION);
         SET(CURLOPT_HTTPHEADER, headers);
         SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_response);
+        /* A handle's receive buffer lives as long as the handle, and a
+         * busy daemon keeps one handle per concurrent call: service answers
+         * are small, so 4 KiB rather than curl's 16 KiB. */
+        SET(CURLOPT_BUFFERSIZE, 4096L);
         SET(CURLOPT_WRITEFUNCTION, write_cb);
         SET(CURLOPT_WRITEDATA, buf);
 
