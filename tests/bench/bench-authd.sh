@@ -16,9 +16,9 @@
 #   3. authd POST /verify                 JWT check + session check
 #   4. authd POST /verify during a flood of POST /login (16 connections,
 #      yescrypt hashing), both at once
-#   5. --rounds rounds (default 3) of POST /verify on the tracing-off
-#      process, then on the tracing-on one: the cost of tracing is the
-#      median of the rounds' throughput ratios
+#   5. --rounds rounds (default 3) of POST /verify on both processes, back
+#      to back, in alternating order: the cost of tracing is the median of
+#      the rounds' throughput ratios
 #
 # and reads authd's resident memory (VmRSS, VmHWM) halfway through the
 # /verify run, after the flood, and halfway through the first tracing-on
@@ -207,24 +207,34 @@ read -r RSS_OFF_MB HWM_OFF_MB < <(read_memory "$authd_pid")
 note "authd memory after load: VmRSS $RSS_OFF_MB MiB, VmHWM $HWM_OFF_MB MiB"
 
 # The cost of tracing, as the median of rounds that each measure the two
-# processes back to back, so that both see the same machine.
+# processes back to back, so that both see the same machine; odd rounds
+# start with tracing off, even ones with tracing on, so that the order
+# favours neither.
 note "5/5 authd POST /verify, tracing off and on, $rounds rounds"
 wrk_warmup verify-tracing "$tracing_url/verify" post-bearer.lua
-for i in $(seq "$rounds"); do
-        wrk_run "verify-off-$i" $threads "$connections" "$duration" "$auth_url/verify" \
-                post-bearer.lua
-        record "verify-off-$i"
-        wrk_start "verify-on-$i" $threads "$connections" "$duration" "$tracing_url/verify" \
-                post-bearer.lua
+# verify_run NAME URL [PID]: one /verify run, reading PID's memory halfway.
+verify_run() {
+        wrk_start "$1" $threads "$connections" "$duration" "$2" post-bearer.lua
         wrk_pid=$!
-        if [ "$i" = 1 ]; then
+        if [ -n "${3:-}" ]; then
                 sleep "$(awk -v d="$duration" 'BEGIN {print d / 2}')"
-                # shellcheck disable=SC2154
-                read -r RSS_ON_MB HWM_ON_MB < <(read_memory "$tracing_pid")
+                read -r RSS_ON_MB HWM_ON_MB < <(read_memory "$3")
         fi
-        wait "$wrk_pid" || die "wrk failed for verify-on-$i: $(tail -n 3 "$tmp/verify-on-$i.txt")"
+        wait "$wrk_pid" || die "wrk failed for $1: $(tail -n 3 "$tmp/$1.txt")"
         wrk_pid=
-        record "verify-on-$i"
+        record "$1"
+}
+for i in $(seq "$rounds"); do
+        memory_pid=
+        # shellcheck disable=SC2154
+        [ "$i" != 1 ] || memory_pid=$tracing_pid
+        if [ $((i % 2)) = 1 ]; then
+                verify_run "verify-off-$i" "$auth_url/verify"
+                verify_run "verify-on-$i" "$tracing_url/verify" "$memory_pid"
+        else
+                verify_run "verify-on-$i" "$tracing_url/verify"
+                verify_run "verify-off-$i" "$auth_url/verify"
+        fi
         TRACING_RATIOS+=("$(fmt_ratio "${ROW_RPS[verify-on-$i]}" "${ROW_RPS[verify-off-$i]}")")
 done
 # Give the exporter's batch timer a moment to flush the last spans.
@@ -277,8 +287,9 @@ done
                         "$(fmt_ms "${ROW_P99[$row]}")" "$ratio" "${ROW_ERR[$row]}"
         done
         echo
-        echo "Tracing: POST /verify on the tracing-off process, then on the one that"
-        echo "records every request (sample ratio $sample_ratio_on) and exports it to nginx:"
+        echo "Tracing: POST /verify on the tracing-off process and on the one that records"
+        echo "every request (sample ratio $sample_ratio_on) and exports it to nginx, back to back"
+        echo "(odd rounds start with tracing off, even ones with tracing on):"
         echo
         echo "| round | off: requests/s | p99 | on: requests/s | p99 | on / off |"
         echo "|------:|----------------:|----:|---------------:|----:|---------:|"
