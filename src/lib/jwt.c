@@ -433,17 +433,6 @@ struct jwt_cache {
         struct metric *hits, *misses;
 };
 
-/* FNV-1a, 64 bits: to spread tokens over the slots and to tell keys
- * apart; a hit still compares the whole token. */
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-        const uint8_t *b = p;
-
-        for (size_t i = 0; i < n; i++)
-                h = (h ^ b[i]) * 0x100000001b3ULL;
-        return h;
-}
-
 int jwt_cache_new(struct metrics_registry *registry, struct jwt_cache **ret)
 {
         struct jwt_cache *c;
@@ -503,7 +492,9 @@ int jwt_hs256_verify_cached(struct jwt_cache *c, const uint8_t *key, size_t key_
         if (!c || len > JWT_CACHE_MAX_TOKEN || key_len < JWT_MIN_KEY_SIZE)
                 return jwt_hs256_verify(key, key_len, token, now, ret);
 
-        hash = fnv1a(fnv1a(0xcbf29ce484222325ULL, key, key_len), token, len);
+        /* Spreads tokens over the slots and tells keys apart; a hit still
+         * compares the whole token. */
+        hash = fnv1a64(fnv1a64(FNV1A64_INIT, key, key_len), token, len);
         i = hash % JWT_CACHE_SLOTS;
         slot = &c->slots[i];
         lock = &c->stripes[i % CACHE_STRIPES];

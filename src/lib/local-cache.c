@@ -61,13 +61,7 @@ struct local_cache {
 
 static uint64_t hash_key(const char *key, size_t len)
 {
-        uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
-
-        for (size_t i = 0; i < len; i++) {
-                h ^= (unsigned char)key[i];
-                h *= 0x100000001b3ULL;
-        }
-        return h;
+        return fnv1a64(FNV1A64_INIT, key, len);
 }
 
 static struct shard *shard_of(struct local_cache *c, uint64_t hash)

@@ -78,6 +78,19 @@ static inline bool equal_constant_time(const void *a, const void *b, size_t n)
         return diff == 0;
 }
 
+/* FNV-1a, 64 bits, of n bytes at p, continuing from h (FNV1A64_INIT to
+ * start): a fast spread for hash tables, not a defence against chosen
+ * collisions. */
+#define FNV1A64_INIT 0xcbf29ce484222325ULL
+static inline uint64_t fnv1a64(uint64_t h, const void *p, size_t n)
+{
+        const uint8_t *b = p;
+
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ b[i]) * 0x100000001b3ULL;
+        return h;
+}
+
 static inline void closep(int *fd)
 {
         if (*fd >= 0)
@@ -91,7 +104,6 @@ static inline int negative_errno(void)
 }
 
 /* Monotonic and wall clocks in microseconds. */
-#include <stdint.h>
 #include <time.h>
 static inline uint64_t now_usec(clockid_t clock)
 {
