@@ -825,13 +825,12 @@ static void put_hex_id(struct strbuf *b, const uint8_t *id, size_t n)
 
 /* The AnyValue of a. OTLP/JSON writes int64 as a decimal string and, as
  * proto3 JSON, non-finite doubles as the strings "NaN", "Infinity". */
-static void put_attribute_value(struct strbuf *b, const struct span_record *r,
-                                const struct attribute *a)
+static void put_attribute_value(struct strbuf *b, const char *text, const struct attribute *a)
 {
         switch (a->type) {
         case ATTRIBUTE_STRING:
                 put_literal(b, "{\"stringValue\":");
-                put_text(b, r->text + a->value.string);
+                put_text(b, text + a->value.string);
                 break;
         case ATTRIBUTE_INT:
                 put_literal(b, "{\"intValue\":\"");
@@ -855,14 +854,15 @@ static void put_attribute_value(struct strbuf *b, const struct span_record *r,
         strbuf_putc(b, '}');
 }
 
-/* A KeyValue {key, value} with a string value. */
-static void put_string_key_value(struct strbuf *b, const char *key, const char *value)
+/* A KeyValue {key, value}; the offsets of a string value are into text. */
+static void put_key_value(struct strbuf *b, const char *key, const char *text,
+                          const struct attribute *a)
 {
         put_literal(b, "{\"key\":");
         put_text(b, key);
-        put_literal(b, ",\"value\":{\"stringValue\":");
-        put_text(b, value);
-        put_literal(b, "}}");
+        put_literal(b, ",\"value\":");
+        put_attribute_value(b, text, a);
+        strbuf_putc(b, '}');
 }
 
 static void put_span(struct strbuf *b, const struct span *s)
@@ -891,11 +891,7 @@ static void put_span(struct strbuf *b, const struct span *s)
 
                 if (i > 0)
                         strbuf_putc(b, ',');
-                put_literal(b, "{\"key\":");
-                put_text(b, r->text + a->key);
-                put_literal(b, ",\"value\":");
-                put_attribute_value(b, r, a);
-                strbuf_putc(b, '}');
+                put_key_value(b, r->text + a->key, r->text, a);
         }
         strbuf_putc(b, ']');
         if (r->n_dropped_attributes > 0) {
@@ -926,6 +922,8 @@ static char *render_request_head(const struct tracer_options *opts)
                 {"telemetry.sdk.name", "vigil"},
                 {"telemetry.sdk.version", PACKAGE_VERSION},
         };
+        /* Each value is a string of its own, so at offset 0. */
+        static const struct attribute string_at_start = {.type = ATTRIBUTE_STRING};
         struct strbuf b = {};
         bool first = true;
 
@@ -938,7 +936,7 @@ static char *render_request_head(const struct tracer_options *opts)
                 (void)utf8_copy(value, fields[i].value, TRACE_MAX_STRING_LEN);
                 if (!first)
                         strbuf_putc(&b, ',');
-                put_string_key_value(&b, fields[i].key, value);
+                put_key_value(&b, fields[i].key, value, &string_at_start);
                 first = false;
         }
         put_literal(&b, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"vigil\",\"version\":");
