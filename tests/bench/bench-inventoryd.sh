@@ -16,10 +16,12 @@
 #   2. GET /products                          cache hit (warmed first)
 #   3. POST /product/1/reserve {quantity:1}   one hot product with huge stock
 #   4. GET /product/{random 1..10}            with 10 products
-#   5. --rounds rounds (default 3) of GET /product/2 with 10 products and
+#   5. --rounds rounds (default 5) of GET /product/2 with 10 products and
 #      GET /product/2 with --products products (default 100000), the
-#      order alternating from round to round. Before each of these runs
-#      the catalog is brought to its size (rows deleted, or inserted with
+#      order alternating from round to round, each with wrk -t1 -c2 so
+#      that p99 is the request's own latency rather than the scheduler's
+#      (see flat_connections). Before each of these runs the catalog is
+#      brought to its size (rows deleted, or inserted with
 #      generate_series), PostgreSQL is vacuumed, analysed and
 #      checkpointed, and a short wrk run of the same request warms up.
 #   6. GET /product/{random 1..N}             with --products products
@@ -44,7 +46,7 @@ builddir=${top_builddir:-.}
 duration=10
 connections=32
 products=100000
-rounds=3
+rounds=5
 keep=no
 
 usage() {
@@ -76,6 +78,15 @@ if ! [[ "$products" =~ ^[0-9]+$ ]] || [ "$products" -lt 11 ] || [ "$products" -g
 fi
 # The warm-up before each run of the flatness comparison.
 warmup=$((duration < 2 ? duration : 2))
+# The flatness comparison's load: one wrk thread, two connections. With 32
+# connections, inventoryd has 32 connection threads on the machine's CPUs
+# beside wrk's, and p99 is how long the scheduler leaves one of them
+# waiting: on 2 CPUs, identical runs gave p99s from 1.1 to 3.4 ms, a noise
+# floor far wider than the 10 % to resolve. With two connections nothing
+# queues, and p99 is the request's own latency (about 0.1 ms, identical
+# runs within about 10 %).
+flat_threads=1
+flat_connections=2
 # A run of the flatness comparison whose slowest response took this long
 # (ms) had a stall: wrk's correction for coordinated omission makes its p99
 # a measure of the stall rather than of the catalog (see bench-lib.sh).
@@ -247,7 +258,8 @@ cpu_ticks() {
                 END {printf "%d %d %d\n", all, busy, ours}'
 }
 
-# measure NAME URL [LUA]: wrk_run and record, with what the run did to the
+# measure NAME URL [LUA]: wrk_run (with wrk_threads and wrk_connections
+# when set, else threads and connections) and record, with what the run did to the
 # caches and what the rest of the machine did meanwhile: the cache and
 # local cache hit ratios in ROW_HIT[NAME] and ROW_LOCAL_HIT[NAME] ("—" when
 # there were no lookups), the times the local cache went off in
@@ -259,7 +271,8 @@ measure() {
         read -r h0 m0 lh0 lm0 < <(cache_counts)
         losses0=$(local_cache_losses)
         read -r all0 busy0 ours0 < <(cpu_ticks)
-        wrk_run "$name" $threads "$connections" "$duration" "$2" "${3:-}"
+        wrk_run "$name" "${wrk_threads:-$threads}" "${wrk_connections:-$connections}" \
+                "$duration" "$2" "${3:-}"
         read -r all1 busy1 ours1 < <(cpu_ticks)
         ROW_LOSSES[$name]=$(($(local_cache_losses) - losses0))
         read -r h1 m1 lh1 lm1 < <(cache_counts)
@@ -285,8 +298,9 @@ flat_run() {
         local name="product-2-$2-round-$1"
         note "GET /product/2 with $2 products, round $1 of $rounds"
         catalog_size "$2"
-        wrk_run "$name-warmup" $threads "$connections" "$warmup" "$inv_url/product/2"
-        measure "$name" "$inv_url/product/2"
+        wrk_run "$name-warmup" $flat_threads $flat_connections "$warmup" "$inv_url/product/2"
+        wrk_threads=$flat_threads wrk_connections=$flat_connections measure "$name" \
+                "$inv_url/product/2"
         FLAT_ROWS+=("$name")
 }
 
@@ -403,7 +417,8 @@ lowest_hit=$(for row in "${FLAT_ROWS[@]}"; do echo "${ROW_HIT[$row]%% *}"; done 
         echo
         echo "GET /product/2 with 10 and with $products products, $rounds interleaved rounds,"
         echo "in the order run; before each run: the catalog resized, VACUUM ANALYZE,"
-        echo "CHECKPOINT and a ${warmup} s warm-up of the same request:"
+        echo "CHECKPOINT and a ${warmup} s warm-up of the same request; each with"
+        echo "wrk -t$flat_threads -c$flat_connections -d${duration}s --latency:"
         echo
         echo "| round | products | requests/s | p50 | p99 | max | local cache hits | local cache off | other CPU |"
         echo "|------:|---------:|-----------:|----:|----:|----:|-----------------:|----------------:|----------:|"
