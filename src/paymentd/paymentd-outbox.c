@@ -353,6 +353,15 @@ static void *relay_thread(void *userdata)
                         set_pg_up(r, true, 0);
                 }
 
+                /* The round about to run sees the rows of every commit
+                 * notified so far, so their NOTIFYs say nothing new. Read
+                 * and drop them on every turn: left unread while the
+                 * broker is down or a backlog is worked off, they pile up
+                 * in libpq (an allocation each) and in PostgreSQL's
+                 * notification queue, which fails every NOTIFY when full. */
+                if (PQconsumeInput(pg_conn_raw(conn)))
+                        (void)drain_notifications(pg_conn_raw(conn));
+
                 if (!amqp_client_is_connected(r->amqp)) {
                         rc = amqp_client_connect(r->amqp);
                         if (rc >= 0)

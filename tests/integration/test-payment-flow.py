@@ -109,6 +109,21 @@ def queue_count(ctx):
     return int(p.stdout.strip())
 
 
+def relay_unread_bytes(ctx):
+    """Bytes waiting unread in the receive queue of the outbox relay's
+    PostgreSQL connection (found by its application_name)."""
+    port = ctx.stack.sql("SELECT client_port FROM pg_stat_activity"
+                         " WHERE application_name = 'vigil-paymentd-outbox'")
+    check(port.isdigit(), f"the relay's connection in pg_stat_activity: {port!r}")
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == int(port):
+                return int(fields[4].split(":")[1], 16)
+    check(False, f"no socket on local port {port} in /proc/net/tcp")
+    return None
+
+
 def accounting(ctx, what):
     row = ctx.stack.sql(
         "SELECT (SELECT count(*) FROM payment.payments),"
@@ -165,6 +180,11 @@ def test_rabbitmq_outage_keeps_charging_and_drains_afterwards(ctx):
         check_eq(len(ids), 50, "charges accepted while the broker is down")
         harness.wait_until(lambda: ps.metric(ctx.paymentd, "vigil_outbox_pending") >= 50, 15,
                            what="the backlog in vigil_outbox_pending")
+        # The relay reads the NOTIFYs of these commits even while it cannot
+        # publish; unread, they would pile up for the whole outage in its
+        # socket and in PostgreSQL's notification queue.
+        harness.wait_until(lambda: relay_unread_bytes(ctx) == 0, 15,
+                           what="the relay's connection read while the broker is down")
         harness.wait_until(
             lambda: ps.metric(ctx.paymentd, "vigil_outbox_oldest_age_seconds") > 0, 15,
             what="vigil_outbox_oldest_age_seconds > 0")
