@@ -29,7 +29,10 @@
 #include "trace.h"
 
 #define CHANNEL                    1
-#define FRAME_MAX                  131072
+/* Frames we accept, and so the size of each of the two buffers rabbitmq-c
+ * keeps per connection. Larger bodies arrive in several frames; ours are
+ * well under a kilobyte. */
+#define FRAME_MAX                  32768
 #define DEFAULT_CONNECT_TIMEOUT_MS 2000
 #define DEFAULT_RPC_TIMEOUT_MS     5000
 #define DEFAULT_HEARTBEAT_SECONDS  30

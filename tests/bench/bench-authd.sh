@@ -104,6 +104,8 @@ tracing_url="http://127.0.0.1:$(free_port)"
 ready_or_dead() { # URL PID
         answers_200 "$1/ready" || ! kill -0 "$2" 2>/dev/null
 }
+declare -a authd_env
+bench_daemon_env authd authd_env
 
 # start_authd NAME PIDVAR URL OTLP_ENDPOINT SAMPLE_RATIO: start an authd
 # listening at URL, its pid in PIDVAR, and wait until it is ready (schema
@@ -111,7 +113,7 @@ ready_or_dead() { # URL PID
 # and the JWT key, so a token works on either.
 start_authd() {
         local pid
-        env -u JOURNAL_STREAM -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID \
+        "${authd_env[@]}" \
                 VIGIL_HTTP_LISTEN="${3#http://}" \
                 VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" \
                 VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \

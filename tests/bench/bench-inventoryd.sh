@@ -134,8 +134,10 @@ cp "$VIGIL_DEV_PG_PASSWORD_FILE_INVENTORY" "$tmp/credentials/postgres-password"
 inv_port=$(free_port)
 inv_url="http://127.0.0.1:$inv_port"
 
+declare -a inventoryd_env
+bench_daemon_env inventoryd inventoryd_env
 note "starting vigil-inventoryd on $inv_url (tracing off, access log off)"
-env -u JOURNAL_STREAM -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID \
+"${inventoryd_env[@]}" \
         VIGIL_HTTP_LISTEN="127.0.0.1:$inv_port" \
         VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_INVENTORY" \
         VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \

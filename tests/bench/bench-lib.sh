@@ -157,6 +157,27 @@ bench_start_nginx() {
                 die "nginx does not answer on 127.0.0.1:$nginx_port"
 }
 
+# bench_daemon_env NAME ARRAY: sets ARRAY to an env(1) command that clears
+# what systemd hands a service (JOURNAL_STREAM, NOTIFY_SOCKET, LISTEN_*)
+# and sets what units/vigil-NAME.service.in sets with Environment=, so
+# that the benchmark runs the daemon as its unit does. The settings, for
+# the report, go to UNIT_ENV[NAME] ("none" without any).
+declare -A UNIT_ENV
+bench_daemon_env() {
+        local -n out=$2
+        local unit="$srcdir/units/vigil-$1.service.in" line settings=()
+        [ -r "$unit" ] || die "$unit not found"
+        while IFS= read -r line; do
+                [[ "$line" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]\"\']*$ ]] ||
+                        die "$unit: Environment=$line is not one unquoted VAR=value"
+                settings+=("$line")
+        done < <(sed -n 's/^Environment=//p' "$unit")
+        # shellcheck disable=SC2034 # for the caller
+        out=(env -u JOURNAL_STREAM -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID "${settings[@]}")
+        # shellcheck disable=SC2034 # for the caller
+        UNIT_ENV[$1]=${settings[*]:-none}
+}
+
 # Convert a wrk duration (123.45us, 1.23ms, 2.00s, 1.50m) to milliseconds.
 to_ms() {
         awk -v t="$1" 'BEGIN {

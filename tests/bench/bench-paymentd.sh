@@ -20,7 +20,11 @@
 #   4. pgbench -N -cN -j2 -TSECONDS         PostgreSQL's write-commit ceiling
 #
 # and reports the outbox backlog at the end (the relay publishes with
-# confirms while the charges run) and paymentd's resident memory. It prints
+# confirms while the charges run) and paymentd's resident memory. After
+# the outbox drained, vigil-notifyd (send latency 0) consumes every event
+# the run published, and the report gives how fast it did and its
+# resident memory meanwhile. The daemons run with the Environment= of
+# their systemd units (bench_daemon_env). It prints
 # a markdown report; it never fails on the figures, only when the set-up
 # does or the charge run serves errors. Everything it started is stopped.
 set -euo pipefail
@@ -65,6 +69,7 @@ bindir() {
 }
 authd=$(bindir authd)
 paymentd=$(bindir paymentd)
+notifyd=$(bindir notifyd)
 for tool in wrk nginx pgbench psql python3 curl timeout; do
         command -v "$tool" >/dev/null ||
                 die "$tool not found (Debian packages: wrk nginx-light postgresql-client postgresql-contrib python3 curl coreutils)"
@@ -78,7 +83,7 @@ args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
 [ "$keep" = no ] || args+=(--keep)
 bench_under_timeout $((5 * (duration + 5) + 400)) "${args[@]}"
 
-bench_setup paymentd pgbench_pid paymentd_pid authd_pid
+bench_setup paymentd pgbench_pid notifyd_pid paymentd_pid authd_pid
 
 # ------------------------------------------------------------------ servers
 
@@ -88,22 +93,27 @@ sql() {
         psql "${admin_dsn/dbname=postgres/dbname=vigil}" -X -v ON_ERROR_STOP=1 -Atc "$1"
 }
 
-mkdir -p "$tmp/auth-credentials" "$tmp/payment-credentials"
-chmod 700 "$tmp/auth-credentials" "$tmp/payment-credentials"
+mkdir -p "$tmp/auth-credentials" "$tmp/payment-credentials" "$tmp/notify-credentials"
+chmod 700 "$tmp/auth-credentials" "$tmp/payment-credentials" "$tmp/notify-credentials"
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/auth-credentials/jwt-key"
 cp "$VIGIL_DEV_PG_PASSWORD_FILE_AUTH" "$tmp/auth-credentials/postgres-password"
 cp "$VIGIL_DEV_PG_PASSWORD_FILE_PAYMENT" "$tmp/payment-credentials/postgres-password"
+cp "$VIGIL_DEV_PG_PASSWORD_FILE_NOTIFY" "$tmp/notify-credentials/postgres-password"
 : >"$tmp/empty.conf"
 auth_port=$(free_port)
 pay_port=$(free_port)
 auth_url="http://127.0.0.1:$auth_port"
 pay_url="http://127.0.0.1:$pay_port"
 
-daemon_env=(env -u JOURNAL_STREAM -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID
-        VIGIL_TRACING_OTLP_ENDPOINT= VIGIL_LOG_LEVEL=warning VIGIL_HTTP_ACCESS_LOG=false)
+declare -a authd_env
+bench_daemon_env authd authd_env
+declare -a paymentd_env notifyd_env
+bench_daemon_env paymentd paymentd_env
+bench_daemon_env notifyd notifyd_env
+bench_settings=(VIGIL_TRACING_OTLP_ENDPOINT= VIGIL_LOG_LEVEL=warning VIGIL_HTTP_ACCESS_LOG=false)
 
 note "starting vigil-authd on $auth_url"
-"${daemon_env[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$auth_port" \
+"${authd_env[@]}" "${bench_settings[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$auth_port" \
         VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
         CREDENTIALS_DIRECTORY="$tmp/auth-credentials" \
         "$authd" --config "$tmp/empty.conf" </dev/null >"$tmp/authd.log" 2>&1 &
@@ -112,7 +122,7 @@ authd_pid=$!
 wait_for 60 answers_200 "$auth_url/ready" || die "authd is not ready after 60s"
 
 note "starting vigil-paymentd on $pay_url (processor latency 0, decline ratio 0)"
-"${daemon_env[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$pay_port" \
+"${paymentd_env[@]}" "${bench_settings[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$pay_port" \
         VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_PAYMENT" VIGIL_AMQP_URL="$VIGIL_AMQP_URL" \
         VIGIL_AUTH_URL="$auth_url" VIGIL_PROCESSOR_LATENCY_MS=0 \
         VIGIL_PROCESSOR_DECLINE_RATIO=0 CREDENTIALS_DIRECTORY="$tmp/payment-credentials" \
@@ -196,10 +206,44 @@ payments_after=$(sql "SELECT count(*) FROM payment.payments")
 charge_requests=${ROW_N[charge]}
 pending_end=$(sql "SELECT count(*) FROM payment.outbox WHERE published_at IS NULL")
 drain_start=$SECONDS
-wait_for 120 test "$(sql "SELECT count(*) FROM payment.outbox WHERE published_at IS NULL")" = 0 ||
+outbox_drained() {
+        [ "$(sql "SELECT count(*) FROM payment.outbox WHERE published_at IS NULL")" = 0 ]
+}
+wait_for 120 outbox_drained ||
         note "warning: the outbox did not drain within 120 s"
 drain_seconds=$((SECONDS - drain_start))
 read -r RSS_MB HWM_MB < <(read_memory "$paymentd_pid")
+
+# notifyd consumes what the run published: every payment made so far.
+notify_port=$(free_port)
+note "starting vigil-notifyd on 127.0.0.1:$notify_port (send latency 0) to consume the events"
+"${notifyd_env[@]}" "${bench_settings[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$notify_port" \
+        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_NOTIFY" VIGIL_AMQP_URL="$VIGIL_AMQP_URL" \
+        VIGIL_PROCESSOR_SEND_LATENCY_MS=0 CREDENTIALS_DIRECTORY="$tmp/notify-credentials" \
+        "$notifyd" --config "$tmp/empty.conf" </dev/null >"$tmp/notifyd.log" 2>&1 &
+notifyd_pid=$!
+notified() {
+        sql "SELECT count(*) FROM notify.notifications"
+}
+# Sampled every half second while it consumes: the largest VmRSS seen.
+NOTIFY_RSS_MB=0
+notify_consumed() {
+        local rss
+        read -r rss _ < <(read_memory "$notifyd_pid")
+        NOTIFY_RSS_MB=$(awk -v a="$rss" -v b="$NOTIFY_RSS_MB" 'BEGIN {print (a > b ? a : b)}')
+        [ "$(notified)" -ge "$payments_after" ]
+}
+notify_start=$SECONDS
+if wait_for 300 notify_consumed; then
+        notify_seconds=$((SECONDS - notify_start))
+        NOTIFY_RATE=$(awk -v n="$payments_after" -v s="$notify_seconds" \
+                'BEGIN {printf "%.0f\n", n / (s > 0 ? s : 1)}')
+else
+        note "warning: notifyd did not record every event within 300 s"
+        notify_seconds=timeout NOTIFY_RATE="?"
+fi
+NOTIFIED=$(notified)
+read -r _ NOTIFY_HWM_MB < <(read_memory "$notifyd_pid")
 
 note "4/4 pgbench -N -c$connections -j$threads -T$duration (write-commit ceiling)"
 psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE vigil_bench" >/dev/null
@@ -242,6 +286,12 @@ PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || settin
         echo "- outbox backlog when the run ended: $pending_end events, drained" \
                 "${drain_seconds}s later (publisher confirms, batches of up to 100)."
         echo "- paymentd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB."
+        echo "- notifyd recorded $NOTIFIED notifications for $payments_after payments in" \
+                "${notify_seconds}s (about $NOTIFY_RATE/s, one transaction each, send latency 0);" \
+                "resident memory while it consumed: VmRSS up to $NOTIFY_RSS_MB MiB, VmHWM" \
+                "$NOTIFY_HWM_MB MiB."
+        echo "- environment from the units: paymentd ${UNIT_ENV[paymentd]}; notifyd" \
+                "${UNIT_ENV[notifyd]}; authd ${UNIT_ENV[authd]}."
         echo "- PostgreSQL settings of the dev stack: $PG_SETTINGS."
 } | tee "$tmp/report.md"
 
