@@ -37,7 +37,7 @@ static bool reserve(struct strbuf *b, size_t n)
         return true;
 }
 
-void strbuf_append(struct strbuf *b, const void *s, size_t n)
+void strbuf_append_grow(struct strbuf *b, const void *s, size_t n)
 {
         if (!reserve(b, n))
                 return;
@@ -50,11 +50,6 @@ void strbuf_append(struct strbuf *b, const void *s, size_t n)
 void strbuf_puts(struct strbuf *b, const char *s)
 {
         strbuf_append(b, s, strlen(s));
-}
-
-void strbuf_putc(struct strbuf *b, char c)
-{
-        strbuf_append(b, &c, 1);
 }
 
 void strbuf_put_u64(struct strbuf *b, uint64_t v)
@@ -98,19 +93,31 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
         b->len += (size_t)n;
 }
 
-void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n)
+/* The bytes a JSON string holds as they are: all but '"', '\\' and the
+ * control characters (NUL among them). */
+static const bool json_plain[256] = {
+        [0x20 ... '"' - 1] = true,
+        ['"' + 1 ... '\\' - 1] = true,
+        ['\\' + 1 ... 0xff] = true,
+};
+
+/* A JSON string literal of the n bytes at s, or of s up to its NUL with
+ * to_nul: runs that need no escape are copied at once. */
+static void put_json(struct strbuf *b, const char *s, size_t n, bool to_nul)
 {
         static const char hex[] = "0123456789abcdef";
-        size_t start = 0;
+        size_t start = 0, i;
 
         strbuf_putc(b, '"');
-        for (size_t i = 0; i < n; i++) {
+        for (i = 0; to_nul || i < n; i++) {
                 unsigned char c = (unsigned char)s[i];
                 char esc[6];
                 size_t len = 2;
 
-                if (c >= 0x20 && c != '"' && c != '\\')
+                if (json_plain[c])
                         continue;
+                if (c == '\0' && to_nul)
+                        break;
                 esc[0] = '\\';
                 switch (c) {
                 case '"':
@@ -136,8 +143,18 @@ void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n)
                 strbuf_append(b, esc, len);
                 start = i + 1;
         }
-        strbuf_append(b, s + start, n - start);
+        strbuf_append(b, s + start, i - start);
         strbuf_putc(b, '"');
+}
+
+void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n)
+{
+        put_json(b, s, n, false);
+}
+
+void strbuf_put_json_cstring(struct strbuf *b, const char *s)
+{
+        put_json(b, s, 0, true);
 }
 
 void strbuf_reset(struct strbuf *b)

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "macro.h"
 
@@ -19,15 +20,32 @@ struct strbuf {
         bool failed;
 };
 
-void strbuf_append(struct strbuf *b, const void *s, size_t n);
+/* The slow path of strbuf_append(): grows the buffer first. */
+void strbuf_append_grow(struct strbuf *b, const void *s, size_t n);
+/* Inline, so that appending a literal is a copy of known size. */
+static inline void strbuf_append(struct strbuf *b, const void *s, size_t n)
+{
+        if (n >= b->cap - b->len || b->failed) { /* also while cap is 0 */
+                strbuf_append_grow(b, s, n);
+                return;
+        }
+        memcpy(b->data + b->len, s, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+}
 void strbuf_puts(struct strbuf *b, const char *s);
-void strbuf_putc(struct strbuf *b, char c);
+static inline void strbuf_putc(struct strbuf *b, char c)
+{
+        strbuf_append(b, &c, 1);
+}
 void strbuf_put_u64(struct strbuf *b, uint64_t v);
 void strbuf_put_i64(struct strbuf *b, int64_t v);
 void strbuf_printf(struct strbuf *b, const char *fmt, ...) _printf_(2, 3);
 /* A JSON string literal (with its quotes) of the n bytes at s, which must
  * be valid UTF-8: '"', '\\' and control characters are escaped. */
 void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n);
+/* The same for the NUL-terminated s, in one pass over it. */
+void strbuf_put_json_cstring(struct strbuf *b, const char *s);
 
 static inline bool strbuf_failed(const struct strbuf *b)
 {

@@ -25,7 +25,7 @@
 #include "trace.h"
 
 #define DEFAULT_QUEUE_CAPACITY    4096
-#define DEFAULT_BATCH_SIZE        256
+#define DEFAULT_BATCH_SIZE        512
 #define DEFAULT_FLUSH_INTERVAL_MS 1000
 #define DEFAULT_EXPORT_TIMEOUT_MS 2000
 #define MAX_INTERVAL_MS           (3600U * 1000U)
@@ -304,8 +304,22 @@ static size_t utf8_copy(char *out, const char *s, size_t max)
         size_t len = strnlen(s, max + 4), i = 0, o = 0;
 
         while (i < len) {
-                size_t n = utf8_sequence_len(in + i, len - i);
+                size_t n = 0;
 
+                /* A run of ASCII, most text, in one copy. */
+                while (i + n < len && in[i + n] < 0x80)
+                        n++;
+                if (n > 0) {
+                        if (o + n > max)
+                                n = max - o;
+                        memcpy(out + o, in + i, n);
+                        o += n;
+                        i += n;
+                        if (o == max)
+                                break;
+                        continue;
+                }
+                n = utf8_sequence_len(in + i, len - i);
                 if (n == 0) {
                         if (o + 3 > max)
                                 break;
@@ -812,7 +826,7 @@ struct span *trace_current(void)
 
 static void put_text(struct strbuf *b, const char *s)
 {
-        strbuf_put_json_string(b, s, strlen(s));
+        strbuf_put_json_cstring(b, s);
 }
 
 static void put_hex_id(struct strbuf *b, const uint8_t *id, size_t n)
@@ -1027,26 +1041,21 @@ static void export_batch(struct tracer *t, struct span *list, size_t n, unsigned
                 count_exported(t, n);
 }
 
-/* Detach up to batch_size spans from the head of the queue. Called with
- * the lock held. */
-static struct span *take_batch(struct tracer *t, size_t *ret_n)
+/* Cut list (not empty) after its first max spans (or fewer, at its end):
+ * returns the rest, and how many were kept in *ret_n. */
+static struct span *split_list(struct span *list, size_t max, size_t *ret_n)
 {
-        struct span *head = t->queue_head, *last = NULL;
-        size_t n = 0;
+        struct span *last = list, *rest;
+        size_t n = 1;
 
-        for (struct span *s = head; s && n < t->batch_size; s = s->next) {
-                last = s;
+        while (n < max && last->next) {
+                last = last->next;
                 n++;
         }
-        if (last) {
-                t->queue_head = last->next;
-                if (!t->queue_head)
-                        t->queue_tail = NULL;
-                last->next = NULL;
-        }
-        t->queue_len -= n;
+        rest = last->next;
+        last->next = NULL;
         *ret_n = n;
-        return n > 0 ? head : NULL;
+        return rest;
 }
 
 /* Detach the whole queue. Called with the lock held. */
@@ -1057,6 +1066,20 @@ static struct span *take_all(struct tracer *t, size_t *ret_n)
         *ret_n = t->queue_len;
         t->queue_head = t->queue_tail = NULL;
         t->queue_len = 0;
+        return head;
+}
+
+/* Detach up to max spans from the head of the queue. Called with the lock
+ * held, which request threads wait for to end a span: when max covers the
+ * queue, the list is not walked. */
+static struct span *take_spans(struct tracer *t, size_t max, size_t *ret_n)
+{
+        struct span *head = t->queue_head;
+
+        if (t->queue_len <= max)
+                return take_all(t, ret_n);
+        t->queue_head = split_list(head, max, ret_n);
+        t->queue_len -= *ret_n;
         return head;
 }
 
@@ -1084,11 +1107,16 @@ static void *exporter_thread(void *userdata)
                 }
                 if (t->stopping)
                         break;
-                batch = take_batch(t, &n);
+                /* Up to two batches at once, split outside the lock. */
+                batch = take_spans(t, 2 * t->batch_size, &n);
                 pthread_mutex_unlock(&t->lock);
 
-                if (batch)
+                while (batch) {
+                        struct span *rest = split_list(batch, t->batch_size, &n);
+
                         export_batch(t, batch, n, t->export_timeout_ms);
+                        batch = rest;
+                }
                 next_flush = now_nsec(CLOCK_MONOTONIC) + interval;
 
                 pthread_mutex_lock(&t->lock);
@@ -1102,7 +1130,7 @@ static void *exporter_thread(void *userdata)
                 uint64_t now;
 
                 pthread_mutex_lock(&t->lock);
-                batch = take_batch(t, &n);
+                batch = take_spans(t, t->batch_size, &n);
                 pthread_mutex_unlock(&t->lock);
                 if (!batch)
                         break;

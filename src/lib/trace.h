@@ -83,7 +83,7 @@ struct tracer_options {
         const char *endpoint;             /* OTLP/HTTP traces URL; NULL or "" disables export */
         double sample_ratio;              /* 0..1, for new root traces only */
         size_t queue_capacity;            /* spans; 0 means the default (4096) */
-        size_t batch_size;                /* spans per export request; 0: default (256) */
+        size_t batch_size;                /* spans per export request; 0: default (512) */
         unsigned flush_interval_ms;       /* 0: default (1000) */
         unsigned export_timeout_ms;       /* 0: default (2000) */
         struct metrics_registry *metrics; /* may be NULL; else registers
@@ -99,9 +99,10 @@ struct tracer;
  * the two counters (one tracer per registry), or another negative errno. The metrics registry must
  * outlive the tracer.
  *
- * Export: a background thread takes up to batch_size spans from the queue
- * whenever that many are waiting or flush_interval_ms has passed, and POSTs
- * them as an OTLP/JSON ExportTraceServiceRequest. A batch that fails
+ * Export: a background thread takes the queued spans (up to two batches at
+ * once) whenever batch_size are waiting or flush_interval_ms has passed,
+ * and POSTs them as OTLP/JSON ExportTraceServiceRequests of at most
+ * batch_size spans each. A batch that fails
  * (connection refused, timeout, non-2xx) is dropped and counted; there is
  * no retry, so a dead collector costs one failed request per batch. */
 int tracer_new(const struct tracer_options *opts, struct tracer **ret);

@@ -60,7 +60,30 @@ START_TEST(test_json_strings_escape_quotes_backslashes_and_controls)
         strbuf_reset(&b);
         strbuf_put_json_string(&b, "", 0);
         ck_assert_str_eq(b.data, "\"\"");
+        /* With a length, a NUL is a control character like any other. */
+        strbuf_reset(&b);
+        strbuf_put_json_string(&b, "x\0y", 3);
+        ck_assert_str_eq(b.data, "\"x\\u0000y\"");
         strbuf_done(&b);
+}
+END_TEST
+
+START_TEST(test_json_cstrings_end_at_the_nul_and_escape_alike)
+{
+        struct strbuf b = {}, c = {};
+        const char in[] = "a\"b\\c\nd\re\tf\x01g\x1f\x7fh\xc3\xa9/";
+
+        strbuf_put_json_string(&b, in, sizeof(in) - 1);
+        strbuf_put_json_cstring(&c, in);
+        ck_assert_str_eq(c.data, b.data);
+        strbuf_reset(&c);
+        strbuf_put_json_cstring(&c, "");
+        ck_assert_str_eq(c.data, "\"\"");
+        strbuf_reset(&c);
+        strbuf_put_json_cstring(&c, "plain\0hidden");
+        ck_assert_str_eq(c.data, "\"plain\"");
+        strbuf_done(&b);
+        strbuf_done(&c);
 }
 END_TEST
 
@@ -111,6 +134,7 @@ static Suite *strbuf_suite(void)
         tcase_add_test(tc, test_appends_grow_and_keep_every_byte);
         tcase_add_test(tc, test_numbers_are_exact_at_their_extremes);
         tcase_add_test(tc, test_json_strings_escape_quotes_backslashes_and_controls);
+        tcase_add_test(tc, test_json_cstrings_end_at_the_nul_and_escape_alike);
         tcase_add_test(tc, test_reset_keeps_memory_and_steal_hands_over);
         tcase_add_test(tc, test_a_failed_buffer_ignores_appends_and_steals_nothing);
         suite_add_tcase(s, tc);
