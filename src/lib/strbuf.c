@@ -94,30 +94,46 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 }
 
 /* The bytes a JSON string holds as they are: all but '"', '\\' and the
- * control characters (NUL among them). */
+ * control characters. */
 static const bool json_plain[256] = {
         [0x20 ... '"' - 1] = true,
         ['"' + 1 ... '\\' - 1] = true,
         ['\\' + 1 ... 0xff] = true,
 };
 
-/* A JSON string literal of the n bytes at s, or of s up to its NUL with
- * to_nul: runs that need no escape are copied at once. */
-static void put_json(struct strbuf *b, const char *s, size_t n, bool to_nul)
+/* Whether none of the 8 bytes in w needs an escape: none is below 0x20,
+ * '"' or '\\' (the has-less-than and has-zero-byte word tricks, exact for
+ * whether any byte matches). */
+static bool word_plain(uint64_t w)
+{
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+
+        return ((((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
+                 ((backslash - ones) & ~backslash)) &
+                highs) == 0;
+}
+
+void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n)
 {
         static const char hex[] = "0123456789abcdef";
-        size_t start = 0, i;
+        size_t start = 0, i = 0;
 
         strbuf_putc(b, '"');
-        for (i = 0; to_nul || i < n; i++) {
-                unsigned char c = (unsigned char)s[i];
+        for (;;) {
+                unsigned char c;
                 char esc[6];
                 size_t len = 2;
+                uint64_t w;
 
-                if (json_plain[c])
-                        continue;
-                if (c == '\0' && to_nul)
+                /* Runs that need no escape, 8 bytes at a time. */
+                while (i + 8 <= n && (memcpy(&w, s + i, 8), word_plain(w)))
+                        i += 8;
+                while (i < n && json_plain[(unsigned char)s[i]])
+                        i++;
+                if (i >= n)
                         break;
+                c = (unsigned char)s[i];
                 esc[0] = '\\';
                 switch (c) {
                 case '"':
@@ -141,20 +157,15 @@ static void put_json(struct strbuf *b, const char *s, size_t n, bool to_nul)
                 }
                 strbuf_append(b, s + start, i - start);
                 strbuf_append(b, esc, len);
-                start = i + 1;
+                start = ++i;
         }
-        strbuf_append(b, s + start, i - start);
+        strbuf_append(b, s + start, n - start);
         strbuf_putc(b, '"');
-}
-
-void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n)
-{
-        put_json(b, s, n, false);
 }
 
 void strbuf_put_json_cstring(struct strbuf *b, const char *s)
 {
-        put_json(b, s, 0, true);
+        strbuf_put_json_string(b, s, strlen(s));
 }
 
 void strbuf_reset(struct strbuf *b)

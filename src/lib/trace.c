@@ -829,12 +829,15 @@ static void put_text(struct strbuf *b, const char *s)
         strbuf_put_json_cstring(b, s);
 }
 
+/* An id as a JSON string of lowercase hex, which needs no escaping. */
 static void put_hex_id(struct strbuf *b, const uint8_t *id, size_t n)
 {
-        char hex[2 * TRACE_ID_SIZE + 1];
+        char hex[2 * TRACE_ID_SIZE + 3];
 
-        hex_encode(id, n, hex);
-        strbuf_put_json_string(b, hex, 2 * n);
+        hex[0] = '"';
+        hex_encode(id, n, hex + 1);
+        hex[2 * n + 1] = '"';
+        strbuf_append(b, hex, 2 * n + 2);
 }
 
 /* The AnyValue of a. OTLP/JSON writes int64 as a decimal string and, as

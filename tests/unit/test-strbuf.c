@@ -4,6 +4,7 @@
 #include <check.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "macro.h"
@@ -65,6 +66,50 @@ START_TEST(test_json_strings_escape_quotes_backslashes_and_controls)
         strbuf_put_json_string(&b, "x\0y", 3);
         ck_assert_str_eq(b.data, "\"x\\u0000y\"");
         strbuf_done(&b);
+}
+END_TEST
+
+/* The escaping of one byte, the slow and obvious way. */
+static void reference_escape(char *out, unsigned char c)
+{
+        if (c == '"' || c == '\\')
+                sprintf(out, "\\%c", c);
+        else if (c == '\n')
+                strcpy(out, "\\n");
+        else if (c == '\r')
+                strcpy(out, "\\r");
+        else if (c == '\t')
+                strcpy(out, "\\t");
+        else if (c < 0x20)
+                sprintf(out, "\\u%04x", c);
+        else
+                sprintf(out, "%c", c);
+}
+
+/* Whatever the position of a byte that needs escaping, in or out of an
+ * 8-byte word, and whatever the length: the same as byte by byte. */
+START_TEST(test_json_escapes_match_a_byte_by_byte_reference)
+{
+        const unsigned char specials[] = {'"', '\\', '\n', 0x01, 0x1f, 0x20, 0x21, 0x23,
+                                          0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff, 0x00};
+
+        for (size_t len = 0; len <= 40; len++)
+                for (size_t pos = 0; pos < len; pos++)
+                        for (size_t k = 0; k < sizeof(specials); k++) {
+                                struct strbuf b = {};
+                                char in[41], want[41 * 6 + 3], *w = want;
+
+                                memset(in, 'a', len);
+                                in[pos] = (char)specials[k];
+                                *w++ = '"';
+                                for (size_t i = 0; i < len; i++)
+                                        w += strlen((reference_escape(w, (unsigned char)in[i]), w));
+                                strcpy(w, "\"");
+                                strbuf_put_json_string(&b, in, len);
+                                ck_assert_uint_eq(b.len, strlen(want));
+                                ck_assert_mem_eq(b.data, want, b.len);
+                                strbuf_done(&b);
+                        }
 }
 END_TEST
 
@@ -135,6 +180,7 @@ static Suite *strbuf_suite(void)
         tcase_add_test(tc, test_numbers_are_exact_at_their_extremes);
         tcase_add_test(tc, test_json_strings_escape_quotes_backslashes_and_controls);
         tcase_add_test(tc, test_json_cstrings_end_at_the_nul_and_escape_alike);
+        tcase_add_test(tc, test_json_escapes_match_a_byte_by_byte_reference);
         tcase_add_test(tc, test_reset_keeps_memory_and_steal_hands_over);
         tcase_add_test(tc, test_a_failed_buffer_ignores_appends_and_steals_nothing);
         suite_add_tcase(s, tc);
