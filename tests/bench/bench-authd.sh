@@ -16,9 +16,9 @@
 #   3. authd POST /verify                 JWT check + session check
 #   4. authd POST /verify during a flood of POST /login (16 connections,
 #      yescrypt hashing), both at once
-#   5. --rounds rounds (default 3) of POST /verify on both processes, back
-#      to back, in alternating order: the cost of tracing is the median of
-#      the rounds' throughput ratios
+#   5. --rounds rounds (default 3) of POST /verify on both processes, each
+#      round off, on, on, off: the cost of tracing is the median of the
+#      rounds' throughput ratios
 #
 # and reads authd's resident memory (VmRSS, VmHWM) halfway through the
 # /verify run, after the flood, and halfway through the first tracing-on
@@ -74,12 +74,12 @@ if grep -qa __asan_init "$authd"; then
         note "warning: $authd is built with sanitizers; its figures are not representative"
 fi
 
-# The whole run is bounded: four wrk windows and two per round (and two
+# The whole run is bounded: four wrk windows and four per round (and two
 # short warm-ups) plus set-up and tear-down.
 args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
         --rounds "$rounds")
 [ "$keep" = no ] || args+=(--keep)
-bench_under_timeout $(((4 + 2 * rounds) * (duration + 5) + 300)) "${args[@]}"
+bench_under_timeout $(((4 + 4 * rounds) * (duration + 5) + 300)) "${args[@]}"
 
 bench_setup authd flood_pid authd_pid tracing_pid
 
@@ -209,9 +209,11 @@ read -r RSS_OFF_MB HWM_OFF_MB < <(read_memory "$authd_pid")
 note "authd memory after load: VmRSS $RSS_OFF_MB MiB, VmHWM $HWM_OFF_MB MiB"
 
 # The cost of tracing, as the median of rounds that each measure the two
-# processes back to back, so that both see the same machine; odd rounds
-# start with tracing off, even ones with tracing on, so that the order
-# favours neither.
+# processes back to back, so that both see the same machine, in the order
+# off, on, on, off: a drift during the round, and whatever favours the
+# first or the second of two runs, fall on both alike. (Rounds of two runs
+# in alternating order did not cancel it: the process measured first was
+# 3 to 4 % slower, and an odd number of rounds favoured one side.)
 note "5/5 authd POST /verify, tracing off and on, $rounds rounds"
 wrk_warmup verify-tracing "$tracing_url/verify" post-bearer.lua
 # verify_run NAME URL [PID]: one /verify run, reading PID's memory halfway.
@@ -226,21 +228,32 @@ verify_run() {
         wrk_pid=
         record "$1"
 }
+# add A B: A + B.
+add() {
+        awk -v a="$1" -v b="$2" 'BEGIN {print a + b}'
+}
+# CPU time of each process (and of nginx, the OTLP sink) over the rounds.
+ticks_off=$(proc_ticks "$authd_pid")
+# shellcheck disable=SC2154 # set by start_authd
+ticks_on=$(proc_ticks "$tracing_pid")
+ticks_sink=$(proc_ticks "$nginx_pid")
 for i in $(seq "$rounds"); do
         memory_pid=
         # shellcheck disable=SC2154
         [ "$i" != 1 ] || memory_pid=$tracing_pid
-        if [ $((i % 2)) = 1 ]; then
-                verify_run "verify-off-$i" "$auth_url/verify"
-                verify_run "verify-on-$i" "$tracing_url/verify" "$memory_pid"
-        else
-                verify_run "verify-on-$i" "$tracing_url/verify"
-                verify_run "verify-off-$i" "$auth_url/verify"
-        fi
-        TRACING_RATIOS+=("$(fmt_ratio "${ROW_RPS[verify-on-$i]}" "${ROW_RPS[verify-off-$i]}")")
+        verify_run "verify-off-$i-a" "$auth_url/verify"
+        verify_run "verify-on-$i-a" "$tracing_url/verify" "$memory_pid"
+        verify_run "verify-on-$i-b" "$tracing_url/verify"
+        verify_run "verify-off-$i-b" "$auth_url/verify"
+        TRACING_RATIOS+=("$(fmt_ratio \
+                "$(add "${ROW_RPS[verify-on-$i-a]}" "${ROW_RPS[verify-on-$i-b]}")" \
+                "$(add "${ROW_RPS[verify-off-$i-a]}" "${ROW_RPS[verify-off-$i-b]}")")")
 done
 # Give the exporter's batch timer a moment to flush the last spans.
 sleep 2
+ticks_off=$(($(proc_ticks "$authd_pid") - ticks_off))
+ticks_on=$(($(proc_ticks "$tracing_pid") - ticks_on))
+ticks_sink=$(($(proc_ticks "$nginx_pid") - ticks_sink))
 tracing_metrics=$(curl -sf --max-time 5 "$tracing_url/metrics") ||
         die "the tracing-on authd does not answer /metrics"
 SPANS_EXPORTED=$(printf '%s\n' "$tracing_metrics" |
@@ -249,10 +262,19 @@ SPANS_DROPPED=$(printf '%s\n' "$tracing_metrics" |
         awk '$1 == "vigil_trace_spans_dropped_total" {printf "%.0f", $2}')
 read -r SINK_REQUESTS SINK_BYTES < <(awk '$2 == 200 {n++; b += $1} END {print n + 0, b + 0}' \
         "$sink_log" 2>/dev/null || echo 0 0)
-TRACED_REQUESTS=0
+TRACED_REQUESTS=0 UNTRACED_REQUESTS=0
 for i in $(seq "$rounds"); do
-        TRACED_REQUESTS=$((TRACED_REQUESTS + ROW_N[verify-on-$i]))
+        TRACED_REQUESTS=$((TRACED_REQUESTS + ROW_N[verify-on-$i-a] + ROW_N[verify-on-$i-b]))
+        UNTRACED_REQUESTS=$((UNTRACED_REQUESTS + ROW_N[verify-off-$i-a] + ROW_N[verify-off-$i-b]))
 done
+# usec_per TICKS REQUESTS: CPU microseconds per request.
+usec_per() {
+        awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+                'BEGIN {if (n > 0) printf "%.2f\n", t * 1e6 / hz / n; else print "n/a"}'
+}
+CPU_OFF=$(usec_per "$ticks_off" "$UNTRACED_REQUESTS")
+CPU_ON=$(usec_per "$ticks_on" "$TRACED_REQUESTS")
+CPU_SINK=$(usec_per "$ticks_sink" "$TRACED_REQUESTS")
 
 # ------------------------------------------------------------------- report
 
@@ -291,16 +313,20 @@ done
         echo
         echo "Tracing: POST /verify on the tracing-off process and on the one that records"
         echo "every request (sample ratio $sample_ratio_on) and exports it to nginx, back to back"
-        echo "(odd rounds start with tracing off, even ones with tracing on):"
+        echo "in the order off, on, on, off; the ratio is of the sums:"
         echo
         echo "| round | off: requests/s | p99 | on: requests/s | p99 | on / off |"
         echo "|------:|----------------:|----:|---------------:|----:|---------:|"
         for i in $(seq "$rounds"); do
-                printf '| %s | %s | %s | %s | %s | %s |\n' "$i" \
-                        "$(fmt_int "${ROW_RPS[verify-off-$i]}")" \
-                        "$(fmt_ms "${ROW_P99[verify-off-$i]}")" \
-                        "$(fmt_int "${ROW_RPS[verify-on-$i]}")" \
-                        "$(fmt_ms "${ROW_P99[verify-on-$i]}")" "${TRACING_RATIOS[$((i - 1))]}"
+                printf '| %s | %s, %s | %s, %s | %s, %s | %s, %s | %s |\n' "$i" \
+                        "$(fmt_int "${ROW_RPS[verify-off-$i-a]}")" \
+                        "$(fmt_int "${ROW_RPS[verify-off-$i-b]}")" \
+                        "$(fmt_ms "${ROW_P99[verify-off-$i-a]}")" \
+                        "$(fmt_ms "${ROW_P99[verify-off-$i-b]}")" \
+                        "$(fmt_int "${ROW_RPS[verify-on-$i-a]}")" \
+                        "$(fmt_int "${ROW_RPS[verify-on-$i-b]}")" \
+                        "$(fmt_ms "${ROW_P99[verify-on-$i-a]}")" \
+                        "$(fmt_ms "${ROW_P99[verify-on-$i-b]}")" "${TRACING_RATIOS[$((i - 1))]}"
         done
         echo
         echo "- /verify p99 during the login flood: $(fmt_ms "${ROW_P99[verify-flood]}")" \
@@ -312,6 +338,9 @@ done
                 "$SPANS_DROPPED dropped for $(fmt_int "$TRACED_REQUESTS") traced requests;" \
                 "nginx took $SINK_REQUESTS OTLP export requests" \
                 "($(awk -v b="$SINK_BYTES" 'BEGIN {printf "%.1f", b / 1048576}') MiB)."
+        echo "- CPU time per /verify request over the rounds (from /proc): tracing off" \
+                "$CPU_OFF µs, tracing on $CPU_ON µs (×$(fmt_ratio "$CPU_ON" "$CPU_OFF")), and" \
+                "$CPU_SINK µs in nginx taking the exports."
         echo "- authd resident memory under /verify load: VmRSS $RSS_VERIFY_MB MiB" \
                 "(peak so far, VmHWM, $HWM_VERIFY_MB MiB); after the login flood: VmRSS" \
                 "$RSS_OFF_MB MiB, VmHWM $HWM_OFF_MB MiB (each yescrypt hash in flight" \

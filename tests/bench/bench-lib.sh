@@ -248,6 +248,18 @@ read_memory() {
              END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$1/status"
 }
 
+# proc_ticks PID...: the CPU time (user and system, in clock ticks) the
+# processes and their children still running have used so far.
+proc_ticks() {
+        local pids=("$@") p
+        for p in "$@"; do
+                mapfile -t -O "${#pids[@]}" pids < <(pgrep -P "$p" || true)
+        done
+        for p in "${pids[@]}"; do
+                cat "/proc/$p/stat" 2>/dev/null || true
+        done | awk '{sub(/^.*\) /, ""); n += $12 + $13} END {print n + 0}'
+}
+
 # fmt_ratio A B: A / B to two significant places at least, or "n/a".
 fmt_ratio() {
         awk -v a="$1" -v b="$2" 'BEGIN {
