@@ -28,10 +28,10 @@
 #include "metrics.h"
 #include "trace.h"
 
+/* FRAME_MAX: the frames we accept, and so the size of each of the two
+ * buffers rabbitmq-c keeps per connection. Larger bodies arrive in several
+ * frames; ours are well under a kilobyte. */
 #define CHANNEL                    1
-/* Frames we accept, and so the size of each of the two buffers rabbitmq-c
- * keeps per connection. Larger bodies arrive in several frames; ours are
- * well under a kilobyte. */
 #define FRAME_MAX                  32768
 #define DEFAULT_CONNECT_TIMEOUT_MS 2000
 #define DEFAULT_RPC_TIMEOUT_MS     5000

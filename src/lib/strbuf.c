@@ -163,11 +163,6 @@ void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n)
         strbuf_putc(b, '"');
 }
 
-void strbuf_put_json_cstring(struct strbuf *b, const char *s)
-{
-        strbuf_put_json_string(b, s, strlen(s));
-}
-
 void strbuf_reset(struct strbuf *b)
 {
         b->len = 0;

@@ -44,8 +44,6 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...) _printf_(2, 3);
 /* A JSON string literal (with its quotes) of the n bytes at s, which must
  * be valid UTF-8: '"', '\\' and control characters are escaped. */
 void strbuf_put_json_string(struct strbuf *b, const char *s, size_t n);
-/* The same for the NUL-terminated s. */
-void strbuf_put_json_cstring(struct strbuf *b, const char *s);
 
 static inline bool strbuf_failed(const struct strbuf *b)
 {

@@ -826,7 +826,7 @@ struct span *trace_current(void)
 
 static void put_text(struct strbuf *b, const char *s)
 {
-        strbuf_put_json_cstring(b, s);
+        strbuf_put_json_string(b, s, strlen(s));
 }
 
 /* An id as a JSON string of lowercase hex, which needs no escaping. */

@@ -102,9 +102,9 @@ struct tracer;
  * Export: a background thread takes the queued spans (up to two batches at
  * once) whenever batch_size are waiting or flush_interval_ms has passed,
  * and POSTs them as OTLP/JSON ExportTraceServiceRequests of at most
- * batch_size spans each. A batch that fails
- * (connection refused, timeout, non-2xx) is dropped and counted; there is
- * no retry, so a dead collector costs one failed request per batch. */
+ * batch_size spans each. A batch that fails (connection refused, timeout,
+ * non-2xx) is dropped and counted; there is no retry, so a dead collector
+ * costs one failed request per batch. */
 int tracer_new(const struct tracer_options *opts, struct tracer **ret);
 /* Stop the exporter, trying to flush queued spans for up to the export
  * timeout (what is left then is counted as dropped), and free. Accepts

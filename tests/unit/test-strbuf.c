@@ -90,7 +90,7 @@ static void reference_escape(char *out, unsigned char c)
  * 8-byte word, and whatever the length: the same as byte by byte. */
 START_TEST(test_json_escapes_match_a_byte_by_byte_reference)
 {
-        const unsigned char specials[] = {'"', '\\', '\n', 0x01, 0x1f, 0x20, 0x21, 0x23,
+        const unsigned char specials[] = {'"',  '\\', '\n', 0x01, 0x1f, 0x20, 0x21, 0x23,
                                           0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff, 0x00};
 
         for (size_t len = 0; len <= 40; len++)
@@ -110,25 +110,6 @@ START_TEST(test_json_escapes_match_a_byte_by_byte_reference)
                                 ck_assert_mem_eq(b.data, want, b.len);
                                 strbuf_done(&b);
                         }
-}
-END_TEST
-
-START_TEST(test_json_cstrings_end_at_the_nul_and_escape_alike)
-{
-        struct strbuf b = {}, c = {};
-        const char in[] = "a\"b\\c\nd\re\tf\x01g\x1f\x7fh\xc3\xa9/";
-
-        strbuf_put_json_string(&b, in, sizeof(in) - 1);
-        strbuf_put_json_cstring(&c, in);
-        ck_assert_str_eq(c.data, b.data);
-        strbuf_reset(&c);
-        strbuf_put_json_cstring(&c, "");
-        ck_assert_str_eq(c.data, "\"\"");
-        strbuf_reset(&c);
-        strbuf_put_json_cstring(&c, "plain\0hidden");
-        ck_assert_str_eq(c.data, "\"plain\"");
-        strbuf_done(&b);
-        strbuf_done(&c);
 }
 END_TEST
 
@@ -179,7 +160,6 @@ static Suite *strbuf_suite(void)
         tcase_add_test(tc, test_appends_grow_and_keep_every_byte);
         tcase_add_test(tc, test_numbers_are_exact_at_their_extremes);
         tcase_add_test(tc, test_json_strings_escape_quotes_backslashes_and_controls);
-        tcase_add_test(tc, test_json_cstrings_end_at_the_nul_and_escape_alike);
         tcase_add_test(tc, test_json_escapes_match_a_byte_by_byte_reference);
         tcase_add_test(tc, test_reset_keeps_memory_and_steal_hands_over);
         tcase_add_test(tc, test_a_failed_buffer_ignores_appends_and_steals_nothing);
