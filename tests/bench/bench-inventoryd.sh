@@ -16,7 +16,7 @@
 #   2. GET /products                          cache hit (warmed first)
 #   3. POST /product/1/reserve {quantity:1}   one hot product with huge stock
 #   4. GET /product/{random 1..10}            with 10 products
-#   5. --rounds rounds (default 5) of GET /product/2 with 10 products and
+#   5. --rounds rounds (default 9) of GET /product/2 with 10 products and
 #      GET /product/2 with --products products (default 100000), the
 #      order alternating from round to round, each with wrk -t1 -c2 so
 #      that p99 is the request's own latency rather than the scheduler's
@@ -46,7 +46,7 @@ builddir=${top_builddir:-.}
 duration=10
 connections=32
 products=100000
-rounds=5
+rounds=9
 keep=no
 
 usage() {
