@@ -39,12 +39,9 @@ static bool reserve(struct strbuf *b, size_t n)
 
 void strbuf_append_grow(struct strbuf *b, const void *s, size_t n)
 {
-        if (!reserve(b, n))
-                return;
-        if (n > 0)
-                memcpy(b->data + b->len, s, n);
-        b->len += n;
-        b->data[b->len] = '\0';
+        /* With the room made, strbuf_append() copies. */
+        if (reserve(b, n))
+                strbuf_append(b, s, n);
 }
 
 void strbuf_puts(struct strbuf *b, const char *s)

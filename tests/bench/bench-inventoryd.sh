@@ -251,16 +251,11 @@ cpu_ticks() {
         for f in "$tmp/stack/postgres/data/postmaster.pid" "$tmp/stack/redis/redis.pid"; do
                 [ ! -r "$f" ] || roots+=" $(head -n 1 "$f")"
         done
-        cat /proc/stat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$roots" '
-                BEGIN {n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1}
-                $1 == "cpu" {all = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; busy = all - $5 - $6}
-                $1 ~ /^[0-9]+$/ && $2 ~ /^\(/ {
-                        pid = $1
-                        sub(/^.*\) /, "")      # after "pid (comm) ": state ppid … utime
-                        if (pid in root) ours += $12 + $13 + $14 + $15
-                        else if ($2 in root) ours += $12 + $13
-                }
-                END {printf "%d %d %d\n", all, busy, ours}'
+        # shellcheck disable=SC2086 # one word per pid
+        awk -v ours="$(proc_ticks $roots)" '$1 == "cpu" {
+                all = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9
+                printf "%d %d %d\n", all, all - $5 - $6, ours
+        }' /proc/stat
 }
 
 # measure NAME URL [LUA]: wrk_run (with wrk_threads and wrk_connections

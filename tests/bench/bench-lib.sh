@@ -249,15 +249,18 @@ read_memory() {
 }
 
 # proc_ticks PID...: the CPU time (user and system, in clock ticks) the
-# processes and their children still running have used so far.
+# processes have used so far, with that of the children they reaped and of
+# those still running.
 proc_ticks() {
-        local pids=("$@") p
-        for p in "$@"; do
-                mapfile -t -O "${#pids[@]}" pids < <(pgrep -P "$p" || true)
-        done
-        for p in "${pids[@]}"; do
-                cat "/proc/$p/stat" 2>/dev/null || true
-        done | awk '{sub(/^.*\) /, ""); n += $12 + $13} END {print n + 0}'
+        cat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$*" '
+                BEGIN {n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1}
+                {
+                        pid = $1
+                        sub(/^.*\) /, "")      # after "pid (comm) ": state ppid … utime
+                        if (pid in root) ticks += $12 + $13 + $14 + $15
+                        else if ($2 in root) ticks += $12 + $13
+                }
+                END {print ticks + 0}'
 }
 
 # fmt_ratio A B: A / B to two significant places at least, or "n/a".
