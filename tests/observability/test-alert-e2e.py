@@ -239,12 +239,15 @@ def test_burn_rate_alert_resolves_when_the_fault_is_removed(ctx):
 
 
 def post(am, *label_sets, minutes=10):
-    """Post alerts in one request, started a minute ago."""
+    """Post alerts in one request, starting now. (An alert that started
+    longer than group_wait ago makes Alertmanager flush its new group at
+    once, which would race the inhibitor taking in a source posted in the
+    same request.)"""
     now = time.time()
     am.post_alerts([{
         "labels": labels,
         "annotations": {"summary": "test"},
-        "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60)),
+        "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "endsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + minutes * 60)),
     } for labels in label_sets])
 
@@ -275,12 +278,12 @@ def test_a_down_database_inhibits_the_alerts_it_causes_and_nothing_else(ctx):
              "service": "notify", "severity": "ticket"},
         ]
         # Alertmanager's inhibitor reads new alerts on a goroutine of its
-        # own. With group_wait cut to 1 s, a busy machine can let the
-        # dispatcher flush a group before the inhibitor has seen the
-        # source posted with it (seen once in CI); the shipped 10-30 s
-        # absorb that. So the source goes first, as a Postgres outage's
-        # own alert does in Prometheus, and the rest follow once
-        # Alertmanager holds it and two group_waits have passed.
+        # own, beside the dispatcher's. A group is flushed group_wait (cut
+        # to 1 s here) after its first alert, and only then does the
+        # inhibitor decide; alerts posted as started a minute ago were
+        # flushed at once, racing it (seen failing in CI). The source also
+        # goes first, as a Postgres outage's own alert does in Prometheus,
+        # and the rest follow once Alertmanager holds it.
         post(am, source)
         obslib.wait_until(lambda: any(a["labels"]["alertname"] == "VigilPostgresDown"
                                       for a in am.alerts()), 10, interval=0.2,
