@@ -73,11 +73,27 @@ def db_stock(ctx, pid):
     return int(sql(ctx, f"SELECT stock FROM inventory.products WHERE id = {int(pid)}"))
 
 
+def drop_cached(ctx, *keys):
+    """Delete keys from Redis behind the daemon's back, as an operator
+    would, and wait until inventoryd has heard of it. Its local cache drops
+    a key when Redis pushes the invalidation to its tracking connection:
+    usually well under a millisecond later, but a read sent before then may
+    still be answered from memory, and on a loaded machine the daemon's
+    listener thread may wait for a CPU."""
+    def heard():
+        return harness.metric_value(scrape(ctx.inv), "vigil_local_cache_invalidations_total",
+                                    cache="catalog")
+    before = heard()
+    deleted = ctx.stack.redis("DEL", *keys)
+    harness.wait_until(lambda: heard() >= before + deleted, 10,
+                       what=f"inventoryd's local cache to drop {' '.join(keys)}")
+
+
 def set_stock(ctx, pid, stock):
     """Set stock behind the daemon's back (as an operator would), then drop
     the cached copies so the next read sees it."""
     sql(ctx, f"UPDATE inventory.products SET stock = {int(stock)} WHERE id = {int(pid)}")
-    ctx.stack.redis("DEL", f"inventory:product:{pid}", "inventory:products")
+    drop_cached(ctx, f"inventory:product:{pid}", "inventory:products")
 
 
 def db_state(ctx):
@@ -156,7 +172,7 @@ def test_migration_seeds_five_products_and_guards_stock(ctx):
 
 @test
 def test_products_come_from_the_database_then_from_the_cache(ctx):
-    ctx.stack.redis("DEL", "inventory:products")
+    drop_cached(ctx, "inventory:products")
     first = ctx.inv.get("/products")
     check_eq(first.status, 200, "GET /products")
     check_eq(first.body.get("source"), "database", "source of the first read")
@@ -177,7 +193,7 @@ def test_products_come_from_the_database_then_from_the_cache(ctx):
 def test_cache_entries_get_a_jittered_ttl_around_30_seconds(ctx):
     ttls = []
     for pid in range(1, 6):
-        ctx.stack.redis("DEL", f"inventory:product:{pid}")
+        drop_cached(ctx, f"inventory:product:{pid}")
         get_product(ctx.inv, pid)
         ttls.append(ctx.stack.redis("PTTL", f"inventory:product:{pid}"))
     # 30 s ± 10 %, minus the moments that passed since the SET.
@@ -197,7 +213,7 @@ def test_product_by_id_and_unknown_ids(ctx):
 
 @test
 def test_a_cold_key_under_a_stampede_reads_the_database_about_once(ctx):
-    ctx.stack.redis("DEL", "inventory:product:3")
+    drop_cached(ctx, "inventory:product:3")
     before = scrape(ctx.inv)
     n = 40
     barrier = threading.Barrier(n, timeout=30)
@@ -223,7 +239,7 @@ def test_a_rebuild_lock_held_elsewhere_makes_readers_wait_for_its_value(ctx):
     key, lock = "inventory:product:4", "inventory:lock:product:4"
     marker = {"id": 4, "name": "filled by the lock holder", "description": "", "price_cents": 1,
               "stock": 4242, "updated_at": "2024-01-01T00:00:00Z"}
-    ctx.stack.redis("DEL", key)
+    drop_cached(ctx, key)
     check_eq(ctx.stack.redis("SET", lock, "someone-else", "NX", "PX", "5000"), "OK", "lock")
     try:
         box = {}
@@ -244,7 +260,7 @@ def test_a_rebuild_lock_held_elsewhere_makes_readers_wait_for_its_value(ctx):
 @test
 def test_a_lock_holder_that_never_fills_costs_at_most_wait_ms(ctx):
     key, lock = "inventory:product:5", "inventory:lock:product:5"
-    ctx.stack.redis("DEL", key)
+    drop_cached(ctx, key)
     ctx.stack.redis("SET", lock, "a-dead-process", "PX", "10000")
     try:
         t0 = time.monotonic()
@@ -418,7 +434,7 @@ def test_reload_changes_the_ttl_of_new_entries(ctx):
         d.proc.send_signal(signal.SIGHUP)
         harness.wait_until(lambda: "Configuration reloaded" in d.log_text(), 10,
                            what="the reload")
-        ctx.stack.redis("DEL", "inventory:product:2")
+        drop_cached(ctx, "inventory:product:2")
         get_product(d, 2)
         ttl = ctx.stack.redis("PTTL", "inventory:product:2")
         check(0 < ttl <= 5000, f"PTTL {ttl} after reloading ttl_seconds = 5")
