@@ -20,7 +20,7 @@
 #      round off, on, on, off: the cost of tracing is the median of the
 #      rounds' throughput ratios
 #
-# and reads authd's resident memory (VmRSS, VmHWM) halfway through the
+# and reads authd's resident memory (VmRSS, VmHWM; RssAnon, RssFile) halfway through the
 # /verify run, after the flood, and halfway through the first tracing-on
 # run. It prints
 # a markdown report to paste into docs/benchmarks.md. It reports; it never
@@ -189,10 +189,12 @@ wrk_pid=$!
 sleep "$(awk -v d="$duration" 'BEGIN {print d / 2}')"
 # shellcheck disable=SC2154 # authd_pid and tracing_pid are set by start_authd
 read -r RSS_VERIFY_MB HWM_VERIFY_MB < <(read_memory "$authd_pid")
+read -r ANON_VERIFY_MB FILE_VERIFY_MB < <(read_anon_memory "$authd_pid")
 wait "$wrk_pid" || die "wrk failed for verify: $(tail -n 3 "$tmp/verify.txt")"
 wrk_pid=
 record verify
-note "authd memory under /verify load: VmRSS $RSS_VERIFY_MB MiB, VmHWM $HWM_VERIFY_MB MiB"
+note "authd memory under /verify load: VmRSS $RSS_VERIFY_MB MiB, VmHWM $HWM_VERIFY_MB MiB," \
+        "RssAnon $ANON_VERIFY_MB MiB, RssFile $FILE_VERIFY_MB MiB"
 
 note "4/5 authd POST /verify during a POST /login flood ($flood_connections connections)"
 # The flood starts first and outlasts the measurement on both sides.
@@ -223,6 +225,7 @@ verify_run() {
         if [ -n "${3:-}" ]; then
                 sleep "$(awk -v d="$duration" 'BEGIN {print d / 2}')"
                 read -r RSS_ON_MB HWM_ON_MB < <(read_memory "$3")
+                read -r ANON_ON_MB FILE_ON_MB < <(read_anon_memory "$3")
         fi
         wait "$wrk_pid" || die "wrk failed for $1: $(tail -n 3 "$tmp/$1.txt")"
         wrk_pid=
@@ -346,6 +349,9 @@ done
                 "$RSS_OFF_MB MiB, VmHWM $HWM_OFF_MB MiB (each yescrypt hash in flight" \
                 "holds its 16 MiB working set); tracing on, under load: VmRSS $RSS_ON_MB MiB," \
                 "VmHWM $HWM_ON_MB MiB."
+        echo "- of VmRSS under load, the process's own pages (RssAnon) and those of the" \
+                "files it maps, mostly shared libraries (RssFile): tracing off $ANON_VERIFY_MB" \
+                "+ $FILE_VERIFY_MB MiB, tracing on $ANON_ON_MB + $FILE_ON_MB MiB."
 } | tee "$tmp/report.md"
 
 finished=yes

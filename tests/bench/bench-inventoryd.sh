@@ -341,6 +341,7 @@ catalog_size "$products"
 measure product-random-n "$inv_url/product/1" "$tmp/random-$products.lua"
 
 read -r RSS_MB HWM_MB < <(read_memory "$daemon_pid")
+read -r ANON_MB FILE_MB < <(read_anon_memory "$daemon_pid")
 stock_ok=$(sql "SELECT count(*) FROM inventory.products WHERE stock < 0")
 
 # ------------------------------------------------------------------- report
@@ -448,7 +449,9 @@ lowest_hit=$(for row in "${FLAT_ROWS[@]}"; do echo "${ROW_HIT[$row]%% *}"; done 
                 "catalog also misses the cache more, see the hit column)."
         echo "- reservations: $reserved units reserved by $(fmt_int "${ROW_N[reserve]}")" \
                 "requests; products with negative stock afterwards: $stock_ok."
-        echo "- inventoryd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB."
+        echo "- inventoryd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB;" \
+                "its own pages (RssAnon) $ANON_MB MiB, mapped files, mostly shared libraries" \
+                "(RssFile), $FILE_MB MiB."
 } | tee "$tmp/report.md"
 
 finished=yes

@@ -248,6 +248,14 @@ read_memory() {
              END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$1/status"
 }
 
+# read_anon_memory PID: "RssAnon RssFile" in MiB: the process's own pages,
+# and the pages of files it maps (mostly shared libraries, shared with every
+# process that uses them), which VmRSS adds up.
+read_anon_memory() {
+        awk '/^RssAnon:/ {anon = $2} /^RssFile:/ {file = $2}
+             END {printf "%.1f %.1f\n", anon / 1024, file / 1024}' "/proc/$1/status"
+}
+
 # proc_ticks PID...: the CPU time (user and system, in clock ticks) the
 # processes have used so far, with that of the children they reaped and of
 # those still running.

@@ -213,6 +213,7 @@ wait_for 120 outbox_drained ||
         note "warning: the outbox did not drain within 120 s"
 drain_seconds=$((SECONDS - drain_start))
 read -r RSS_MB HWM_MB < <(read_memory "$paymentd_pid")
+read -r ANON_MB FILE_MB < <(read_anon_memory "$paymentd_pid")
 
 # notifyd consumes what the run published: every payment made so far.
 notify_port=$(free_port)
@@ -285,7 +286,9 @@ PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || settin
                 "each charge is an authd /verify call plus two transactions)."
         echo "- outbox backlog when the run ended: $pending_end events, drained" \
                 "${drain_seconds}s later (publisher confirms, batches of up to 100)."
-        echo "- paymentd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB."
+        echo "- paymentd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB;" \
+                "its own pages (RssAnon) $ANON_MB MiB, mapped files, mostly shared libraries" \
+                "(RssFile), $FILE_MB MiB."
         echo "- notifyd recorded $NOTIFIED notifications for $payments_after payments in" \
                 "${notify_seconds}s (about $NOTIFY_RATE/s, one transaction each, send latency 0);" \
                 "resident memory while it consumed: VmRSS up to $NOTIFY_RSS_MB MiB, VmHWM" \
