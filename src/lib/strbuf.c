@@ -9,9 +9,7 @@
 
 #define INITIAL_CAPACITY 256
 
-/* Room for n more bytes and the NUL; false (and failed set) when memory is
- * short or the size would overflow. */
-static bool reserve(struct strbuf *b, size_t n)
+bool strbuf_reserve(struct strbuf *b, size_t n)
 {
         size_t cap;
         char *d;
@@ -40,7 +38,7 @@ static bool reserve(struct strbuf *b, size_t n)
 void strbuf_append_grow(struct strbuf *b, const void *s, size_t n)
 {
         /* With the room made, strbuf_append() copies. */
-        if (reserve(b, n))
+        if (strbuf_reserve(b, n))
                 strbuf_append(b, s, n);
 }
 
@@ -82,7 +80,7 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
                 b->failed = true;
                 return;
         }
-        if (!reserve(b, (size_t)n))
+        if (!strbuf_reserve(b, (size_t)n))
                 return;
         va_start(ap, fmt);
         (void)vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);

@@ -20,6 +20,9 @@ struct strbuf {
         bool failed;
 };
 
+/* Room for n more bytes and the NUL; false (and failed set) when memory is
+ * short or the size would overflow. */
+bool strbuf_reserve(struct strbuf *b, size_t n);
 /* The slow path of strbuf_append(): grows the buffer first. */
 void strbuf_append_grow(struct strbuf *b, const void *s, size_t n);
 /* Inline, so that appending a literal is a copy of known size. */

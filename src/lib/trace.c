@@ -1,10 +1,13 @@
 /* Distributed tracing: W3C trace context, spans, and the OTLP/HTTP JSON
  * exporter. The contracts are in trace.h.
  *
- * A recording span is handed by span_end() to a bounded FIFO (an intrusive
- * list under one mutex); one exporter thread per tracer takes batches off
- * it and POSTs them with its own curl handle, so span_end() never waits on
- * the network and never waits for more than the queue's mutex. */
+ * span_end() renders a recording span as OTLP/JSON on the thread that ends
+ * it, while its data is still in that CPU's cache, frees it there, and
+ * appends the text under one mutex to the export request being filled. A
+ * full request joins a bounded FIFO; one exporter thread per tracer POSTs
+ * them with its own curl handle, so span_end() never waits on the network
+ * and never waits for more than the queue's mutex. What waits for export is
+ * compact text in a few large buffers, not span objects. */
 #include <assert.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -396,7 +399,6 @@ struct span_record {
 
 struct span {
         struct tracer *tracer; /* non-NULL only while recording */
-        struct span *next;     /* in the tracer's queue */
         struct trace_context ctx;
         uint8_t parent_span_id[SPAN_ID_SIZE];
         bool has_parent;
@@ -424,9 +426,12 @@ struct tracer {
         bool exporting;
 
         pthread_mutex_t lock;
-        pthread_cond_t wake; /* on CLOCK_MONOTONIC */
-        struct span *queue_head, *queue_tail;
-        size_t queue_len;
+        pthread_cond_t wake;                   /* on CLOCK_MONOTONIC */
+        struct batch *filling;                 /* span_end() appends here; NULL until a span ends */
+        struct batch *ready_head, *ready_tail; /* full, oldest first */
+        struct batch *spare;                   /* an exported one, kept for reuse */
+        size_t queue_len;                      /* spans in filling and ready */
+        size_t batch_bytes; /* the longest full request so far: new ones start that large */
         bool stopping;
         bool thread_started;
         pthread_t thread;
@@ -435,7 +440,6 @@ struct tracer {
         CURL *curl;
         struct curl_slist *headers;
         char *request_head; /* an export request up to its first span */
-        struct strbuf body; /* reused from batch to batch */
         bool curl_initialized;
 
         atomic_uint_fast64_t dropped;
@@ -769,41 +773,6 @@ static void count_exported(struct tracer *t, size_t n)
                 metrics_counter_add(t->metric_exported, (double)n);
 }
 
-void span_end(struct span *s)
-{
-        struct tracer *t;
-
-        if (!s || s == &span_nonrecording)
-                return;
-        if (current_span == s)
-                current_span = NULL;
-
-        t = s->tracer;
-        if (!t) {
-                span_free(s);
-                return;
-        }
-        s->end_nsec = s->start_nsec + (now_nsec(CLOCK_MONOTONIC) - s->start_monotonic_nsec);
-        s->next = NULL;
-
-        pthread_mutex_lock(&t->lock);
-        if (t->queue_len >= t->queue_capacity) {
-                pthread_mutex_unlock(&t->lock);
-                count_dropped(t, 1);
-                span_free(s);
-                return;
-        }
-        if (t->queue_tail)
-                t->queue_tail->next = s;
-        else
-                t->queue_head = s;
-        t->queue_tail = s;
-        t->queue_len++;
-        if (t->queue_len >= t->batch_size)
-                pthread_cond_signal(&t->wake);
-        pthread_mutex_unlock(&t->lock);
-}
-
 struct span *trace_set_current(struct span *s)
 {
         struct span *previous = current_span;
@@ -819,8 +788,8 @@ struct span *trace_current(void)
 
 /* ---- OTLP/JSON ---- */
 
-/* An export request is written straight into one reused buffer: its head
- * (resource and scope) rendered once, then the spans, then the tail. */
+/* An export request is its head (resource and scope, rendered once), the
+ * spans, comma-separated, and the tail. */
 
 #define put_literal(b, s) strbuf_append(b, s, sizeof(s) - 1)
 
@@ -962,23 +931,6 @@ static char *render_request_head(const struct tracer_options *opts)
         return strbuf_steal(&b);
 }
 
-/* The ExportTraceServiceRequest of the spans in list, in t->body; false
- * when memory ran out. */
-static bool render_request(struct tracer *t, const struct span *list)
-{
-        struct strbuf *b = &t->body;
-
-        strbuf_reset(b);
-        strbuf_puts(b, t->request_head);
-        for (const struct span *s = list; s; s = s->next) {
-                if (s != list)
-                        strbuf_putc(b, ',');
-                put_span(b, s);
-        }
-        put_literal(b, "]}]}]}");
-        return !strbuf_failed(b);
-}
-
 /* ---- exporter ---- */
 
 static size_t discard_body(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -1019,71 +971,141 @@ static int post(struct tracer *t, const char *body, size_t len, unsigned timeout
         return 0;
 }
 
-static void free_span_list(struct span *list)
-{
-        while (list) {
-                struct span *next = list->next;
+/* An export request being filled with spans, then sent. */
+struct batch {
+        struct batch *next; /* in the ready FIFO */
+        struct strbuf body; /* the request head, then n spans */
+        size_t n;
+};
 
-                span_free(list);
-                list = next;
+static void batch_free(struct batch *b)
+{
+        if (b) {
+                strbuf_done(&b->body);
+                free(b);
         }
 }
 
-/* Export the n spans of list (and free them) within timeout_ms. */
-static void export_batch(struct tracer *t, struct span *list, size_t n, unsigned timeout_ms)
+/* An empty request: the spare one, or a new one as large as the longest
+ * so far, so that it is not copied while it grows under the lock. Called
+ * with the lock held; NULL on OOM. */
+static struct batch *batch_new(struct tracer *t)
 {
-        bool rendered = render_request(t, list);
+        struct batch *b = t->spare;
+
+        if (b)
+                t->spare = NULL;
+        else if (!(b = calloc(1, sizeof(*b))))
+                return NULL;
+        strbuf_reset(&b->body);
+        (void)strbuf_reserve(&b->body, t->batch_bytes);
+        strbuf_puts(&b->body, t->request_head);
+        b->n = 0;
+        return b;
+}
+
+/* Keep b as the spare (its buffer already has the size of a request) or
+ * free it. Called with the lock held. */
+static void batch_recycle(struct tracer *t, struct batch *b)
+{
+        if (!t->spare)
+                t->spare = b;
+        else
+                batch_free(b);
+}
+
+/* Append one rendered span to the request being filled, which joins the
+ * FIFO once it holds batch_size; drop and count the span when the queue is
+ * full or memory ran out. A request whose buffer failed to grow keeps
+ * counting its spans, and they are counted as dropped when it is due. */
+static void enqueue(struct tracer *t, const struct strbuf *json)
+{
+        struct batch *b;
+
+        pthread_mutex_lock(&t->lock);
+        if (strbuf_failed(json) || t->queue_len >= t->queue_capacity ||
+            !(t->filling || (t->filling = batch_new(t)))) {
+                pthread_mutex_unlock(&t->lock);
+                count_dropped(t, 1);
+                return;
+        }
+        b = t->filling;
+        if (b->n > 0)
+                strbuf_putc(&b->body, ',');
+        strbuf_append(&b->body, json->data, json->len);
+        b->n++;
+        t->queue_len++;
+        if (b->n >= t->batch_size) {
+                if (b->body.len + 8 > t->batch_bytes) /* and room for the tail */
+                        t->batch_bytes = b->body.len + 8;
+                if (t->ready_tail)
+                        t->ready_tail->next = b;
+                else
+                        t->ready_head = b;
+                t->ready_tail = b;
+                t->filling = NULL;
+                pthread_cond_signal(&t->wake);
+        }
+        pthread_mutex_unlock(&t->lock);
+}
+
+/* Most spans render to a few hundred bytes. */
+#define SPAN_JSON_TYPICAL 1024
+
+void span_end(struct span *s)
+{
+        struct strbuf json = {};
+        struct tracer *t;
+
+        if (!s || s == &span_nonrecording)
+                return;
+        if (current_span == s)
+                current_span = NULL;
+
+        t = s->tracer;
+        if (t) {
+                s->end_nsec = s->start_nsec + (now_nsec(CLOCK_MONOTONIC) - s->start_monotonic_nsec);
+                if (strbuf_reserve(&json, SPAN_JSON_TYPICAL))
+                        put_span(&json, s);
+        }
+        span_free(s);
+        if (t)
+                enqueue(t, &json);
+        strbuf_done(&json);
+}
+
+/* The oldest full request, else the one being filled, else NULL. Called
+ * with the lock held. */
+static struct batch *take_batch(struct tracer *t)
+{
+        struct batch *b = t->ready_head;
+
+        if (b) {
+                t->ready_head = b->next;
+                if (!t->ready_head)
+                        t->ready_tail = NULL;
+                b->next = NULL;
+        } else {
+                b = t->filling;
+                t->filling = NULL;
+        }
+        if (b)
+                t->queue_len -= b->n;
+        return b;
+}
+
+/* Finish and POST b within timeout_ms, and count its spans. */
+static void export_batch(struct tracer *t, struct batch *b, unsigned timeout_ms)
+{
         int r = -ENOMEM;
 
-        free_span_list(list);
-        if (rendered)
-                r = post(t, t->body.data, t->body.len, timeout_ms > 0 ? timeout_ms : 1);
+        put_literal(&b->body, "]}]}]}");
+        if (!strbuf_failed(&b->body))
+                r = post(t, b->body.data, b->body.len, timeout_ms > 0 ? timeout_ms : 1);
         if (r < 0)
-                count_dropped(t, n);
+                count_dropped(t, b->n);
         else
-                count_exported(t, n);
-}
-
-/* Cut list (not empty) after its first max spans (or fewer, at its end):
- * returns the rest, and how many were kept in *ret_n. */
-static struct span *split_list(struct span *list, size_t max, size_t *ret_n)
-{
-        struct span *last = list, *rest;
-        size_t n = 1;
-
-        while (n < max && last->next) {
-                last = last->next;
-                n++;
-        }
-        rest = last->next;
-        last->next = NULL;
-        *ret_n = n;
-        return rest;
-}
-
-/* Detach the whole queue. Called with the lock held. */
-static struct span *take_all(struct tracer *t, size_t *ret_n)
-{
-        struct span *head = t->queue_head;
-
-        *ret_n = t->queue_len;
-        t->queue_head = t->queue_tail = NULL;
-        t->queue_len = 0;
-        return head;
-}
-
-/* Detach up to max spans from the head of the queue. Called with the lock
- * held, which request threads wait for to end a span: when max covers the
- * queue, the list is not walked. */
-static struct span *take_spans(struct tracer *t, size_t max, size_t *ret_n)
-{
-        struct span *head = t->queue_head;
-
-        if (t->queue_len <= max)
-                return take_all(t, ret_n);
-        t->queue_head = split_list(head, max, ret_n);
-        t->queue_len -= *ret_n;
-        return head;
+                count_exported(t, b->n);
 }
 
 static struct timespec timespec_from_nsec(uint64_t nsec)
@@ -1097,55 +1119,45 @@ static void *exporter_thread(void *userdata)
         struct tracer *t = userdata;
         uint64_t interval = t->flush_interval_ms * NSEC_PER_MSEC;
         uint64_t next_flush = now_nsec(CLOCK_MONOTONIC) + interval, deadline;
-        struct span *batch;
-        size_t n;
+        struct batch *b;
 
         pthread_mutex_lock(&t->lock);
         for (;;) {
-                while (!t->stopping && t->queue_len < t->batch_size &&
-                       now_nsec(CLOCK_MONOTONIC) < next_flush) {
+                /* A full request goes at once, a partial one at the interval. */
+                while (!t->stopping && !t->ready_head && now_nsec(CLOCK_MONOTONIC) < next_flush) {
                         struct timespec ts = timespec_from_nsec(next_flush);
 
                         pthread_cond_timedwait(&t->wake, &t->lock, &ts);
                 }
                 if (t->stopping)
                         break;
-                /* Up to two batches at once, split outside the lock. */
-                batch = take_spans(t, 2 * t->batch_size, &n);
+                b = take_batch(t);
                 pthread_mutex_unlock(&t->lock);
 
-                while (batch) {
-                        struct span *rest = split_list(batch, t->batch_size, &n);
-
-                        export_batch(t, batch, n, t->export_timeout_ms);
-                        batch = rest;
-                }
+                if (b)
+                        export_batch(t, b, t->export_timeout_ms);
                 next_flush = now_nsec(CLOCK_MONOTONIC) + interval;
 
                 pthread_mutex_lock(&t->lock);
+                if (b)
+                        batch_recycle(t, b);
         }
-        pthread_mutex_unlock(&t->lock);
 
         /* Stopping: flush what is queued, but for no longer than one export
          * timeout in all; what is left after that is dropped. */
         deadline = now_nsec(CLOCK_MONOTONIC) + t->export_timeout_ms * NSEC_PER_MSEC;
-        for (;;) {
-                uint64_t now;
+        while ((b = take_batch(t))) {
+                uint64_t now = now_nsec(CLOCK_MONOTONIC);
 
-                pthread_mutex_lock(&t->lock);
-                batch = take_spans(t, t->batch_size, &n);
                 pthread_mutex_unlock(&t->lock);
-                if (!batch)
-                        break;
-
-                now = now_nsec(CLOCK_MONOTONIC);
-                if (now >= deadline) {
-                        free_span_list(batch);
-                        count_dropped(t, n);
-                        continue;
-                }
-                export_batch(t, batch, n, (unsigned)((deadline - now) / NSEC_PER_MSEC));
+                if (now < deadline)
+                        export_batch(t, b, (unsigned)((deadline - now) / NSEC_PER_MSEC));
+                else
+                        count_dropped(t, b->n);
+                pthread_mutex_lock(&t->lock);
+                batch_recycle(t, b);
         }
+        pthread_mutex_unlock(&t->lock);
         return NULL;
 }
 
@@ -1290,8 +1302,7 @@ int tracer_new(const struct tracer_options *opts, struct tracer **ret)
 
 void tracer_free(struct tracer *t)
 {
-        struct span *rest;
-        size_t n;
+        struct batch *b;
 
         if (!t)
                 return;
@@ -1304,18 +1315,15 @@ void tracer_free(struct tracer *t)
                 pthread_join(t->thread, NULL);
         }
         /* Spans that ended while the exporter was stopping. */
-        pthread_mutex_lock(&t->lock);
-        rest = take_all(t, &n);
-        pthread_mutex_unlock(&t->lock);
-        if (rest) {
-                free_span_list(rest);
-                count_dropped(t, n);
+        while ((b = take_batch(t))) {
+                count_dropped(t, b->n);
+                batch_free(b);
         }
+        batch_free(t->spare);
 
         curl_easy_cleanup(t->curl);
         curl_slist_free_all(t->headers);
         free(t->request_head);
-        strbuf_done(&t->body);
         if (t->curl_initialized)
                 curl_global_cleanup();
         pthread_cond_destroy(&t->wake);

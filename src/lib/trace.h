@@ -99,10 +99,11 @@ struct tracer;
  * the two counters (one tracer per registry), or another negative errno. The metrics registry must
  * outlive the tracer.
  *
- * Export: a background thread takes the queued spans (up to two batches at
- * once) whenever batch_size are waiting or flush_interval_ms has passed,
- * and POSTs them as OTLP/JSON ExportTraceServiceRequests of at most
- * batch_size spans each. A batch that fails (connection refused, timeout,
+ * Export: span_end() renders the span into the OTLP/JSON request being
+ * filled; a background thread POSTs each request (an
+ * ExportTraceServiceRequest) once it holds batch_size spans, or with fewer
+ * when flush_interval_ms has passed. queue_capacity bounds the spans
+ * rendered and waiting. A batch that fails (connection refused, timeout,
  * non-2xx) is dropped and counted; there is no retry, so a dead collector
  * costs one failed request per batch. */
 int tracer_new(const struct tracer_options *opts, struct tracer **ret);

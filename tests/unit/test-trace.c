@@ -1058,6 +1058,66 @@ START_TEST(test_exporter_sends_full_batch_without_waiting_for_interval)
 }
 END_TEST
 
+enum { ENDERS = 4, SPANS_PER_ENDER = 1000 };
+
+struct ender {
+        struct tracer *tracer;
+        int64_t first; /* the value of attribute n of its first span */
+};
+
+static void *end_spans(void *userdata)
+{
+        const struct ender *e = userdata;
+
+        for (int64_t i = 0; i < SPANS_PER_ENDER; i++) {
+                struct span *s = span_start(e->tracer, "s", SPAN_KIND_INTERNAL, NULL);
+
+                span_set_attribute_int(s, "n", e->first + i);
+                span_end(s);
+        }
+        return NULL;
+}
+
+START_TEST(test_spans_ended_on_many_threads_are_each_exported_once)
+{
+        enum { N = ENDERS * SPANS_PER_ENDER };
+        static bool seen[N];
+        struct ender enders[ENDERS];
+        pthread_t threads[ENDERS];
+        struct receiver r;
+        struct tracer *t;
+
+        receiver_start(&r, 200);
+        t = exporting_tracer(r.port, (struct tracer_options){.sample_ratio = 1.0,
+                                                             .queue_capacity = N,
+                                                             .batch_size = 64,
+                                                             .flush_interval_ms = 20});
+        for (int k = 0; k < ENDERS; k++) {
+                enders[k] = (struct ender){.tracer = t, .first = (int64_t)k * SPANS_PER_ENDER};
+                ck_assert_int_eq(pthread_create(&threads[k], NULL, end_spans, &enders[k]), 0);
+        }
+        for (int k = 0; k < ENDERS; k++)
+                pthread_join(threads[k], NULL);
+        ck_assert_uint_eq(wait_counter(tracer_spans_exported, t, N), N);
+        ck_assert_uint_eq(tracer_spans_dropped(t), 0);
+        tracer_free(t);
+
+        /* Whole requests of valid JSON, each span in exactly one of them. */
+        ck_assert_uint_eq(r.n_bad_requests, 0);
+        ck_assert_uint_ge(r.n_requests, N / 64);
+        ck_assert_uint_eq(receiver_span_count(&r), N);
+        for (size_t i = 0; i < N; i++) {
+                struct json_object *a = get(json_object_array_get_idx(r.spans, i), "attributes");
+                long n = strtol(get_string(find_attribute(a, "n"), "intValue"), NULL, 10);
+
+                ck_assert(n >= 0 && n < N);
+                ck_assert_msg(!seen[n], "span %ld exported twice", n);
+                seen[n] = true;
+        }
+        receiver_stop(&r);
+}
+END_TEST
+
 START_TEST(test_exporter_sends_partial_batch_after_interval)
 {
         struct receiver r;
@@ -1253,6 +1313,7 @@ static Suite *trace_suite(void)
         tcase_add_test(tc, test_replacing_a_value_many_times_keeps_the_last_and_bounds_memory);
         tcase_add_test(tc, test_unsampled_spans_are_not_exported);
         tcase_add_test(tc, test_exporter_sends_full_batch_without_waiting_for_interval);
+        tcase_add_test(tc, test_spans_ended_on_many_threads_are_each_exported_once);
         tcase_add_test(tc, test_exporter_sends_partial_batch_after_interval);
         tcase_add_test(tc, test_rejected_batch_is_counted_as_dropped);
         tcase_add_test(tc, test_dead_endpoint_drops_without_blocking);
