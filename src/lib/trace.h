@@ -83,7 +83,7 @@ struct tracer_options {
         const char *endpoint;             /* OTLP/HTTP traces URL; NULL or "" disables export */
         double sample_ratio;              /* 0..1, for new root traces only */
         size_t queue_capacity;            /* spans; 0 means the default (4096) */
-        size_t batch_size;                /* spans per export request; 0: default (512) */
+        size_t batch_size;                /* spans per export request; 0: default (256) */
         unsigned flush_interval_ms;       /* 0: default (1000) */
         unsigned export_timeout_ms;       /* 0: default (2000) */
         struct metrics_registry *metrics; /* may be NULL; else registers
