@@ -27,7 +27,8 @@ LIB_UNIT_TESTS = \
 	tests/unit/test-jwt \
 	tests/unit/test-password \
 	tests/unit/test-slot-pool \
-	tests/unit/test-strbuf
+	tests/unit/test-strbuf \
+	tests/unit/test-utf8
 # Library modules tested against a real server, started by with-servers.sh.
 SERVER_UNIT_TESTS = \
 	tests/unit/test-pg \
@@ -66,6 +67,7 @@ tests_unit_test_jwt_SOURCES = tests/unit/test-jwt.c
 tests_unit_test_password_SOURCES = tests/unit/test-password.c
 tests_unit_test_slot_pool_SOURCES = tests/unit/test-slot-pool.c
 tests_unit_test_strbuf_SOURCES = tests/unit/test-strbuf.c
+tests_unit_test_utf8_SOURCES = tests/unit/test-utf8.c
 tests_unit_test_pg_SOURCES = tests/unit/test-pg.c
 tests_unit_test_redis_SOURCES = tests/unit/test-redis.c
 tests_unit_test_local_cache_SOURCES = tests/unit/test-local-cache.c
@@ -86,6 +88,7 @@ tests_unit_test_jwt_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_password_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_slot_pool_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_strbuf_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_utf8_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_pg_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_redis_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_local_cache_CFLAGS = $(UNIT_CFLAGS)
@@ -101,6 +104,7 @@ tests_unit_test_jwt_LDADD = $(UNIT_LDADD)
 tests_unit_test_password_LDADD = $(UNIT_LDADD)
 tests_unit_test_slot_pool_LDADD = $(UNIT_LDADD)
 tests_unit_test_strbuf_LDADD = $(UNIT_LDADD)
+tests_unit_test_utf8_LDADD = $(UNIT_LDADD)
 tests_unit_test_pg_LDADD = $(UNIT_LDADD)
 tests_unit_test_redis_LDADD = $(UNIT_LDADD)
 tests_unit_test_local_cache_LDADD = $(UNIT_LDADD)

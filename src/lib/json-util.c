@@ -14,56 +14,7 @@
 #include <string.h>
 
 #include "json-util.h"
-
-/* Length of the well-formed UTF-8 sequence at s[0..len), or 0 when it is
- * not one (RFC 3629: no overlong forms, no surrogates, at most U+10FFFF). */
-static size_t utf8_sequence_length(const unsigned char *s, size_t len)
-{
-        unsigned char c = s[0];
-        size_t n;
-        unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the 2nd byte */
-
-        if (c < 0x80)
-                return 1;
-        if (c >= 0xC2 && c <= 0xDF)
-                n = 2;
-        else if (c >= 0xE0 && c <= 0xEF) {
-                n = 3;
-                if (c == 0xE0)
-                        lo = 0xA0; /* overlong */
-                else if (c == 0xED)
-                        hi = 0x9F; /* surrogates */
-        } else if (c >= 0xF0 && c <= 0xF4) {
-                n = 4;
-                if (c == 0xF0)
-                        lo = 0x90; /* overlong */
-                else if (c == 0xF4)
-                        hi = 0x8F; /* above U+10FFFF */
-        } else
-                return 0;
-
-        if (len < n)
-                return 0;
-        if (s[1] < lo || s[1] > hi)
-                return 0;
-        for (size_t i = 2; i < n; i++)
-                if (s[i] < 0x80 || s[i] > 0xBF)
-                        return 0;
-        return n;
-}
-
-static bool utf8_is_valid(const char *s, size_t len)
-{
-        const unsigned char *p = (const unsigned char *)s;
-
-        for (size_t i = 0; i < len;) {
-                size_t n = utf8_sequence_length(p + i, len - i);
-                if (n == 0)
-                        return false;
-                i += n;
-        }
-        return true;
-}
+#include "utf8.h"
 
 /* Bytes that may appear outside strings: whitespace, structure, numbers
  * and the letters of true, false and null. */

@@ -10,6 +10,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/sd.c src/lib/sd.h \
 	src/lib/conf.c src/lib/conf.h \
 	src/lib/strbuf.c src/lib/strbuf.h \
+	src/lib/utf8.c src/lib/utf8.h \
 	src/lib/metrics.c src/lib/metrics.h \
 	src/lib/trace.c src/lib/trace.h \
 	src/lib/json-util.c src/lib/json-util.h \

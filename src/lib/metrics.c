@@ -27,6 +27,7 @@
 #include "metrics.h"
 #include "strbuf.h"
 #include "trace.h"
+#include "utf8.h"
 
 const double metrics_latency_buckets[] = {
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -176,63 +177,11 @@ static bool has_suffix(const char *s, const char *suffix)
         return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
-static size_t utf8_sequence_length(const unsigned char *s, size_t n)
-{
-        size_t len;
-        uint32_t cp;
-
-        if (s[0] < 0x80)
-                return 1;
-        if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-                len = 2;
-                cp = s[0] & 0x1f;
-        } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-                len = 3;
-                cp = s[0] & 0x0f;
-        } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-                len = 4;
-                cp = s[0] & 0x07;
-        } else
-                return 0;
-        if (n < len)
-                return 0;
-        for (size_t i = 1; i < len; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;
-                cp = (cp << 6) | (s[i] & 0x3f);
-        }
-        /* Overlong forms, surrogates and values past U+10FFFF. */
-        if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-                return 0;
-        return len;
-}
-
 /* Copy v into buf (METRICS_MAX_LABEL_VALUE + 1 bytes): truncated at a
  * character boundary, invalid UTF-8 bytes replaced by '?'. */
 static void sanitize_label_value(const char *v, char buf[static METRICS_MAX_LABEL_VALUE + 1])
 {
-        const unsigned char *s = (const unsigned char *)(v ? v : "");
-        size_t n = strnlen((const char *)s, METRICS_MAX_LABEL_VALUE + 4), o = 0;
-
-        while (o < METRICS_MAX_LABEL_VALUE && *s) {
-                size_t k = utf8_sequence_length(s, n);
-
-                if (k == 0) {
-                        buf[o++] = '?';
-                        s++;
-                        n--;
-                        continue;
-                }
-                if (o + k > METRICS_MAX_LABEL_VALUE)
-                        break;
-                memcpy(buf + o, s, k);
-                o += k;
-                s += k;
-                n -= k;
-        }
-        buf[o] = '\0';
+        (void)utf8_copy(buf, v ? v : "", METRICS_MAX_LABEL_VALUE, "?");
 }
 
 /* ---- children ---- */

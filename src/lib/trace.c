@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "strbuf.h"
 #include "trace.h"
+#include "utf8.h"
 
 #define DEFAULT_QUEUE_CAPACITY 4096
 /* Half OpenTelemetry's 512: a request of 256 server spans is about 125 KiB
@@ -269,95 +270,9 @@ static void random_id(uint8_t *p, size_t n)
 
 /* ---- bounded UTF-8 strings ---- */
 
-/* Length of the well-formed UTF-8 sequence at s (avail bytes readable), or
- * 0 when it is malformed (bad lead or continuation byte, overlong,
- * surrogate, above U+10FFFF, truncated). */
-static size_t utf8_sequence_len(const unsigned char *s, size_t avail)
-{
-        uint32_t cp, min;
-        size_t n;
-
-        if (s[0] < 0x80)
-                return 1;
-        if ((s[0] & 0xe0) == 0xc0) {
-                n = 2, cp = s[0] & 0x1f, min = 0x80;
-        } else if ((s[0] & 0xf0) == 0xe0) {
-                n = 3, cp = s[0] & 0x0f, min = 0x800;
-        } else if ((s[0] & 0xf8) == 0xf0) {
-                n = 4, cp = s[0] & 0x07, min = 0x10000;
-        } else
-                return 0;
-        if (avail < n)
-                return 0;
-        for (size_t i = 1; i < n; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;
-                cp = cp << 6 | (s[i] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-                return 0;
-        return n;
-}
-
-/* Copy at most max bytes of s (reading at most max + 4) to out as valid
- * UTF-8: malformed bytes become U+FFFD, and the cut falls between
- * characters. out has room for utf8_copy_bound(s, max) bytes and a NUL.
- * Returns the bytes written, not counting the NUL. */
-static size_t utf8_copy(char *out, const char *s, size_t max)
-{
-        static const char replacement[] = "\xef\xbf\xbd";
-        const unsigned char *in = (const unsigned char *)s;
-        size_t len = strnlen(s, max + 4), i = 0, o = 0;
-
-        while (i < len) {
-                size_t n = 0;
-
-                /* A run of ASCII, most text, in one copy; found 8 bytes at a
-                 * time while they last. */
-                for (uint64_t w; i + n + 8 <= len; n += 8) {
-                        memcpy(&w, in + i + n, 8);
-                        if (w & UINT64_C(0x8080808080808080))
-                                break;
-                }
-                while (i + n < len && in[i + n] < 0x80)
-                        n++;
-                if (n > 0) {
-                        if (o + n > max)
-                                n = max - o;
-                        memcpy(out + o, in + i, n);
-                        o += n;
-                        i += n;
-                        if (o == max)
-                                break;
-                        continue;
-                }
-                n = utf8_sequence_len(in + i, len - i);
-                if (n == 0) {
-                        if (o + 3 > max)
-                                break;
-                        memcpy(out + o, replacement, 3);
-                        o += 3;
-                        i++;
-                        continue;
-                }
-                if (o + n > max)
-                        break;
-                memcpy(out + o, in + i, n);
-                o += n;
-                i += n;
-        }
-        out[o] = '\0';
-        return o;
-}
-
-/* The most utf8_copy(out, s, max) writes: each byte of s may become the
- * three of U+FFFD. */
-static size_t utf8_copy_bound(const char *s, size_t max)
-{
-        size_t len = strnlen(s, max + 4);
-
-        return len > max / 3 ? max : 3 * len;
-}
+/* What a malformed byte in a span's text becomes: U+FFFD. */
+#define REPLACEMENT     "\xef\xbf\xbd"
+#define REPLACEMENT_LEN (sizeof(REPLACEMENT) - 1)
 
 /* ---- spans ---- */
 
@@ -544,7 +459,7 @@ static bool text_reserve(struct span_record *r, size_t n)
 /* Room text_append(r, s, max) needs, with the NUL. */
 static size_t text_bound(const char *s, size_t max)
 {
-        return utf8_copy_bound(s, max) + 1;
+        return utf8_copy_bound(s, max, REPLACEMENT_LEN) + 1;
 }
 
 /* Append a bounded UTF-8 copy of s, for which text_reserve() made room;
@@ -553,7 +468,7 @@ static uint32_t text_append(struct span_record *r, const char *s, size_t max)
 {
         uint32_t at = r->text_len;
 
-        r->text_len += (uint32_t)utf8_copy(r->text + at, s, max) + 1;
+        r->text_len += (uint32_t)utf8_copy(r->text + at, s, max, REPLACEMENT) + 1;
         return at;
 }
 
@@ -932,7 +847,7 @@ static char *render_request_head(const struct tracer_options *opts)
 
                 if (!fields[i].value || !fields[i].value[0])
                         continue;
-                (void)utf8_copy(value, fields[i].value, TRACE_MAX_STRING_LEN);
+                (void)utf8_copy(value, fields[i].value, TRACE_MAX_STRING_LEN, REPLACEMENT);
                 if (!first)
                         strbuf_putc(&b, ',');
                 put_key_value(&b, fields[i].key, value, &string_at_start);
