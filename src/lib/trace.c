@@ -28,10 +28,10 @@
 #include "trace.h"
 #include "utf8.h"
 
-#define DEFAULT_QUEUE_CAPACITY 4096
-/* Half OpenTelemetry's 512: a request of 256 server spans is about 125 KiB
- * of JSON, and one is filling while one is sent and one is kept spare. At
- * this size a POST per batch costs next to nothing per span. */
+/* Batches are half OpenTelemetry's 512: a request of 256 server spans is
+ * about 125 KiB of JSON, and one is filling while one is sent and one is
+ * kept spare. At this size a POST per batch costs next to nothing per span. */
+#define DEFAULT_QUEUE_CAPACITY    4096
 #define DEFAULT_BATCH_SIZE        256
 #define DEFAULT_FLUSH_INTERVAL_MS 1000
 #define DEFAULT_EXPORT_TIMEOUT_MS 2000

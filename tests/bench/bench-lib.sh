@@ -242,18 +242,27 @@ record() {
                 "max ${ROW_MAX[$1]:-?} ms, ${ROW_ERR[$1]} errors${2:+, $2}"
 }
 
+# read_status_mib PID FIELD...: the /proc/PID/status fields (kB), in MiB,
+# space-separated in the order asked.
+read_status_mib() {
+        local pid=$1
+        shift
+        awk -v fields="$*" 'BEGIN {n = split(fields, want, " ")}
+             {sub(":", "", $1); kb[$1] = $2}
+             END {for (i = 1; i <= n; i++) printf "%.1f%s", kb[want[i]] / 1024, i < n ? " " : "\n"}' \
+                "/proc/$pid/status"
+}
+
 # read_memory PID: "VmRSS VmHWM" in MiB.
 read_memory() {
-        awk '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
-             END {printf "%.1f %.1f\n", rss / 1024, hwm / 1024}' "/proc/$1/status"
+        read_status_mib "$1" VmRSS VmHWM
 }
 
 # read_anon_memory PID: "RssAnon RssFile" in MiB: the process's own pages,
 # and the pages of files it maps (mostly shared libraries, shared with every
 # process that uses them), which VmRSS adds up.
 read_anon_memory() {
-        awk '/^RssAnon:/ {anon = $2} /^RssFile:/ {file = $2}
-             END {printf "%.1f %.1f\n", anon / 1024, file / 1024}' "/proc/$1/status"
+        read_status_mib "$1" RssAnon RssFile
 }
 
 # proc_ticks PID...: the CPU time (user and system, in clock ticks) the
