@@ -4,10 +4,10 @@
 #   build-packages.sh [--src DIR] [--out DIR] [--version VERSION] [--if-stale]
 #                     [--no-lintian] [--no-check]
 #
-# The copy holds the files git knows plus the untracked ones it does not
-# ignore (work in progress is packaged too), nothing built. --src packages
-# another tree (default: this one); one that is not a git work tree is
-# copied whole. The .deb files,
+# The copy holds the source files scripts/list-sources.sh names (tracked and
+# untracked-unignored files, never a build product: the package build
+# generates every substituted file again with the package's own prefix).
+# --src packages another tree (default: this one). The .deb files,
 # .changes and .buildinfo land in DIR (default build/packages), with
 # lintian's report in DIR/lintian.txt (an error there fails the build).
 # --version builds the same tree as another version (a changelog entry is
@@ -21,7 +21,8 @@ set -euo pipefail
 # `make check TESTS=…` must not see them.
 unset MAKEFLAGS MFLAGS MAKEOVERRIDES MAKELEVEL GNUMAKEFLAGS
 
-top=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
 out=$top/build/packages
 version=
 if_stale=0
@@ -47,17 +48,7 @@ for tool in dpkg-buildpackage dh git; do
 	command -v "$tool" >/dev/null || die "$tool not found: apt-get install dpkg-dev debhelper git"
 done
 
-# The source files: tracked (and still present) plus untracked, not ignored.
-list_sources() {
-	if ! git -C "$top" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-		(cd "$top" && find . -type f -printf '%P\0')
-		return
-	fi
-	(cd "$top" && git ls-files -z --cached --others --exclude-standard) |
-		while IFS= read -r -d '' f; do
-			[ -f "$top/$f" ] || [ -L "$top/$f" ] && printf '%s\0' "$f"
-		done
-}
+list_sources() { "$here/list-sources.sh" "$top"; }
 
 hash=$(cd "$top" && list_sources | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 [ -n "$version" ] || version=$(cd "$top" && dpkg-parsechangelog -S Version)

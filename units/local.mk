@@ -50,7 +50,11 @@ uninstall-vigil-conf:
 # packages (not by `make install`: they configure distro services).
 # Monitoring directories are installed as they are, whatever they hold:
 # etc/<tool>/ → $(sysconfdir)/<tool>/, grafana-provisioning/ →
-# $(sysconfdir)/grafana/provisioning/. Missing directories are skipped.
+# $(sysconfdir)/grafana/provisioning/, except the dashboards' JSON, which is
+# data, not configuration: it goes to $(datadir)/vigil/grafana/dashboards,
+# where the provider (grafana-provisioning/dashboards/vigil.yml) looks.
+# Missing directories are skipped.
+vigilgrafanadashboardsdir = $(datadir)/vigil/grafana/dashboards
 VIGIL_MONITORING_DIRS = prometheus alertmanager promtail loki tempo
 install-gateway:
 	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx'
@@ -65,7 +69,11 @@ install-monitoring:
 	@if [ -d "$(srcdir)/grafana-provisioning" ]; then \
 		echo "  INSTALL  $(sysconfdir)/grafana/provisioning/"; \
 		$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/grafana/provisioning' && \
-		cp -R "$(srcdir)/grafana-provisioning/." '$(DESTDIR)$(sysconfdir)/grafana/provisioning/'; \
+		cp -R "$(srcdir)/grafana-provisioning/." '$(DESTDIR)$(sysconfdir)/grafana/provisioning/' && \
+		echo "  INSTALL  $(vigilgrafanadashboardsdir)/"; \
+		$(MKDIR_P) '$(DESTDIR)$(vigilgrafanadashboardsdir)' && \
+		mv '$(DESTDIR)$(sysconfdir)/grafana/provisioning/dashboards/'*.json \
+			'$(DESTDIR)$(vigilgrafanadashboardsdir)/'; \
 	else echo "  SKIP     grafana-provisioning (not there yet)"; fi
 	@[ ! -d '$(DESTDIR)$(sysconfdir)' ] || \
 		find '$(DESTDIR)$(sysconfdir)' \( -name '*~' -o -name '.*.sw?' \) -delete

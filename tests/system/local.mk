@@ -3,6 +3,8 @@
 # It skips itself (exit 77) without root, systemd-nspawn or a git work tree,
 # and when the ports it needs are taken. test-rpm.sh builds rpm/vigil.spec
 # with Debian's rpm (skipped without rpmbuild or a git work tree).
-SYSTEM_TESTS = tests/system/test-system.py tests/system/test-rpm.sh
+# test-packages.py builds the packages after an in-tree build (another
+# prefix) and checks every path they name against the files they ship.
+SYSTEM_TESTS = tests/system/test-system.py tests/system/test-packages.py tests/system/test-rpm.sh
 TESTS += $(SYSTEM_TESTS)
 EXTRA_DIST += $(SYSTEM_TESTS)

@@ -1,10 +1,10 @@
 #!/bin/sh
 # Build rpm/vigil.spec with Debian's rpm: a source tarball of the tree (the
-# files git knows plus untracked, unignored ones), rpmbuild -bb with
+# files scripts/list-sources.sh names, never a build product), rpmbuild -bb with
 # --nodeps (Debian's rpm has no database of the build dependencies, which
 # are the Debian packages installed here). Checks the split and the units.
 # Skips (77) without rpmbuild or a git work tree; VIGIL_RPM_SRC=DIR builds
-# another tree (copied whole).
+# another tree.
 set -eu
 
 # Run from `make check`, we inherit the outer make's command-line variables
@@ -24,13 +24,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/vigil-rpm.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
 version=$(sed -n 's/^Version: *//p' "$src/rpm/vigil.spec")
 mkdir -p "$work/SOURCES" "$work/vigil-$version"
-if git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-	(cd "$src" && git ls-files -z --cached --others --exclude-standard |
-		xargs -0 sh -c 'for f; do [ -f "$f" ] && printf "%s\n" "$f"; done' sh |
-		tar -cf - -T -) | tar -C "$work/vigil-$version" -xf -
-else
-	cp -a "$src/." "$work/vigil-$version/"
-fi
+(cd "$src" && "$top/scripts/list-sources.sh" "$src" | tar --null -T - -cf -) |
+	tar -C "$work/vigil-$version" -xf -
 tar -C "$work" -czf "$work/SOURCES/vigil-$version.tar.gz" "vigil-$version"
 rm -rf "$work/vigil-$version"
 
