@@ -136,13 +136,17 @@ static const char *action_result(enum decision_kind k)
         }
 }
 
-/* Decisions about a unit count as actions (taken or not). */
+/* Decisions about a unit count as actions (taken or not). A refused unit's
+ * name comes from whoever posted the alert: refusals share one series,
+ * unit="other" (no unit is called that), so no one can add series. */
 static void count_action(struct alertbotd_manager *m, enum decision_kind k, const char *unit,
                          const char *action)
 {
         if (!*unit || !*action || k == DECISION_DUPLICATE || k == DECISION_RESOLVED ||
             k == DECISION_UNMATCHED)
                 return;
+        if (k == DECISION_REFUSED_ALLOWLIST)
+                unit = "other";
         metrics_counter_inc(metrics_child3(m->actions, unit, action, action_result(k)));
 }
 

@@ -2,7 +2,6 @@
 
 #include <assert.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <inttypes.h>
 #include <ini.h>
 #include <stdarg.h>
@@ -171,6 +170,14 @@ static int set_policy_key(struct loader *l, const char *name, const char *value)
                                                    POLICY_MAX_ALLOWLIST);
                         if (strlen(w) > STATE_UNIT_MAX)
                                 return loader_fail(l, "[policy] allowlist: \"%s\" is too long", w);
+                        /* Exact names, as the polkit rule lists them: a glob
+                         * would also match units systemd must refuse. */
+                        if (!valid_unit_name(w))
+                                return loader_fail(
+                                        l,
+                                        "[policy] allowlist: \"%s\" is not a service unit name "
+                                        "(exact names only, no globs)",
+                                        w);
                         p->allowlist[p->n_allowlist] = strdup(w);
                         if (!p->allowlist[p->n_allowlist])
                                 return loader_fail(l, "out of memory");
@@ -453,7 +460,7 @@ bool policy_unit_allowed(const struct policy *p, const char *unit)
         if (!valid_unit_name(unit))
                 return false;
         for (size_t i = 0; i < p->n_allowlist; i++)
-                if (fnmatch(p->allowlist[i], unit, 0) == 0)
+                if (strcmp(p->allowlist[i], unit) == 0)
                         return true;
         return false;
 }

@@ -13,7 +13,7 @@
  *
  * Policy file (INI):
  *   [policy]
- *   allowlist = vigil-authd.service vigil-*.service   ; fnmatch() globs
+ *   allowlist = vigil-authd.service vigil-paymentd.service   ; exact names
  *   cooldown_seconds = 600
  *   budget_per_hour = 6
  *   breaker_failures = 3
@@ -138,7 +138,9 @@ int policy_load_file(const char *path, struct policy **ret, char **ret_error);
 int policy_load_string(const char *name, const char *text, struct policy **ret, char **ret_error);
 
 /* Whether unit is a well-formed unit name (letters, digits, ":-_.\@",
- * at most STATE_UNIT_MAX bytes, ending in ".service") on the allowlist. */
+ * at most STATE_UNIT_MAX bytes, ending in ".service") on the allowlist,
+ * letter for letter: the allowlist holds exact names, never globs, so that
+ * it is the same list the polkit rule (units/polkit) lets systemd restart. */
 bool policy_unit_allowed(const struct policy *p, const char *unit);
 /* The readiness URL of unit, or NULL. */
 const char *policy_unit_ready_url(const struct policy *p, const char *unit);

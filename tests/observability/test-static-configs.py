@@ -302,6 +302,29 @@ def check_alertmanager_config():
         assert minutes >= 60, f"alertbot route {key} {r[key]}: restarts would repeat too often"
 
 
+def check_polkit_matches_allowlist():
+    """The polkit rule lets systemd restart exactly the units on the bot's
+    shipped allowlist: one list, enforced twice, with no pattern that could
+    match more (vigil-alertbotd.service, template instances)."""
+    with open(os.path.join(TOP, "units", "polkit", "50-vigil-alertbot.rules"), encoding="utf-8") as f:
+        rule = f.read()
+    m = re.search(r"var restartable = \[([^\]]*)\]", rule)
+    assert m, "polkit rule: no `var restartable = [...]` list"
+    polkit_units = re.findall(r'"([^"]+)"', m.group(1))
+    assert "test(" not in rule and "match(" not in rule, "polkit rule: a pattern test beside the list"
+    allow = []
+    with open(os.path.join(ETC, "vigil", "alertbot-policy.conf"), encoding="utf-8") as f:
+        section = None
+        for line in f:
+            line = line.split("#", 1)[0].split(";", 1)[0].strip()
+            if line.startswith("["):
+                section = line.strip("[]")
+            elif section == "policy" and line.startswith("allowlist"):
+                allow += line.split("=", 1)[1].replace(",", " ").split()
+    assert sorted(polkit_units) == sorted(allow), f"polkit {sorted(polkit_units)} != allowlist {sorted(allow)}"
+    assert "vigil-alertbotd.service" not in allow
+
+
 def main():
     runner.check("prometheus.yml: every job at its DESIGN.md port, service labels, alerting",
                  check_prometheus_scrape_config)
@@ -317,6 +340,7 @@ def main():
     runner.check("alerts: severity, summary, description and an existing runbook", check_alert_metadata)
     runner.check("alerts: no threshold on a raw counter", check_no_counter_threshold)
     runner.check("alertmanager: bot webhook with bearer token file, slow repeats", check_alertmanager_config)
+    runner.check("polkit rule: exactly the alert bot's allowlist", check_polkit_matches_allowlist)
     return runner.finish()
 
 

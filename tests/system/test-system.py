@@ -15,7 +15,7 @@ paymentd, inventoryd, notifyd, alertbotd):
   journald    structured fields (TRACE_ID, HTTP_ROUTE, HTTP_STATUS, …) from
               every daemon, no secrets anywhere in the journal
   security    `systemd-analyze security` exposure ≤ 2.0 for every vigil service
-  polkit      vigil-alertbot may RestartUnit vigil-*.service and nothing else
+  polkit      vigil-alertbot may RestartUnit the four allowlisted units and nothing else
   watchdog    SIGSTOP every daemon → each killed and restarted within
               WatchdogSec + TimeoutAbortSec + RestartSec
   outage      PostgreSQL stopped: no restart, /health 200, /ready 503 naming
@@ -395,12 +395,14 @@ def t_polkit():
         wait_until(f"{unit} restarted by the alert bot's user", lambda unit=unit, before=before: (
             (lambda s: s["MainPID"] not in ("0", before) and s["ActiveState"] == "active")(
                 show(unit, "MainPID", "ActiveState"))), 30)
-    for unit in ("nginx.service", "postgresql.service", "dbus.service", "vigil.target"):
+    for unit in ("nginx.service", "postgresql.service", "dbus.service", "vigil.target",
+                 "vigil-alertbotd.service"):
         p = busctl_restart("vigil-alertbot", unit)
         assert p.returncode != 0, f"RestartUnit {unit} was allowed"
     p = busctl_restart("vigil-payment", "vigil-authd.service")
     assert p.returncode != 0, "another vigil user may restart vigil-authd"
-    return "vigil-authd, vigil-inventoryd allowed; nginx, postgresql, dbus, vigil.target denied; vigil-payment denied"
+    return ("vigil-authd, vigil-inventoryd allowed; nginx, postgresql, dbus, vigil.target, "
+            "vigil-alertbotd denied; vigil-payment denied")
 
 
 @test("watchdog: SIGSTOP every daemon → killed and restarted within WatchdogSec + TimeoutAbortSec + RestartSec")

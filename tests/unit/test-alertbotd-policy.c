@@ -159,14 +159,41 @@ START_TEST(test_policy_refuses_lines_libinih_would_cut)
 }
 END_TEST
 
-START_TEST(test_allowlist_accepts_globs_and_only_service_names)
+START_TEST(test_allowlist_refuses_globs_and_names_that_are_no_service)
+{
+        struct policy *p = NULL;
+        char *error = NULL;
+
+        /* A glob would match vigil-alertbotd.service and template instances,
+         * which the polkit rule refuses: the file is refused instead. */
+        ck_assert_int_eq(
+                policy_load_string("p", "[policy]\nallowlist = vigil-*.service\n", &p, &error),
+                -EINVAL);
+        ck_assert_ptr_nonnull(strstr(error, "vigil-*.service"));
+        ck_assert_ptr_null(p);
+        free(error);
+        error = NULL;
+        ck_assert_int_eq(
+                policy_load_string("p", "[policy]\nallowlist = vigil-authd.socket\n", &p, &error),
+                -EINVAL);
+        free(error);
+}
+END_TEST
+
+START_TEST(test_allowlist_matches_exact_names_only)
 {
         struct policy *p = NULL;
 
-        ck_assert_int_eq(
-                policy_load_string("p", "[policy]\nallowlist = vigil-*.service\n", &p, NULL), 0);
+        ck_assert_int_eq(policy_load_string("p",
+                                            "[policy]\nallowlist = vigil-authd.service "
+                                            "vigil-notifyd.service\n",
+                                            &p, NULL),
+                         0);
         ck_assert(policy_unit_allowed(p, "vigil-authd.service"));
         ck_assert(policy_unit_allowed(p, "vigil-notifyd.service"));
+        ck_assert(!policy_unit_allowed(p, "vigil-alertbotd.service"));
+        ck_assert(!policy_unit_allowed(p, "vigil-authd@x.service"));
+        ck_assert(!policy_unit_allowed(p, "VIGIL-AUTHD.service"));
         ck_assert(!policy_unit_allowed(p, "sshd.service"));
         ck_assert(!policy_unit_allowed(p, "vigil-authd.socket"));
         ck_assert(!policy_unit_allowed(p, "vigil-a d.service"));
@@ -525,7 +552,8 @@ int main(void)
         tcase_add_test(file, test_policy_file_is_parsed);
         tcase_add_test(file, test_policy_errors_name_file_line_and_key);
         tcase_add_test(file, test_policy_refuses_lines_libinih_would_cut);
-        tcase_add_test(file, test_allowlist_accepts_globs_and_only_service_names);
+        tcase_add_test(file, test_allowlist_refuses_globs_and_names_that_are_no_service);
+        tcase_add_test(file, test_allowlist_matches_exact_names_only);
         tcase_add_test(file, test_every_decision_kind_has_a_distinct_message_id);
         tcase_add_test(file, test_shipped_policy_file_is_valid_and_covers_the_restart_alerts);
         tcase_add_test(file, test_rfc3339_times_are_parsed);
