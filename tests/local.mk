@@ -47,6 +47,10 @@ UNIT_TESTS = tests/fuzz/replay.sh $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/
 	$(DAEMON_UNIT_TESTS) tests/unit/test-daemon-config.sh
 TESTS += $(UNIT_TESTS)
 EXTRA_DIST += tests/unit/test-daemon-config.sh
+# What the packages run on install (units/vigil-setup), against a real
+# PostgreSQL as root: not a unit test of the package builds.
+TESTS += tests/unit/test-vigil-setup.sh
+EXTRA_DIST += tests/unit/test-vigil-setup.sh
 
 tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
 tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/authd
