@@ -490,24 +490,26 @@ def t_outage():
 
 
 class Load:
-    """A bounded request loop: through the gateway GET /payment/{id}
-    (paymentd, which asks authd) and GET /products (idempotent: nginx may
-    retry them), POST /verify (not idempotent: never retried); GET /health
-    of every daemon directly on its socket (the gateway does not expose it);
-    from rotating loopback sources so the per-IP rate limit stays out of the
-    way."""
+    """A bounded request loop: through the gateway GET /payment/{id} without
+    a token (paymentd answers 401 itself) and GET /products (idempotent:
+    nginx may retry them), POST /verify with a token (not idempotent: never
+    retried); GET /health of every daemon directly on its socket (the
+    gateway does not expose it); from rotating loopback sources so the
+    per-IP rate limit stays out of the way. Each with the status it must
+    get."""
+
+    REQUESTS = [
+        ("GET", "/api/v1/payment/payment/1", None, 401),
+        ("GET", "/api/v1/inventory/products", None, 200),
+        ("POST", "/api/v1/auth/verify", None, 200),
+        ("GET", "/health", 8001, 200),
+        ("GET", "/health", 8002, 200),
+        ("GET", "/health", 8003, 200),
+        ("GET", "/health", 8004, 200),
+        ("GET", "/health", 8005, 200),
+    ]
 
     def __init__(self, token, workers=4, max_requests=40000):
-        self.REQUESTS = [
-            ("GET", f"/api/v1/payment/payment/{state['payment_id']}", None),
-            ("GET", "/api/v1/inventory/products", None),
-            ("POST", "/api/v1/auth/verify", None),
-            ("GET", "/health", 8001),
-            ("GET", "/health", 8002),
-            ("GET", "/health", 8003),
-            ("GET", "/health", 8004),
-            ("GET", "/health", 8005),
-        ]
         self.token = token
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -524,9 +526,9 @@ class Load:
                 if self.ok + len(self.failed) >= self.max:
                     return
             src = f"127.0.{10 + i}.{1 + k % 250}"
-            method, path, port = self.REQUESTS[k % len(self.REQUESTS)]
+            method, path, port, expected = self.REQUESTS[k % len(self.REQUESTS)]
             k += 1
-            headers = {"Authorization": f"Bearer {self.token}"} if not port else None
+            headers = {"Authorization": f"Bearer {self.token}"} if method == "POST" else None
             # A client may retry an idempotent request whose connection
             # closed before any answer (RFC 9110 §9.2.2), as nginx does for
             # the gateway's GETs; the direct GETs get the same one retry.
@@ -535,7 +537,7 @@ class Load:
             for attempt in range(tries):
                 try:
                     s, b, _ = request(method, path, headers=headers, source=src, port=port)
-                    good = s == 200
+                    good = s == expected
                     why = f"{method} {port or ''}{path} {s} {b[:120]!r}"
                     break
                 except (http.client.RemoteDisconnected, ConnectionResetError) as e:
