@@ -17,6 +17,7 @@ Run by `make check`; by hand:
 
 import http.client
 import http.server
+import io
 import json
 import os
 import re
@@ -174,6 +175,20 @@ class Gateway:
             return r.status, r.msg, r.read()
         finally:
             conn.close()
+
+    def raw(self, data, source="127.0.0.1"):
+        """Bytes on a new connection, read until nginx closes it; returns
+        (status, headers, body) like request()."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10,
+                                      source_address=(source, 0)) as s:
+            s.sendall(data)
+            buf = b""
+            while chunk := s.recv(65536):
+                buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        msg = http.client.parse_headers(io.BytesIO("\r\n".join(lines[1:] + ["", ""]).encode("latin-1")))
+        return int(lines[0].split()[1]), msg, body
 
     def log_entry(self, request_id):
         """The access log entry of a request (waits for nginx to write it)."""
@@ -337,6 +352,7 @@ def test_gateway_answers_404_for_every_internal_endpoint(ctx):
         "/api/v1/payment/payment/1/metrics",
         "/api/v1/inventory/product/1/reserve/x",
         "/metrics", "/ready", "/stats",
+        "/vigil-error/bad-request",                    # the gateway's own error pages
     ]
     for path in paths:
         for method in ("GET", "POST"):
@@ -426,6 +442,11 @@ def test_gateway_errors_carry_the_request_id(ctx):
     cases.append(("431", ctx.gw.request("GET", "/api/v1/inventory/products",
                                         headers={"X-Big": "a" * 9000}, source=new_source()),
                   431, "headers_too_large"))
+    # 400 and 414: a request line nginx cannot parse, or too long to read.
+    cases.append(("400", ctx.gw.raw(b"GARBAGE\r\n\r\n", source=new_source()), 400,
+                  "bad_request"))
+    cases.append(("414", ctx.gw.raw(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+                                    source=new_source()), 414, "uri_too_long"))
     # 429: one client past 10 r/s with a burst of 20.
     src = new_source()
     for _ in range(60):
