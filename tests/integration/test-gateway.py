@@ -413,6 +413,16 @@ def test_caller_trace_context_is_dropped_and_request_id_names_the_new_trace(ctx)
           f"caller trace context passed on: {got}")
     e = ctx.gw.log_entry(rid)
     check_eq((e["trace_id"], e["caller_traceparent"]), (rid, caller_tp), "access log")
+    # Whatever the case of the names, and however many there are.
+    raw = (f"GET /api/v1/payment/payment/8 HTTP/1.1\r\nHost: t\r\nTraceParent: {caller_tp}\r\n"
+           f"TRACEPARENT: {caller_tp}\r\nTraceState: a=b\r\nConnection: close\r\n\r\n")
+    status, headers, _ = ctx.gw.raw(raw.encode(), source=new_source())
+    check_eq(status, 200, "GET payment with repeated trace headers")
+    rid = request_id_of(headers, "repeated trace headers")
+    with ctx.recorder.lock:
+        got = ctx.recorder.seen.get(rid, {})
+    check(got and "traceparent" not in got and "tracestate" not in got,
+          f"caller trace context passed on: {got}")
 
     # A daemon starts the trace with the gateway's id, and logs it.
     status, headers, _ = ctx.gw.request("POST", "/api/v1/auth/verify", headers=hdrs,
