@@ -287,6 +287,9 @@ int daemon_http_server_start(const struct daemon_config *c, struct http_server_o
         opts->listen = c->http_listen;
         opts->listen_fd = fd;
         opts->max_connections = (unsigned)c->http_max_connections;
+        opts->max_connections_per_client = (unsigned)c->http_max_connections_per_client;
+        opts->header_timeout_s = (unsigned)c->http_header_timeout_seconds;
+        opts->connection_timeout_s = (unsigned)c->http_idle_timeout_seconds;
         opts->access_log = c->http_access_log;
         r = http_server_new(opts, routes, n_routes, &s);
         if (r < 0)

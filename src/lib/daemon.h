@@ -36,6 +36,9 @@ struct amqp_client;
 struct daemon_config {
         char *http_listen;
         int64_t http_max_connections;
+        int64_t http_max_connections_per_client;
+        int64_t http_header_timeout_seconds;
+        int64_t http_idle_timeout_seconds;
         bool http_access_log;
         char *tracing_otlp_endpoint;
         double tracing_sample_ratio;
@@ -48,6 +51,18 @@ struct daemon_config {
                 CONF_INT("http", "max_connections", "512", 1, 65536, type,                         \
                          common.http_max_connections,                                              \
                          "Concurrent client connections (one thread each)"),                       \
+                CONF_INT("http", "max_connections_per_client", "256", 1, 65536, type,              \
+                         common.http_max_connections_per_client,                                   \
+                         "Connections one client address may hold (the gateway is one address "    \
+                         "for all proxied traffic: keep this above its upstream connections)"),    \
+                CONF_INT("http", "header_timeout_seconds", "5", 1, 300, type,                      \
+                         common.http_header_timeout_seconds,                                       \
+                         "Close a new connection that falls silent this long before its request "  \
+                         "header is complete"),                                                    \
+                CONF_INT("http", "idle_timeout_seconds", "30", 1, 3600, type,                      \
+                         common.http_idle_timeout_seconds,                                         \
+                         "Close a kept-alive connection idle this long (keep it above the "        \
+                         "gateway's upstream keepalive_timeout, 20 s)"),                           \
                 CONF_BOOL("http", "access_log", "true", type, common.http_access_log,              \
                           "Log every request (errors are always logged)"),                         \
                 CONF_STRING("tracing", "otlp_endpoint", "http://127.0.0.1:4318/v1/traces", 1024,   \
@@ -140,8 +155,8 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops);
 
 /* Create and start the daemon's HTTP server. opts names the service,
  * metrics, tracer, readiness check and userdata; the listener (the socket
- * systemd passed, else [http] listen), the connection limit and the access
- * log come from c. Logs what failed and returns a negative errno. */
+ * systemd passed, else [http] listen), the connection limits and timeouts
+ * and the access log come from c. Logs what failed and returns a negative errno. */
 int daemon_http_server_start(const struct daemon_config *c, struct http_server_options *opts,
                              const struct http_route *routes, size_t n_routes,
                              struct http_server **ret);

@@ -34,7 +34,13 @@
 #define DEFAULT_MAX_BODY           (64U * 1024U)
 #define DEFAULT_MAX_HEADER         (16U * 1024U)
 #define DEFAULT_MAX_CONNECTIONS    512U
+#define DEFAULT_PER_CLIENT         256U
 #define DEFAULT_CONNECTION_TIMEOUT 30U
+#define DEFAULT_HEADER_TIMEOUT     5U
+/* How long a drain waits for connections that have not sent a complete
+ * request header: a real client (nginx on a fresh upstream connection)
+ * sends its request the moment it connects. */
+#define DRAIN_HEADER_GRACE_MS 1000U
 /* libmicrohttpd keeps the request line and headers in a per-connection
  * pool: it must hold more than max_header for us to see, and answer, an
  * oversized header ourselves (past the pool libmicrohttpd answers 431
@@ -110,7 +116,9 @@ struct http_server {
         size_t max_body;
         size_t max_header;
         unsigned max_connections;
+        unsigned max_connections_per_client;
         unsigned connection_timeout_s;
+        unsigned header_timeout_s;
         struct metrics_registry *metrics;
         struct tracer *tracer;
         http_ready_fn ready;
@@ -130,9 +138,10 @@ struct http_server {
         uint16_t port;
 
         pthread_mutex_t lock;
-        pthread_cond_t idle; /* in_flight or unstarted reached 0 */
+        pthread_cond_t idle; /* signalled while draining when a count drops */
         unsigned in_flight;
-        unsigned unstarted; /* connections accepted, no request begun yet */
+        unsigned unstarted;       /* connections accepted, no request begun yet */
+        unsigned headers_pending; /* of in_flight: request line read, headers not */
         struct http_request *head, *tail;
         bool draining;
 };
@@ -341,6 +350,13 @@ static int reply_take(struct http_request *req, unsigned status, const char *con
                 if (MHD_add_response_header(response, req->headers[i].name,
                                             req->headers[i].value) != MHD_YES)
                         goto fail;
+        if (req->span && trace_context_is_valid(span_context(req->span))) {
+                char trace_id[2 * TRACE_ID_SIZE + 1];
+
+                trace_format_trace_id(span_context(req->span), trace_id);
+                if (MHD_add_response_header(response, "X-Request-Id", trace_id) != MHD_YES)
+                        goto fail;
+        }
 
         pthread_mutex_lock(&req->server->lock);
         draining = req->server->draining;
@@ -650,13 +666,20 @@ struct connection_state {
         bool started;
 };
 
+/* A count drain waits on has dropped; called with the lock held. */
+static void drain_notify(struct http_server *s)
+{
+        if (s->draining)
+                pthread_cond_broadcast(&s->idle);
+}
+
 static void unstarted_done(struct http_server *s, struct connection_state *c)
 {
         if (!c || c->started)
                 return;
         c->started = true;
-        if (--s->unstarted == 0 && s->in_flight == 0)
-                pthread_cond_broadcast(&s->idle);
+        s->unstarted--;
+        drain_notify(s);
 }
 
 static void connection_cb(void *cls, struct MHD_Connection *connection, void **socket_context,
@@ -708,6 +731,7 @@ static void *uri_log_cb(void *cls, const char *uri, struct MHD_Connection *conne
                 s->head = req;
         s->tail = req;
         s->in_flight++;
+        s->headers_pending++;
         unstarted_done(s, info ? info->socket_context : NULL);
         pthread_mutex_unlock(&s->lock);
         metrics_gauge_add(s->in_flight_gauge, 1);
@@ -785,8 +809,9 @@ static void completed_cb(void *cls, struct MHD_Connection *connection, void **co
         pthread_mutex_lock(&s->lock);
         in_flight_remove(s, req);
         s->in_flight--;
-        if (s->in_flight == 0)
-                pthread_cond_broadcast(&s->idle);
+        if (!req->started)
+                s->headers_pending--;
+        drain_notify(s);
         pthread_mutex_unlock(&s->lock);
         metrics_gauge_add(s->in_flight_gauge, -1);
 
@@ -835,6 +860,7 @@ static void request_start_span(struct http_request *req)
 {
         struct http_server *s = req->server;
         struct trace_context parent;
+        uint8_t trace_id[TRACE_ID_SIZE];
         bool has_parent;
         char name[TRACE_MAX_NAME_LEN];
         const char *ua;
@@ -846,8 +872,14 @@ static void request_start_span(struct http_request *req)
                 (void)snprintf(name, sizeof(name), "%s", req->method_label);
 
         /* The connection thread has no current span, so without a valid
-         * traceparent this starts a new trace. */
-        req->span = span_start(s->tracer, name, SPAN_KIND_SERVER, has_parent ? &parent : NULL);
+         * traceparent this starts a new trace: the one the gateway named
+         * in X-Request-Id, else a random one. */
+        if (has_parent)
+                req->span = span_start(s->tracer, name, SPAN_KIND_SERVER, &parent);
+        else if (trace_parse_trace_id(http_request_header(req, "X-Request-Id"), trace_id) == 0)
+                req->span = span_start_root(s->tracer, name, SPAN_KIND_SERVER, trace_id);
+        else
+                req->span = span_start(s->tracer, name, SPAN_KIND_SERVER, NULL);
         if (!span_is_recording(req->span))
                 return;
 
@@ -874,10 +906,20 @@ static void request_begin(struct http_request *req, const char *url, const char 
         char allow[MAX_ALLOW];
         bool matched;
 
+        pthread_mutex_lock(&s->lock);
         req->started = true;
+        s->headers_pending--;
+        drain_notify(s);
+        pthread_mutex_unlock(&s->lock);
         req->method = method;
         req->method_label = method_label(method);
         req->path = url;
+
+        /* The header is complete: from now on (its body, and waiting for the
+         * next request on a kept-alive connection) the idle timeout applies
+         * instead of the header timeout. */
+        (void)MHD_set_connection_option(req->connection, MHD_CONNECTION_OPTION_TIMEOUT,
+                                        s->connection_timeout_s);
 
         matched = request_route(req, allow);
         request_start_span(req);
@@ -1064,8 +1106,13 @@ int http_server_new(const struct http_server_options *opts, const struct http_ro
         s->max_header = opts->max_header ? opts->max_header : DEFAULT_MAX_HEADER;
         s->max_connections =
                 opts->max_connections ? opts->max_connections : DEFAULT_MAX_CONNECTIONS;
+        s->max_connections_per_client = opts->max_connections_per_client
+                                                ? opts->max_connections_per_client
+                                                : DEFAULT_PER_CLIENT;
         s->connection_timeout_s = opts->connection_timeout_s ? opts->connection_timeout_s
                                                              : DEFAULT_CONNECTION_TIMEOUT;
+        s->header_timeout_s =
+                opts->header_timeout_s ? opts->header_timeout_s : DEFAULT_HEADER_TIMEOUT;
         s->metrics = opts->metrics;
         s->tracer = opts->tracer;
         s->ready = opts->ready;
@@ -1238,13 +1285,16 @@ int http_server_start(struct http_server *s)
 
         s->daemon = MHD_start_daemon(
                 flags, 0, NULL, NULL, access_cb, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-                MHD_OPTION_CONNECTION_LIMIT, s->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-                s->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
-                MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
-                MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s, MHD_OPTION_NOTIFY_CONNECTION,
-                connection_cb, s, MHD_OPTION_URI_LOG_CALLBACK, uri_log_cb, s,
-                MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-                MHD_OPTION_END);
+                MHD_OPTION_CONNECTION_LIMIT, s->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                s->max_connections_per_client,
+                /* Until a connection's first request header is complete;
+                 * request_begin() switches it to connection_timeout_s. */
+                MHD_OPTION_CONNECTION_TIMEOUT, s->header_timeout_s,
+                MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory, MHD_OPTION_THREAD_STACK_SIZE,
+                (size_t)THREAD_STACK_SIZE, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s,
+                MHD_OPTION_NOTIFY_CONNECTION, connection_cb, s, MHD_OPTION_URI_LOG_CALLBACK,
+                uri_log_cb, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
+                MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_END);
         if (!s->daemon) {
                 if (s->listen_fd < 0)
                         close(fd);
@@ -1300,8 +1350,7 @@ static void stop_daemon(struct http_server *s)
 
 void http_server_drain(struct http_server *s, unsigned timeout_ms)
 {
-        struct timespec deadline;
-        uint64_t until;
+        uint64_t start, until, grace_until;
 
         assert(s);
 
@@ -1317,14 +1366,36 @@ void http_server_drain(struct http_server *s, unsigned timeout_ms)
                 s->quiesced_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
         }
 
-        until = now_usec(CLOCK_MONOTONIC) + (uint64_t)timeout_ms * USEC_PER_MSEC;
-        deadline.tv_sec = (time_t)(until / USEC_PER_SEC);
-        deadline.tv_nsec = (long)(until % USEC_PER_SEC) * 1000L;
+        /* Requests whose header is complete are waited for up to the
+         * timeout; connections without one (silent, or stalled in the
+         * middle of a header) only for a short grace, so that neither an
+         * idle client nor a slow one holds the exit. */
+        start = now_usec(CLOCK_MONOTONIC);
+        until = start + (uint64_t)timeout_ms * USEC_PER_MSEC;
+        grace_until =
+                start + (uint64_t)(timeout_ms < DRAIN_HEADER_GRACE_MS ? timeout_ms
+                                                                      : DRAIN_HEADER_GRACE_MS) *
+                                USEC_PER_MSEC;
 
         pthread_mutex_lock(&s->lock);
-        while (s->in_flight > 0 || s->unstarted > 0)
-                if (pthread_cond_timedwait(&s->idle, &s->lock, &deadline) == ETIMEDOUT)
+        for (;;) {
+                bool requests = s->in_flight > s->headers_pending;
+                bool pending = s->unstarted + s->headers_pending > 0;
+                uint64_t now = now_usec(CLOCK_MONOTONIC), wait_until;
+                struct timespec deadline;
+
+                if (pending && now < grace_until)
+                        wait_until = requests ? until : grace_until;
+                else if (requests)
+                        wait_until = until;
+                else
                         break;
+                if (now >= wait_until)
+                        break;
+                deadline.tv_sec = (time_t)(wait_until / USEC_PER_SEC);
+                deadline.tv_nsec = (long)(wait_until % USEC_PER_SEC) * 1000L;
+                (void)pthread_cond_timedwait(&s->idle, &s->lock, &deadline);
+        }
         pthread_mutex_unlock(&s->lock);
 
         stop_daemon(s);

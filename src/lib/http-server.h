@@ -39,6 +39,22 @@
  * request that ends without any response (the client went away) counts
  * with code 499.
  *
+ * Connections: at most max_connections, of which at most
+ * max_connections_per_client from one client address (libmicrohttpd closes
+ * a connection past either limit at once, unanswered), so one client cannot
+ * take every connection and starve /health. A new connection that falls
+ * silent for header_timeout_s before its first request header is complete
+ * is closed; after that (bodies, and idle keep-alive connections between
+ * requests) the limit is connection_timeout_s of silence. Both are
+ * timeouts of inactivity, not deadlines: a client that trickles bytes
+ * keeps its connection, which is what the per-client limit bounds.
+ *
+ * Request id: every response the server sends carries X-Request-Id, the
+ * trace id of the request's span. A request without a valid traceparent
+ * but with an X-Request-Id of 32 lower-case hex digits (the gateway's
+ * $request_id) starts a new trace with that id, sampled per the tracer's
+ * sample_ratio, so the id the gateway logs and returns is the trace id.
+ *
  * Every error response has the shape
  *   {"error":{"code":"<stable code>","message":"<human text>"}}. */
 #pragma once
@@ -74,22 +90,25 @@ struct http_route {
 typedef int (*http_ready_fn)(void *userdata, const char **ret_failing);
 
 struct http_server_options {
-        const char *listen;               /* "127.0.0.1:8001"; ignored when listen_fd >= 0 */
-        int listen_fd;                    /* socket-activated listener (fd >= 3, as systemd passes
-                                           * them), or -1; 0..2 count as none, so that a
-                                           * zero-initialised struct binds listen */
-        const char *service_name;         /* "vigil-authd": span resource, log identifier */
-        size_t max_body;                  /* bytes; 0: 64 KiB. Larger bodies get 413 */
-        size_t max_header;                /* total header bytes; 0: 16 KiB. Larger get 431 */
-        unsigned max_connections;         /* 0: 512 */
-        unsigned connection_timeout_s;    /* idle keep-alive timeout; 0: 30 */
-        struct metrics_registry *metrics; /* required: serves /metrics */
-        struct tracer *tracer;            /* may be NULL */
-        http_ready_fn ready;              /* may be NULL: always ready */
-        void *userdata;                   /* passed to handlers and ready */
-        bool access_log;                  /* log every request at LOG_INFO; false (the
-                                           * zero value) logs none. 5xx responses are
-                                           * logged at LOG_ERR either way. */
+        const char *listen;       /* "127.0.0.1:8001"; ignored when listen_fd >= 0 */
+        int listen_fd;            /* socket-activated listener (fd >= 3, as systemd passes
+                                   * them), or -1; 0..2 count as none, so that a
+                                   * zero-initialised struct binds listen */
+        const char *service_name; /* "vigil-authd": span resource, log identifier */
+        size_t max_body;          /* bytes; 0: 64 KiB. Larger bodies get 413 */
+        size_t max_header;        /* total header bytes; 0: 16 KiB. Larger get 431 */
+        unsigned max_connections; /* 0: 512 */
+        unsigned max_connections_per_client; /* from one address; 0: 256 */
+        unsigned connection_timeout_s;       /* idle keep-alive timeout; 0: 30 */
+        unsigned header_timeout_s;           /* silence before a new connection's first
+                                              * request header is complete; 0: 5 */
+        struct metrics_registry *metrics;    /* required: serves /metrics */
+        struct tracer *tracer;               /* may be NULL */
+        http_ready_fn ready;                 /* may be NULL: always ready */
+        void *userdata;                      /* passed to handlers and ready */
+        bool access_log;                     /* log every request at LOG_INFO; false (the
+                                              * zero value) logs none. 5xx responses are
+                                              * logged at LOG_ERR either way. */
 };
 
 /* Create a server (not yet listening). routes is copied. Registers the
@@ -117,7 +136,11 @@ uint16_t http_server_port(const struct http_server *s);
  * hung. */
 bool http_server_is_healthy(struct http_server *s, uint64_t max_request_usec);
 /* Stop accepting, let in-flight requests finish for up to timeout_ms, then
- * stop. Responses sent while draining carry "Connection: close". After the
+ * stop. Connections without a complete request header (silent ones, or a
+ * header still arriving) are waited for only up to 1 s (a request already
+ * on its way arrives in that time), and idle keep-alive connections not at
+ * all, so neither holds the exit to the timeout. Responses sent while
+ * draining carry "Connection: close". After the
  * timeout every connection is closed; a handler still running is waited
  * for by the stop itself (it cannot be interrupted; systemd's stop timeout
  * is the backstop), and its response is lost.

@@ -133,6 +133,22 @@ int trace_parse_traceparent(const char *value, struct trace_context *ret)
         return 0;
 }
 
+int trace_parse_trace_id(const char *value, uint8_t ret[static TRACE_ID_SIZE])
+{
+        struct trace_context ctx = {.span_id = {1}};
+
+        assert(ret);
+
+        if (!value || strnlen(value, 2 * TRACE_ID_SIZE + 1) != 2 * TRACE_ID_SIZE)
+                return -EINVAL;
+        if (hex_decode_lower(value, TRACE_ID_SIZE, ctx.trace_id) < 0)
+                return -EINVAL;
+        if (!trace_context_is_valid(&ctx)) /* the trace id is all zeros */
+                return -EINVAL;
+        memcpy(ret, ctx.trace_id, TRACE_ID_SIZE);
+        return 0;
+}
+
 void trace_format_traceparent(const struct trace_context *ctx, char buf[static TRACEPARENT_LEN + 1])
 {
         assert(ctx);
@@ -487,19 +503,15 @@ static bool sample_root(const struct tracer *t, const uint8_t trace_id[static TR
         return (double)(x >> 11) < t->sample_ratio * (double)(1ULL << 53);
 }
 
-struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
-                        const struct trace_context *parent)
+/* Start a span: the child of p, or with p NULL a root in the trace
+ * root_trace_id (a new random one when NULL or all zeros). */
+static struct span *span_start_in(struct tracer *t, const char *name, enum span_kind kind,
+                                  const struct trace_context *p, const uint8_t *root_trace_id)
 {
-        const struct trace_context *p = NULL;
+        static const uint8_t zero_id[TRACE_ID_SIZE];
         struct span head = {.kind = kind}, *s;
         struct span_record *r;
         bool recording;
-
-        if (parent) {
-                if (trace_context_is_valid(parent))
-                        p = parent;
-        } else if (current_span && trace_context_is_valid(&current_span->ctx))
-                p = &current_span->ctx;
 
         if (p) {
                 memcpy(head.ctx.trace_id, p->trace_id, TRACE_ID_SIZE);
@@ -507,7 +519,10 @@ struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
                 head.has_parent = true;
                 head.ctx.flags = p->flags & TRACE_FLAG_SAMPLED;
         } else {
-                random_id(head.ctx.trace_id, TRACE_ID_SIZE);
+                if (root_trace_id && memcmp(root_trace_id, zero_id, TRACE_ID_SIZE) != 0)
+                        memcpy(head.ctx.trace_id, root_trace_id, TRACE_ID_SIZE);
+                else
+                        random_id(head.ctx.trace_id, TRACE_ID_SIZE);
                 head.ctx.flags = sample_root(t, head.ctx.trace_id) ? TRACE_FLAG_SAMPLED : 0;
         }
         random_id(head.ctx.span_id, SPAN_ID_SIZE);
@@ -539,6 +554,25 @@ struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
         s->start_nsec = now_nsec(CLOCK_REALTIME);
         s->start_monotonic_nsec = now_nsec(CLOCK_MONOTONIC);
         return s;
+}
+
+struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
+                        const struct trace_context *parent)
+{
+        const struct trace_context *p = NULL;
+
+        if (parent) {
+                if (trace_context_is_valid(parent))
+                        p = parent;
+        } else if (current_span && trace_context_is_valid(&current_span->ctx))
+                p = &current_span->ctx;
+        return span_start_in(t, name, kind, p, NULL);
+}
+
+struct span *span_start_root(struct tracer *t, const char *name, enum span_kind kind,
+                             const uint8_t trace_id[static TRACE_ID_SIZE])
+{
+        return span_start_in(t, name, kind, NULL, trace_id);
 }
 
 struct span *span_start_unsampled(const char *name)

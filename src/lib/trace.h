@@ -64,6 +64,11 @@ enum span_status {
  * flags; of its flags only the sampled bit is kept. value may be NULL. */
 int trace_parse_traceparent(const char *value, struct trace_context *ret);
 
+/* Parse a bare trace id: exactly 32 lower-case hex digits, not all zeros
+ * (the gateway's X-Request-Id, nginx's $request_id). Returns 0 and fills
+ * ret, or -EINVAL. value may be NULL. */
+int trace_parse_trace_id(const char *value, uint8_t ret[static TRACE_ID_SIZE]);
+
 /* Format ctx as a version-00 traceparent value into buf (at least
  * TRACEPARENT_LEN + 1 bytes). trace_parse_traceparent() of the result gives
  * back ctx. */
@@ -125,6 +130,14 @@ struct span;
  * ids are still generated so logs and propagation work. */
 struct span *span_start(struct tracer *t, const char *name, enum span_kind kind,
                         const struct trace_context *parent);
+/* Start a root span (no parent) in the trace trace_id, which the caller
+ * named but did not start: the gateway names each request's trace with its
+ * request id and leaves the first span, and the sampling decision, to the
+ * daemon. Sampled per sample_ratio from the id, as any new root; an
+ * invalid (all-zero) id gets a new random one. Never fails (see
+ * span_start). */
+struct span *span_start_root(struct tracer *t, const char *name, enum span_kind kind,
+                             const uint8_t trace_id[static TRACE_ID_SIZE]);
 /* Attributes and status are recorded only when span_is_recording(); a key
  * set twice keeps the last value. All accept a NULL span. */
 /* A root span that is never recorded, and neither are the spans started

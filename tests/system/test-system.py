@@ -11,7 +11,8 @@ paymentd, inventoryd, notifyd, alertbotd):
   flows       register → login → verify → logout, charge (Idempotency-Key,
               replayed) → one notification row, products → reserve, all
               through the nginx gateway
-  gateway     rate limit answered 429 with a JSON body; traceparent propagated
+  gateway     rate limit answered 429 with a JSON body; a new trace at the edge (X-Request-Id);
+              /health /ready /metrics /stats 404 through it
   journald    structured fields (TRACE_ID, HTTP_ROUTE, HTTP_STATUS, …) from
               every daemon, no secrets anywhere in the journal
   security    `systemd-analyze security` exposure ≤ 2.0 for every vigil service
@@ -246,8 +247,10 @@ def notifications():
 
 @test("flows through the gateway: register → login → verify → logout, charge → notification, products → reserve")
 def t_flows():
-    for prefix in ("/api/v1/auth", "/api/v1/payment", "/api/v1/inventory"):
-        wait_until(f"{prefix} ready through the gateway", lambda p=prefix: status_of("GET", f"{p}/ready") == 200, 60, 0.5)
+    # /ready is not public: ask the daemons themselves, as Prometheus does.
+    for d in ("authd", "paymentd", "inventoryd"):
+        port = DAEMONS[d][1]
+        wait_until(f"{d} ready", lambda port=port: status_of("GET", "/ready", port=port) == 200, 60, 0.5)
     cred = {"username": USER, "password": PASSWORD}
     s, b, _ = request("POST", "/api/v1/auth/register", cred)
     assert s == 201, f"register: {s} {b!r}"
@@ -262,13 +265,11 @@ def t_flows():
 
     # charge → outbox → RabbitMQ → notifyd → exactly one notification row.
     before = notifications()
-    trace = os.urandom(16).hex()
     key = f"systest-{os.urandom(8).hex()}"
-    h = {"Authorization": f"Bearer {token}", "Idempotency-Key": key,
-         "traceparent": f"00-{trace}-{os.urandom(8).hex()}-01"}
+    h = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
     # A simulated decline (402, decline_ratio 5%) is an answer too: try a few keys.
     for attempt in range(5):
-        s, b1, _ = request("POST", "/api/v1/payment/charge", {"amount": 12.34}, headers=h)
+        s, b1, h1 = request("POST", "/api/v1/payment/charge", {"amount": 12.34}, headers=h)
         if s != 402:
             break
         h["Idempotency-Key"] = key = f"systest-{os.urandom(8).hex()}"
@@ -282,7 +283,8 @@ def t_flows():
     n = wait_until("the notification row", lambda: (lambda n: n if n == before + 1 else None)(notifications()), 30, 0.5)
     time.sleep(1)
     assert notifications() == n, "more than one notification for one payment"
-    state["charge_trace"] = trace
+    # The trace the gateway started for the charge (its X-Request-Id).
+    state["charge_trace"] = h1.get("X-Request-Id", "")
 
     s, b, _ = request("GET", "/api/v1/inventory/products")
     assert s == 200, f"products: {s} {b!r}"
@@ -294,13 +296,13 @@ def t_flows():
     return f"payment {pay['payment_id']} → notification; reserved product {pid} (remaining {json.loads(b)['remaining']})"
 
 
-@test("gateway: per-IP rate limit answers 429 with JSON; traceparent reaches the journal")
+@test("gateway: per-IP rate limit answers 429 with JSON; internal endpoints 404; a new trace per request reaches the journal")
 def t_gateway():
     codes = []
     conn = http.client.HTTPConnection(*GATEWAY, timeout=10, source_address=("127.0.0.250", 0))
     body429 = None
     for _ in range(40):
-        conn.request("GET", "/api/v1/auth/health")
+        conn.request("GET", "/api/v1/inventory/products")
         r = conn.getresponse()
         data = r.read()
         codes.append(r.status)
@@ -310,20 +312,28 @@ def t_gateway():
     n429 = codes.count(429)
     assert codes.count(200) >= 20 and n429 >= 1, f"codes: {codes}"
     assert json.loads(body429)["error"]["code"] == "rate_limited", body429
+    for svc in ("auth", "payment", "inventory"):
+        for internal in ("health", "ready", "metrics", "stats"):
+            s, b, _ = request("GET", f"/api/v1/{svc}/{internal}", source="127.0.0.251")
+            assert s == 404 and json.loads(b)["error"]["code"] == "not_found", f"/api/v1/{svc}/{internal}: {s} {b!r}"
+    # A caller's traceparent is not the parent: the gateway starts a new
+    # trace, whose id is the X-Request-Id authd logs and returns.
     trace = os.urandom(16).hex()
     tp = f"00-{trace}-{os.urandom(8).hex()}-01"
-    s, _, _ = request("GET", "/api/v1/auth/health", headers={"traceparent": tp})
-    assert s == 200
-    state["trace"] = trace
-    # A request without traceparent still gets a valid trace id.
-    s, _, h = request("GET", "/api/v1/auth/health")
+    s, _, h = request("POST", "/api/v1/auth/verify", headers={"traceparent": tp})
+    assert s == 401, s
+    rid1 = h.get("X-Request-Id", "")
+    assert re.fullmatch(r"[0-9a-f]{32}", rid1) and rid1 != trace, f"X-Request-Id {rid1!r} (client's {trace})"
+    state["trace"], state["client_trace"] = rid1, trace
+    s, _, h = request("POST", "/api/v1/auth/verify")
     rid = h.get("X-Request-Id", "")
     assert re.fullmatch(r"[0-9a-f]{32}", rid), f"X-Request-Id {rid!r}"
     state["rid"] = rid
     log_lines = mexec("tail", "-n", "50", "/var/log/nginx/vigil-gateway.access.log").stdout.splitlines()
     entries = [json.loads(line) for line in log_lines]
-    assert any(e["trace_id"] == trace for e in entries), "access log lacks the incoming trace id"
-    assert any(e["trace_id"] == rid for e in entries), "access log lacks the created trace id"
+    assert any(e["trace_id"] == rid1 for e in entries), "access log lacks the first trace id"
+    assert any(e["trace_id"] == rid for e in entries), "access log lacks the second trace id"
+    assert not any(e["trace_id"] == trace for e in entries), "the client's trace id was used"
     return f"{n429}/40 answered 429"
 
 
@@ -333,7 +343,9 @@ def t_journal():
         es = journal("-u", "vigil-authd")
         got = {e.get("TRACE_ID") for e in es}
         return es if state["trace"] in got and state["rid"] in got else None
-    wait_until("the gateway's trace ids in the journal", have_traces, 15, 0.5)
+    es = wait_until("the gateway's trace ids in the journal", have_traces, 15, 0.5)
+    assert state["client_trace"] not in {e.get("TRACE_ID") for e in es}, "a client's trace id reached authd"
+
     routes_wanted = {"authd": {"/register", "/login", "/verify"}, "paymentd": {"/charge"},
                      "inventoryd": {"/products", "/product/{id}/reserve"}, "notifyd": {"/metrics"},
                      "alertbotd": {"/metrics"}}
@@ -480,20 +492,23 @@ def t_outage():
 
 
 class Load:
-    """A bounded request loop: through the gateway GET /health of authd,
-    paymentd, inventoryd and GET /products (idempotent: nginx may retry
-    them), POST /verify (not idempotent: never retried), and GET /health of
-    notifyd and alertbotd directly on their sockets; from rotating loopback
-    sources so the per-IP rate limit stays out of the way."""
+    """A bounded request loop: through the gateway GET /payment/{id} without
+    a token (paymentd answers 401 itself) and GET /products (idempotent:
+    nginx may retry them), POST /verify with a token (not idempotent: never
+    retried); GET /health of every daemon directly on its socket (the
+    gateway does not expose it); from rotating loopback sources so the
+    per-IP rate limit stays out of the way. Each with the status it must
+    get."""
 
     REQUESTS = [
-        ("GET", "/api/v1/auth/health", None),
-        ("GET", "/api/v1/payment/health", None),
-        ("GET", "/api/v1/inventory/health", None),
-        ("GET", "/api/v1/inventory/products", None),
-        ("POST", "/api/v1/auth/verify", None),
-        ("GET", "/health", 8004),
-        ("GET", "/health", 8005),
+        ("GET", "/api/v1/payment/payment/1", None, 401),
+        ("GET", "/api/v1/inventory/products", None, 200),
+        ("POST", "/api/v1/auth/verify", None, 200),
+        ("GET", "/health", 8001, 200),
+        ("GET", "/health", 8002, 200),
+        ("GET", "/health", 8003, 200),
+        ("GET", "/health", 8004, 200),
+        ("GET", "/health", 8005, 200),
     ]
 
     def __init__(self, token, workers=4, max_requests=40000):
@@ -513,7 +528,7 @@ class Load:
                 if self.ok + len(self.failed) >= self.max:
                     return
             src = f"127.0.{10 + i}.{1 + k % 250}"
-            method, path, port = self.REQUESTS[k % len(self.REQUESTS)]
+            method, path, port, expected = self.REQUESTS[k % len(self.REQUESTS)]
             k += 1
             headers = {"Authorization": f"Bearer {self.token}"} if method == "POST" else None
             # A client may retry an idempotent request whose connection
@@ -524,7 +539,7 @@ class Load:
             for attempt in range(tries):
                 try:
                     s, b, _ = request(method, path, headers=headers, source=src, port=port)
-                    good = s == 200
+                    good = s == expected
                     why = f"{method} {port or ''}{path} {s} {b[:120]!r}"
                     break
                 except (http.client.RemoteDisconnected, ConnectionResetError) as e:

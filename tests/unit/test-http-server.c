@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http-server.h"
@@ -173,18 +174,11 @@ static struct metrics_registry *registry;
 static struct http_server *server;
 static uint16_t port;
 
-static void start_server(size_t max_body, bool access_log)
+#define LIMITS_PER_CLIENT       4
+#define LIMITS_HEADER_TIMEOUT_S 1
+
+static void start_server_with(struct http_server_options opts)
 {
-        struct http_server_options opts = {
-                .listen = "127.0.0.1:0",
-                .listen_fd = -1,
-                .service_name = "vigil-test",
-                .max_body = max_body,
-                .metrics = NULL,
-                .ready = ready,
-                .userdata = &ctx,
-                .access_log = access_log,
-        };
 
         ck_assert_int_eq(metrics_registry_new(&registry), 0);
         opts.metrics = registry;
@@ -192,6 +186,19 @@ static void start_server(size_t max_body, bool access_log)
         ck_assert_int_eq(http_server_start(server), 0);
         port = http_server_port(server);
         ck_assert_uint_gt(port, 0);
+}
+
+static void start_server(size_t max_body, bool access_log)
+{
+        start_server_with((struct http_server_options){
+                .listen = "127.0.0.1:0",
+                .listen_fd = -1,
+                .service_name = "vigil-test",
+                .max_body = max_body,
+                .ready = ready,
+                .userdata = &ctx,
+                .access_log = access_log,
+        });
 }
 
 static void setup(void)
@@ -218,6 +225,22 @@ static void setup_small_body(void)
         pthread_cond_init(&ctx.cond, NULL);
         log_set_max_level(LOG_CRIT);
         start_server(1024, false);
+}
+
+static void setup_limits(void)
+{
+        memset(&ctx, 0, sizeof(ctx));
+        pthread_mutex_init(&ctx.lock, NULL);
+        pthread_cond_init(&ctx.cond, NULL);
+        log_set_max_level(LOG_CRIT);
+        start_server_with((struct http_server_options){
+                .listen = "127.0.0.1:0",
+                .listen_fd = -1,
+                .service_name = "vigil-test",
+                .max_connections_per_client = LIMITS_PER_CLIENT,
+                .header_timeout_s = LIMITS_HEADER_TIMEOUT_S,
+                .userdata = &ctx,
+        });
 }
 
 static void teardown(void)
@@ -954,6 +977,220 @@ START_TEST(test_drain_timeout_closes_connections_and_waits_for_handler)
 }
 END_TEST
 
+static int connect_loopback(uint32_t source)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+        struct timeval tv = {.tv_sec = 10};
+        int fd;
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fd, 0);
+        if (source != 0) {
+                struct sockaddr_in src = {.sin_family = AF_INET};
+
+                src.sin_addr.s_addr = htonl(source);
+                ck_assert_int_eq(bind(fd, (struct sockaddr *)&src, sizeof(src)), 0);
+        }
+        ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        return fd;
+}
+
+static double monotonic_seconds(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Drain with a 30 s timeout and return how long it took. */
+static double timed_drain(void)
+{
+        double start = monotonic_seconds();
+
+        http_server_drain(server, 30000);
+        return monotonic_seconds() - start;
+}
+
+START_TEST(test_drain_does_not_wait_for_an_idle_keepalive_connection)
+{
+        static const char request_text[] = "GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+        char buf[4096];
+        double took;
+        ssize_t n;
+        int fd = connect_loopback(0);
+
+        /* A kept-alive connection that has had its answer and sends nothing
+         * more, as nginx's upstream pool keeps them. */
+        ck_assert_int_eq(send(fd, request_text, sizeof(request_text) - 1, MSG_NOSIGNAL),
+                         (ssize_t)sizeof(request_text) - 1);
+        n = recv(fd, buf, sizeof(buf) - 1, 0);
+        ck_assert_int_gt(n, 0);
+        buf[n] = '\0';
+        ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0, "%s", buf);
+        wait_idle();
+
+        took = timed_drain();
+        ck_assert_msg(took < 2.0, "drain took %.1f s with an idle connection", took);
+        /* ... and the connection was closed. */
+        ck_assert_int_eq(recv(fd, buf, sizeof(buf), 0), 0);
+        close(fd);
+}
+END_TEST
+
+START_TEST(test_drain_waits_only_briefly_for_connections_without_a_complete_request)
+{
+        static const char partial[] = "GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+        int silent = connect_loopback(0), stalled = connect_loopback(0);
+        double took;
+
+        /* One connection sends nothing, one stops in the middle of its
+         * headers: neither is a request the drain owes an answer. */
+        ck_assert_int_eq(send(stalled, partial, sizeof(partial) - 1, MSG_NOSIGNAL),
+                         (ssize_t)sizeof(partial) - 1);
+        usleep(200000); /* accepted, and the request line read */
+
+        took = timed_drain();
+        ck_assert_msg(took < 5.0, "drain took %.1f s with stalled connections", took);
+        close(silent);
+        close(stalled);
+}
+END_TEST
+
+/* Read until the server closes the connection or timeout_s pass; returns
+ * the seconds it took, or -1 on timeout. */
+static double seconds_until_closed(int fd, int timeout_s)
+{
+        struct timeval tv = {.tv_sec = timeout_s};
+        double start = monotonic_seconds();
+        char buf[4096];
+
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        for (;;) {
+                ssize_t n = recv(fd, buf, sizeof(buf), 0);
+
+                if (n == 0 || (n < 0 && errno == ECONNRESET))
+                        return monotonic_seconds() - start;
+                if (n < 0)
+                        return -1;
+        }
+}
+
+/* GET /health from source over a new connection: the status line. */
+static void health_from(uint32_t source, char *status_line, size_t size)
+{
+        static const char text[] = "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        int fd = connect_loopback(source);
+        ssize_t n;
+
+        ck_assert_int_eq(send(fd, text, sizeof(text) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(text) - 1);
+        n = recv(fd, status_line, size - 1, 0);
+        status_line[n > 0 ? n : 0] = '\0';
+        status_line[strcspn(status_line, "\r")] = '\0';
+        close(fd);
+}
+
+START_TEST(test_one_client_cannot_take_every_connection)
+{
+        static const char partial[] = "GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+        const uint32_t attacker = 0x7f000001, other = 0x7f000002; /* 127.0.0.1, .2 */
+        int held[LIMITS_PER_CLIENT], refused;
+        char status[256];
+
+        /* The attacker fills its share with half-sent headers... */
+        for (size_t i = 0; i < ELEMENTSOF(held); i++) {
+                held[i] = connect_loopback(attacker);
+                ck_assert_int_eq(send(held[i], partial, sizeof(partial) - 1, MSG_NOSIGNAL),
+                                 (ssize_t)sizeof(partial) - 1);
+        }
+        /* ... one more is closed at once, unanswered ... */
+        refused = connect_loopback(attacker);
+        ck_assert_msg(seconds_until_closed(refused, 5) >= 0, "connection past the limit kept");
+        close(refused);
+        /* ... and another client is still served. */
+        health_from(other, status, sizeof(status));
+        ck_assert_str_eq(status, "HTTP/1.1 200 OK");
+        for (size_t i = 0; i < ELEMENTSOF(held); i++)
+                close(held[i]);
+}
+END_TEST
+
+START_TEST(test_stalled_header_is_closed_after_header_timeout_but_keepalive_is_not)
+{
+        static const char partial[] = "GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+        static const char request_text[] = "GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+        int stalled = connect_loopback(0), kept = connect_loopback(0);
+        struct timeval tv = {.tv_sec = LIMITS_HEADER_TIMEOUT_S + 2};
+        double took;
+        char buf[4096];
+
+        ck_assert_int_eq(send(stalled, partial, sizeof(partial) - 1, MSG_NOSIGNAL),
+                         (ssize_t)sizeof(partial) - 1);
+        ck_assert_int_eq(send(kept, request_text, sizeof(request_text) - 1, MSG_NOSIGNAL),
+                         (ssize_t)sizeof(request_text) - 1);
+        ck_assert_int_gt(recv(kept, buf, sizeof(buf), 0), 0);
+
+        took = seconds_until_closed(stalled, 10);
+        ck_assert_msg(took >= 0 && took < LIMITS_HEADER_TIMEOUT_S + 1.5,
+                      "stalled header kept for %.1f s", took);
+        close(stalled);
+
+        /* The kept-alive connection had a complete request: the idle timeout
+         * (30 s) applies to it, not the header timeout. */
+        setsockopt(kept, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        ck_assert_int_lt(recv(kept, buf, sizeof(buf), 0), 0);
+        ck_assert_int_eq(errno, EAGAIN);
+        ck_assert_int_eq(send(kept, request_text, sizeof(request_text) - 1, MSG_NOSIGNAL),
+                         (ssize_t)sizeof(request_text) - 1);
+        ck_assert_int_gt(recv(kept, buf, sizeof(buf), 0), 0);
+        close(kept);
+}
+END_TEST
+
+START_TEST(test_every_response_carries_its_trace_id_as_request_id)
+{
+        const char *tp[] = {"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                            "X-Request-Id: 0af7651916cd43dd8448eb211c80319c", NULL};
+        const char *rid[] = {"X-Request-Id: 0af7651916cd43dd8448eb211c80319c", NULL};
+        const char *bad_rid[] = {"X-Request-Id: 0AF7651916CD43DD8448EB211C80319C", NULL};
+        char line[64];
+        struct resp r;
+
+        /* A valid traceparent wins: the response names its trace. */
+        request("GET", "/trace", tp, NULL, 0, &r);
+        ck_assert(has_header(&r, "X-Request-Id: 4bf92f3577b34da6a3ce929d0e0e4736\r\n"));
+        resp_done(&r);
+
+        /* The gateway's request id names a new trace, of which this is the
+         * root span. */
+        request("GET", "/trace", rid, NULL, 0, &r);
+        ck_assert_int_eq(r.status, 204);
+        ck_assert(has_header(&r, "X-Request-Id: 0af7651916cd43dd8448eb211c80319c\r\n"));
+        resp_done(&r);
+        ck_assert_str_eq(ctx.trace_id, "0af7651916cd43dd8448eb211c80319c");
+        ck_assert(!ctx.has_parent);
+
+        /* Anything else is not a trace id: a new random one. */
+        request("GET", "/trace", bad_rid, NULL, 0, &r);
+        ck_assert_str_ne(ctx.trace_id, "0af7651916cd43dd8448eb211c80319c");
+        (void)snprintf(line, sizeof(line), "X-Request-Id: %s\r\n", ctx.trace_id);
+        ck_assert_msg(has_header(&r, line), "%s", r.headers);
+        resp_done(&r);
+
+        /* Errors and built-in routes carry it too. */
+        request("GET", "/nope", rid, NULL, 0, &r);
+        ck_assert_int_eq(r.status, 404);
+        ck_assert(has_header(&r, "X-Request-Id: 0af7651916cd43dd8448eb211c80319c\r\n"));
+        resp_done(&r);
+        get("/health", &r);
+        ck_assert(has_header(&r, "X-Request-Id: "));
+        resp_done(&r);
+}
+END_TEST
+
 START_TEST(test_new_rejects_bad_templates_and_second_server_on_registry)
 {
         struct http_server_options opts = {.listen = "127.0.0.1:0", .listen_fd = -1};
@@ -1078,6 +1315,7 @@ static Suite *http_server_suite(void)
         TCase *tc = tcase_create("server");
         TCase *small = tcase_create("small-body");
         TCase *logged = tcase_create("access-log");
+        TCase *limits = tcase_create("limits");
 
         tcase_add_checked_fixture(tc, setup, teardown);
         tcase_set_timeout(tc, 30);
@@ -1100,10 +1338,21 @@ static Suite *http_server_suite(void)
         tcase_add_test(tc, test_drain_waits_for_in_flight_request_and_health_reports_hung_handler);
         tcase_add_test(tc, test_drain_timeout_closes_connections_and_waits_for_handler);
         tcase_add_test(tc, test_drain_waits_for_a_connection_accepted_before_it);
+        tcase_add_test(tc, test_drain_does_not_wait_for_an_idle_keepalive_connection);
+        tcase_add_test(tc,
+                       test_drain_waits_only_briefly_for_connections_without_a_complete_request);
         tcase_add_test(tc, test_new_rejects_bad_templates_and_second_server_on_registry);
         tcase_add_test(tc, test_start_reports_address_in_use);
         tcase_add_test(tc, test_without_access_log_only_5xx_are_logged);
+        tcase_add_test(tc, test_every_response_carries_its_trace_id_as_request_id);
         suite_add_tcase(s, tc);
+
+        tcase_add_checked_fixture(limits, setup_limits, teardown);
+        tcase_set_timeout(limits, 30);
+        tcase_add_test(limits, test_one_client_cannot_take_every_connection);
+        tcase_add_test(limits,
+                       test_stalled_header_is_closed_after_header_timeout_but_keepalive_is_not);
+        suite_add_tcase(s, limits);
 
         tcase_add_checked_fixture(logged, setup_access_log, teardown);
         tcase_set_timeout(logged, 30);

@@ -358,6 +358,85 @@ START_TEST(test_new_roots_are_sampled_by_ratio)
 }
 END_TEST
 
+START_TEST(test_trace_id_parsing_takes_32_lower_case_hex_digits)
+{
+        static const char *const bad[] = {
+                "",
+                "4bf92f3577b34da6a3ce929d0e0e473",
+                "4bf92f3577b34da6a3ce929d0e0e47361",
+                "4BF92F3577B34DA6A3CE929D0E0E4736",
+                "4bf92f3577b34da6a3ce929d0e0e473g",
+                "00000000000000000000000000000000",
+                "4bf92f35-7b34da6a3ce929d0e0e4736",
+        };
+        uint8_t id[TRACE_ID_SIZE], untouched[TRACE_ID_SIZE];
+        struct trace_context ctx = {.span_id = {1}};
+        char text[2 * TRACE_ID_SIZE + 1];
+
+        ck_assert_int_eq(trace_parse_trace_id(TRACE_ID, id), 0);
+        memcpy(ctx.trace_id, id, TRACE_ID_SIZE);
+        trace_format_trace_id(&ctx, text);
+        ck_assert_str_eq(text, TRACE_ID);
+
+        memset(untouched, 0x5a, sizeof(untouched));
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                memcpy(id, untouched, sizeof(id));
+                ck_assert_msg(trace_parse_trace_id(bad[i], id) == -EINVAL, "accepted \"%s\"",
+                              bad[i]);
+                ck_assert(memcmp(id, untouched, sizeof(id)) == 0);
+        }
+        ck_assert_int_eq(trace_parse_trace_id(NULL, id), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_root_in_a_named_trace_is_sampled_by_ratio_not_forced)
+{
+        struct tracer *never = tracer_with_ratio(0.0), *always = tracer_with_ratio(1.0);
+        struct tracer *half = tracer_with_ratio(0.5);
+        uint8_t parent_id[SPAN_ID_SIZE], id[TRACE_ID_SIZE];
+        char text[2 * TRACE_ID_SIZE + 1];
+        unsigned sampled = 0;
+        struct span *s;
+
+        ck_assert_int_eq(trace_parse_trace_id(TRACE_ID, id), 0);
+        s = span_start_root(always, "GET /x", SPAN_KIND_SERVER, id);
+        trace_format_trace_id(span_context(s), text);
+        ck_assert_str_eq(text, TRACE_ID);
+        ck_assert(!span_parent_span_id(s, parent_id)); /* a root */
+        ck_assert(trace_context_is_valid(span_context(s)));
+        ck_assert_uint_eq(span_context(s)->flags & TRACE_FLAG_SAMPLED, TRACE_FLAG_SAMPLED);
+        span_end(s);
+
+        /* The daemon's ratio decides, not whoever named the trace. */
+        s = span_start_root(never, "GET /x", SPAN_KIND_SERVER, id);
+        ck_assert_uint_eq(span_context(s)->flags & TRACE_FLAG_SAMPLED, 0);
+        span_end(s);
+        for (unsigned i = 0; i < 4000; i++) {
+                uint8_t random_trace[TRACE_ID_SIZE];
+                struct span *r = span_start(NULL, "id source", SPAN_KIND_INTERNAL, NULL);
+
+                memcpy(random_trace, span_context(r)->trace_id, TRACE_ID_SIZE);
+                span_end(r);
+                s = span_start_root(half, "GET /x", SPAN_KIND_SERVER, random_trace);
+                if (span_context(s)->flags & TRACE_FLAG_SAMPLED)
+                        sampled++;
+                span_end(s);
+        }
+        ck_assert_uint_ge(sampled, 1600);
+        ck_assert_uint_le(sampled, 2400);
+
+        /* An all-zero id gets a random one. */
+        memset(id, 0, sizeof(id));
+        s = span_start_root(always, "GET /x", SPAN_KIND_SERVER, id);
+        ck_assert(trace_context_is_valid(span_context(s)));
+        span_end(s);
+
+        tracer_free(never);
+        tracer_free(always);
+        tracer_free(half);
+}
+END_TEST
+
 START_TEST(test_tracer_new_rejects_bad_options)
 {
         struct tracer_options opts = {.service_name = "vigil-test", .sample_ratio = 1.5};
@@ -1297,6 +1376,8 @@ static Suite *trace_suite(void)
         tcase_add_test(tc, test_invalid_parent_starts_new_trace);
         tcase_add_test(tc, test_child_inherits_sampled_flag_from_parent);
         tcase_add_test(tc, test_new_roots_are_sampled_by_ratio);
+        tcase_add_test(tc, test_root_in_a_named_trace_is_sampled_by_ratio_not_forced);
+        tcase_add_test(tc, test_trace_id_parsing_takes_32_lower_case_hex_digits);
         tcase_add_test(tc, test_tracer_new_rejects_bad_options);
         tcase_add_test(tc, test_span_without_tracer_has_ids_and_records_nothing);
         tcase_add_test(tc, test_functions_accept_null_span);
