@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "http-client.h"
+#include "auth-client.h"
 #include "json-util.h"
 #include "log.h"
 #include "metrics.h"
@@ -12,9 +12,6 @@
 #include "paymentd-payments.h"
 #include "paymentd-processor.h"
 #include "trace.h"
-
-/* Bound on a bearer token forwarded to authd (a real one is ~300 bytes). */
-#define TOKEN_MAX_LENGTH 4096
 
 /* 503 "<what> is not answering", to be retried. */
 static void reply_unavailable(struct http_request *req, const char *code, const char *what)
@@ -44,12 +41,6 @@ static void reply_failure(struct http_request *req, int r, const char *dependenc
         }
 }
 
-static void reply_invalid_token(struct http_request *req)
-{
-        http_reply_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        http_reply_error(req, 401, "invalid_token", "Missing, invalid or revoked token");
-}
-
 /* Send stored (or about to be stored) response bytes as they are. */
 static void reply_stored(struct http_request *req, unsigned status, const char *body, size_t len,
                          bool replayed)
@@ -57,62 +48,6 @@ static void reply_stored(struct http_request *req, unsigned status, const char *
         if (replayed)
                 http_reply_add_header(req, "Idempotent-Replayed", "true");
         http_reply(req, status, "application/json", body, len);
-}
-
-/* Ask authd whether the bearer token is good. Returns 0 and the user id,
- * or replies 401/503 itself and returns negative. */
-static int authenticate(struct http_request *req, struct paymentd_manager *m, int64_t *ret_user_id)
-{
-        const char *token = http_request_bearer(req);
-        _cleanup_free_ char *header = NULL;
-        _cleanup_(json_object_putp) struct json_object *answer = NULL;
-        struct http_client_response resp = {0};
-        const char *error_code;
-        int64_t user_id;
-        int r;
-
-        if (!token || strlen(token) > TOKEN_MAX_LENGTH) {
-                reply_invalid_token(req);
-                return -EACCES;
-        }
-        if (asprintf(&header, "Authorization: Bearer %s", token) < 0) {
-                http_reply_error(req, 500, "internal", "Internal error");
-                return -ENOMEM;
-        }
-
-        const char *headers[] = {header, NULL};
-        r = http_client_request(m->auth, "POST", "/verify", headers, "", 0, &resp);
-        if (r == -EINVAL) { /* a token authd could not even be asked about */
-                reply_invalid_token(req);
-                return r;
-        }
-        if (r < 0) {
-                reply_unavailable(req, "dependency_unavailable", "auth");
-                return r;
-        }
-        if (resp.status == 401) {
-                http_client_response_done(&resp);
-                reply_invalid_token(req);
-                return -EACCES;
-        }
-        if (resp.status != 200) {
-                log_warning("vigil-authd answered /verify with HTTP %ld", resp.status);
-                http_client_response_done(&resp);
-                reply_unavailable(req, "dependency_unavailable", "auth");
-                return -EIO;
-        }
-        r = json_parse_object(resp.body, resp.body_len, 0, &answer, &error_code);
-        if (r >= 0)
-                r = json_get_int64(answer, "user_id", 1, INT64_MAX, &user_id);
-        http_client_response_done(&resp);
-        if (r < 0) {
-                log_warning_errno(r, "vigil-authd answered /verify without a user id: %m");
-                reply_unavailable(req, "dependency_unavailable", "auth");
-                return -EIO;
-        }
-
-        *ret_user_id = user_id;
-        return 0;
 }
 
 /* The amount as exact cents from the JSON number's own text (json-c keeps
@@ -292,7 +227,7 @@ static void handle_charge(struct http_request *req, void *userdata)
         int r;
 
         if (!http_request_bearer(req)) {
-                reply_invalid_token(req);
+                auth_reply_invalid_token(req);
                 return;
         }
         r = idempotency_key_validate(key);
@@ -311,7 +246,7 @@ static void handle_charge(struct http_request *req, void *userdata)
                 return;
         if (decode_amount(req, body, &cents) < 0)
                 return;
-        if (authenticate(req, m, &user_id) < 0)
+        if (auth_request_user(m->auth, req, &user_id) < 0)
                 return;
 
         r = payments_claim(m->pg, user_id, key, cents,
@@ -384,7 +319,7 @@ static void handle_get_payment(struct http_request *req, void *userdata)
         int64_t id, user_id;
         int r;
 
-        if (authenticate(req, m, &user_id) < 0)
+        if (auth_request_user(m->auth, req, &user_id) < 0)
                 return;
         /* Not a number, not yours and not there look the same. */
         r = parse_payment_id(http_request_param(req, "id"), &id);
