@@ -23,9 +23,11 @@
  * takeover_seconds -- longer than any request can run, because the
  * watchdog kills a daemon whose request hangs for 30 s -- the next request
  * with that key takes it over with a new token, and the late owner, should
- * it come back, loses at the fence. The processor is given the key as its
- * reference, as real processors take an idempotency key, so the retried
- * processor call after a takeover is not a second charge there either.
+ * it come back, loses at the fence. The processor is given a reference
+ * made of the user and the key (processor_reference()), as real processors
+ * take an idempotency key, so the retried processor call after a takeover
+ * is not a second charge there either, and two users who happen to send
+ * the same key are two charges.
  *
  * Thread-safety: every function may be called from any thread. */
 #pragma once

@@ -277,7 +277,7 @@ static void handle_charge(struct http_request *req, void *userdata)
                            " left unfinished by an earlier request",
                            user_id);
 
-        switch (processor_charge(&m->processor, m->tracer, key, cents)) {
+        switch (processor_charge(&m->processor, m->tracer, user_id, key, cents)) {
         case PROCESSOR_APPROVED:
                 finish_approved(req, m, &claim.claim);
                 return;
