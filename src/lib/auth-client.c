@@ -77,18 +77,15 @@ int auth_client_verify(struct auth_client *c, const char *token, int64_t *ret_us
                 return -EACCES;
         }
         if (resp.status != 200) {
-                log_warning("vigil-authd answered /verify with HTTP %ld", resp.status);
                 http_client_response_done(&resp);
-                return -EIO;
+                return -EPROTO;
         }
         r = json_parse_object(resp.body, resp.body_len, 0, &answer, &error_code);
         if (r >= 0)
                 r = json_get_int64(answer, "user_id", 1, INT64_MAX, &user_id);
         http_client_response_done(&resp);
-        if (r < 0) {
-                log_warning_errno(r, "vigil-authd answered /verify without a user id: %m");
-                return -EIO;
-        }
+        if (r < 0)
+                return -EBADMSG;
 
         *ret_user_id = user_id;
         return 0;
@@ -126,6 +123,12 @@ int auth_request_user(struct auth_client *c, struct http_request *req, int64_t *
                 return r;
         }
         if (r < 0) {
+                /* Transport failures are counted and traced by the client;
+                 * a wrong answer is authd's bug, worth a line. */
+                if (r == -EPROTO || r == -EBADMSG)
+                        log_warning("vigil-authd answered POST /verify with %s (see "
+                                    "vigil_http_client_requests_total{peer=\"auth\"})",
+                                    r == -EPROTO ? "an unexpected status" : "no user id");
                 http_reply_add_header(req, "Retry-After", "1");
                 http_reply_error(req, 503, "dependency_unavailable", "auth is not answering");
                 return r;

@@ -33,9 +33,9 @@ void auth_client_free(struct auth_client *c); /* accepts NULL */
 /* Ask authd whether token is a valid, unrevoked session. Returns 0 and the
  * user id; -EACCES when it is not (NULL, empty, longer than
  * AUTH_TOKEN_MAX_LENGTH, unsendable, or answered 401); or, when authd
- * could not tell, -ETIMEDOUT, -ECONNREFUSED, -EIO (another status, or an
- * answer without a user id: logged here once, as it is authd's bug, not
- * the caller's) or -ENOMEM. */
+ * could not tell, -EPROTO (a status other than 200 and 401), -EBADMSG (a
+ * 200 without a user id), -ENOMEM, or a transport error of
+ * http_client_request() (-ETIMEDOUT, -ECONNREFUSED, -EIO …). */
 int auth_client_verify(struct auth_client *c, const char *token, int64_t *ret_user_id);
 
 /* GET /health. Returns 0 when authd answers 200, else a negative errno. */
@@ -44,7 +44,9 @@ int auth_client_health(struct auth_client *c);
 /* The user of req's bearer token, for a handler: returns 0 and the user
  * id, or has replied itself and returns negative: 401 "invalid_token" with
  * WWW-Authenticate for a missing, invalid or revoked token, 503
- * "dependency_unavailable" (Retry-After: 1) when authd could not tell. */
+ * "dependency_unavailable" (Retry-After: 1) when authd could not tell.
+ * It handles the error, so it logs (once) an answer of authd's that breaks
+ * the contract. */
 int auth_request_user(struct auth_client *c, struct http_request *req, int64_t *ret_user_id);
 
 /* The 401 auth_request_user() sends, for handlers that refuse a request
