@@ -648,6 +648,30 @@ def test_huge_bodies_wrong_types_routes_and_methods(ctx):
 
 
 @test
+def test_upgrade_from_the_first_schema_version_keeps_keys_replaying(ctx):
+    key = ps.unique_key("old")
+    first = ps.charge(ctx.paymentd, ctx.token, key, amount=7.25)
+    check_eq(first.status, 201, "charge before the upgrade")
+    # The database as the previous release left it: migration 1 only.
+    ctx.paymentd.stop()
+    ctx.stack.sql("DROP INDEX payment.payments_reservation_id;"
+                  " ALTER TABLE payment.payments DROP COLUMN reservation_id;"
+                  " DELETE FROM payment.schema_migrations WHERE version = 2")
+    before = ctx.stack.sql("SELECT id, user_id, amount_cents, status FROM payment.payments "
+                           "ORDER BY id")
+    ctx.paymentd.start()
+    check_eq(ctx.stack.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM "
+                           "payment.schema_migrations"), "1,2", "migrations applied")
+    check_eq(ctx.stack.sql("SELECT id, user_id, amount_cents, status FROM payment.payments "
+                           "ORDER BY id"), before, "payments after the upgrade")
+    # A key stored before the upgrade is the same request, and replays.
+    again = ps.charge(ctx.paymentd, ctx.token, key, amount=7.25)
+    check(again.status == 201 and again.replayed and again.body == first.body,
+          f"replay after the upgrade: {again!r}")
+    check_eq(payments_with_key(ctx, key), 1, "payments for the key")
+
+
+@test
 def test_sigterm_exits_0_and_restart_serves_again(ctx):
     ctx.paymentd.restart()
     r = ps.charge(ctx.paymentd, ctx.token, ps.unique_key(), amount=1)
