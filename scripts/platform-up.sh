@@ -8,7 +8,7 @@
 # same packages in it and start vigil.target there; the machine shares the
 # host's network, so the gateway (:80) and Prometheus (:9090) answer on
 # localhost. Either way smoke requests go through the gateway (register →
-# login → charge → products → reserve; the charge's notification is looked
+# login → charge → products → reserve → release; the charge's notification is looked
 # for in PostgreSQL) and the script prints where to look.
 #
 # scripts/platform-down.sh stops it. Run as root. VIGIL_PACKAGES=DIR installs
@@ -84,7 +84,7 @@ for _ in $(seq 1 90); do
 done
 all_ready || { run systemctl --no-pager status 'vigil-*' || true; die "the daemons are not all ready"; }
 
-# Smoke: register → login → charge → products → reserve through the
+# Smoke: register → login → charge → products → reserve → release through the
 # gateway, and the charge's notification in PostgreSQL.
 json_field() { # field: from the JSON on stdin
 	python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
@@ -116,9 +116,13 @@ done
 [ "$(notifications)" -gt "$before" ] || die "payment $payment produced no notification (vigil-notifyd, RabbitMQ?)"
 product=$(curl -fsS -m 10 http://127.0.0.1/api/v1/inventory/products |
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["products"][0]["id"])')
-curl -fsS -m 10 -X POST -H 'Content-Type: application/json' -d '{"quantity":1}' \
-	"http://127.0.0.1/api/v1/inventory/product/$product/reserve" >/dev/null
-echo "Smoke test passed through the gateway: register → login → charge (payment $payment, notified) → products → reserve"
+# A reservation needs the token; releasing it gives the unit back.
+reservation=$(curl -fsS -m 10 -X POST -H "Authorization: Bearer $token" \
+	-H 'Content-Type: application/json' -d '{"quantity":1}' \
+	"http://127.0.0.1/api/v1/inventory/product/$product/reserve" | json_field reservation_id)
+curl -fsS -m 10 -X DELETE -H "Authorization: Bearer $token" \
+	"http://127.0.0.1/api/v1/inventory/reservation/$reservation" >/dev/null
+echo "Smoke test passed through the gateway: register → login → charge (payment $payment, notified) → products → reserve → release"
 
 if [ $mode = machine ]; then
 	in="scripts/nspawn-machine.sh exec $machine "

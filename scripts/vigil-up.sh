@@ -98,7 +98,7 @@ cat <<TEXT
 vigil is up. Where to look:
   authd            http://127.0.0.1:8001/  (POST /register /login /verify /logout, GET /stats)
   paymentd         http://127.0.0.1:8002/  (POST /charge, GET /payment/{id})
-  inventoryd       http://127.0.0.1:8003/  (GET /products /product/{id}, POST /product/{id}/reserve)
+  inventoryd       http://127.0.0.1:8003/  (GET /products /product/{id}, POST /product/{id}/reserve, DELETE /reservation/{id})
   notifyd          http://127.0.0.1:8004/metrics
   health/metrics   each daemon's /health  /ready  /metrics
   logs             $dir/vigil-*.log

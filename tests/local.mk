@@ -24,6 +24,7 @@ LIB_UNIT_TESTS = \
 	tests/unit/test-json-util \
 	tests/unit/test-http-server \
 	tests/unit/test-http-client \
+	tests/unit/test-auth-client \
 	tests/unit/test-jwt \
 	tests/unit/test-password \
 	tests/unit/test-slot-pool \
@@ -67,6 +68,7 @@ tests_unit_test_trace_SOURCES = tests/unit/test-trace.c
 tests_unit_test_json_util_SOURCES = tests/unit/test-json-util.c
 tests_unit_test_http_server_SOURCES = tests/unit/test-http-server.c
 tests_unit_test_http_client_SOURCES = tests/unit/test-http-client.c
+tests_unit_test_auth_client_SOURCES = tests/unit/test-auth-client.c
 tests_unit_test_jwt_SOURCES = tests/unit/test-jwt.c
 tests_unit_test_password_SOURCES = tests/unit/test-password.c
 tests_unit_test_slot_pool_SOURCES = tests/unit/test-slot-pool.c
@@ -88,6 +90,7 @@ tests_unit_test_trace_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_json_util_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_http_server_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_http_client_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_auth_client_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_jwt_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_password_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_slot_pool_CFLAGS = $(UNIT_CFLAGS)
@@ -104,6 +107,7 @@ tests_unit_test_trace_LDADD = $(UNIT_LDADD)
 tests_unit_test_json_util_LDADD = $(UNIT_LDADD)
 tests_unit_test_http_server_LDADD = $(UNIT_LDADD)
 tests_unit_test_http_client_LDADD = $(UNIT_LDADD)
+tests_unit_test_auth_client_LDADD = $(UNIT_LDADD)
 tests_unit_test_jwt_LDADD = $(UNIT_LDADD)
 tests_unit_test_password_LDADD = $(UNIT_LDADD)
 tests_unit_test_slot_pool_LDADD = $(UNIT_LDADD)

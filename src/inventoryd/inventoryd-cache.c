@@ -371,12 +371,12 @@ int cache_get(struct cache *c, const char *name, cache_build_fn build, void *use
 
 int cache_invalidate(struct cache *c, const char *const *names, size_t n)
 {
-        char keys[16][KEY_MAX], ttl[24], n_keys[8];
-        const char *argv[3 + 16 + 1];
+        char keys[2 * CACHE_INVALIDATE_MAX][KEY_MAX], ttl[24], n_keys[8];
+        const char *argv[3 + 2 * CACHE_INVALIDATE_MAX + 1];
         size_t argc = 0;
         int r = -ECONNREFUSED;
 
-        if (n < 1 || n > 8)
+        if (n < 1 || n > CACHE_INVALIDATE_MAX)
                 return -EINVAL;
         for (size_t i = 0; i < n; i++)
                 if (!cache_name_is_valid(names[i]))

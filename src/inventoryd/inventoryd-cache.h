@@ -86,7 +86,8 @@ int cache_get(struct cache *c, const char *name, cache_build_fn build, void *use
 /* Invalidate names (after the write that changed them has committed).
  * Returns 0, or the negative errno of Redis after leaving a purge pending
  * (the caller may log it; readers are not affected). -EINVAL for an
- * invalid name or n outside 1..8. */
+ * invalid name or n outside 1..CACHE_INVALIDATE_MAX. */
+#define CACHE_INVALIDATE_MAX 8
 int cache_invalidate(struct cache *c, const char *const *names, size_t n);
 
 /* Periodic work (from the main loop): when an invalidation failed, delete

@@ -4,9 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth-client.h"
 #include "http-server.h"
 #include "inventoryd-cache.h"
 #include "inventoryd-products.h"
+#include "inventoryd-reservations.h"
 #include "inventoryd-routes.h"
 #include "local-cache.h"
 #include "log.h"
@@ -21,6 +23,10 @@
 #define MAX_REQUEST_USEC (30 * USEC_PER_SEC)
 #define DRAIN_TIMEOUT_MS 10000
 #define CACHE_PREFIX     "inventory:"
+/* Expired reservations are returned to stock at every tick (a second),
+ * up to this many sweep batches at once. */
+#define SWEEP_BATCHES_MAX   10
+#define GRANT_INTERVAL_USEC (60 * USEC_PER_SEC)
 
 const struct conf_key inventoryd_conf_table[] = {
         DAEMON_CONF_KEYS(struct inventoryd_config, "127.0.0.1:8003"),
@@ -36,6 +42,14 @@ const struct conf_key inventoryd_conf_table[] = {
         CONF_INT("cache", "wait_ms", "100", 0, 10000, struct inventoryd_config, cache_wait_ms,
                  "How long others poll for a rebuilt entry before reading PostgreSQL "
                  "themselves"),
+        DAEMON_CONF_AUTH_KEYS(struct inventoryd_config, auth),
+        CONF_INT("reservations", "ttl_seconds", "900", 1, 86400, struct inventoryd_config,
+                 reservations_ttl_seconds,
+                 "How long a reservation holds its stock unpaid before it returns (reloadable: "
+                 "applies to new reservations)"),
+        CONF_STRING("reservations", "payment_role", "vigil_payment", INVENTORY_ROLE_NAME_MAX,
+                    struct inventoryd_config, reservations_payment_role,
+                    "PostgreSQL role of vigil-paymentd, allowed to pay reservations"),
 };
 const size_t inventoryd_conf_table_size = ELEMENTSOF(inventoryd_conf_table);
 
@@ -47,6 +61,7 @@ static void manager_free(void *userdata)
                 return;
         http_server_free(m->http);
         cache_free(m->cache);
+        auth_client_free(m->auth);
         local_cache_free(m->local_cache);
         redis_pool_free(m->redis);
         pg_pool_free(m->pg);
@@ -55,8 +70,9 @@ static void manager_free(void *userdata)
         free(m);
 }
 
-/* /ready: PostgreSQL with the schema migrated, and Redis. Without Redis the
- * daemon still serves everything (from PostgreSQL), but it is degraded. */
+/* /ready: PostgreSQL with the schema migrated, Redis, and authd. Without
+ * Redis the daemon still serves everything (from PostgreSQL), and without
+ * authd the catalog, but either way it is degraded. */
 static int ready(void *userdata, const char **ret_failing)
 {
         struct inventoryd_manager *m = userdata;
@@ -76,12 +92,17 @@ static int ready(void *userdata, const char **ret_failing)
                 *ret_failing = "redis";
                 return r;
         }
+        r = auth_client_health(m->auth);
+        if (r < 0) {
+                *ret_failing = "auth";
+                return r;
+        }
         return 0;
 }
 
 static int register_metrics(struct inventoryd_manager *m)
 {
-        struct metric_family *cache_requests, *reservations;
+        struct metric_family *cache_requests, *reservations, *released, *expired;
         int r;
 
         r = metrics_register_process(m->metrics);
@@ -99,7 +120,11 @@ static int register_metrics(struct inventoryd_manager *m)
         m->sales = metrics_counter_new(m->metrics, "vigil_inventory_sales_total",
                                        "Units reserved (sold) per product",
                                        (const char *const[]){"product_id", NULL});
-        if (!cache_requests || !reservations || !m->sales)
+        released = metrics_counter_new(m->metrics, "vigil_inventory_reservations_released_total",
+                                       "Reservations released early by their owner", NULL);
+        expired = metrics_counter_new(m->metrics, "vigil_inventory_reservations_expired_total",
+                                      "Reservations not paid in time, their stock returned", NULL);
+        if (!cache_requests || !reservations || !m->sales || !released || !expired)
                 return -ENOMEM;
 
         m->cache_products_hit = metrics_child2(cache_requests, "products", "hit");
@@ -109,9 +134,11 @@ static int register_metrics(struct inventoryd_manager *m)
         m->reservations_reserved = metrics_child1(reservations, "reserved");
         m->reservations_insufficient = metrics_child1(reservations, "insufficient");
         m->reservations_not_found = metrics_child1(reservations, "not_found");
+        m->reservations_released = metrics_child(released, NULL);
+        m->reservations_expired = metrics_child(expired, NULL);
         if (!m->cache_products_hit || !m->cache_products_miss || !m->cache_product_hit ||
             !m->cache_product_miss || !m->reservations_reserved || !m->reservations_insufficient ||
-            !m->reservations_not_found)
+            !m->reservations_not_found || !m->reservations_released || !m->reservations_expired)
                 return -ENOMEM;
 
         return 0;
@@ -127,6 +154,14 @@ static int manager_new(const void *config, void **ret)
         if (!m)
                 return log_error_errno(ENOMEM, "Out of memory");
         m->config = c;
+        atomic_store(&m->reservations_ttl_seconds, c->reservations_ttl_seconds);
+        if (!inventory_role_name_is_valid(c->reservations_payment_role)) {
+                log_error("[reservations] payment_role \"%s\" is not a plain role name "
+                          "(lower-case letters, digits and _)",
+                          c->reservations_payment_role);
+                r = -EINVAL;
+                goto fail;
+        }
 
         r = metrics_registry_new(&m->metrics);
         if (r >= 0)
@@ -151,6 +186,13 @@ static int manager_new(const void *config, void **ret)
         r = daemon_redis_pool_new(&c->redis, m->metrics, m->tracer, &m->redis);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up Redis (redis-password credential): %m");
+                goto fail;
+        }
+
+        r = daemon_auth_client_new(&c->auth, m->metrics, m->tracer, &m->auth);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up the client of vigil-authd at \"%s\": %m",
+                                c->auth.url);
                 goto fail;
         }
 
@@ -205,6 +247,87 @@ static void maintain_cache(struct inventoryd_manager *m)
         log_notice("Cache purged after an invalidation that could not reach Redis");
 }
 
+/* Drop the cached copies of products whose stock changed, and the list. */
+static void invalidate_products(struct inventoryd_manager *m, const int64_t *ids, size_t n)
+{
+        char names[CACHE_INVALIDATE_MAX][INVENTORY_CACHE_PRODUCT_NAME_MAX];
+        const char *list[CACHE_INVALIDATE_MAX];
+        size_t k = 0;
+        int r;
+
+        list[k++] = INVENTORY_CACHE_PRODUCTS;
+        for (size_t i = 0; i <= n; i++) {
+                if (k == CACHE_INVALIDATE_MAX || (i == n && k > 0)) {
+                        r = cache_invalidate(m->cache, list, k);
+                        if (r < 0)
+                                log_full_errno(LOG_DEBUG, r,
+                                               "Cache invalidation after expiry deferred: %m");
+                        k = 0;
+                }
+                if (i == n)
+                        break;
+                inventory_product_cache_name(ids[i], names[k]);
+                list[k] = names[k];
+                k++;
+        }
+}
+
+/* Return the stock of reservations not paid in time. Safe with several
+ * instances on one database (see inventoryd-reservations.h). */
+static void expire_reservations(struct inventoryd_manager *m)
+{
+        for (int batch = 0; batch < SWEEP_BATCHES_MAX; batch++) {
+                _cleanup_free_ int64_t *ids = NULL;
+                int64_t expired = 0;
+                size_t n = 0;
+                int r;
+
+                r = inventory_expire_due(m->pg, &expired, &ids, &n);
+                if (r < 0) {
+                        log_warning_errno(r, "Returning the stock of expired reservations "
+                                             "failed (will retry): %m");
+                        return;
+                }
+                if (expired == 0)
+                        return;
+                metrics_counter_add(m->reservations_expired, (double)expired);
+                invalidate_products(m, ids, n);
+                log_info("Returned the stock of %lld expired reservations of %zu products",
+                         (long long)expired, n);
+                if (expired < INVENTORY_SWEEP_BATCH)
+                        return;
+        }
+}
+
+/* Let vigil-paymentd pay reservations (and nothing else here), once its
+ * role exists; checked again every minute, so a role created later, or
+ * dropped and created again, is granted without a restart. */
+static void grant_payment_role(struct inventoryd_manager *m)
+{
+        const char *role = m->config->reservations_payment_role;
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
+        int r;
+
+        if (now < m->next_grant_usec)
+                return;
+        m->next_grant_usec = now + GRANT_INTERVAL_USEC;
+        r = inventory_grant_payment_role(m->pg, role);
+        if (r == -ENOENT) {
+                if (!m->payment_role_missing_logged)
+                        log_info("PostgreSQL role %s does not exist (yet): charges cannot pay "
+                                 "reservations until it does",
+                                 role);
+                m->payment_role_missing_logged = true;
+                return;
+        }
+        m->payment_role_missing_logged = false;
+        if (r < 0)
+                log_warning_errno(r, "Granting role %s the payment of reservations failed: %m",
+                                  role);
+        else if (r > 0)
+                log_notice("Granted PostgreSQL role %s the payment of reservations", role);
+}
+
 static void check_dependencies(struct inventoryd_manager *m)
 {
         static const char *const names[] = {"postgres", "redis"};
@@ -216,6 +339,17 @@ static void check_dependencies(struct inventoryd_manager *m)
         if (up[0])
                 daemon_migrate(m->pg, INVENTORY_SCHEMA, inventory_migrations,
                                inventory_migrations_count, &m->migrated);
+        if (up[0] && atomic_load(&m->migrated)) {
+                /* Under a span that is not sampled: a sweep a second must
+                 * not start a trace a second. */
+                struct span *quiet = span_start_unsampled("reservation sweep");
+                struct span *previous = trace_set_current(quiet);
+
+                grant_payment_role(m);
+                expire_reservations(m);
+                trace_set_current(previous);
+                span_end(quiet);
+        }
         if (up[1])
                 maintain_cache(m);
         daemon_format_status(m->status, sizeof(m->status), atomic_load(&m->migrated),
@@ -265,10 +399,12 @@ static int manager_reload(void *userdata, const void *config)
         struct inventoryd_manager *m = userdata;
         const struct inventoryd_config *c = config;
 
-        /* The cache lifetime applies to entries stored from now on; the
+        /* The cache lifetime applies to entries stored from now on, the
+         * reservation lifetime to reservations made from now on; the
          * log level is applied by the caller; everything else needs a
          * restart, which socket activation makes lossless. */
         cache_set_ttl(m->cache, (unsigned)c->cache_ttl_seconds, (unsigned)c->cache_jitter_percent);
+        atomic_store(&m->reservations_ttl_seconds, c->reservations_ttl_seconds);
         return 0;
 }
 
@@ -281,7 +417,8 @@ static void manager_stop(void *userdata)
 
 const struct daemon_ops inventoryd_ops = {
         .name = "vigil-inventoryd",
-        .description = "product catalog with a Redis cache and race-free stock reservation",
+        .description =
+                "product catalog with a Redis cache and race-free, expiring stock reservations",
         .default_config = SYSCONFDIR "/vigil/inventoryd.conf",
         .conf_table = inventoryd_conf_table,
         .n_conf_keys = ELEMENTSOF(inventoryd_conf_table),

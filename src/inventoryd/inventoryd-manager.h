@@ -1,6 +1,6 @@
 /* vigil-inventoryd's manager: owns the configuration, the metrics registry,
- * the tracer, the PostgreSQL and Redis pools, the product cache and the
- * HTTP server, created in that order and torn down in reverse. */
+ * the tracer, the PostgreSQL and Redis pools, the authd client, the product
+ * cache and the HTTP server, created in that order and torn down in reverse. */
 #pragma once
 
 #include <stdatomic.h>
@@ -10,6 +10,7 @@
 
 #include "daemon.h"
 
+struct auth_client;
 struct cache;
 struct local_cache;
 
@@ -21,6 +22,9 @@ struct inventoryd_config {
         int64_t cache_jitter_percent;
         int64_t cache_lock_ms;
         int64_t cache_wait_ms;
+        struct daemon_auth_config auth;
+        int64_t reservations_ttl_seconds;
+        char *reservations_payment_role;
 };
 
 struct inventoryd_manager {
@@ -29,6 +33,7 @@ struct inventoryd_manager {
         struct tracer *tracer;
         struct pg_pool *pg;
         struct redis_pool *redis;
+        struct auth_client *auth;
         struct cache *cache;
         struct local_cache *local_cache;
         struct http_server *http;
@@ -36,7 +41,10 @@ struct inventoryd_manager {
         atomic_bool migrated;
         atomic_bool postgres_up;
         atomic_bool redis_up;
+        atomic_int_least64_t reservations_ttl_seconds; /* reloadable */
         bool purge_failed_logged;
+        bool payment_role_missing_logged;
+        uint64_t next_grant_usec;
         char status[128];
 
         struct metric *cache_products_hit;
@@ -46,6 +54,8 @@ struct inventoryd_manager {
         struct metric *reservations_reserved;
         struct metric *reservations_insufficient;
         struct metric *reservations_not_found;
+        struct metric *reservations_released;
+        struct metric *reservations_expired;
         struct metric_family *sales; /* vigil_inventory_sales_total{product_id} */
 };
 

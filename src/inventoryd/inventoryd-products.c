@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "inventoryd-reservations.h"
+
 const struct pg_migration inventory_migrations[] = {
         {
                 .version = 1,
@@ -30,6 +32,11 @@ const struct pg_migration inventory_migrations[] = {
                        " ('4K Monitor', '27-inch 3840x2160 IPS monitor', 34999, 75),"
                        " ('Noise-Cancelling Headphones', 'Over-ear headphones with active "
                        "noise cancelling', 19999, 100)",
+        },
+        {
+                .version = 2,
+                .name = "reservations with an owner and an expiry",
+                .sql = inventory_reservations_migration_sql,
         },
 };
 const size_t inventory_migrations_count = ELEMENTSOF(inventory_migrations);
@@ -66,19 +73,6 @@ int inventory_parse_product_id(const char *s, int64_t *ret_id)
 void inventory_product_cache_name(int64_t id, char buf[static INVENTORY_CACHE_PRODUCT_NAME_MAX])
 {
         snprintf(buf, INVENTORY_CACHE_PRODUCT_NAME_MAX, "product:%" PRId64, id);
-}
-
-static int parse_int64(const char *s, int64_t *ret)
-{
-        char *end;
-        long long v;
-
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0')
-                return -EIO;
-        *ret = v;
-        return 0;
 }
 
 /* The text of the single value of res, copied. */
@@ -142,42 +136,4 @@ int inventory_get_product_json(struct pg_pool *pool, int64_t id, char **ret_json
         if (PQntuples(res) == 0)
                 return -ENOENT;
         return take_text(res, ret_json, ret_len);
-}
-
-int inventory_reserve(struct pg_pool *pool, int64_t id, int64_t quantity, int64_t *ret_remaining)
-{
-        _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
-        _cleanup_(PQclearp) PGresult *res = NULL;
-        char id_text[24], quantity_text[24];
-        int r;
-
-        if (quantity < INVENTORY_QUANTITY_MIN || quantity > INVENTORY_QUANTITY_MAX)
-                return -EINVAL;
-
-        r = pg_pool_acquire(pool, &conn);
-        if (r < 0)
-                return r;
-
-        snprintf(id_text, sizeof(id_text), "%" PRId64, id);
-        snprintf(quantity_text, sizeof(quantity_text), "%" PRId64, quantity);
-        const char *params[] = {id_text, quantity_text};
-        /* The row lock taken by the UPDATE serialises concurrent
-         * reservations of one product; each re-checks stock >= $2 on the
-         * row version it finally updates, so none can oversell. */
-        r = pg_exec(conn,
-                    "UPDATE inventory.products"
-                    " SET stock = stock - $2, units_sold = units_sold + $2, updated_at = now()"
-                    " WHERE id = $1 AND stock >= $2 RETURNING stock",
-                    2, params, &res);
-        if (r < 0)
-                return r;
-        if (PQntuples(res) == 1)
-                return parse_int64(PQgetvalue(res, 0, 0), ret_remaining);
-
-        /* Nothing updated: tell an unknown product from too little stock. */
-        PQclear(TAKE_PTR(res));
-        r = pg_exec(conn, "SELECT 1 FROM inventory.products WHERE id = $1", 1, params, &res);
-        if (r < 0)
-                return r;
-        return PQntuples(res) == 0 ? -ENOENT : -ENOSPC;
 }

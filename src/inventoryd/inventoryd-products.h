@@ -1,6 +1,6 @@
 /* The product catalog of vigil-inventoryd: the inventory.products table,
- * its JSON representation, and race-free stock reservation. Knows nothing
- * of HTTP or of the cache.
+ * its JSON representation, and the schema's migrations (reservations are in
+ * inventoryd-reservations.h). Knows nothing of HTTP or of the cache.
  *
  * A product is represented as
  *   {"id":1,"name":"Laptop","description":"…","price_cents":99999,
@@ -24,7 +24,8 @@
 #define INVENTORY_QUANTITY_MAX 1000
 /* GET /products lists at most this many products (the first by id). */
 #define INVENTORY_LIST_MAX 1000
-/* Characters of a product id in a path: INT64_MAX has 19 digits. */
+/* Characters of a product (or reservation) id in a path: INT64_MAX has 19
+ * digits. */
 #define INVENTORY_PRODUCT_ID_DIGITS_MAX 19
 
 /* Cache names (see inventoryd-cache.h) of the catalog and of one product. */
@@ -50,13 +51,3 @@ int inventory_list_products_json(struct pg_pool *pool, char **ret_json, size_t *
 /* One product as a JSON object. Returns 0, -ENOENT for an unknown id, or
  * a negative errno from the pool. */
 int inventory_get_product_json(struct pg_pool *pool, int64_t id, char **ret_json, size_t *ret_len);
-
-/* Reserve quantity units of a product (INVENTORY_QUANTITY_MIN..MAX, else
- * -EINVAL): one conditional UPDATE … WHERE stock >= quantity RETURNING, so
- * concurrent reservations can never oversell (the CHECK (stock >= 0) is
- * the second line of defence), and the units are added to the product's
- * units_sold in the same statement. Returns 0 and the stock left, -ENOENT
- * for an unknown product, -ENOSPC when the stock is insufficient (nothing
- * changed), or a negative errno from the pool. Not idempotent: calling it
- * twice reserves twice. */
-int inventory_reserve(struct pg_pool *pool, int64_t id, int64_t quantity, int64_t *ret_remaining);

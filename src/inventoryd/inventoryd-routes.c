@@ -4,9 +4,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth-client.h"
 #include "inventoryd-cache.h"
 #include "inventoryd-manager.h"
 #include "inventoryd-products.h"
+#include "inventoryd-reservations.h"
 #include "json-util.h"
 #include "log.h"
 #include "metrics.h"
@@ -143,20 +145,43 @@ static int request_quantity(struct http_request *req, int64_t *ret_quantity)
         return r;
 }
 
+/* Committed: the next read must see it. A failure leaves a purge pending
+ * (done once Redis answers), so it is not the client's problem. */
+static void invalidate_product(struct inventoryd_manager *m, int64_t id)
+{
+        char name[INVENTORY_CACHE_PRODUCT_NAME_MAX];
+        int r;
+
+        inventory_product_cache_name(id, name);
+        r = cache_invalidate(m->cache, (const char *const[]){name, INVENTORY_CACHE_PRODUCTS}, 2);
+        if (r < 0)
+                log_full_errno(LOG_DEBUG, r,
+                               "Cache invalidation for product %" PRId64 " deferred: %m", id);
+}
+
 static void handle_reserve(struct http_request *req, void *userdata)
 {
         struct inventoryd_manager *m = userdata;
         _cleanup_(json_object_putp) struct json_object *answer = NULL;
-        char name[INVENTORY_CACHE_PRODUCT_NAME_MAX], id_text[24];
-        int64_t id, quantity, remaining;
+        char id_text[24];
+        struct reservation rv;
+        int64_t id, quantity, user_id;
         int r;
 
+        /* No token, no further look (as paymentd's charge). */
+        if (!http_request_bearer(req)) {
+                auth_reply_invalid_token(req);
+                return;
+        }
         if (request_product_id(req, &id) < 0)
                 return;
         if (request_quantity(req, &quantity) < 0)
                 return;
+        if (auth_request_user(m->auth, req, &user_id) < 0)
+                return;
 
-        r = inventory_reserve(m->pg, id, quantity, &remaining);
+        r = inventory_reserve(m->pg, id, user_id, quantity,
+                              atomic_load(&m->reservations_ttl_seconds), &rv);
         if (r == -ENOENT) {
                 metrics_counter_inc(m->reservations_not_found);
                 http_reply_error(req, 404, "not_found", "No product with id %" PRId64, id);
@@ -179,26 +204,54 @@ static void handle_reserve(struct http_request *req, void *userdata)
         /* product_id values are ids of existing rows: bounded by the
          * catalog, and by the registry's child limit beyond that. */
         metrics_counter_add(metrics_child1(m->sales, id_text), (double)quantity);
-
-        /* Committed: the next read must see it. A failure leaves a purge
-         * pending (done once Redis answers), so it is not the client's
-         * problem. */
-        inventory_product_cache_name(id, name);
-        r = cache_invalidate(m->cache, (const char *const[]){name, INVENTORY_CACHE_PRODUCTS}, 2);
-        if (r < 0)
-                log_full_errno(LOG_DEBUG, r,
-                               "Cache invalidation for product %" PRId64 " deferred: %m", id);
+        invalidate_product(m, id);
 
         answer = json_object_new_object();
+        json_object_object_add(answer, "reservation_id", json_object_new_int64(rv.id));
         json_object_object_add(answer, "reserved", json_object_new_int64(quantity));
         json_object_object_add(answer, "product_id", json_object_new_int64(id));
-        json_object_object_add(answer, "remaining", json_object_new_int64(remaining));
+        json_object_object_add(answer, "remaining", json_object_new_int64(rv.remaining));
+        json_object_object_add(answer, "expires_at", json_object_new_string(rv.expires_at));
         http_reply_json(req, 200, answer);
+}
+
+static void handle_release(struct http_request *req, void *userdata)
+{
+        struct inventoryd_manager *m = userdata;
+        const char *text = http_request_param(req, "id");
+        int64_t id, user_id, product_id;
+        int r;
+
+        if (auth_request_user(m->auth, req, &user_id) < 0)
+                return;
+        /* Not a number, not yours, not there and already ended look the
+         * same. */
+        r = inventory_parse_product_id(text ? text : "", &id);
+        if (r >= 0)
+                r = inventory_release(m->pg, id, user_id, &product_id);
+        if (r == -EINVAL || r == -ERANGE || r == -ENOENT) {
+                http_reply_error(req, 404, "not_found", "No such reservation");
+                return;
+        }
+        if (r == -EALREADY) {
+                http_reply_error(req, 409, "reservation_paid",
+                                 "Reservation %" PRId64 " is paid and cannot be released", id);
+                return;
+        }
+        if (r < 0) {
+                reply_failure(req, r);
+                return;
+        }
+
+        metrics_counter_inc(m->reservations_released);
+        invalidate_product(m, product_id);
+        http_reply_empty(req, 204);
 }
 
 const struct http_route inventoryd_routes[] = {
         {"GET", "/products", handle_products},
         {"GET", "/product/{id}", handle_product},
         {"POST", "/product/{id}/reserve", handle_reserve},
+        {"DELETE", "/reservation/{id}", handle_release},
 };
 const size_t inventoryd_routes_count = ELEMENTSOF(inventoryd_routes);

@@ -9,6 +9,7 @@
 #include <sys/signalfd.h>
 
 #include "amqp.h"
+#include "auth-client.h"
 #include "http-server.h"
 #include "local-cache.h"
 #include "log.h"
@@ -438,6 +439,18 @@ int daemon_local_cache_new(const struct daemon_redis_config *c, struct redis_poo
         if (c->local_cache_max_age_ms == 0)
                 return 0;
         return local_cache_new(&opts, ret);
+}
+
+int daemon_auth_client_new(const struct daemon_auth_config *c, struct metrics_registry *metrics,
+                           struct tracer *tracer, struct auth_client **ret)
+{
+        struct auth_client_options opts = {
+                .base_url = c->url,
+                .timeout_ms = (unsigned)c->timeout_ms,
+                .metrics = metrics,
+                .tracer = tracer,
+        };
+        return auth_client_new(&opts, ret);
 }
 
 int daemon_amqp_client_new(const struct daemon_amqp_config *c, const char *connection_name,

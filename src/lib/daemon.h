@@ -30,6 +30,7 @@ struct pg_migration;
 struct redis_pool;
 struct local_cache;
 struct amqp_client;
+struct auth_client;
 
 /* The keys every daemon has; it must be the first member (named common) of
  * each daemon's config struct. */
@@ -122,6 +123,18 @@ struct daemon_amqp_config {
                 CONF_STRING("amqp", "password_file", "", 4096, type, field.password_file,          \
                             "Password file when the amqp-password credential is absent")
 
+/* Where a daemon whose API needs a logged-in user finds vigil-authd. */
+struct daemon_auth_config {
+        char *url;
+        int64_t timeout_ms;
+};
+
+#define DAEMON_CONF_AUTH_KEYS(type, field)                                                         \
+        CONF_STRING("auth", "url", "http://127.0.0.1:8001", 1024, type, field.url,                 \
+                    "Where vigil-authd answers POST /verify"),                                     \
+                CONF_INT("auth", "timeout_ms", "2000", 100, 60000, type, field.timeout_ms,         \
+                         "Total time allowed for one call to vigil-authd")
+
 struct daemon_ops {
         const char *name;           /* "vigil-authd": identifier, service.name */
         const char *description;    /* one line for --help */
@@ -198,6 +211,9 @@ void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const ch
 int daemon_local_cache_new(const struct daemon_redis_config *c, struct redis_pool *redis,
                            struct metrics_registry *metrics, const char *name, const char *prefix,
                            struct local_cache **ret);
+/* The client of vigil-authd from its config section (see auth-client.h). */
+int daemon_auth_client_new(const struct daemon_auth_config *c, struct metrics_registry *metrics,
+                           struct tracer *tracer, struct auth_client **ret);
 /* An AMQP client from its config section; the amqp-password credential (or
  * password_file) is read here and overrides a password in the URL. Does not
  * connect. -ENOKEY when there is no password anywhere. */

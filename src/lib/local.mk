@@ -16,6 +16,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/json-util.c src/lib/json-util.h \
 	src/lib/http-server.c src/lib/http-server.h \
 	src/lib/http-client.c src/lib/http-client.h \
+	src/lib/auth-client.c src/lib/auth-client.h \
 	src/lib/pg.c src/lib/pg.h \
 	src/lib/slot-pool.c src/lib/slot-pool.h \
 	src/lib/redis.c src/lib/redis.h \

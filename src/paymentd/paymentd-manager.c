@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "amqp.h"
-#include "http-client.h"
+#include "auth-client.h"
 #include "http-server.h"
 #include "log.h"
 #include "metrics.h"
@@ -31,10 +31,7 @@ const struct conf_key paymentd_conf_table[] = {
         DAEMON_CONF_KEYS(struct paymentd_config, "127.0.0.1:8002"),
         DAEMON_CONF_POSTGRES_KEYS(struct paymentd_config, postgres, "vigil_payment"),
         DAEMON_CONF_AMQP_KEYS(struct paymentd_config, amqp),
-        CONF_STRING("auth", "url", "http://127.0.0.1:8001", 1024, struct paymentd_config, auth_url,
-                    "Where vigil-authd answers POST /verify"),
-        CONF_INT("auth", "timeout_ms", "2000", 100, 60000, struct paymentd_config, auth_timeout_ms,
-                 "Total time allowed for one call to vigil-authd"),
+        DAEMON_CONF_AUTH_KEYS(struct paymentd_config, auth),
         CONF_INT("processor", "latency_ms", "20", 0, PROCESSOR_MAX_LATENCY_MS,
                  struct paymentd_config, processor_latency_ms,
                  "Simulated processor latency per charge (reloadable)"),
@@ -79,7 +76,7 @@ static void manager_free(void *userdata)
         http_server_free(m->http);
         outbox_relay_free(m->relay);
         amqp_client_free(m->amqp);
-        http_client_free(m->auth);
+        auth_client_free(m->auth);
         pg_pool_free(m->relay_pg);
         pg_pool_free(m->pg);
         tracer_free(m->tracer);
@@ -102,18 +99,6 @@ static void collect_payments(struct metrics_registry *r, void *userdata)
         metrics_gauge_set(m->outbox_oldest_age, s.outbox_oldest_age_seconds);
 }
 
-static int auth_health(struct paymentd_manager *m)
-{
-        struct http_client_response resp = {0};
-        int r;
-
-        r = http_client_request(m->auth, "GET", "/health", NULL, NULL, 0, &resp);
-        if (r >= 0 && resp.status != 200)
-                r = -EIO;
-        http_client_response_done(&resp);
-        return r;
-}
-
 static int ready(void *userdata, const char **ret_failing)
 {
         struct paymentd_manager *m = userdata;
@@ -126,7 +111,7 @@ static int ready(void *userdata, const char **ret_failing)
                 *ret_failing = "postgres";
                 return r;
         }
-        r = auth_health(m);
+        r = auth_client_health(m->auth);
         if (r < 0) {
                 *ret_failing = "auth";
                 return r;
@@ -219,20 +204,10 @@ static int manager_new(const void *config, void **ret)
                 goto fail;
         }
 
-        struct http_client_options auth = {
-                .peer = "auth",
-                .base_url = c->auth_url,
-                .connect_timeout_ms =
-                        c->auth_timeout_ms < 1000 ? (unsigned)c->auth_timeout_ms : 1000,
-                .timeout_ms = (unsigned)c->auth_timeout_ms,
-                .max_response = 64 * 1024,
-                .metrics = m->metrics,
-                .tracer = m->tracer,
-        };
-        r = http_client_new(&auth, &m->auth);
+        r = daemon_auth_client_new(&c->auth, m->metrics, m->tracer, &m->auth);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the client of vigil-authd at \"%s\": %m",
-                                c->auth_url);
+                                c->auth.url);
                 goto fail;
         }
 

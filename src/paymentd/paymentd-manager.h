@@ -17,8 +17,7 @@ struct paymentd_config {
         struct daemon_config common;
         struct daemon_postgres_config postgres;
         struct daemon_amqp_config amqp;
-        char *auth_url;
-        int64_t auth_timeout_ms;
+        struct daemon_auth_config auth;
         int64_t processor_latency_ms;
         double processor_decline_ratio;
         double faults_error_ratio;
@@ -36,7 +35,7 @@ struct paymentd_manager {
         struct tracer *tracer;
         struct pg_pool *pg;
         struct pg_pool *relay_pg;
-        struct http_client *auth;
+        struct auth_client *auth;
         struct amqp_client *amqp;
         struct outbox_relay *relay;
         struct payment_processor processor; /* reloadable settings (atomics) */

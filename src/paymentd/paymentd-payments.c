@@ -73,6 +73,17 @@ const struct pg_migration paymentd_migrations[] = {
                        ");"
                        "INSERT INTO payment.revenue DEFAULT VALUES",
         },
+        {
+                .version = 2,
+                .name = "the reservation a payment paid",
+                /* At most one payment per reservation: the second line of
+                 * defence behind inventory.pay_reservation()'s state
+                 * check. */
+                .sql = "ALTER TABLE payment.payments ADD COLUMN reservation_id bigint"
+                       "  CHECK (reservation_id > 0);"
+                       "CREATE UNIQUE INDEX payments_reservation_id"
+                       "  ON payment.payments (reservation_id) WHERE reservation_id IS NOT NULL",
+        },
 };
 const size_t paymentd_migrations_count = ELEMENTSOF(paymentd_migrations);
 
@@ -209,10 +220,20 @@ static int parse_int64(const char *s, int64_t *ret)
 }
 
 /* The request a key is bound to, in canonical form; the database stores
- * and compares its SHA-256. */
-static void request_fingerprint(int64_t amount_cents, char buf[static 64])
+ * and compares its SHA-256. A charge without a reservation has the form
+ * it had before reservations existed, so keys stored by an older version
+ * still match. */
+#define FINGERPRINT_MAX 96
+
+static void request_fingerprint(int64_t amount_cents, int64_t reservation_id,
+                                char buf[static FINGERPRINT_MAX])
 {
-        snprintf(buf, 64, "POST /charge amount_cents=%" PRId64, amount_cents);
+        if (reservation_id > 0)
+                snprintf(buf, FINGERPRINT_MAX,
+                         "POST /charge amount_cents=%" PRId64 " reservation_id=%" PRId64,
+                         amount_cents, reservation_id);
+        else
+                snprintf(buf, FINGERPRINT_MAX, "POST /charge amount_cents=%" PRId64, amount_cents);
 }
 
 static int64_t random_token(void)
@@ -227,12 +248,12 @@ static int64_t random_token(void)
 }
 
 /* Fill *p from columns id, user_id, amount_cents, status, created_at text,
- * created_at epoch starting at column 0. */
+ * created_at epoch, reservation_id (0: none) starting at column 0. */
 static int read_payment(PGresult *res, int row, struct payment *p)
 {
         int r;
 
-        if (PQnfields(res) < 6)
+        if (PQnfields(res) < 7)
                 return -EIO;
         r = parse_int64(PQgetvalue(res, row, 0), &p->id);
         if (r >= 0)
@@ -241,6 +262,8 @@ static int read_payment(PGresult *res, int row, struct payment *p)
                 r = parse_int64(PQgetvalue(res, row, 2), &p->amount_cents);
         if (r >= 0)
                 r = parse_int64(PQgetvalue(res, row, 5), &p->created_epoch);
+        if (r >= 0)
+                r = parse_int64(PQgetvalue(res, row, 6), &p->reservation_id);
         if (r < 0)
                 return r;
         snprintf(p->status, sizeof(p->status), "%s", PQgetvalue(res, row, 3));
@@ -251,7 +274,7 @@ static int read_payment(PGresult *res, int row, struct payment *p)
 #define PAYMENT_COLUMNS                                                                            \
         "id, user_id, amount_cents, status, "                                                      \
         "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "               \
-        "floor(extract(epoch FROM created_at))::bigint"
+        "floor(extract(epoch FROM created_at))::bigint, coalesce(reservation_id, 0)"
 
 /* ------------------------------------------------------------- claims */
 
@@ -316,11 +339,11 @@ static int claim_takeover(struct pg_conn *conn, const char *user, const char *ke
 }
 
 int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64_t amount_cents,
-                   unsigned takeover_seconds, struct claim_result *ret)
+                   int64_t reservation_id, unsigned takeover_seconds, struct claim_result *ret)
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         char user[INT64_TEXT_MAX], token[INT64_TEXT_MAX], takeover[INT64_TEXT_MAX];
-        char fingerprint[64];
+        char fingerprint[FINGERPRINT_MAX];
         struct claim_result result = {0};
         int64_t token_value = random_token(), payment_id = 0;
         bool decided = false;
@@ -333,7 +356,7 @@ int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64
         int64_text(user_id, user);
         int64_text(token_value, token);
         int64_text((int64_t)takeover_seconds, takeover);
-        request_fingerprint(amount_cents, fingerprint);
+        request_fingerprint(amount_cents, reservation_id, fingerprint);
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
@@ -415,11 +438,74 @@ int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64
                 result.claim.user_id = user_id;
                 snprintf(result.claim.key, sizeof(result.claim.key), "%s", key);
                 result.claim.amount_cents = amount_cents;
+                result.claim.reservation_id = reservation_id > 0 ? reservation_id : 0;
                 result.claim.token = token_value;
                 result.claim.payment_id = payment_id;
         }
         *ret = result;
         return 0;
+}
+
+/* ------------------------------------------------------- reservations */
+
+/* An error calling inventory's functions: -ENOPKG when they are not there
+ * for us (no schema, no function, no privilege), else r. */
+static int inventory_call_error(struct pg_conn *conn, int r)
+{
+        const char *state = pg_conn_sqlstate(conn);
+
+        if (state && (strcmp(state, "42501") == 0 || strcmp(state, "42883") == 0 ||
+                      strcmp(state, "3F000") == 0))
+                return -ENOPKG;
+        return r;
+}
+
+int payments_reservation_state(struct pg_pool *pool, int64_t reservation_id, int64_t user_id,
+                               char state[static PAYMENT_RESERVATION_STATE_MAX])
+{
+        _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
+        _cleanup_(PQclearp) PGresult *res = NULL;
+        char reservation[INT64_TEXT_MAX], user[INT64_TEXT_MAX];
+        int r;
+
+        assert(pool && state);
+        int64_text(reservation_id, reservation);
+        int64_text(user_id, user);
+
+        r = pg_pool_acquire(pool, &conn);
+        if (r < 0)
+                return r;
+        const char *params[] = {reservation, user};
+        r = pg_exec(conn, "SELECT inventory.reservation_state($1::bigint, $2::bigint)", 2, params,
+                    &res);
+        if (r < 0)
+                return inventory_call_error(conn, r);
+        if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+                return -ENOENT;
+        snprintf(state, PAYMENT_RESERVATION_STATE_MAX, "%s", PQgetvalue(res, 0, 0));
+        return 0;
+}
+
+/* Mark the claim's reservation paid by payment_id, in the transaction open
+ * on conn. Returns 0, -EKEYEXPIRED when it is not held (or has expired),
+ * -ENOPKG, or a negative errno from the pool. */
+static int pay_reservation(struct pg_conn *conn, const struct payment_claim *claim,
+                           const char *payment_id)
+{
+        _cleanup_(PQclearp) PGresult *res = NULL;
+        char reservation[INT64_TEXT_MAX], user[INT64_TEXT_MAX];
+        int r;
+
+        int64_text(claim->reservation_id, reservation);
+        int64_text(claim->user_id, user);
+        const char *params[] = {reservation, user, payment_id};
+        r = pg_exec(conn, "SELECT inventory.pay_reservation($1::bigint, $2::bigint, $3::bigint)", 3,
+                    params, &res);
+        if (r < 0)
+                return inventory_call_error(conn, r);
+        if (PQntuples(res) != 1)
+                return -EIO;
+        return strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? 0 : -EKEYEXPIRED;
 }
 
 /* Store status and body on the claimed key and mark it completed, fenced
@@ -469,11 +555,12 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
         _cleanup_(PQclearp) PGresult *res = NULL;
         _cleanup_free_ char *body = NULL, *event = NULL;
         char user[INT64_TEXT_MAX], amount[INT64_TEXT_MAX], id[INT64_TEXT_MAX];
-        char token[INT64_TEXT_MAX], created_at[40];
+        char token[INT64_TEXT_MAX], reservation[INT64_TEXT_MAX], created_at[40];
         struct payment payment = {
                 .id = claim->payment_id,
                 .user_id = claim->user_id,
                 .amount_cents = claim->amount_cents,
+                .reservation_id = claim->reservation_id,
                 .status = "success",
         };
         size_t body_len;
@@ -494,10 +581,24 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
         int64_text(claim->amount_cents, amount);
         int64_text(claim->payment_id, id);
         int64_text(claim->token, token);
+        int64_text(claim->reservation_id, reservation);
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
                 return r;
+
+        /* Paying a reservation: mark it paid first, in the transaction the
+         * statement below joins (its row lock is held to the commit, so an
+         * expiry or a release waits and then finds it paid). Anything that
+         * fails before the COMMIT leaves both undone: releasing the
+         * connection rolls back. */
+        if (claim->reservation_id > 0) {
+                r = pg_begin(conn);
+                if (r >= 0)
+                        r = pay_reservation(conn, claim, id);
+                if (r < 0)
+                        return r;
+        }
 
         /* One statement, so one round trip and one implicit transaction:
          * the key (fenced by the token: nothing else happens when it is no
@@ -517,40 +618,49 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
                                 event,
                                 traceparent,
                                 tracestate,
-                                AMQP_PAYMENT_ROUTING_KEY};
-        r = pg_exec(conn,
-                    "WITH k AS ("
-                    "  UPDATE payment.idempotency_keys"
-                    "  SET state = 'completed', completed_at = now(),"
-                    "      response_status = 201, response_body = $5, payment_id = $6"
-                    "  WHERE user_id = $1 AND key = $2 AND claim_token = $3"
-                    "    AND state = 'in_progress'"
-                    "  RETURNING user_id),"
-                    " p AS ("
-                    "  INSERT INTO payment.payments"
-                    "    (id, user_id, amount_cents, status, idempotency_key, created_at)"
-                    "  SELECT $6::bigint, user_id, $4::bigint, 'success', $2::text, $7::timestamptz"
-                    "  FROM k"
-                    "  RETURNING id),"
-                    " o AS ("
-                    "  INSERT INTO payment.outbox"
-                    "    (message_id, routing_key, body, traceparent, tracestate)"
-                    "  SELECT 'payment-' || id, $11::text, $8::text, $9::text, $10::text FROM p"
-                    "  RETURNING id),"
-                    " r AS ("
-                    "  UPDATE payment.revenue SET amount_cents = amount_cents + $4"
-                    "  WHERE EXISTS (SELECT 1 FROM p)"
-                    "  RETURNING 1)"
-                    " SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM r),"
-                    "  pg_notify('" PAYMENT_OUTBOX_CHANNEL "', '')"
-                    " FROM p",
-                    11, params, &res);
+                                AMQP_PAYMENT_ROUTING_KEY,
+                                claim->reservation_id > 0 ? reservation : NULL};
+        r = pg_exec(
+                conn,
+                "WITH k AS ("
+                "  UPDATE payment.idempotency_keys"
+                "  SET state = 'completed', completed_at = now(),"
+                "      response_status = 201, response_body = $5, payment_id = $6"
+                "  WHERE user_id = $1 AND key = $2 AND claim_token = $3"
+                "    AND state = 'in_progress'"
+                "  RETURNING user_id),"
+                " p AS ("
+                "  INSERT INTO payment.payments"
+                "    (id, user_id, amount_cents, status, idempotency_key, created_at,"
+                "     reservation_id)"
+                "  SELECT $6::bigint, user_id, $4::bigint, 'success', $2::text, $7::timestamptz,"
+                "    $12::bigint"
+                "  FROM k"
+                "  RETURNING id),"
+                " o AS ("
+                "  INSERT INTO payment.outbox"
+                "    (message_id, routing_key, body, traceparent, tracestate)"
+                "  SELECT 'payment-' || id, $11::text, $8::text, $9::text, $10::text FROM p"
+                "  RETURNING id),"
+                " r AS ("
+                "  UPDATE payment.revenue SET amount_cents = amount_cents + $4"
+                "  WHERE EXISTS (SELECT 1 FROM p)"
+                "  RETURNING 1)"
+                " SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM r),"
+                "  pg_notify('" PAYMENT_OUTBOX_CHANNEL "', '')"
+                " FROM p",
+                12, params, &res);
         if (r < 0)
                 return r;
         if (PQntuples(res) == 0)
                 return -ESTALE; /* the claim is not ours any more */
         if (strcmp(PQgetvalue(res, 0, 0), "1") != 0 || strcmp(PQgetvalue(res, 0, 1), "1") != 0)
                 return -EIO; /* cannot be: the statement wrote a partial charge */
+        if (claim->reservation_id > 0) {
+                r = pg_commit(conn);
+                if (r < 0)
+                        return r;
+        }
 
         *ret_payment = payment;
         *ret_body = TAKE_PTR(body);

@@ -23,9 +23,11 @@
  * takeover_seconds -- longer than any request can run, because the
  * watchdog kills a daemon whose request hangs for 30 s -- the next request
  * with that key takes it over with a new token, and the late owner, should
- * it come back, loses at the fence. The processor is given the key as its
- * reference, as real processors take an idempotency key, so the retried
- * processor call after a takeover is not a second charge there either.
+ * it come back, loses at the fence. The processor is given a reference
+ * made of the user and the key (processor_reference()), as real processors
+ * take an idempotency key, so the retried processor call after a takeover
+ * is not a second charge there either, and two users who happen to send
+ * the same key are two charges.
  *
  * Thread-safety: every function may be called from any thread. */
 #pragma once
@@ -65,8 +67,9 @@ struct payment {
         int64_t id;
         int64_t user_id;
         int64_t amount_cents;
-        char status[16];     /* "success" */
-        char created_at[32]; /* "2026-11-24T04:20:00Z" */
+        int64_t reservation_id; /* the reservation it paid; 0: none */
+        char status[16];        /* "success" */
+        char created_at[32];    /* "2026-11-24T04:20:00Z" */
         int64_t created_epoch;
 };
 
@@ -79,6 +82,7 @@ struct payment_claim {
         int64_t user_id;
         char key[IDEMPOTENCY_KEY_MAX_LENGTH + 1];
         int64_t amount_cents;
+        int64_t reservation_id; /* 0: none */
         int64_t token;
         int64_t payment_id; /* the id the payment gets when completed */
         bool taken_over;    /* from a previous owner that never finished */
@@ -101,12 +105,28 @@ struct claim_result {
 /* Free what a claim result holds. Accepts a zeroed one. */
 void claim_result_done(struct claim_result *r);
 
-/* Claim key for user_id and a charge of amount_cents (the request the key
- * is bound to, compared by its SHA-256). Returns 0 with *ret filled, or a
- * negative errno from the pool (nothing claimed). takeover_seconds: see
- * above. */
+/* Claim key for user_id and a charge of amount_cents paying reservation_id
+ * (0: none) -- the request the key is bound to, compared by its SHA-256.
+ * Returns 0 with *ret filled, or a negative errno from the pool (nothing
+ * claimed). takeover_seconds: see above. */
 int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64_t amount_cents,
-                   unsigned takeover_seconds, struct claim_result *ret);
+                   int64_t reservation_id, unsigned takeover_seconds, struct claim_result *ret);
+
+/* A charge may pay a stock reservation of vigil-inventoryd. The
+ * reservation lives in the inventory schema, which this role cannot read;
+ * inventoryd grants it exactly two SECURITY DEFINER functions (see
+ * inventoryd-reservations.h), called here: one to look before the
+ * processor is called, one to mark the reservation paid in the
+ * transaction of the payment.
+ *
+ * The state of user_id's reservation_id ("held", "expired", "released",
+ * "paid") into state. Returns 0, -ENOENT when the user has no such
+ * reservation, -ENOPKG when inventoryd has not (yet) granted us its
+ * functions (not migrated, or the role is not ours), or a negative errno
+ * from the pool. */
+#define PAYMENT_RESERVATION_STATE_MAX 16
+int payments_reservation_state(struct pg_pool *pool, int64_t reservation_id, int64_t user_id,
+                               char state[static PAYMENT_RESERVATION_STATE_MAX]);
 
 /* Encodes the response of a created payment (the body the client gets and
  * every replay repeats). Returns 0 or -ENOMEM. */
@@ -117,9 +137,15 @@ typedef int (*payment_encode_fn)(const struct payment *p, char **ret_body, size_
  * outbox event (message id "payment-<id>", traceparent and tracestate as
  * given, may be NULL), store status 201 and the encoded body on the key,
  * add the amount to the revenue aggregate, NOTIFY the relay.
+ * When the claim pays a reservation, the reservation is marked paid in the
+ * same transaction (one conditional UPDATE WHERE state = 'held' AND it has
+ * not expired, so inventoryd's expiry and release can never also return
+ * its stock); should it not be held any more, nothing is written.
  * Returns 0 with the payment and the body (malloc()ed) the client gets,
- * -ESTALE when the claim was taken over meanwhile (nothing written), or a
- * negative errno from the pool or the encoder. On an error the commit may
+ * -ESTALE when the claim was taken over meanwhile (nothing written),
+ * -EKEYEXPIRED when the reservation is no longer held (nothing written),
+ * -ENOPKG as payments_reservation_state(), or a negative errno from the
+ * pool or the encoder. On an error the commit may
  * still have happened (a connection lost during COMMIT): the key then holds
  * the answer and a retry replays it. */
 int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,

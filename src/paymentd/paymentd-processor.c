@@ -1,6 +1,8 @@
 #include "paymentd-processor.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -75,18 +77,29 @@ static void sleep_ms(int64_t ms)
                 ;
 }
 
-enum processor_outcome processor_charge(struct payment_processor *p, struct tracer *tracer,
-                                        const char *reference, int64_t amount_cents)
+int processor_reference(int64_t user_id, const char *key, char buf[static PROCESSOR_REFERENCE_MAX])
 {
+        int n = snprintf(buf, PROCESSOR_REFERENCE_MAX, "u%" PRId64 ":%s", user_id, key);
+
+        return n < 0 || n >= PROCESSOR_REFERENCE_MAX ? -EINVAL : 0;
+}
+
+enum processor_outcome processor_charge(struct payment_processor *p, struct tracer *tracer,
+                                        int64_t user_id, const char *key, int64_t amount_cents)
+{
+        char reference[PROCESSOR_REFERENCE_MAX];
         struct processor_settings s;
         enum processor_outcome outcome;
         struct span *span;
 
+        if (processor_reference(user_id, key, reference) < 0)
+                return PROCESSOR_FAILED;
         processor_settings_get(p, &s);
         span = span_start(tracer, "charge processor", SPAN_KIND_CLIENT, NULL);
         span_set_attribute_string(span, "peer.service", "processor");
         span_set_attribute_int(span, "vigil.payment.amount_cents", amount_cents);
-        (void)reference; /* what a real processor's idempotency key would be */
+        /* reference is what a real processor's idempotency key would be;
+         * the simulation decides by chance alone. */
 
         sleep_ms(s.latency_ms + s.fault_latency_ms);
         outcome = processor_decide(&s, uniform_draw(), uniform_draw());

@@ -16,6 +16,8 @@
 struct tracer;
 
 #define PROCESSOR_MAX_LATENCY_MS 10000 /* each of latency_ms and fault_latency_ms */
+/* "u<user id>:<Idempotency-Key>" and NUL: 1 + 19 + 1 + 128 + 1, rounded up. */
+#define PROCESSOR_REFERENCE_MAX 160
 
 struct processor_settings {
         int64_t latency_ms;       /* 0..PROCESSOR_MAX_LATENCY_MS */
@@ -48,13 +50,23 @@ void processor_settings_get(const struct payment_processor *p, struct processor_
 enum processor_outcome processor_decide(const struct processor_settings *s, double fault_draw,
                                         double decline_draw);
 
-/* Charge amount_cents: wait latency_ms + fault_latency_ms, then decide with
- * fresh random draws. reference identifies the charge to the processor (the
- * idempotency key), so that a retried call for the same charge is one
- * charge at a real processor. Records a client span "charge processor"
- * (child of the thread's current span) on tracer (may be NULL). Returns the
- * outcome; never fails. */
+/* The reference a charge is known by at the processor, which real
+ * processors use as their idempotency key: "u<user_id>:<key>". An
+ * Idempotency-Key is only unique per user (two users may well both send
+ * "order-1"), so the reference is scoped to the user: one user's retry is
+ * one charge at the processor, and two users' charges never collide
+ * there. key is at most IDEMPOTENCY_KEY_MAX_LENGTH (128) bytes. Returns 0,
+ * or -EINVAL when it would not fit. */
+int processor_reference(int64_t user_id, const char *key, char buf[static PROCESSOR_REFERENCE_MAX]);
+
+/* Charge amount_cents for user_id's request with Idempotency-Key key: wait
+ * latency_ms + fault_latency_ms, then decide with fresh random draws. The
+ * processor is given processor_reference(user_id, key), so that a retried
+ * call for the same charge (after a takeover) is one charge at a real
+ * processor. Records a client span "charge processor" (child of the
+ * thread's current span) on tracer (may be NULL). Returns the outcome;
+ * never fails (a reference that does not fit fails the charge). */
 enum processor_outcome processor_charge(struct payment_processor *p, struct tracer *tracer,
-                                        const char *reference, int64_t amount_cents);
+                                        int64_t user_id, const char *key, int64_t amount_cents);
 
 const char *processor_outcome_to_string(enum processor_outcome o);

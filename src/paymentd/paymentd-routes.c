@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "http-client.h"
+#include "auth-client.h"
 #include "json-util.h"
 #include "log.h"
 #include "metrics.h"
@@ -12,9 +12,6 @@
 #include "paymentd-payments.h"
 #include "paymentd-processor.h"
 #include "trace.h"
-
-/* Bound on a bearer token forwarded to authd (a real one is ~300 bytes). */
-#define TOKEN_MAX_LENGTH 4096
 
 /* 503 "<what> is not answering", to be retried. */
 static void reply_unavailable(struct http_request *req, const char *code, const char *what)
@@ -44,12 +41,6 @@ static void reply_failure(struct http_request *req, int r, const char *dependenc
         }
 }
 
-static void reply_invalid_token(struct http_request *req)
-{
-        http_reply_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        http_reply_error(req, 401, "invalid_token", "Missing, invalid or revoked token");
-}
-
 /* Send stored (or about to be stored) response bytes as they are. */
 static void reply_stored(struct http_request *req, unsigned status, const char *body, size_t len,
                          bool replayed)
@@ -57,62 +48,6 @@ static void reply_stored(struct http_request *req, unsigned status, const char *
         if (replayed)
                 http_reply_add_header(req, "Idempotent-Replayed", "true");
         http_reply(req, status, "application/json", body, len);
-}
-
-/* Ask authd whether the bearer token is good. Returns 0 and the user id,
- * or replies 401/503 itself and returns negative. */
-static int authenticate(struct http_request *req, struct paymentd_manager *m, int64_t *ret_user_id)
-{
-        const char *token = http_request_bearer(req);
-        _cleanup_free_ char *header = NULL;
-        _cleanup_(json_object_putp) struct json_object *answer = NULL;
-        struct http_client_response resp = {0};
-        const char *error_code;
-        int64_t user_id;
-        int r;
-
-        if (!token || strlen(token) > TOKEN_MAX_LENGTH) {
-                reply_invalid_token(req);
-                return -EACCES;
-        }
-        if (asprintf(&header, "Authorization: Bearer %s", token) < 0) {
-                http_reply_error(req, 500, "internal", "Internal error");
-                return -ENOMEM;
-        }
-
-        const char *headers[] = {header, NULL};
-        r = http_client_request(m->auth, "POST", "/verify", headers, "", 0, &resp);
-        if (r == -EINVAL) { /* a token authd could not even be asked about */
-                reply_invalid_token(req);
-                return r;
-        }
-        if (r < 0) {
-                reply_unavailable(req, "dependency_unavailable", "auth");
-                return r;
-        }
-        if (resp.status == 401) {
-                http_client_response_done(&resp);
-                reply_invalid_token(req);
-                return -EACCES;
-        }
-        if (resp.status != 200) {
-                log_warning("vigil-authd answered /verify with HTTP %ld", resp.status);
-                http_client_response_done(&resp);
-                reply_unavailable(req, "dependency_unavailable", "auth");
-                return -EIO;
-        }
-        r = json_parse_object(resp.body, resp.body_len, 0, &answer, &error_code);
-        if (r >= 0)
-                r = json_get_int64(answer, "user_id", 1, INT64_MAX, &user_id);
-        http_client_response_done(&resp);
-        if (r < 0) {
-                log_warning_errno(r, "vigil-authd answered /verify without a user id: %m");
-                reply_unavailable(req, "dependency_unavailable", "auth");
-                return -EIO;
-        }
-
-        *ret_user_id = user_id;
-        return 0;
 }
 
 /* The amount as exact cents from the JSON number's own text (json-c keeps
@@ -158,6 +93,9 @@ static struct json_object *payment_json(const struct payment *p, bool with_creat
             json_object_object_add(o, "amount", amount_json(p->amount_cents)) < 0 ||
             json_object_object_add(o, "status", json_object_new_string(p->status)) < 0 ||
             json_object_object_add(o, "user_id", json_object_new_int64(p->user_id)) < 0 ||
+            (p->reservation_id > 0 &&
+             json_object_object_add(o, "reservation_id", json_object_new_int64(p->reservation_id)) <
+                     0) ||
             (with_created_at &&
              json_object_object_add(o, "created_at", json_object_new_string(p->created_at)) < 0)) {
                 json_object_put(o);
@@ -181,9 +119,9 @@ static int encode_created(const struct payment *p, char **ret_body, size_t *ret_
         return 0;
 }
 
-/* The 402 body, in the shape of every error (http_reply_error's), but as
+/* An error body in the shape of every error (http_reply_error's), but as
  * bytes we can store and replay. */
-static char *declined_body(size_t *ret_len)
+static char *error_body(const char *code, const char *message, size_t *ret_len)
 {
         _cleanup_(json_object_putp) struct json_object *o = json_object_new_object();
         struct json_object *e = json_object_new_object();
@@ -192,8 +130,8 @@ static char *declined_body(size_t *ret_len)
                 json_object_put(e);
                 return NULL;
         }
-        json_object_object_add(e, "code", json_object_new_string("payment_declined"));
-        json_object_object_add(e, "message", json_object_new_string("The payment was declined"));
+        json_object_object_add(e, "code", json_object_new_string(code));
+        json_object_object_add(e, "message", json_object_new_string(message));
         json_object_object_add(o, "error", e);
         return json_to_string_dup(o, ret_len);
 }
@@ -220,6 +158,47 @@ static void current_trace(struct http_request *req, char traceparent[static TRAC
         }
 }
 
+/* End an owned claim with a stored error answer, replayed like any other
+ * (the processor has already been asked: a retry must not ask again), and
+ * count it in outcome once stored. */
+static void finish_stored_error(struct http_request *req, struct paymentd_manager *m,
+                                const struct payment_claim *claim, unsigned status,
+                                const char *code, const char *message, struct metric *outcome)
+{
+        _cleanup_free_ char *body = NULL;
+        size_t len = 0;
+        int r;
+
+        body = error_body(code, message, &len);
+        if (!body) {
+                (void)payments_release(m->pg, claim);
+                http_reply_error(req, 500, "internal", "Internal error");
+                return;
+        }
+        r = payments_store_response(m->pg, claim, status, body, len);
+        if (r == -ESTALE) {
+                http_reply_add_header(req, "Retry-After", "1");
+                http_reply_error(req, 409, "idempotency_key_in_progress",
+                                 "A request with this Idempotency-Key is in progress");
+                return;
+        }
+        if (r < 0) {
+                (void)payments_release(m->pg, claim);
+                reply_failure(req, r, "postgres");
+                return;
+        }
+        metrics_counter_inc(outcome);
+        reply_stored(req, status, body, len, false);
+}
+
+static void reply_inventory_unavailable(struct http_request *req)
+{
+        log_warning("Cannot pay reservations: vigil-inventoryd has not granted this role "
+                    "inventory.reservation_state() and inventory.pay_reservation() (is it "
+                    "running, migrated, with [reservations] payment_role naming this role?)");
+        reply_unavailable(req, "dependency_unavailable", "inventory");
+}
+
 static void finish_approved(struct http_request *req, struct paymentd_manager *m,
                             const struct payment_claim *claim)
 {
@@ -241,10 +220,20 @@ static void finish_approved(struct http_request *req, struct paymentd_manager *m
                                  "A request with this Idempotency-Key is in progress");
                 return;
         }
+        if (r == -EKEYEXPIRED) {
+                /* Expired or released while the processor was asked: no
+                 * payment (a real processor's authorisation is voided). */
+                finish_stored_error(req, m, claim, 409, "reservation_not_held",
+                                    "The reservation is no longer held", m->transactions_failed);
+                return;
+        }
         if (r < 0) {
                 metrics_counter_inc(m->transactions_failed);
                 (void)payments_release(m->pg, claim);
-                reply_failure(req, r, "postgres");
+                if (r == -ENOPKG)
+                        reply_inventory_unavailable(req);
+                else
+                        reply_failure(req, r, "postgres");
                 return;
         }
 
@@ -256,30 +245,55 @@ static void finish_approved(struct http_request *req, struct paymentd_manager *m
 static void finish_declined(struct http_request *req, struct paymentd_manager *m,
                             const struct payment_claim *claim)
 {
-        _cleanup_free_ char *body = NULL;
-        size_t len = 0;
+        finish_stored_error(req, m, claim, 402, "payment_declined", "The payment was declined",
+                            m->transactions_declined);
+}
+
+/* The optional "reservation_id" the charge pays (0: none); replies 400
+ * itself. */
+static int decode_reservation_id(struct http_request *req, struct json_object *body,
+                                 int64_t *ret_id)
+{
         int r;
 
-        body = declined_body(&len);
-        if (!body) {
-                (void)payments_release(m->pg, claim);
-                http_reply_error(req, 500, "internal", "Internal error");
-                return;
+        r = json_get_int64(body, "reservation_id", 1, INT64_MAX, ret_id);
+        if (r == -ENOENT) {
+                *ret_id = 0;
+                return 0;
         }
-        r = payments_store_response(m->pg, claim, 402, body, len);
-        if (r == -ESTALE) {
-                http_reply_add_header(req, "Retry-After", "1");
-                http_reply_error(req, 409, "idempotency_key_in_progress",
-                                 "A request with this Idempotency-Key is in progress");
-                return;
-        }
-        if (r < 0) {
-                (void)payments_release(m->pg, claim);
+        if (r < 0)
+                http_reply_error(req, 400, "invalid_field",
+                                 "Field \"reservation_id\" must be an integer from 1 to %" PRId64,
+                                 INT64_MAX);
+        return r;
+}
+
+/* Before the processor is asked: is the reservation the owned claim pays
+ * still held by this user? Releases the claim and replies itself when not
+ * (nothing was charged, so a retry may run afresh). The transaction of the
+ * payment checks again (payments_complete()). */
+static int check_reservation(struct http_request *req, struct paymentd_manager *m,
+                             const struct payment_claim *claim)
+{
+        char state[PAYMENT_RESERVATION_STATE_MAX];
+        int r;
+
+        r = payments_reservation_state(m->pg, claim->reservation_id, claim->user_id, state);
+        if (r >= 0 && strcmp(state, "held") == 0)
+                return 0;
+
+        (void)payments_release(m->pg, claim);
+        if (r == -ENOENT)
+                http_reply_error(req, 404, "not_found", "No such reservation");
+        else if (r == -ENOPKG)
+                reply_inventory_unavailable(req);
+        else if (r < 0)
                 reply_failure(req, r, "postgres");
-                return;
-        }
-        metrics_counter_inc(m->transactions_declined);
-        reply_stored(req, 402, body, len, false);
+        else
+                http_reply_error(req, 409, "reservation_not_held",
+                                 "Reservation %" PRId64 " is %s, not held", claim->reservation_id,
+                                 state);
+        return r < 0 ? r : -EKEYEXPIRED;
 }
 
 static void handle_charge(struct http_request *req, void *userdata)
@@ -288,11 +302,11 @@ static void handle_charge(struct http_request *req, void *userdata)
         _cleanup_(json_object_putp) struct json_object *body = NULL;
         _cleanup_(claim_result_done) struct claim_result claim = {0};
         const char *key = http_request_header(req, "Idempotency-Key");
-        int64_t cents, user_id;
+        int64_t cents, user_id, reservation_id;
         int r;
 
         if (!http_request_bearer(req)) {
-                reply_invalid_token(req);
+                auth_reply_invalid_token(req);
                 return;
         }
         r = idempotency_key_validate(key);
@@ -311,10 +325,12 @@ static void handle_charge(struct http_request *req, void *userdata)
                 return;
         if (decode_amount(req, body, &cents) < 0)
                 return;
-        if (authenticate(req, m, &user_id) < 0)
+        if (decode_reservation_id(req, body, &reservation_id) < 0)
+                return;
+        if (auth_request_user(m->auth, req, &user_id) < 0)
                 return;
 
-        r = payments_claim(m->pg, user_id, key, cents,
+        r = payments_claim(m->pg, user_id, key, cents, reservation_id,
                            (unsigned)m->config->idempotency_takeover_seconds, &claim);
         if (r < 0) {
                 reply_failure(req, r, "postgres");
@@ -341,8 +357,10 @@ static void handle_charge(struct http_request *req, void *userdata)
                 log_notice("Took over idempotency key of user %" PRId64
                            " left unfinished by an earlier request",
                            user_id);
+        if (claim.claim.reservation_id > 0 && check_reservation(req, m, &claim.claim) < 0)
+                return;
 
-        switch (processor_charge(&m->processor, m->tracer, key, cents)) {
+        switch (processor_charge(&m->processor, m->tracer, user_id, key, cents)) {
         case PROCESSOR_APPROVED:
                 finish_approved(req, m, &claim.claim);
                 return;
@@ -384,7 +402,7 @@ static void handle_get_payment(struct http_request *req, void *userdata)
         int64_t id, user_id;
         int r;
 
-        if (authenticate(req, m, &user_id) < 0)
+        if (auth_request_user(m->auth, req, &user_id) < 0)
                 return;
         /* Not a number, not yours and not there look the same. */
         r = parse_payment_id(http_request_param(req, "id"), &id);

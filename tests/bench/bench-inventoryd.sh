@@ -7,14 +7,16 @@
 #                                   [--connections N] [--products N]
 #                                   [--rounds N] [--keep]
 #
-# It starts PostgreSQL and Redis (scripts/dev-stack.sh), vigil-inventoryd
-# with tracing and the access log off, and nginx, all on free loopback ports
+# It starts PostgreSQL and Redis (scripts/dev-stack.sh), vigil-authd (a
+# reservation's token is verified by it), vigil-inventoryd with tracing and
+# the access log off, and nginx, all on free loopback ports
 # in a temporary directory; then runs, one after the other, with
 # `wrk -t2 -cN -dSECONDS --latency`:
 #
 #   1. nginx GET /static                      the ceiling
 #   2. GET /products                          cache hit (warmed first)
-#   3. POST /product/1/reserve {quantity:1}   one hot product with huge stock
+#   3. POST /product/1/reserve {quantity:1}   one hot product with huge stock,
+#                                             with a bearer token (authd /verify)
 #   4. GET /product/{random 1..10}            with 10 products
 #   5. --rounds rounds (default 9) of GET /product/2 with 10 products and
 #      GET /product/2 with --products products (default 100000), the
@@ -95,6 +97,9 @@ stall_ms=100
 daemon="$builddir/src/inventoryd/vigil-inventoryd"
 [ -x "$daemon" ] || die "$daemon not found: build it, or pass --builddir"
 daemon=$(cd "$(dirname "$daemon")" && pwd)/vigil-inventoryd
+authd="$builddir/src/authd/vigil-authd"
+[ -x "$authd" ] || die "$authd not found: build it, or pass --builddir"
+authd=$(cd "$(dirname "$authd")" && pwd)/vigil-authd
 for tool in wrk nginx python3 curl psql timeout; do
         command -v "$tool" >/dev/null ||
                 die "$tool not found (Debian packages: wrk nginx-light python3 curl postgresql-client coreutils)"
@@ -112,7 +117,7 @@ args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
 bench_under_timeout $(((5 + 2 * rounds) * (duration + 5) + 2 * rounds * (warmup + 5) +
         (rounds + 1) * (30 + products / 2000) + 420)) "${args[@]}"
 
-bench_setup inventoryd daemon_pid
+bench_setup inventoryd daemon_pid authd_pid
 
 daemon_ready_or_dead() {
         answers_200 "$inv_url/ready" || ! kill -0 "$daemon_pid" 2>/dev/null
@@ -127,12 +132,40 @@ sql() {
         psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -Atc "$1" </dev/null
 }
 
-mkdir -p "$tmp/credentials"
-chmod 700 "$tmp/credentials"
+mkdir -p "$tmp/credentials" "$tmp/auth-credentials"
+chmod 700 "$tmp/credentials" "$tmp/auth-credentials"
 cp "$VIGIL_DEV_PG_PASSWORD_FILE_INVENTORY" "$tmp/credentials/postgres-password"
+cp "$VIGIL_DEV_PG_PASSWORD_FILE_AUTH" "$tmp/auth-credentials/postgres-password"
+od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/auth-credentials/jwt-key"
 : >"$tmp/inventoryd.conf"
 inv_port=$(free_port)
 inv_url="http://127.0.0.1:$inv_port"
+auth_port=$(free_port)
+auth_url="http://127.0.0.1:$auth_port"
+
+declare -a authd_env
+bench_daemon_env authd authd_env
+note "starting vigil-authd on $auth_url"
+"${authd_env[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$auth_port" \
+        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
+        VIGIL_TRACING_OTLP_ENDPOINT= VIGIL_LOG_LEVEL=warning VIGIL_HTTP_ACCESS_LOG=false \
+        CREDENTIALS_DIRECTORY="$tmp/auth-credentials" \
+        "$authd" --config "$tmp/inventoryd.conf" </dev/null >"$tmp/authd.log" 2>&1 &
+# shellcheck disable=SC2034 # stopped through BENCH_PIDS
+authd_pid=$!
+wait_for 60 answers_200 "$auth_url/ready" || die "authd is not ready after 60s"
+
+# The user whose token every reservation carries.
+user="bench_$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n')"
+password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+credentials="{\"username\":\"$user\",\"password\":\"$password\"}"
+status=$(http_status -X POST -H 'Content-Type: application/json' --data "$credentials" \
+        "$auth_url/register")
+[ "$status" = 201 ] || die "POST /register answered $status, not 201"
+body=$(curl -sf --max-time 10 -X POST -H 'Content-Type: application/json' \
+        --data "$credentials" "$auth_url/login") || die "POST /login failed"
+export BENCH_TOKEN
+BENCH_TOKEN=$(printf '%s' "$body" | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 
 declare -a inventoryd_env
 bench_daemon_env inventoryd inventoryd_env
@@ -141,6 +174,7 @@ note "starting vigil-inventoryd on $inv_url (tracing off, access log off)"
         VIGIL_HTTP_LISTEN="127.0.0.1:$inv_port" \
         VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_INVENTORY" \
         VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
+        VIGIL_AUTH_URL="$auth_url" \
         VIGIL_TRACING_OTLP_ENDPOINT= \
         VIGIL_LOG_LEVEL=warning \
         VIGIL_HTTP_ACCESS_LOG=false \
@@ -163,10 +197,16 @@ sql "UPDATE inventory.products SET stock = 2000000000 WHERE id = 1" || die "UPDA
         die "expected 10 products after the seed and the insert"
 
 cat >"$tmp/reserve.lua" <<'EOF'
--- POST {"quantity":1} (inventoryd's POST /product/{id}/reserve).
+-- POST {"quantity":1} with "Authorization: Bearer $BENCH_TOKEN"
+-- (inventoryd's POST /product/{id}/reserve).
+local token = os.getenv("BENCH_TOKEN")
+if token == nil or token == "" then
+        error("BENCH_TOKEN is not set")
+end
 wrk.method = "POST"
 wrk.body = '{"quantity":1}'
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. token
 EOF
 
 # random_ids_lua N: a wrk script asking for /product/{1..N} at random.

@@ -1108,6 +1108,26 @@ def new_authd(ctx, env=None, jwt_key=None):
     return d
 
 
+def new_inventoryd(ctx, env=None):
+    """An inventoryd (not started) wired to ctx.stack (PostgreSQL, Redis) and
+    ctx.authd; registered for teardown."""
+    s = ctx.stack.env
+    with open(s["VIGIL_DEV_PG_PASSWORD_FILE_INVENTORY"], "rb") as f:
+        pg_password = f.read()
+    e = {
+        "VIGIL_POSTGRES_DSN": s["VIGIL_DEV_PG_DSN_INVENTORY"],
+        "VIGIL_REDIS_ADDRESS": s["VIGIL_REDIS_ADDRESS"],
+        "VIGIL_AUTH_URL": f"http://{LOOPBACK}:{ctx.authd.port}",
+        "VIGIL_TRACING_OTLP_ENDPOINT": "",
+        "VIGIL_LOG_LEVEL": "info",
+    }
+    e.update(env or {})
+    d = Daemon("inventoryd", env=e, credentials={"postgres-password": pg_password})
+    ctx.daemons.append(d)
+    ctx.cleanup(d.close)
+    return d
+
+
 _counter = [0]
 
 

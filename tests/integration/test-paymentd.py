@@ -5,8 +5,9 @@ RabbitMQ, with vigil-authd from the build tree verifying tokens.
 Idempotency (one charge under 50 concurrent clients repeating one key,
 byte-for-byte replays, 422 and 409), declines (402, stored and replayed),
 faults applied on SIGHUP, owner-only reads, authd down, takeover of a claim
-whose request died, pruning, metrics, and every kind of bad input (status,
-error code, and no state change). By hand:
+whose request died, pruning, metrics, charges paying a reservation of
+vigil-inventoryd (started for those tests), and every kind of bad input
+(status, error code, and no state change). By hand:
   top_builddir=/path/to/build python3 tests/integration/test-paymentd.py [TEST...]
 """
 
@@ -424,6 +425,138 @@ def test_outbox_is_drained_by_the_relay(ctx):
 
 
 # --------------------------------------------------------------------------
+# a charge that pays a reservation of vigil-inventoryd
+
+def inventoryd(ctx):
+    """One inventoryd for the reservation tests, started on first use (it
+    grants vigil_payment its two functions before it is ready)."""
+    if getattr(ctx, "inventoryd", None) is None:
+        ctx.inventoryd = harness.new_inventoryd(ctx)
+        ctx.inventoryd.start()
+    return ctx.inventoryd
+
+
+def new_reservation(ctx, quantity=2, token=None, stock=10):
+    """A reservation of quantity units of a product of its own; returns
+    (reservation id, product id)."""
+    inv = inventoryd(ctx)
+    pid = int(ctx.stack.sql("INSERT INTO inventory.products (name, price_cents, stock) "
+                            f"VALUES ('paid product', 500, {int(stock)}) RETURNING id"))
+    r = inv.post(f"/product/{pid}/reserve", {"quantity": quantity},
+                 token=token or ctx.token)
+    check_eq(r.status, 200, f"reserve: {r.body!r}")
+    return r.body["reservation_id"], pid
+
+
+def reservation_row(ctx, rid):
+    """(state, payment_id) of a reservation."""
+    state, payment = ctx.stack.sql("SELECT state, coalesce(payment_id, 0) FROM "
+                                   f"inventory.reservations WHERE id = {int(rid)}").split("|")
+    return state, int(payment)
+
+
+def product_stock(ctx, pid):
+    return int(ctx.stack.sql(f"SELECT stock FROM inventory.products WHERE id = {int(pid)}"))
+
+
+@test
+def test_charge_pays_reservation(ctx):
+    rid, pid = new_reservation(ctx, quantity=2)
+    key = ps.unique_key("pay")
+    r = ps.charge(ctx.paymentd, ctx.token, key, body={"amount": 10, "reservation_id": rid})
+    check_eq(r.status, 201, f"charge paying a reservation: {r!r}")
+    body = r.json()
+    check_eq(body.get("reservation_id"), rid, "reservation_id in the answer")
+    check_eq(reservation_row(ctx, rid), ("paid", body["payment_id"]), "reservation row")
+    check_eq(ctx.stack.sql("SELECT reservation_id FROM payment.payments "
+                           f"WHERE id = {body['payment_id']}"), str(rid), "payment row")
+    got = ctx.paymentd.get(f"/payment/{body['payment_id']}", token=ctx.token)
+    check_eq(got.body.get("reservation_id"), rid, "GET /payment shows the reservation")
+    # The key replays byte for byte, and is bound to the reservation.
+    again = ps.charge(ctx.paymentd, ctx.token, key, body={"amount": 10, "reservation_id": rid})
+    check(again.status == 201 and again.replayed and again.body == r.body,
+          f"replay differs: {again!r}")
+    ps.check_raw_error(ps.charge(ctx.paymentd, ctx.token, key, body={"amount": 10}), 422,
+                       "idempotency_key_reused", "same key without the reservation")
+    with unchanged(ctx, "a second payment of a paid reservation"):
+        ps.check_raw_error(ps.charge(ctx.paymentd, ctx.token, ps.unique_key(),
+                                     body={"amount": 10, "reservation_id": rid}),
+                           409, "reservation_not_held", "paying twice")
+    # Paid stock is sold: neither its owner nor the sweep returns it.
+    check_error(inventoryd(ctx).request("DELETE", f"/reservation/{rid}", token=ctx.token), 409,
+                "reservation_paid", "release of a paid reservation")
+    marker, _ = new_reservation(ctx, quantity=1)
+    ctx.stack.sql("UPDATE inventory.reservations SET expires_at = now() - interval '1 hour' "
+                  f"WHERE id IN ({int(rid)}, {int(marker)})")
+    harness.wait_until(lambda: reservation_row(ctx, marker)[0] == "expired", 15,
+                       what="the sweep to expire the marker reservation")
+    check_eq(reservation_row(ctx, rid)[0], "paid", "paid reservation after the sweep")
+    check_eq(product_stock(ctx, pid), 8, "stock of the paid product")
+
+
+@test
+def test_charge_for_an_unknown_or_another_users_reservation_is_404(ctx):
+    theirs, _ = new_reservation(ctx, token=ctx.other_token)
+    for rid, what in ((theirs, "another user's"), (theirs + 1000000, "unknown")):
+        key = ps.unique_key("pay")
+        with unchanged(ctx, what):
+            ps.check_raw_error(ps.charge(ctx.paymentd, ctx.token, key,
+                                         body={"amount": 1, "reservation_id": rid}),
+                               404, "not_found", f"{what} reservation")
+    check_eq(reservation_row(ctx, theirs), ("held", 0), "their reservation")
+    for bad in ("7", 0, -1, 1.5, True, [1], 2 ** 63):
+        with unchanged(ctx, f"reservation_id {bad!r}"):
+            ps.check_raw_error(ps.charge(ctx.paymentd, ctx.token, ps.unique_key(),
+                                         body={"amount": 1, "reservation_id": bad}),
+                               400, "invalid_field", f"reservation_id {bad!r}")
+
+
+@test
+def test_charge_for_a_released_or_expired_reservation_is_409(ctx):
+    released, _ = new_reservation(ctx)
+    check_eq(inventoryd(ctx).request("DELETE", f"/reservation/{released}",
+                                     token=ctx.token).status, 204, "release")
+    expired, _ = new_reservation(ctx)
+    ctx.stack.sql("UPDATE inventory.reservations SET expires_at = now() - interval '1 s' "
+                  f"WHERE id = {int(expired)}")
+    for rid, what in ((released, "released"), (expired, "expired")):
+        key = ps.unique_key("pay")
+        with unchanged(ctx, what):
+            r = ps.charge(ctx.paymentd, ctx.token, key, body={"amount": 1, "reservation_id": rid})
+            ps.check_raw_error(r, 409, "reservation_not_held", f"{what} reservation")
+        # Nothing was charged and nothing stored: asked again, it is looked
+        # at afresh, not replayed.
+        again = ps.charge(ctx.paymentd, ctx.token, key,
+                          body={"amount": 1, "reservation_id": rid})
+        check(again.status == 409 and not again.replayed, f"{what}, again: {again!r}")
+
+
+@test
+def test_reservation_expiring_while_the_processor_runs_is_a_stored_409(ctx):
+    rid, pid = new_reservation(ctx, quantity=3)
+    key = ps.unique_key("pay")
+    # Held when the charge starts, expired by the time the processor
+    # answers: the payment's transaction refuses it, and the answer is
+    # stored (the processor was asked) and replayed.
+    with processor(ctx, {"latency_ms": 3000}):
+        ctx.stack.sql("UPDATE inventory.reservations SET expires_at = now() + interval '1 s' "
+                      f"WHERE id = {int(rid)}")
+        before = ps.state(ctx.stack)
+        r = ps.charge(ctx.paymentd, ctx.token, key, body={"amount": 3, "reservation_id": rid})
+    ps.check_raw_error(r, 409, "reservation_not_held", "reservation expired meanwhile")
+    after = ps.state(ctx.stack)
+    check_eq(after[0], before[0], "payments")
+    check_eq(after[2], before[2], "outbox events")
+    check_eq(after[3], before[3], "revenue")
+    again = ps.charge(ctx.paymentd, ctx.token, key, body={"amount": 3, "reservation_id": rid})
+    check(again.status == 409 and again.replayed and again.body == r.body,
+          f"not replayed byte for byte: {again!r}")
+    harness.wait_until(lambda: reservation_row(ctx, rid)[0] == "expired", 15,
+                       what="the sweep to expire it")
+    check_eq(product_stock(ctx, pid), 10, "stock returned")
+
+
+# --------------------------------------------------------------------------
 # bad input: clear JSON errors, nothing changes
 
 @test
@@ -515,6 +648,30 @@ def test_huge_bodies_wrong_types_routes_and_methods(ctx):
 
 
 @test
+def test_upgrade_from_the_first_schema_version_keeps_keys_replaying(ctx):
+    key = ps.unique_key("old")
+    first = ps.charge(ctx.paymentd, ctx.token, key, amount=7.25)
+    check_eq(first.status, 201, "charge before the upgrade")
+    # The database as the previous release left it: migration 1 only.
+    ctx.paymentd.stop()
+    ctx.stack.sql("DROP INDEX payment.payments_reservation_id;"
+                  " ALTER TABLE payment.payments DROP COLUMN reservation_id;"
+                  " DELETE FROM payment.schema_migrations WHERE version = 2")
+    before = ctx.stack.sql("SELECT id, user_id, amount_cents, status FROM payment.payments "
+                           "ORDER BY id")
+    ctx.paymentd.start()
+    check_eq(ctx.stack.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM "
+                           "payment.schema_migrations"), "1,2", "migrations applied")
+    check_eq(ctx.stack.sql("SELECT id, user_id, amount_cents, status FROM payment.payments "
+                           "ORDER BY id"), before, "payments after the upgrade")
+    # A key stored before the upgrade is the same request, and replays.
+    again = ps.charge(ctx.paymentd, ctx.token, key, amount=7.25)
+    check(again.status == 201 and again.replayed and again.body == first.body,
+          f"replay after the upgrade: {again!r}")
+    check_eq(payments_with_key(ctx, key), 1, "payments for the key")
+
+
+@test
 def test_sigterm_exits_0_and_restart_serves_again(ctx):
     ctx.paymentd.restart()
     r = ps.charge(ctx.paymentd, ctx.token, ps.unique_key(), amount=1)
@@ -522,4 +679,5 @@ def test_sigterm_exits_0_and_restart_serves_again(ctx):
 
 
 if __name__ == "__main__":
-    sys.exit(runner.main(setup, binaries=(ps.paymentd_binary(), harness.authd_binary())))
+    sys.exit(runner.main(setup, binaries=(ps.paymentd_binary(), harness.authd_binary(),
+                                          harness.daemon_binary("inventoryd"))))

@@ -94,12 +94,13 @@ PANELS = {
     ("vigil-business", "Payments per minute by status"): {"status": {"success", "declined"}},
     ("vigil-business", "Revenue over time"): ALL,
     ("vigil-business", "Top products (units sold in range)"): ALL,
-    ("vigil-business", "Reservations by result"): ALL,
+    ("vigil-business", "Reservations: made by result, released, expired"): ALL,
     ("vigil-business", "Logins by result"): ALL,
     ("vigil-business", "Active sessions over time"): ALL,
     ("vigil-business", "Notifications processed by result"): ALL,
     ("vigil-business", "Events published by result"): ALL,
-    ("vigil-service-map", "Outgoing HTTP per edge (rate by code)"): {"service": {"payment"}},
+    ("vigil-service-map", "Outgoing HTTP per edge (rate by code)"): {"service": {"payment",
+                                                                                 "inventory"}},
     ("vigil-service-map", "Dependency edges (calls/s, errors/s, p95)"): {"service": WITH_DEPS},
     ("vigil-service-map", "Dependency call rate"): {"service": WITH_DEPS},
     ("vigil-service-map", "Dependency error ratio"): {"service": WITH_DEPS},
@@ -227,6 +228,10 @@ def start_daemons(ctx):
     ctx.inventoryd = new_daemon(ctx, "inventoryd", {
         "VIGIL_POSTGRES_DSN": s["VIGIL_DEV_PG_DSN_INVENTORY"],
         "VIGIL_REDIS_ADDRESS": s["VIGIL_REDIS_ADDRESS"],
+        "VIGIL_AUTH_URL": f"http://127.0.0.1:{ctx.authd.port}",
+        # Short enough that some reservations expire while Prometheus
+        # scrapes (vigil_inventory_reservations_expired_total moves).
+        "VIGIL_RESERVATIONS_TTL_SECONDS": "2",
     }, {"postgres-password": pg_password(ctx, "inventory")})
     with open(os.path.join(ctx.stack.dir, "secrets", "amqp-password"), encoding="utf-8") as f:
         amqp_pw = f.read().strip()
@@ -282,7 +287,8 @@ def auth_traffic(d, stop):
 
 def shop_traffic(ctx, stop):
     """Bounded like auth_traffic: per round, charges (a fifth declined), a
-    refused charge, catalog reads and reservations."""
+    refused charge, catalog reads, and reservations (released, expired, or
+    refused)."""
     token, _, _ = harness.new_session(ctx.authd)
     deadline = time.monotonic() + TRAFFIC_SECONDS
     pay, inv = ctx.paymentd, ctx.inventoryd
@@ -296,8 +302,11 @@ def shop_traffic(ctx, stop):
         inv.get("/products")
         inv.get(f"/product/{1 + i % 5}")
         inv.get("/product/999999")
-        inv.post(f"/product/{1 + i % 5}/reserve", {"quantity": 1})
-        inv.post("/product/1/reserve", {"quantity": 10 ** 6})
+        r = inv.post(f"/product/{1 + i % 5}/reserve", {"quantity": 1}, token=token)
+        if r.status == 200 and i % 2 == 0:  # the others expire
+            inv.request("DELETE", f"/reservation/{r.body['reservation_id']}", token=token)
+        inv.post("/product/1/reserve", {"quantity": 1})  # no token: 401
+        inv.post("/product/1/reserve", {"quantity": 10 ** 6}, token=token)
         time.sleep(0.05)
 
 

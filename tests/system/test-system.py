@@ -9,7 +9,7 @@ paymentd, inventoryd, notifyd, alertbotd):
 
   units       vigil.target and every vigil unit active, READY=1 sent (StatusText)
   flows       register → login → verify → logout, charge (Idempotency-Key,
-              replayed) → one notification row, products → reserve, all
+              replayed) → one notification row, products → reserve → release, all
               through the nginx gateway
   gateway     rate limit answered 429 with a JSON body; a new trace at the edge (X-Request-Id);
               /health /ready /metrics /stats 404 through it
@@ -245,7 +245,7 @@ def notifications():
     return int(psql("SELECT count(*) FROM notify.notifications", db="vigil") or 0)
 
 
-@test("flows through the gateway: register → login → verify → logout, charge → notification, products → reserve")
+@test("flows through the gateway: register → login → verify → logout, charge → notification, products → reserve → release")
 def t_flows():
     # /ready is not public: ask the daemons themselves, as Prometheus does.
     for d in ("authd", "paymentd", "inventoryd"):
@@ -292,8 +292,17 @@ def t_flows():
     assert products, "no products"
     pid = products[0]["id"]
     s, b, _ = request("POST", f"/api/v1/inventory/product/{pid}/reserve", {"quantity": 1})
+    assert s == 401, f"reserve without a token: {s} {b!r}"
+    bearer = {"Authorization": f"Bearer {token}"}
+    s, b, _ = request("POST", f"/api/v1/inventory/product/{pid}/reserve", {"quantity": 1},
+                      headers=bearer)
     assert s == 200 and json.loads(b)["reserved"] == 1, f"reserve: {s} {b!r}"
-    return f"payment {pay['payment_id']} → notification; reserved product {pid} (remaining {json.loads(b)['remaining']})"
+    reserved = json.loads(b)
+    s, b2, _ = request("DELETE", f"/api/v1/inventory/reservation/{reserved['reservation_id']}",
+                       headers=bearer)
+    assert s == 204, f"release: {s} {b2!r}"
+    return (f"payment {pay['payment_id']} → notification; reserved product {pid} "
+            f"(remaining {reserved['remaining']}), released")
 
 
 @test("gateway: per-IP rate limit answers 429 with JSON; internal endpoints 404; a new trace per request reaches the journal")
@@ -347,7 +356,7 @@ def t_journal():
     assert state["client_trace"] not in {e.get("TRACE_ID") for e in es}, "a client's trace id reached authd"
 
     routes_wanted = {"authd": {"/register", "/login", "/verify"}, "paymentd": {"/charge"},
-                     "inventoryd": {"/products", "/product/{id}/reserve"}, "notifyd": {"/metrics"},
+                     "inventoryd": {"/products", "/product/{id}/reserve", "/reservation/{id}"}, "notifyd": {"/metrics"},
                      "alertbotd": {"/metrics"}}
     counts = {}
     for d, wanted in routes_wanted.items():

@@ -11,6 +11,7 @@
 #include "inventoryd-cache.h"
 #include "inventoryd-manager.h"
 #include "inventoryd-products.h"
+#include "inventoryd-reservations.h"
 
 START_TEST(test_product_id_accepts_positive_decimal_integers)
 {
@@ -69,15 +70,57 @@ END_TEST
 
 START_TEST(test_reserve_refuses_quantities_out_of_range_before_any_query)
 {
-        int64_t remaining = 7;
+        struct reservation rv = {.id = 7};
 
         /* No pool at all: the quantity must be refused before it is needed. */
-        ck_assert_int_eq(inventory_reserve(NULL, 1, 0, &remaining), -EINVAL);
-        ck_assert_int_eq(inventory_reserve(NULL, 1, -1, &remaining), -EINVAL);
-        ck_assert_int_eq(inventory_reserve(NULL, 1, INVENTORY_QUANTITY_MAX + 1, &remaining),
+        ck_assert_int_eq(inventory_reserve(NULL, 1, 1, 0, 900, &rv), -EINVAL);
+        ck_assert_int_eq(inventory_reserve(NULL, 1, 1, -1, 900, &rv), -EINVAL);
+        ck_assert_int_eq(inventory_reserve(NULL, 1, 1, INVENTORY_QUANTITY_MAX + 1, 900, &rv),
                          -EINVAL);
-        ck_assert_int_eq(inventory_reserve(NULL, 1, INT64_MAX, &remaining), -EINVAL);
-        ck_assert_int_eq(remaining, 7);
+        ck_assert_int_eq(inventory_reserve(NULL, 1, 1, INT64_MAX, 900, &rv), -EINVAL);
+        /* Nor a reservation without an owner or a lifetime. */
+        ck_assert_int_eq(inventory_reserve(NULL, 1, 0, 1, 900, &rv), -EINVAL);
+        ck_assert_int_eq(inventory_reserve(NULL, 1, 1, 1, 0, &rv), -EINVAL);
+        ck_assert_int_eq(inventory_reserve(NULL, 1, 1, 1, 86401, &rv), -EINVAL);
+        ck_assert_int_eq(rv.id, 7);
+}
+END_TEST
+
+START_TEST(test_reservation_states_change_only_from_held)
+{
+        const char *sql = inventory_reservations_migration_sql;
+
+        /* Every way out of 'held' is conditional on it (the three
+         * statements of inventoryd-reservations.c are checked live by the
+         * integration tests); here, that the function paymentd calls is. */
+        ck_assert_int_ge(inventory_migrations_count, 2);
+        ck_assert_int_eq(inventory_migrations[1].version, 2);
+        ck_assert_ptr_eq(inventory_migrations[1].sql, sql);
+        ck_assert_ptr_nonnull(strstr(sql, "AND state = 'held'      AND expires_at > now()"));
+        ck_assert_ptr_nonnull(strstr(sql, "SECURITY DEFINER"));
+        ck_assert_ptr_nonnull(strstr(
+                sql, "REVOKE ALL ON FUNCTION inventory.pay_reservation(bigint, bigint, bigint) "
+                     "FROM PUBLIC"));
+}
+END_TEST
+
+START_TEST(test_only_plain_role_names_are_granted)
+{
+        ck_assert(inventory_role_name_is_valid("vigil_payment"));
+        ck_assert(inventory_role_name_is_valid("p2"));
+        ck_assert(inventory_role_name_is_valid("_x"));
+        ck_assert(!inventory_role_name_is_valid(NULL));
+        ck_assert(!inventory_role_name_is_valid(""));
+        ck_assert(!inventory_role_name_is_valid("2p"));
+        ck_assert(!inventory_role_name_is_valid("Vigil"));
+        ck_assert(!inventory_role_name_is_valid("vigil\"; DROP"));
+        ck_assert(!inventory_role_name_is_valid("a b"));
+        ck_assert(!inventory_role_name_is_valid("a-b"));
+        ck_assert(inventory_role_name_is_valid(
+                "a23456789012345678901234567890123456789012345678901234567890123"));
+        ck_assert(!inventory_role_name_is_valid(
+                "a234567890123456789012345678901234567890123456789012345678901234"));
+        ck_assert_int_eq(inventory_grant_payment_role(NULL, "bad name"), -EINVAL);
 }
 END_TEST
 
@@ -114,6 +157,9 @@ START_TEST(test_config_defaults_match_the_design)
         ck_assert_int_eq(c.cache_ttl_seconds, 30);
         ck_assert_int_eq(c.cache_jitter_percent, 10);
         ck_assert_int_eq(c.cache_lock_ms, 2000);
+        ck_assert_str_eq(c.auth.url, "http://127.0.0.1:8001");
+        ck_assert_int_eq(c.reservations_ttl_seconds, 900);
+        ck_assert_str_eq(c.reservations_payment_role, "vigil_payment");
         conf_free(inventoryd_conf_table, inventoryd_conf_table_size, &c);
         conf_diagnostics_done(&diag);
 }
@@ -145,6 +191,8 @@ static Suite *inventoryd_products_suite(void)
         tcase_add_test(tc, test_product_id_rejects_zero_and_numbers_beyond_bigint);
         tcase_add_test(tc, test_product_cache_name_is_a_valid_cache_name_for_every_id);
         tcase_add_test(tc, test_reserve_refuses_quantities_out_of_range_before_any_query);
+        tcase_add_test(tc, test_reservation_states_change_only_from_held);
+        tcase_add_test(tc, test_only_plain_role_names_are_granted);
         tcase_add_test(tc, test_first_migration_guards_stock_and_seeds_the_five_products);
         tcase_add_test(tc, test_config_defaults_match_the_design);
         tcase_add_test(tc, test_config_rejects_a_jitter_above_half_the_ttl);

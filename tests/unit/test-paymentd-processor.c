@@ -1,7 +1,9 @@
 /* Unit tests of vigil-paymentd's simulated processor: the decision rule,
  * the reloadable settings, and that a charge honours them. */
 #include <check.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "macro.h"
 #include "paymentd-processor.h"
@@ -79,13 +81,13 @@ START_TEST(test_charge_follows_the_configured_ratios)
         /* A NULL tracer is allowed (tracing off). */
         processor_configure(&p, &approve);
         for (int i = 0; i < 50; i++)
-                ck_assert_int_eq(processor_charge(&p, NULL, "k", 100), PROCESSOR_APPROVED);
+                ck_assert_int_eq(processor_charge(&p, NULL, 1, "k", 100), PROCESSOR_APPROVED);
         processor_configure(&p, &decline);
         for (int i = 0; i < 50; i++)
-                ck_assert_int_eq(processor_charge(&p, NULL, "k", 100), PROCESSOR_DECLINED);
+                ck_assert_int_eq(processor_charge(&p, NULL, 1, "k", 100), PROCESSOR_DECLINED);
         processor_configure(&p, &fail);
         for (int i = 0; i < 50; i++)
-                ck_assert_int_eq(processor_charge(&p, NULL, "k", 100), PROCESSOR_FAILED);
+                ck_assert_int_eq(processor_charge(&p, NULL, 1, "k", 100), PROCESSOR_FAILED);
 }
 END_TEST
 
@@ -97,9 +99,37 @@ START_TEST(test_charge_waits_at_least_the_configured_latency)
 
         processor_configure(&p, &s);
         start = now_usec(CLOCK_MONOTONIC);
-        processor_charge(&p, NULL, "k", 100);
+        processor_charge(&p, NULL, 1, "k", 100);
         /* A lower bound only: a busy machine may sleep longer. */
         ck_assert_uint_ge(now_usec(CLOCK_MONOTONIC) - start, 50 * USEC_PER_MSEC);
+}
+END_TEST
+
+START_TEST(test_processor_reference_is_scoped_to_the_user)
+{
+        char a[PROCESSOR_REFERENCE_MAX], b[PROCESSOR_REFERENCE_MAX], c[PROCESSOR_REFERENCE_MAX];
+        char longest[129];
+
+        /* Two users, one Idempotency-Key: two charges at the processor. */
+        ck_assert_int_eq(processor_reference(1, "order-1", a), 0);
+        ck_assert_int_eq(processor_reference(2, "order-1", b), 0);
+        ck_assert_str_ne(a, b);
+        ck_assert_str_ne(a, "order-1");
+        /* One user retrying: one charge. */
+        ck_assert_int_eq(processor_reference(1, "order-1", c), 0);
+        ck_assert_str_eq(a, c);
+        /* The user id ends where the key starts, whatever the key holds. */
+        ck_assert_int_eq(processor_reference(1, "2:x", a), 0);
+        ck_assert_int_eq(processor_reference(12, ":x", b), 0);
+        ck_assert_str_ne(a, b);
+        ck_assert_int_eq(processor_reference(12, "x", a), 0);
+        ck_assert_int_eq(processor_reference(1, "2x", b), 0);
+        ck_assert_str_ne(a, b);
+        /* The longest key of the largest user id fits. */
+        memset(longest, '~', 128);
+        longest[128] = '\0';
+        ck_assert_int_eq(processor_reference(INT64_MAX, longest, a), 0);
+        ck_assert_uint_eq(strlen(a), 1 + 19 + 1 + 128);
 }
 END_TEST
 
@@ -125,6 +155,7 @@ int main(void)
         tcase_add_test(tc, test_reconfigure_replaces_every_setting);
         tcase_add_test(tc, test_charge_follows_the_configured_ratios);
         tcase_add_test(tc, test_charge_waits_at_least_the_configured_latency);
+        tcase_add_test(tc, test_processor_reference_is_scoped_to_the_user);
         tcase_add_test(tc, test_outcomes_have_names);
         suite_add_tcase(s, tc);
 
