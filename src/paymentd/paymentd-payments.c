@@ -79,7 +79,11 @@ const size_t paymentd_migrations_count = ELEMENTSOF(paymentd_migrations);
 /* ------------------------------------------------------------ amounts */
 
 #define MAX_CENT_DIGITS 9 /* PAYMENT_MAX_AMOUNT_CENTS has 9 digits */
-#define MAX_EXPONENT    100000
+/* An exponent is read exactly up to this magnitude and saturates beyond
+ * it. No string in memory has this many digits to offset it, so a
+ * saturated exponent leaves a value far out of range either way: an
+ * amount too large (positive) or a fraction of a cent (negative). */
+#define EXPONENT_LIMIT 1000000000000000LL /* 10^15 */
 
 int payment_parse_amount(const char *text, int64_t *ret_cents)
 {
@@ -124,9 +128,11 @@ int payment_parse_amount(const char *text, int64_t *ret_cents)
                         negative = *p++ == '-';
                 if (*p < '0' || *p > '9')
                         return -EINVAL;
-                for (; *p >= '0' && *p <= '9'; p++)
-                        if (exponent < MAX_EXPONENT)
-                                exponent = exponent * 10 + (*p - '0');
+                for (; *p >= '0' && *p <= '9'; p++) {
+                        exponent = exponent * 10 + (*p - '0');
+                        if (exponent > EXPONENT_LIMIT)
+                                exponent = EXPONENT_LIMIT;
+                }
                 if (negative)
                         exponent = -exponent;
         }
