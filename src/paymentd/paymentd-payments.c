@@ -177,6 +177,21 @@ int idempotency_key_validate(const char *key)
         return 0;
 }
 
+bool payment_tracestate_is_forwardable(const char *state)
+{
+        size_t n;
+
+        if (!state)
+                return false;
+        n = strnlen(state, PAYMENT_TRACESTATE_MAX + 1);
+        if (n == 0 || n > PAYMENT_TRACESTATE_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (state[i] < 0x20 || state[i] > 0x7e)
+                        return false;
+        return true;
+}
+
 char *payment_event_json(const struct payment *p, size_t *ret_len)
 {
         _cleanup_(json_object_putp) struct json_object *o = json_object_new_object();

@@ -69,6 +69,11 @@ void payment_format_amount(int64_t cents, char buf[static PAYMENT_AMOUNT_TEXT_MA
  * ASCII (0x20..0x7e). Returns 0, -ENOENT for NULL or "", -EINVAL. */
 int idempotency_key_validate(const char *key);
 
+/* Is state, a request's tracestate header, carried into the payment's
+ * event? Yes when it is 1..PAYMENT_TRACESTATE_MAX bytes of printable ASCII
+ * (0x20..0x7e); anything else (NULL too) is dropped, not refused. */
+bool payment_tracestate_is_forwardable(const char *state);
+
 struct payment {
         int64_t id;
         int64_t user_id;

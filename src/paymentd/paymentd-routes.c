@@ -209,15 +209,7 @@ static void current_trace(struct http_request *req, char traceparent[static TRAC
         if (trace_context_is_valid(ctx))
                 trace_format_traceparent(ctx, traceparent);
 
-        *ret_tracestate = NULL;
-        if (state && *state && strlen(state) <= PAYMENT_TRACESTATE_MAX) {
-                bool printable = true;
-
-                for (const char *p = state; *p; p++)
-                        printable = printable && *p >= 0x20 && *p <= 0x7e;
-                if (printable)
-                        *ret_tracestate = state;
-        }
+        *ret_tracestate = payment_tracestate_is_forwardable(state) ? state : NULL;
 }
 
 static void finish_approved(struct http_request *req, struct paymentd_manager *m,
