@@ -149,3 +149,22 @@ const char *http_bearer_token(const char *authorization)
                         return NULL;
         return token;
 }
+
+bool http_content_type_is_json(const char *content_type)
+{
+        static const char json[] = "application/json";
+        const char *ct = content_type;
+        size_t len;
+
+        if (!ct)
+                return true;
+        while (*ct == ' ' || *ct == '\t')
+                ct++;
+        len = strcspn(ct, "; \t");
+        if (len != strlen(json) || strncasecmp(ct, json, len) != 0)
+                return false;
+        ct += len;
+        while (*ct == ' ' || *ct == '\t')
+                ct++;
+        return *ct == '\0' || *ct == ';'; /* "application/json x" is not JSON */
+}

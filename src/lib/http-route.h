@@ -59,3 +59,10 @@ bool http_route_template_match(const struct http_route_template *t, const char *
  * with no whitespace (isspace() in the C locale) up to the end. Returns a
  * pointer into authorization, or NULL (also for NULL). */
 const char *http_bearer_token(const char *authorization);
+
+/* Does a Content-Type header value name JSON? True for NULL (no header:
+ * a JSON body is assumed) and for "application/json" in any case, with
+ * optional spaces or tabs around it, followed by nothing or by parameters
+ * (";charset=utf-8", not looked at); false for anything else, such as
+ * "application/json5" or "application/json x". */
+bool http_content_type_is_json(const char *content_type);

@@ -382,19 +382,6 @@ const char *http_request_bearer(const struct http_request *req)
         return http_bearer_token(http_request_header(req, "Authorization"));
 }
 
-/* Is the Content-Type absent or application/json, with any parameters? */
-static bool content_type_is_json(const char *ct)
-{
-        size_t len;
-
-        if (!ct)
-                return true;
-        while (*ct == ' ' || *ct == '\t')
-                ct++;
-        len = strcspn(ct, "; \t");
-        return len == strlen("application/json") && strncasecmp(ct, "application/json", len) == 0;
-}
-
 static const char *json_error_message(const char *code)
 {
         if (strcmp(code, "invalid_utf8") == 0)
@@ -415,7 +402,7 @@ int http_request_json(struct http_request *req, struct json_object **ret)
         assert(req);
         assert(ret);
 
-        if (!content_type_is_json(http_request_header(req, "Content-Type"))) {
+        if (!http_content_type_is_json(http_request_header(req, "Content-Type"))) {
                 (void)http_reply_error(req, 415, "unsupported_media_type",
                                        "The request body must be application/json");
                 return -EPROTONOSUPPORT;
