@@ -6,6 +6,8 @@
  *   payment_tracestate_is_forwardable() paymentd's tracestate, carried
  *                                       into the payment's event
  *   http_bearer_token()                 every daemon's Authorization
+ *   http_content_type_is_json()         every JSON body's Content-Type
+ *   metrics_format_from_accept()        GET /metrics' Accept
  *
  * The input is one header value: a C string, as libmicrohttpd hands it
  * over (it stops at the first NUL). Promises checked: the verdicts agree
@@ -19,6 +21,7 @@
 #include <string.h>
 
 #include "http-route.h"
+#include "metrics.h"
 #include "paymentd-payments.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -71,6 +74,30 @@ static long reference_bearer(const char *value, size_t len)
         return (long)i;
 }
 
+static bool reference_content_type_is_json(const char *value, size_t len)
+{
+        size_t i = 0;
+
+        while (i < len && (value[i] == ' ' || value[i] == '\t'))
+                i++;
+        if (len - i < 16 || !ascii_case_equal(value + i, "application/json", 16))
+                return false;
+        i += 16;
+        while (i < len && (value[i] == ' ' || value[i] == '\t'))
+                i++;
+        return i == len || value[i] == ';';
+}
+
+static bool contains_openmetrics(const char *value, size_t len)
+{
+        static const char om[] = "application/openmetrics-text";
+
+        for (size_t i = 0; i + strlen(om) <= len; i++)
+                if (ascii_case_equal(value + i, om, strlen(om)))
+                        return true;
+        return false;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         char *value, *again = NULL;
@@ -107,8 +134,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         abort();
                 free(again);
         }
+        if (http_content_type_is_json(value) != reference_content_type_is_json(value, len))
+                abort();
+        /* Prometheus text unless OpenMetrics is asked for. */
+        if (metrics_format_from_accept(value) == METRICS_FORMAT_OPENMETRICS &&
+            !contains_openmetrics(value, len))
+                abort();
+
         if (idempotency_key_validate(NULL) != -ENOENT || payment_tracestate_is_forwardable(NULL) ||
-            http_bearer_token(NULL))
+            http_bearer_token(NULL) || !http_content_type_is_json(NULL) ||
+            metrics_format_from_accept(NULL) != METRICS_FORMAT_PROMETHEUS)
                 abort();
 
         free(value);
