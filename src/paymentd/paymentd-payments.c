@@ -162,6 +162,22 @@ void payment_format_amount(int64_t cents, char buf[static PAYMENT_AMOUNT_TEXT_MA
         snprintf(buf, PAYMENT_AMOUNT_TEXT_MAX, "%" PRId64 ".%02" PRId64, cents / 100, cents % 100);
 }
 
+int payment_parse_id(const char *s, int64_t *ret_id)
+{
+        int64_t v = 0;
+        size_t n = s ? strlen(s) : 0;
+
+        if (n == 0 || n > 18 || s[0] == '0')
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] < '0' || s[i] > '9')
+                        return -EINVAL;
+                v = v * 10 + (s[i] - '0');
+        }
+        *ret_id = v;
+        return 0;
+}
+
 int idempotency_key_validate(const char *key)
 {
         size_t n;

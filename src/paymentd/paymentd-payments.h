@@ -65,6 +65,10 @@ int payment_parse_amount(const char *text, int64_t *ret_cents);
 /* cents as dollars with two decimals ("19.99", "0.05", "1000000.00"). */
 void payment_format_amount(int64_t cents, char buf[static PAYMENT_AMOUNT_TEXT_MAX]);
 
+/* The {id} of GET /payment/{id}: 1..18 decimal digits without sign or
+ * leading zero. Returns 0 and sets *ret_id, or -EINVAL (NULL too). */
+int payment_parse_id(const char *s, int64_t *ret_id);
+
 /* An Idempotency-Key is 1..IDEMPOTENCY_KEY_MAX_LENGTH bytes of printable
  * ASCII (0x20..0x7e). Returns 0, -ENOENT for NULL or "", -EINVAL. */
 int idempotency_key_validate(const char *key);

@@ -7,7 +7,10 @@
  * NUL as libmicrohttpd's decoded URL does. Promises checked: compile and
  * match agree with the reference; the parameters are the path's segments
  * at the {name} positions, in order, named as in the template; a failed
- * compile leaves *ret alone and a failed match leaves path_buf alone. */
+ * compile leaves *ret alone and a failed match leaves path_buf alone.
+ * Every parameter value also goes through the parsers of the ids the
+ * daemons take from paths (inventory_parse_product_id(),
+ * payment_parse_id()), checked against references. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -15,6 +18,8 @@
 #include <string.h>
 
 #include "http-route.h"
+#include "inventoryd-products.h"
+#include "paymentd-payments.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -103,6 +108,44 @@ static bool reference_matches(const struct pieces *t, const char *path, struct p
         return true;
 }
 
+/* 0, -EINVAL or -ERANGE, as inventoryd-products.h says, and the value. */
+static int reference_product_id(const char *s, int64_t *ret)
+{
+        static const char max[] = "9223372036854775807";
+        size_t n = strlen(s);
+        int64_t v = 0;
+
+        if (n == 0 || strspn(s, "0123456789") != n)
+                return -EINVAL;
+        if (strcmp(s, "0") == 0)
+                return -ERANGE;
+        if (s[0] == '0')
+                return -EINVAL;
+        if (n > strlen(max) || (n == strlen(max) && strcmp(s, max) > 0))
+                return -ERANGE;
+        for (size_t i = 0; i < n; i++)
+                v = v * 10 + (s[i] - '0');
+        *ret = v;
+        return 0;
+}
+
+static void check_id_parsers(const char *value)
+{
+        int64_t got = -42, expected = 0;
+        int r, want;
+
+        want = reference_product_id(value, &expected);
+        r = inventory_parse_product_id(value, &got);
+        if (r != want || (r == 0 ? got != expected : got != -42))
+                abort();
+
+        got = -42;
+        r = payment_parse_id(value, &got);
+        want = want == 0 && strlen(value) <= 18 ? 0 : -EINVAL;
+        if (r != want || (r == 0 ? got != expected : got != -42))
+                abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         static struct pieces t_pieces, p_pieces;
@@ -171,6 +214,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                             strlen(params[k].name) != t_pieces.len[i] - 2 ||
                             memcmp(params[k].name, t_pieces.start[i] + 1, t_pieces.len[i] - 2) != 0)
                                 abort();
+                        check_id_parsers(params[k].value);
                         k++;
                 }
                 if (k != n_params)
