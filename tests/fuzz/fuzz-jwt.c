@@ -13,9 +13,10 @@
  *         our key by libjwt itself (as a correct issuer would) and
  *         verified: accepted exactly when a reference reading of the
  *         claims, written here from jwt.h's contract, accepts, with the
- *         same claims; else with an error the reference names. Then one
- *         byte of the signed token is replaced (the position and the new
- *         byte come from the input): the altered token must not verify.
+ *         same claims; else with an error the reference names. Under
+ *         another key it never verifies. Then one byte of the signed token
+ *         is replaced (the position and the new byte come from the input):
+ *         the altered token must not verify.
  *
  * In both modes the cache (a miss, then a hit) answers as the plain
  * verification does. */
@@ -37,6 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define NOW INT64_C(1800000000)
 
 static const uint8_t key[JWT_MIN_KEY_SIZE] = "0123456789abcdef0123456789abcdef";
+static const uint8_t other_key[JWT_MIN_KEY_SIZE] = "0123456789abcdef0123456789abcdeF";
 static struct jwt_cache *cache;
 
 struct reader {
@@ -308,6 +310,8 @@ static void fuzz_signed(const uint8_t *data, size_t size)
         }
         if (r == 0 && memcmp(&got, &expected, sizeof(got)) != 0)
                 abort(); /* wrong claims */
+        if (jwt_hs256_verify(other_key, sizeof(other_key), token, NOW, &got) == 0)
+                abort(); /* another key's token */
 
         /* One byte changed: never valid. */
         len = strlen(token);
