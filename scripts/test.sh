@@ -69,7 +69,7 @@ if [ $quick -eq 0 ]; then
 		step "unit suite under asan+ubsan" suite build/asan \
 			TESTS="$(make -s -C build/gcc print-unit-tests)"
 	step "clang build" build build/clang CC=clang
-	step "fuzzing" scripts/fuzz.sh 20
+	step "fuzzing" scripts/fuzz.sh 15
 	# The tarball must build and pass the unit suite; the integration tests
 	# already ran above from the same sources.
 	step "distcheck" bash -c "cd build/gcc && make -s -j$jobs distcheck TESTS=\"\$(make -s print-unit-tests)\""

@@ -309,8 +309,7 @@ static bool key_is(amqp_bytes_t key, const char *name)
         return key.len == n && memcmp(key.bytes, name, n) == 0;
 }
 
-/* Copy what we use of a message's properties into d. */
-static int copy_properties(const amqp_basic_properties_t *p, struct amqp_delivery *d)
+int amqp_delivery_read_properties(const amqp_basic_properties_t *p, struct amqp_delivery *d)
 {
         int r;
 
@@ -375,7 +374,7 @@ static int read_content(struct amqp_client *c, struct amqp_delivery *d, bool kee
         }
         body_size = frame.payload.properties.body_size;
         if (d) {
-                r = copy_properties(frame.payload.properties.decoded, d);
+                r = amqp_delivery_read_properties(frame.payload.properties.decoded, d);
                 if (r < 0)
                         return r;
                 if (keep_body && body_size > AMQP_MAX_BODY_SIZE)

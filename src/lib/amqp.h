@@ -178,6 +178,20 @@ struct amqp_delivery {
         struct span *previous_span; /* internal: restored as current on free */
 };
 
+/* Copy what vigil reads of a delivered message's properties, as
+ * librabbitmq decoded them from the content header frame, into d (whose
+ * string fields must be NULL): message_id, content_type and the headers
+ * "traceparent" and "tracestate" (each a string of 1..AMQP_MAX_PROPERTY_LEN
+ * bytes without NUL, else left NULL; of several headers of one name the
+ * first that qualifies counts), the timestamp (0 when absent or beyond
+ * INT64_MAX) and AMQP_ATTEMPT_HEADER (the last integer one decides; 0 when
+ * it is outside 0..1000000).
+ * No I/O: amqp_receive() and tests/fuzz/fuzz-notify.c run it. Returns 0,
+ * or -ENOMEM with d partly filled (free its strings). */
+struct amqp_basic_properties_t_;
+int amqp_delivery_read_properties(const struct amqp_basic_properties_t_ *p,
+                                  struct amqp_delivery *d);
+
 /* basic.qos prefetch, then basic.consume with manual acks on queue.
  * Returns 0, -EINVAL (prefetch outside 1..AMQP_MAX_PREFETCH), -ENOTCONN,
  * -ENOENT for no such queue (the connection is then closed), or

@@ -55,24 +55,11 @@
 #define MAX_USER_AGENT     256U
 #define MAX_ALLOW          128U
 
-struct segment {
-        const char *text; /* literal, or the parameter name */
-        size_t len;
-        bool param;
-};
-
 struct route {
         char *method;
         char *path; /* the template, also the route label */
-        char *buf;  /* path split into segments, NUL-separated */
         http_handler_fn handler;
-        struct segment segments[HTTP_MAX_SEGMENTS];
-        size_t n_segments;
-};
-
-struct param {
-        const char *name;
-        const char *value;
+        struct http_route_template template;
 };
 
 struct reply_header {
@@ -96,7 +83,7 @@ struct http_request {
         const char *method_label; /* bounded: metrics and logs */
         const char *path;
         const struct route *route; /* NULL: unmatched */
-        struct param params[HTTP_MAX_PARAMS];
+        struct http_route_param params[HTTP_MAX_PARAMS];
         size_t n_params;
         char *path_buf; /* params point into it */
 
@@ -164,103 +151,7 @@ static void route_done(struct route *r)
 {
         free(r->method);
         free(r->path);
-        free(r->buf);
-}
-
-/* Split a template into r->segments. Returns 0 or -EINVAL. */
-static int route_compile(struct route *r)
-{
-        size_t n_params = 0;
-        char *p;
-
-        if (r->path[0] != '/')
-                return -EINVAL;
-        r->buf = strdup(r->path + 1);
-        if (!r->buf)
-                return -ENOMEM;
-
-        r->n_segments = 0;
-        if (r->buf[0] == '\0')
-                return 0; /* "/" */
-
-        p = r->buf;
-        for (;;) {
-                char *slash = strchr(p, '/');
-                struct segment *seg;
-                size_t len;
-
-                if (slash)
-                        *slash = '\0';
-                len = strlen(p);
-                if (r->n_segments >= HTTP_MAX_SEGMENTS)
-                        return -EINVAL;
-                seg = &r->segments[r->n_segments++];
-
-                if (len > 0 && p[0] == '{') {
-                        if (len < 3 || p[len - 1] != '}' || memchr(p + 1, '{', len - 2) ||
-                            memchr(p + 1, '}', len - 2))
-                                return -EINVAL;
-                        if (++n_params > HTTP_MAX_PARAMS)
-                                return -EINVAL;
-                        p[len - 1] = '\0';
-                        *seg = (struct segment){.text = p + 1, .len = len - 2, .param = true};
-                } else {
-                        if (memchr(p, '{', len) || memchr(p, '}', len))
-                                return -EINVAL;
-                        *seg = (struct segment){.text = p, .len = len, .param = false};
-                }
-
-                if (!slash)
-                        break;
-                p = slash + 1;
-        }
-        return 0;
-}
-
-/* Does path match the template of r? Fills params (when non-NULL) with
- * pointers into path_buf, which holds a copy of path with '/' replaced by
- * NUL. */
-static bool route_match(const struct route *r, const char *path, char *path_buf,
-                        struct param *params, size_t *ret_n_params)
-{
-        const char *p;
-        size_t i = 0, n_params = 0;
-
-        if (path[0] != '/')
-                return false;
-        p = path + 1;
-        if (*p == '\0')
-                return r->n_segments == 0;
-
-        for (;;) {
-                const char *slash = strchr(p, '/');
-                size_t len = slash ? (size_t)(slash - p) : strlen(p);
-                const struct segment *seg;
-
-                if (i >= r->n_segments)
-                        return false;
-                seg = &r->segments[i++];
-                if (seg->param) {
-                        if (len == 0)
-                                return false;
-                        if (params) {
-                                char *v = path_buf + (p - path);
-                                v[len] = '\0';
-                                params[n_params++] = (struct param){seg->text, v};
-                        }
-                } else if (len != seg->len || memcmp(p, seg->text, len) != 0)
-                        return false;
-
-                if (!slash)
-                        break;
-                p = slash + 1;
-        }
-
-        if (i != r->n_segments)
-                return false;
-        if (ret_n_params)
-                *ret_n_params = n_params;
-        return true;
+        http_route_template_done(&r->template);
 }
 
 /* ---- responses ---- */
@@ -504,33 +395,7 @@ struct span *http_request_span(const struct http_request *req)
 
 const char *http_request_bearer(const struct http_request *req)
 {
-        const char *v = http_request_header(req, "Authorization");
-        const char *token;
-
-        if (!v || strncasecmp(v, "Bearer", 6) != 0 || (v[6] != ' ' && v[6] != '\t'))
-                return NULL;
-        token = v + 6;
-        while (*token == ' ' || *token == '\t')
-                token++;
-        if (*token == '\0')
-                return NULL;
-        for (const char *c = token; *c; c++)
-                if (isspace((unsigned char)*c))
-                        return NULL;
-        return token;
-}
-
-/* Is the Content-Type absent or application/json, with any parameters? */
-static bool content_type_is_json(const char *ct)
-{
-        size_t len;
-
-        if (!ct)
-                return true;
-        while (*ct == ' ' || *ct == '\t')
-                ct++;
-        len = strcspn(ct, "; \t");
-        return len == strlen("application/json") && strncasecmp(ct, "application/json", len) == 0;
+        return http_bearer_token(http_request_header(req, "Authorization"));
 }
 
 static const char *json_error_message(const char *code)
@@ -553,7 +418,7 @@ int http_request_json(struct http_request *req, struct json_object **ret)
         assert(req);
         assert(ret);
 
-        if (!content_type_is_json(http_request_header(req, "Content-Type"))) {
+        if (!http_content_type_is_json(http_request_header(req, "Content-Type"))) {
                 (void)http_reply_error(req, 415, "unsupported_media_type",
                                        "The request body must be application/json");
                 return -EPROTONOSUPPORT;
@@ -829,16 +694,17 @@ static bool request_route(struct http_request *req, char allow[static MAX_ALLOW]
         for (size_t i = 0; i < s->n_routes; i++) {
                 const struct route *r = &s->routes[i];
 
-                if (!route_match(r, req->path, NULL, NULL, NULL))
+                if (!http_route_template_match(&r->template, req->path, NULL, NULL, NULL))
                         continue;
                 if (strcmp(r->method, req->method) == 0) {
                         req->route = r;
-                        if (r->n_segments > 0) {
+                        if (r->template.n_segments > 0) {
                                 req->path_buf = strdup(req->path);
                                 if (!req->path_buf)
                                         return true; /* handled as OOM by the caller */
-                                (void)route_match(r, req->path, req->path_buf, req->params,
-                                                  &req->n_params);
+                                (void)http_route_template_match(&r->template, req->path,
+                                                                req->path_buf, req->params,
+                                                                &req->n_params);
                         }
                         return true;
                 }
@@ -958,7 +824,7 @@ static void request_begin(struct http_request *req, const char *url, const char 
                                        "Method %s is not allowed here", req->method_label);
                 return;
         }
-        if (req->route->n_segments > 0 && !req->path_buf)
+        if (req->route->template.n_segments > 0 && !req->path_buf)
                 (void)http_reply_error(req, 500, "internal", "Out of memory");
 }
 
@@ -1156,7 +1022,7 @@ int http_server_new(const struct http_server_options *opts, const struct http_ro
                         r = -ENOMEM;
                         goto fail;
                 }
-                r = route_compile(dst);
+                r = http_route_template_compile(dst->path, &dst->template);
                 if (r < 0)
                         goto fail;
         }

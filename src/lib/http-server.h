@@ -9,12 +9,12 @@
  * valid inside the handler. http_server_is_healthy() may be called from any
  * thread; start, drain and free from the thread that owns the server.
  *
- * Routing: a path matches a template when it has exactly as many segments
- * and every literal segment is equal; a {name} segment matches one
- * non-empty segment (after MHD's percent-decoding). "/a/" does not match
- * "/a". A path that matches no template gets 404 "not_found"; one that
- * matches only with other methods gets 405 "method_not_allowed" with an
- * Allow header. HEAD is not special (a GET route does not answer HEAD).
+ * Routing (http-route.h): a path matches a template when it has exactly as
+ * many segments and every literal segment is equal; a {name} segment
+ * matches one non-empty segment (after MHD's percent-decoding). "/a/" does
+ * not match "/a". A path that matches no template gets 404 "not_found";
+ * one that matches only with other methods gets 405 "method_not_allowed"
+ * with an Allow header. HEAD is not special (a GET route does not answer HEAD).
  * The built-in routes GET /health, GET /ready and GET /metrics are matched
  * after the program's routes.
  *
@@ -63,10 +63,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "http-route.h"
 #include "macro.h"
 
-#define HTTP_MAX_SEGMENTS      16 /* per route template */
-#define HTTP_MAX_PARAMS        8  /* {name} segments per template */
 #define HTTP_MAX_REPLY_HEADERS 16 /* http_reply_add_header() per response */
 
 struct json_object;
@@ -161,9 +160,8 @@ const char *http_request_header(const struct http_request *req, const char *name
 const char *http_request_param(const struct http_request *req, const char *name); /* {name} */
 const char *http_request_body(const struct http_request *req, size_t *ret_len);
 struct span *http_request_span(const struct http_request *req);
-/* The bearer token of an "Authorization: Bearer <token>" header (scheme
- * case-insensitive, one or more spaces, a non-empty token without
- * whitespace), or NULL. */
+/* The bearer token of the Authorization header (http_bearer_token()), or
+ * NULL. */
 const char *http_request_bearer(const struct http_request *req);
 
 /* Parse the body as a JSON object (json-util limits, JSON_DEFAULT_MAX_DEPTH).

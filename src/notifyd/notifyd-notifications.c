@@ -52,18 +52,27 @@ static bool digits(const char *s, size_t n, int min, int max, int *ret)
         return true;
 }
 
+static bool is_leap_year(int year)
+{
+        return year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+}
+
 bool notifications_timestamp_is_valid(const char *s)
 {
-        int month;
+        static const int days_in_month[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+        int year, month, day;
         size_t i = 19;
 
         /* YYYY-MM-DDTHH:MM:SS */
         if (strlen(s) < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') ||
             s[13] != ':' || s[16] != ':')
                 return false;
-        if (!digits(s, 4, 1, 9999, NULL) || !digits(s + 5, 2, 1, 12, &month) ||
-            !digits(s + 8, 2, 1, 31, NULL) || !digits(s + 11, 2, 0, 23, NULL) ||
+        if (!digits(s, 4, 1, 9999, &year) || !digits(s + 5, 2, 1, 12, &month) ||
+            !digits(s + 8, 2, 1, 31, &day) || !digits(s + 11, 2, 0, 23, NULL) ||
             !digits(s + 14, 2, 0, 59, NULL) || !digits(s + 17, 2, 0, 60, NULL))
+                return false;
+        /* PostgreSQL refuses 2026-02-31: poison now, not after the retries. */
+        if (day > days_in_month[month - 1] + (month == 2 && is_leap_year(year)))
                 return false;
         if (s[i] == '.') {
                 size_t start = ++i;

@@ -36,8 +36,10 @@ struct payment_event {
  * value is out of range. Any error makes the message poison. */
 int notifications_parse_event(const void *body, size_t size, struct payment_event *ret);
 
-/* RFC 3339 date-time, "2026-11-24T04:20:00Z" or with a fraction and an
- * offset. Returns true when s has that shape with fields in range. */
+/* RFC 3339 date-time, "2026-11-24T04:20:00Z" or with a fraction (1 to 9
+ * digits) and an offset. Returns true when s has that shape with fields in
+ * range: the day within its month (February 29 only in leap years of the
+ * Gregorian calendar), a second of 60 allowed for a leap second. */
 bool notifications_timestamp_is_valid(const char *s);
 
 /* The side effect (sending the notification), run inside the transaction

@@ -90,7 +90,11 @@ const size_t paymentd_migrations_count = ELEMENTSOF(paymentd_migrations);
 /* ------------------------------------------------------------ amounts */
 
 #define MAX_CENT_DIGITS 9 /* PAYMENT_MAX_AMOUNT_CENTS has 9 digits */
-#define MAX_EXPONENT    100000
+/* An exponent is read exactly up to this magnitude and saturates beyond
+ * it. No string in memory has this many digits to offset it, so a
+ * saturated exponent leaves a value far out of range either way: an
+ * amount too large (positive) or a fraction of a cent (negative). */
+#define EXPONENT_LIMIT 1000000000000000LL /* 10^15 */
 
 int payment_parse_amount(const char *text, int64_t *ret_cents)
 {
@@ -135,9 +139,11 @@ int payment_parse_amount(const char *text, int64_t *ret_cents)
                         negative = *p++ == '-';
                 if (*p < '0' || *p > '9')
                         return -EINVAL;
-                for (; *p >= '0' && *p <= '9'; p++)
-                        if (exponent < MAX_EXPONENT)
-                                exponent = exponent * 10 + (*p - '0');
+                for (; *p >= '0' && *p <= '9'; p++) {
+                        exponent = exponent * 10 + (*p - '0');
+                        if (exponent > EXPONENT_LIMIT)
+                                exponent = EXPONENT_LIMIT;
+                }
                 if (negative)
                         exponent = -exponent;
         }
@@ -167,6 +173,22 @@ void payment_format_amount(int64_t cents, char buf[static PAYMENT_AMOUNT_TEXT_MA
         snprintf(buf, PAYMENT_AMOUNT_TEXT_MAX, "%" PRId64 ".%02" PRId64, cents / 100, cents % 100);
 }
 
+int payment_parse_id(const char *s, int64_t *ret_id)
+{
+        int64_t v = 0;
+        size_t n = s ? strlen(s) : 0;
+
+        if (n == 0 || n > 18 || s[0] == '0')
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] < '0' || s[i] > '9')
+                        return -EINVAL;
+                v = v * 10 + (s[i] - '0');
+        }
+        *ret_id = v;
+        return 0;
+}
+
 int idempotency_key_validate(const char *key)
 {
         size_t n;
@@ -180,6 +202,21 @@ int idempotency_key_validate(const char *key)
                 if (key[i] < 0x20 || key[i] > 0x7e)
                         return -EINVAL;
         return 0;
+}
+
+bool payment_tracestate_is_forwardable(const char *state)
+{
+        size_t n;
+
+        if (!state)
+                return false;
+        n = strnlen(state, PAYMENT_TRACESTATE_MAX + 1);
+        if (n == 0 || n > PAYMENT_TRACESTATE_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (state[i] < 0x20 || state[i] > 0x7e)
+                        return false;
+        return true;
 }
 
 char *payment_event_json(const struct payment *p, size_t *ret_len)

@@ -51,17 +51,34 @@ extern const size_t paymentd_migrations_count;
 
 /* Parse a JSON number's source text as an amount of dollars into cents,
  * exactly (decimal digits, no floating point): "19.99", "20", "19.990",
- * "1.999e1" are 1999 and 2000 and 1999 and 1999 cents. Returns 0, or
- * -EINVAL for anything that is not 0.01 .. 1 000 000.00 dollars in whole
- * cents: negative, zero, too large, fractional cents ("19.999"), or not a
- * JSON number at all. */
+ * "1.999e1" are 1999 and 2000 and 1999 and 1999 cents. The grammar is
+ * JSON's number without the sign, and with leading zeros allowed in the
+ * integer part (json-c's tokener lets them through):
+ *
+ *     digit+ ( "." digit+ )? ( ("e" | "E") ("+" | "-")? digit+ )?
+ *
+ * The value is exact whatever the number of digits of each part: an
+ * exponent is not clamped into range ("0.<99997 zeros>1e1000000" is a
+ * huge amount, not 100 dollars). Returns 0 and sets *ret_cents, or
+ * -EINVAL (leaving *ret_cents alone) for anything that is not 0.01 ..
+ * 1 000 000.00 dollars in whole cents: negative, zero, too large,
+ * fractional cents ("19.999"), or not in that grammar. */
 int payment_parse_amount(const char *text, int64_t *ret_cents);
 /* cents as dollars with two decimals ("19.99", "0.05", "1000000.00"). */
 void payment_format_amount(int64_t cents, char buf[static PAYMENT_AMOUNT_TEXT_MAX]);
 
+/* The {id} of GET /payment/{id}: 1..18 decimal digits without sign or
+ * leading zero. Returns 0 and sets *ret_id, or -EINVAL (NULL too). */
+int payment_parse_id(const char *s, int64_t *ret_id);
+
 /* An Idempotency-Key is 1..IDEMPOTENCY_KEY_MAX_LENGTH bytes of printable
  * ASCII (0x20..0x7e). Returns 0, -ENOENT for NULL or "", -EINVAL. */
 int idempotency_key_validate(const char *key);
+
+/* Is state, a request's tracestate header, carried into the payment's
+ * event? Yes when it is 1..PAYMENT_TRACESTATE_MAX bytes of printable ASCII
+ * (0x20..0x7e); anything else (NULL too) is dropped, not refused. */
+bool payment_tracestate_is_forwardable(const char *state);
 
 struct payment {
         int64_t id;

@@ -147,15 +147,7 @@ static void current_trace(struct http_request *req, char traceparent[static TRAC
         if (trace_context_is_valid(ctx))
                 trace_format_traceparent(ctx, traceparent);
 
-        *ret_tracestate = NULL;
-        if (state && *state && strlen(state) <= PAYMENT_TRACESTATE_MAX) {
-                bool printable = true;
-
-                for (const char *p = state; *p; p++)
-                        printable = printable && *p >= 0x20 && *p <= 0x7e;
-                if (printable)
-                        *ret_tracestate = state;
-        }
+        *ret_tracestate = payment_tracestate_is_forwardable(state) ? state : NULL;
 }
 
 /* End an owned claim with a stored error answer, replayed like any other
@@ -377,23 +369,6 @@ static void handle_charge(struct http_request *req, void *userdata)
         }
 }
 
-/* A payment id is 1..18 decimal digits without sign or leading zero. */
-static int parse_payment_id(const char *s, int64_t *ret)
-{
-        int64_t v = 0;
-        size_t n = s ? strlen(s) : 0;
-
-        if (n == 0 || n > 18 || s[0] == '0')
-                return -EINVAL;
-        for (size_t i = 0; i < n; i++) {
-                if (s[i] < '0' || s[i] > '9')
-                        return -EINVAL;
-                v = v * 10 + (s[i] - '0');
-        }
-        *ret = v;
-        return 0;
-}
-
 static void handle_get_payment(struct http_request *req, void *userdata)
 {
         struct paymentd_manager *m = userdata;
@@ -405,7 +380,7 @@ static void handle_get_payment(struct http_request *req, void *userdata)
         if (auth_request_user(m->auth, req, &user_id) < 0)
                 return;
         /* Not a number, not yours and not there look the same. */
-        r = parse_payment_id(http_request_param(req, "id"), &id);
+        r = payment_parse_id(http_request_param(req, "id"), &id);
         if (r >= 0)
                 r = payments_get(m->pg, id, user_id, &p);
         if (r == -EINVAL || r == -ENOENT) {

@@ -8,7 +8,7 @@
 #   top_srcdir=/path/to/src top_builddir=/path/to/build sh tests/fuzz/replay.sh
 set -u
 
-FUZZ_TARGETS="json traceparent conf alertmanager"
+FUZZ_TARGETS="json traceparent conf alertmanager amount headers route jwt notify metrics"
 
 srcdir=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 builddir=${top_builddir:-.}

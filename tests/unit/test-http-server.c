@@ -655,6 +655,27 @@ START_TEST(test_request_json_with_other_content_type_is_415)
 }
 END_TEST
 
+START_TEST(test_content_type_json_is_followed_only_by_parameters)
+{
+        const char *ct[] = {"Content-Type: application/json x", NULL};
+        struct resp r;
+
+        /* A media type is followed by nothing or by ";" parameters. */
+        request("POST", "/echo", ct, "{}", 2, &r);
+        ck_assert_int_eq(r.status, 415);
+        resp_done(&r);
+
+        ck_assert(http_content_type_is_json(NULL));
+        ck_assert(http_content_type_is_json("application/json"));
+        ck_assert(http_content_type_is_json(" Application/JSON \t; charset=utf-8"));
+        ck_assert(http_content_type_is_json("application/json;"));
+        ck_assert(!http_content_type_is_json("application/json x"));
+        ck_assert(!http_content_type_is_json("application/json json"));
+        ck_assert(!http_content_type_is_json("application/json5"));
+        ck_assert(!http_content_type_is_json(""));
+}
+END_TEST
+
 START_TEST(test_handler_without_reply_gets_500_json)
 {
         struct resp r;
@@ -1327,6 +1348,7 @@ static Suite *http_server_suite(void)
         tcase_add_test(tc, test_headers_beyond_connection_memory_are_refused_and_counted);
         tcase_add_test(tc, test_request_json_rejections_are_400_with_json_util_codes);
         tcase_add_test(tc, test_request_json_with_other_content_type_is_415);
+        tcase_add_test(tc, test_content_type_json_is_followed_only_by_parameters);
         tcase_add_test(tc, test_handler_without_reply_gets_500_json);
         tcase_add_test(tc, test_reply_headers_are_validated_and_error_is_escaped);
         tcase_add_test(tc, test_bearer_token_parsing);

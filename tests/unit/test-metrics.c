@@ -857,6 +857,132 @@ START_TEST(test_openmetrics_output_parses_strictly)
 }
 END_TEST
 
+/* Label values a client can choose, with every character the text formats
+ * escape or could mistake for syntax, and what the registry keeps of each
+ * (malformed UTF-8 as '?', at most METRICS_MAX_LABEL_VALUE bytes). */
+static const char *const hostile_values[][2] = {
+        {"weird \"route\"\\\n", "weird \"route\"\\\n"},
+        {"\\n is not a newline", "\\n is not a newline"},
+        {"\\\"", "\\\""},
+        {"\"", "\""},
+        {"\\", "\\"},
+        {"\n", "\n"},
+        {"}{,=# EOF", "}{,=# EOF"},
+        {"caf\xc3\xa9 \xf0\x9f\x98\x80", "caf\xc3\xa9 \xf0\x9f\x98\x80"},
+        {"bad \xff byte", "bad ? byte"},
+        {"", ""},
+};
+
+/* Reads the text on stdin with the parser of the Python client for the
+ * format in argv[1] ("prometheus" or "openmetrics") and compares the route
+ * label of every vigil_escape_requests_total sample, in order, with the
+ * values given in hex in argv[2...]. Exit 77 without the client. */
+static const char read_back_check[] =
+        "import sys\n"
+        "try:\n"
+        "    if sys.argv[1] == 'openmetrics':\n"
+        "        from prometheus_client.openmetrics.parser import "
+        "text_string_to_metric_families\n"
+        "    else:\n"
+        "        from prometheus_client.parser import text_string_to_metric_families\n"
+        "except ImportError:\n"
+        "    sys.exit(77)\n"
+        "expected = [bytes.fromhex(h).decode('utf-8') for h in sys.argv[2:]]\n"
+        "got = [s.labels['route'] for f in text_string_to_metric_families(sys.stdin.read())\n"
+        "       for s in f.samples if s.name == 'vigil_escape_requests_total']\n"
+        "if got != expected:\n"
+        "    print('expected %r, read %r' % (expected, got))\n"
+        "    sys.exit(1)\n";
+
+static char *hex_of(const char *s)
+{
+        size_t len = strlen(s);
+        char *out = malloc(2 * len + 1);
+
+        ck_assert_ptr_nonnull(out);
+        for (size_t i = 0; i < len; i++)
+                snprintf(out + 2 * i, 3, "%02x", (unsigned char)s[i]);
+        out[2 * len] = '\0';
+        return out;
+}
+
+static struct metrics_registry *hostile_registry(char **ret_long_value, char **ret_long_expected)
+{
+        struct metrics_registry *r = registry();
+        struct metric_family *f;
+        char *long_value = malloc(301), *long_expected = malloc(METRICS_MAX_LABEL_VALUE + 1);
+
+        ck_assert(long_value && long_expected);
+        f = metrics_counter_new(r, "vigil_escape_requests_total", "Requests by route.",
+                                (const char *const[]){"route", NULL});
+        ck_assert_ptr_nonnull(f);
+        for (size_t i = 0; i < ELEMENTSOF(hostile_values); i++)
+                metrics_counter_inc(metrics_child1(f, hostile_values[i][0]));
+        /* 100 x "\"\\\n" (300 bytes) keeps its first 128 bytes. */
+        for (size_t i = 0; i < 300; i++)
+                long_value[i] = "\"\\\n"[i % 3];
+        long_value[300] = '\0';
+        memcpy(long_expected, long_value, METRICS_MAX_LABEL_VALUE);
+        long_expected[METRICS_MAX_LABEL_VALUE] = '\0';
+        metrics_counter_inc(metrics_child1(f, long_value));
+        *ret_long_value = long_value;
+        *ret_long_expected = long_expected;
+        return r;
+}
+
+static void assert_python_reads_back(enum metrics_format fmt)
+{
+        _cleanup_(metrics_registry_freep) struct metrics_registry *r = NULL;
+        _cleanup_free_ char *text = NULL, *output = NULL, *long_value = NULL, *long_expected = NULL;
+        char *argv[4 + ELEMENTSOF(hostile_values) + 2] = {
+                "/usr/bin/python3", "-c", (char *)read_back_check,
+                fmt == METRICS_FORMAT_OPENMETRICS ? "openmetrics" : "prometheus"};
+        size_t n = 4;
+        int status;
+
+        if (access("/usr/bin/python3", X_OK) != 0) {
+                fprintf(stderr, "python3 not found: skipping the read-back check\n");
+                return;
+        }
+        r = hostile_registry(&long_value, &long_expected);
+        for (size_t i = 0; i < ELEMENTSOF(hostile_values); i++)
+                argv[n++] = hex_of(hostile_values[i][1]);
+        argv[n++] = hex_of(long_expected);
+        argv[n] = NULL;
+        text = render(r, fmt);
+        status = run_with_input(argv, text, &output);
+        for (size_t i = 4; i < n; i++)
+                free(argv[i]);
+        if (status == 77) {
+                fprintf(stderr, "prometheus_client not installed: skipping the read-back check\n");
+                return;
+        }
+        ck_assert_msg(status == 0, "the client's parser said (%d):\n%s\non:\n%s", status, output,
+                      text);
+}
+
+START_TEST(test_hostile_label_values_read_back_through_prometheus_parsers)
+{
+        _cleanup_(metrics_registry_freep) struct metrics_registry *r = NULL;
+        _cleanup_free_ char *text = NULL, *output = NULL, *long_value = NULL, *long_expected = NULL;
+        const char *promtool = promtool_path();
+
+        assert_python_reads_back(METRICS_FORMAT_PROMETHEUS);
+        assert_python_reads_back(METRICS_FORMAT_OPENMETRICS);
+
+        if (!promtool) {
+                fprintf(stderr, "promtool not found: skipping the promtool check\n");
+                return;
+        }
+        r = hostile_registry(&long_value, &long_expected);
+        text = render(r, METRICS_FORMAT_PROMETHEUS);
+        ck_assert_int_eq(run_with_input((char *const[]){(char *)promtool, "check", "metrics", NULL},
+                                        text, &output),
+                         0);
+        ck_assert_msg(output[0] == '\0', "promtool complained:\n%s\non:\n%s", output, text);
+}
+END_TEST
+
 static Suite *metrics_suite(void)
 {
         Suite *s = suite_create("metrics");
@@ -887,6 +1013,7 @@ static Suite *metrics_suite(void)
         tcase_add_test(tc, test_empty_registry_renders);
         tcase_add_test(tc, test_promtool_finds_nothing_to_complain_about);
         tcase_add_test(tc, test_openmetrics_output_parses_strictly);
+        tcase_add_test(tc, test_hostile_label_values_read_back_through_prometheus_parsers);
         suite_add_tcase(s, tc);
         return s;
 }

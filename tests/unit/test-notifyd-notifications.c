@@ -121,6 +121,23 @@ START_TEST(test_timestamps_follow_rfc3339)
 }
 END_TEST
 
+START_TEST(test_timestamps_have_days_that_exist_in_their_month)
+{
+        const char *good[] = {"2026-01-31T00:00:00Z", "2024-02-29T00:00:00Z",
+                              "2000-02-29T00:00:00Z", "2026-04-30T00:00:00Z",
+                              "2026-12-31T00:00:00Z"};
+        const char *bad[] = {"2026-02-31T00:00:00Z", "2026-02-29T00:00:00Z",
+                             "1900-02-29T00:00:00Z", "2026-04-31T00:00:00Z",
+                             "2026-06-31T00:00:00Z", "2026-09-31T00:00:00Z",
+                             "2026-11-31T00:00:00Z", "2026-02-30T00:00:00+01:00"};
+
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+                ck_assert_msg(notifications_timestamp_is_valid(good[i]), "rejected %s", good[i]);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                ck_assert_msg(!notifications_timestamp_is_valid(bad[i]), "accepted %s", bad[i]);
+}
+END_TEST
+
 START_TEST(test_failing_messages_walk_the_retry_queues_then_park)
 {
         /* Four attempts: first delivery, then retry queues 1, 2, 3. */
@@ -173,6 +190,7 @@ int main(void)
         tcase_add_test(tc, test_missing_or_mistyped_fields_are_poison);
         tcase_add_test(tc, test_values_out_of_range_are_poison);
         tcase_add_test(tc, test_timestamps_follow_rfc3339);
+        tcase_add_test(tc, test_timestamps_have_days_that_exist_in_their_month);
         tcase_add_test(tc, test_failing_messages_walk_the_retry_queues_then_park);
         tcase_add_test(tc, test_config_table_has_every_shared_key);
         suite_add_tcase(s, tc);

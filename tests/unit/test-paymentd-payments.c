@@ -81,6 +81,58 @@ START_TEST(test_amount_rejects_negative_zero_huge_and_fractional_cents)
 }
 END_TEST
 
+/* "0.", zeros zeros, then tail: a number whose fraction digits would
+ * offset a large exponent. malloc()ed. */
+static char *long_fraction(size_t zeros, const char *tail)
+{
+        size_t tail_len = strlen(tail);
+        char *s = malloc(2 + zeros + tail_len + 1);
+
+        ck_assert_ptr_nonnull(s);
+        memcpy(s, "0.", 2);
+        memset(s + 2, '0', zeros);
+        memcpy(s + 2 + zeros, tail, tail_len + 1);
+        return s;
+}
+
+START_TEST(test_amount_exponent_is_exact_and_never_clamped_into_range)
+{
+        const char *bad[] = {
+                /* 10^(1000000 - 99998) dollars: the exponent used to be
+                 * clamped to 100000 and read as 10 000 cents. */
+                "1e1000000",
+                "1e-1000000",
+                "1e99999999999999999999999999999999999999",
+                "1e-99999999999999999999999999999999999999",
+        };
+        char *s;
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                int64_t cents = 42;
+
+                s = long_fraction(99997, bad[i]);
+                ck_assert_msg(payment_parse_amount(s, &cents) == -EINVAL, "accepted 0.<zeros>%s",
+                              bad[i]);
+                ck_assert_int_eq(cents, 42);
+                free(s);
+        }
+
+        /* Exact both ways round: 10^-99998 * 10^99999 is 10 dollars. */
+        s = long_fraction(99997, "1e99999");
+        ck_assert_int_eq(cents_of(s), 1000);
+        free(s);
+        s = long_fraction(99997, "1E+100004");
+        ck_assert_int_eq(cents_of(s), 100000000);
+        free(s);
+        s = long_fraction(99997, "1e100005");
+        ck_assert_int_eq(payment_parse_amount(s, &(int64_t){0}), -EINVAL);
+        free(s);
+        /* Leading zeros of an exponent do not count. */
+        ck_assert_int_eq(cents_of("1e+0000000000000000000000000000002"), 10000);
+        ck_assert_int_eq(cents_of("1234e-000000000000000000000000000002"), 1234);
+}
+END_TEST
+
 START_TEST(test_amount_rejects_text_that_is_not_a_number)
 {
         const char *bad[] = {"",    "abc",      "19.99abc", "19.",    ".5",
@@ -256,6 +308,7 @@ int main(void)
         tcase_add_test(tc, test_amount_parses_dollars_exactly_into_cents);
         tcase_add_test(tc, test_amount_accepts_trailing_zeros_and_exponents);
         tcase_add_test(tc, test_amount_rejects_negative_zero_huge_and_fractional_cents);
+        tcase_add_test(tc, test_amount_exponent_is_exact_and_never_clamped_into_range);
         tcase_add_test(tc, test_amount_rejects_text_that_is_not_a_number);
         tcase_add_test(tc, test_amount_from_json_c_keeps_the_source_text);
         tcase_add_test(tc, test_amount_formats_with_two_decimals);
