@@ -511,7 +511,6 @@ static void manager_free(void *userdata)
 
         if (!m)
                 return;
-        http_server_free(m->http);
         if (m->worker_started) {
                 pthread_mutex_lock(&m->lock);
                 atomic_store(&m->stopping, true);
@@ -528,8 +527,6 @@ static void manager_free(void *userdata)
         policy_free(m->policy);
         erase_and_free(m->escalation_token);
         erase_and_free(m->webhook_token);
-        tracer_free(m->tracer);
-        metrics_registry_free(m->metrics);
         pthread_cond_destroy(&m->queue_changed);
         pthread_mutex_destroy(&m->lock);
         free(m);
@@ -571,22 +568,39 @@ static int load_policy(const char *path, struct policy **ret)
         return 0;
 }
 
-static int ready(void *userdata, const char **ret_failing)
+static bool state_writable(void *userdata)
 {
         struct alertbotd_manager *m = userdata;
 
-        if (!atomic_load(&m->state_ok)) {
-                *ret_failing = "state";
-                return -EIO;
-        }
-        return 0;
+        return atomic_load(&m->state_ok);
 }
 
-static int manager_new(const void *config, void **ret)
+static int register_metrics(struct alertbotd_manager *m, struct metrics_registry *metrics)
 {
-        const struct alertbotd_config *c = config;
-        struct alertbotd_manager *m;
         struct metric_family *duration;
+
+        m->actions = metrics_counter_new(metrics, "vigil_alertbot_actions_total",
+                                         "Remediation decisions about a unit, by result "
+                                         "(success, failure, skipped_*, dry_run, "
+                                         "refused_allowlist)",
+                                         (const char *const[]){"unit", "action", "result", NULL});
+        m->circuit_open = metrics_gauge_new(metrics, "vigil_alertbot_circuit_open",
+                                            "1 while the unit's circuit breaker is open or "
+                                            "half-open",
+                                            (const char *const[]){"unit", NULL});
+        duration = metrics_histogram_new(metrics, "vigil_alertbot_decision_duration_seconds",
+                                         "Time to decide about one alert", NULL,
+                                         metrics_latency_buckets, metrics_latency_buckets_count);
+        if (!m->actions || !m->circuit_open || !duration)
+                return -ENOMEM;
+        m->decision_duration = metrics_child(duration, NULL);
+        return metrics_registry_add_collector(metrics, collect_breakers, m);
+}
+
+static int manager_new(struct daemon *d, void **ret)
+{
+        const struct alertbotd_config *c = d->config;
+        struct alertbotd_manager *m;
         int r;
 
         m = calloc(1, sizeof(*m));
@@ -639,39 +653,9 @@ static int manager_new(const void *config, void **ret)
         if (!m->queue)
                 goto fail_oom;
 
-        r = metrics_registry_new(&m->metrics);
+        r = register_metrics(m, d->metrics);
         if (r < 0)
                 goto fail_oom;
-        r = metrics_register_process(m->metrics);
-        if (r >= 0)
-                r = metrics_register_build_info(m->metrics, PACKAGE_VERSION);
-        if (r < 0)
-                goto fail_oom;
-        m->actions = metrics_counter_new(m->metrics, "vigil_alertbot_actions_total",
-                                         "Remediation decisions about a unit, by result "
-                                         "(success, failure, skipped_*, dry_run, "
-                                         "refused_allowlist)",
-                                         (const char *const[]){"unit", "action", "result", NULL});
-        m->circuit_open = metrics_gauge_new(m->metrics, "vigil_alertbot_circuit_open",
-                                            "1 while the unit's circuit breaker is open or "
-                                            "half-open",
-                                            (const char *const[]){"unit", NULL});
-        duration = metrics_histogram_new(m->metrics, "vigil_alertbot_decision_duration_seconds",
-                                         "Time to decide about one alert", NULL,
-                                         metrics_latency_buckets, metrics_latency_buckets_count);
-        if (!m->actions || !m->circuit_open || !duration)
-                goto fail_oom;
-        m->decision_duration = metrics_child(duration, NULL);
-        r = metrics_registry_add_collector(m->metrics, collect_breakers, m);
-        if (r < 0)
-                goto fail_oom;
-
-        r = daemon_tracer_new(&c->common, alertbotd_ops.name, m->metrics, &m->tracer);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up tracing to %s: %m",
-                                c->common.tracing_otlp_endpoint);
-                goto fail;
-        }
 
         if (*c->escalation_url) {
                 struct escalation_options eo = {
@@ -680,8 +664,8 @@ static int manager_new(const void *config, void **ret)
                         .queue_size = (size_t)c->escalation_queue_size,
                         .max_attempts = (unsigned)c->escalation_max_attempts,
                         .initial_backoff_ms = (unsigned)c->escalation_initial_backoff_ms,
-                        .metrics = m->metrics,
-                        .tracer = m->tracer,
+                        .metrics = d->metrics,
+                        .tracer = d->tracer,
                 };
                 r = escalation_new(&eo, &m->escalation);
                 if (r < 0) {
@@ -708,25 +692,12 @@ fail:
 static int manager_start(void *userdata)
 {
         struct alertbotd_manager *m = userdata;
-        struct http_server_options opts = {
-                .service_name = alertbotd_ops.name,
-                .max_body = WEBHOOK_MAX_BODY,
-                .metrics = m->metrics,
-                .tracer = m->tracer,
-                .ready = ready,
-                .userdata = m,
-        };
         int r;
 
         r = -pthread_create(&m->worker, NULL, worker, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the remediation worker: %m");
         m->worker_started = true;
-
-        r = daemon_http_server_start(&m->config->common, &opts, alertbotd_routes,
-                                     alertbotd_routes_count, &m->http);
-        if (r < 0)
-                return r;
         log_info("%zu rules, %s", m->policy->n_rules,
                  m->dry_run ? "dry run (no restarts)" : "remediating");
         return 0;
@@ -743,7 +714,7 @@ static bool manager_tick(void *userdata)
                  m->queue_count + (m->worker_busy ? 1 : 0) == 1 ? "" : "s",
                  m->worker_busy ? ", one running" : "");
         pthread_mutex_unlock(&m->lock);
-        return http_server_is_healthy(m->http, MAX_REQUEST_USEC);
+        return true;
 }
 
 static const char *manager_status(void *userdata)
@@ -779,7 +750,6 @@ static void manager_stop(void *userdata)
 {
         struct alertbotd_manager *m = userdata;
 
-        http_server_drain(m->http, DRAIN_TIMEOUT_MS);
         /* A restart being verified ends as "interrupted". */
         pthread_mutex_lock(&m->lock);
         atomic_store(&m->stopping, true);
@@ -787,18 +757,28 @@ static void manager_stop(void *userdata)
         pthread_mutex_unlock(&m->lock);
 }
 
+/* /ready: the state file takes writes. */
+static const struct daemon_check alertbotd_checks[] = {
+        {"state", state_writable},
+};
+
 const struct daemon_ops alertbotd_ops = {
         .name = "vigil-alertbotd",
         .description = "Alertmanager webhook → remediation policy → systemd restarts",
         .default_config = SYSCONFDIR "/vigil/alertbotd.conf",
-        .conf_table = alertbotd_conf_table,
-        .n_conf_keys = ELEMENTSOF(alertbotd_conf_table),
-        .config_size = sizeof(struct alertbotd_config),
+        DAEMON_CONF(alertbotd_conf_table, struct alertbotd_config),
+        .checks = alertbotd_checks,
+        .n_checks = ELEMENTSOF(alertbotd_checks),
+        .routes = alertbotd_routes,
+        .n_routes = &alertbotd_routes_count,
+        .max_body = WEBHOOK_MAX_BODY,
+        .max_request_usec = MAX_REQUEST_USEC,
+        .drain_timeout_ms = DRAIN_TIMEOUT_MS,
         .manager_new = manager_new,
         .manager_start = manager_start,
-        .manager_reload = manager_reload,
         .manager_tick = manager_tick,
         .manager_status = manager_status,
+        .manager_reload = manager_reload,
         .manager_stop = manager_stop,
         .manager_free = manager_free,
 };

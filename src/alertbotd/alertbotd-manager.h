@@ -1,7 +1,7 @@
-/* vigil-alertbotd's manager: owns the configuration, the metrics registry,
- * the tracer, the secrets, the policy, the durable state, the remediation
- * worker, the escalation sender and the HTTP server, created in that order
- * and torn down in reverse.
+/* vigil-alertbotd's manager: on the metrics registry and tracer the
+ * skeleton built (daemon.h), it owns the secrets, the policy, the durable
+ * state, its metrics, the escalation sender and the remediation worker,
+ * created in that order and torn down in reverse.
  *
  * Flow: the webhook route decodes a payload and hands it to
  * alertbotd_handle_webhook(), which decides every alert under the lock
@@ -47,12 +47,9 @@ struct remediation_job;
 
 struct alertbotd_manager {
         const struct alertbotd_config *config;
-        struct metrics_registry *metrics;
-        struct tracer *tracer;
         char *webhook_token;
         char *escalation_token;
         struct escalation *escalation;
-        struct http_server *http;
 
         /* Guards everything below up to the worker's fields. */
         pthread_mutex_t lock;

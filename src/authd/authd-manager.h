@@ -1,6 +1,7 @@
-/* vigil-authd's manager: owns the configuration, the metrics registry, the
- * tracer, the PostgreSQL and Redis pools, the password hasher, the JWT key
- * and the HTTP server, created in that order and torn down in reverse. */
+/* vigil-authd's manager: on the PostgreSQL and Redis pools the skeleton
+ * built (daemon.h), it owns the JWT key, its metrics, the session and token
+ * caches and the password hasher, created in that order and torn down in
+ * reverse. */
 #pragma once
 
 #include <stdatomic.h>
@@ -24,21 +25,13 @@ struct authd_config {
 
 struct authd_manager {
         const struct authd_config *config;
-        struct metrics_registry *metrics;
-        struct tracer *tracer;
-        struct pg_pool *pg;
-        struct redis_pool *redis;
+        struct pg_pool *pg;       /* the skeleton's */
+        struct redis_pool *redis; /* the skeleton's */
         struct local_cache *sessions_cache;
         struct jwt_cache *token_cache; /* tokens that verified */
         struct password_hasher *hasher;
         uint8_t *jwt_key;
         size_t jwt_key_len;
-        struct http_server *http;
-
-        atomic_bool migrated;
-        atomic_bool postgres_up;
-        atomic_bool redis_up;
-        char status[128];
 
         struct metric *logins_success;
         struct metric *logins_failure;

@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth-client.h"
-#include "http-server.h"
 #include "inventoryd-cache.h"
 #include "inventoryd-products.h"
 #include "inventoryd-reservations.h"
@@ -13,10 +11,6 @@
 #include "local-cache.h"
 #include "log.h"
 #include "metrics.h"
-#include "pg.h"
-#include "redis.h"
-#include "sd.h"
-#include "trace.h"
 
 /* A request running longer than this is hung: statement, Redis and lock
  * timeouts are all far shorter. */
@@ -59,70 +53,27 @@ static void manager_free(void *userdata)
 
         if (!m)
                 return;
-        http_server_free(m->http);
         cache_free(m->cache);
-        auth_client_free(m->auth);
         local_cache_free(m->local_cache);
-        redis_pool_free(m->redis);
-        pg_pool_free(m->pg);
-        tracer_free(m->tracer);
-        metrics_registry_free(m->metrics);
         free(m);
 }
 
-/* /ready: PostgreSQL with the schema migrated, Redis, and authd. Without
- * Redis the daemon still serves everything (from PostgreSQL), and without
- * authd the catalog, but either way it is degraded. */
-static int ready(void *userdata, const char **ret_failing)
-{
-        struct inventoryd_manager *m = userdata;
-        int r;
-
-        r = pg_pool_ping(m->pg);
-        if (r < 0) {
-                *ret_failing = "postgres";
-                return r;
-        }
-        if (!atomic_load(&m->migrated)) {
-                *ret_failing = "postgres";
-                return -EAGAIN;
-        }
-        r = redis_pool_ping(m->redis);
-        if (r < 0) {
-                *ret_failing = "redis";
-                return r;
-        }
-        r = auth_client_health(m->auth);
-        if (r < 0) {
-                *ret_failing = "auth";
-                return r;
-        }
-        return 0;
-}
-
-static int register_metrics(struct inventoryd_manager *m)
+static int register_metrics(struct inventoryd_manager *m, struct metrics_registry *metrics)
 {
         struct metric_family *cache_requests, *reservations, *released, *expired;
-        int r;
 
-        r = metrics_register_process(m->metrics);
-        if (r >= 0)
-                r = metrics_register_build_info(m->metrics, PACKAGE_VERSION);
-        if (r < 0)
-                return r;
-
-        cache_requests = metrics_counter_new(m->metrics, "vigil_cache_requests_total",
+        cache_requests = metrics_counter_new(metrics, "vigil_cache_requests_total",
                                              "Cache lookups by cache and result",
                                              (const char *const[]){"cache", "result", NULL});
-        reservations = metrics_counter_new(m->metrics, "vigil_inventory_reservations_total",
+        reservations = metrics_counter_new(metrics, "vigil_inventory_reservations_total",
                                            "Stock reservations by result",
                                            (const char *const[]){"result", NULL});
-        m->sales = metrics_counter_new(m->metrics, "vigil_inventory_sales_total",
+        m->sales = metrics_counter_new(metrics, "vigil_inventory_sales_total",
                                        "Units reserved (sold) per product",
                                        (const char *const[]){"product_id", NULL});
-        released = metrics_counter_new(m->metrics, "vigil_inventory_reservations_released_total",
+        released = metrics_counter_new(metrics, "vigil_inventory_reservations_released_total",
                                        "Reservations released early by their owner", NULL);
-        expired = metrics_counter_new(m->metrics, "vigil_inventory_reservations_expired_total",
+        expired = metrics_counter_new(metrics, "vigil_inventory_reservations_expired_total",
                                       "Reservations not paid in time, their stock returned", NULL);
         if (!cache_requests || !reservations || !m->sales || !released || !expired)
                 return -ENOMEM;
@@ -144,9 +95,9 @@ static int register_metrics(struct inventoryd_manager *m)
         return 0;
 }
 
-static int manager_new(const void *config, void **ret)
+static int manager_new(struct daemon *d, void **ret)
 {
-        const struct inventoryd_config *c = config;
+        const struct inventoryd_config *c = d->config;
         struct inventoryd_manager *m;
         int r;
 
@@ -154,6 +105,10 @@ static int manager_new(const void *config, void **ret)
         if (!m)
                 return log_error_errno(ENOMEM, "Out of memory");
         m->config = c;
+        m->daemon = d;
+        m->pg = d->pg;
+        m->redis = d->redis;
+        m->auth = d->auth;
         atomic_store(&m->reservations_ttl_seconds, c->reservations_ttl_seconds);
         if (!inventory_role_name_is_valid(c->reservations_payment_role)) {
                 log_error("[reservations] payment_role \"%s\" is not a plain role name "
@@ -163,40 +118,13 @@ static int manager_new(const void *config, void **ret)
                 goto fail;
         }
 
-        r = metrics_registry_new(&m->metrics);
-        if (r >= 0)
-                r = register_metrics(m);
+        r = register_metrics(m, d->metrics);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up metrics: %m");
                 goto fail;
         }
 
-        r = daemon_tracer_new(&c->common, inventoryd_ops.name, m->metrics, &m->tracer);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up tracing to %s: %m",
-                                c->common.tracing_otlp_endpoint);
-                goto fail;
-        }
-        r = daemon_pg_pool_new(&c->postgres, inventoryd_ops.name, m->metrics, m->tracer, &m->pg);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up PostgreSQL (postgres-password "
-                                   "credential): %m");
-                goto fail;
-        }
-        r = daemon_redis_pool_new(&c->redis, m->metrics, m->tracer, &m->redis);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up Redis (redis-password credential): %m");
-                goto fail;
-        }
-
-        r = daemon_auth_client_new(&c->auth, m->metrics, m->tracer, &m->auth);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the client of vigil-authd at \"%s\": %m",
-                                c->auth.url);
-                goto fail;
-        }
-
-        r = daemon_local_cache_new(&c->redis, m->redis, m->metrics, "catalog", CACHE_PREFIX,
+        r = daemon_local_cache_new(&c->redis, m->redis, d->metrics, "catalog", CACHE_PREFIX,
                                    &m->local_cache);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the local catalog cache: %m");
@@ -328,70 +256,20 @@ static void grant_payment_role(struct inventoryd_manager *m)
                 log_notice("Granted PostgreSQL role %s the payment of reservations", role);
 }
 
-static void check_dependencies(struct inventoryd_manager *m)
-{
-        static const char *const names[] = {"postgres", "redis"};
-        bool up[] = {pg_pool_ping(m->pg) >= 0, redis_pool_ping(m->redis) >= 0};
-
-        daemon_note_dependency(&m->postgres_up, up[0], "PostgreSQL", NULL);
-        daemon_note_dependency(&m->redis_up, up[1], "Redis",
-                               ": serving the catalog from PostgreSQL");
-        if (up[0])
-                daemon_migrate(m->pg, INVENTORY_SCHEMA, inventory_migrations,
-                               inventory_migrations_count, &m->migrated);
-        if (up[0] && atomic_load(&m->migrated)) {
-                /* Under a span that is not sampled: a sweep a second must
-                 * not start a trace a second. */
-                struct span *quiet = span_start_unsampled("reservation sweep");
-                struct span *previous = trace_set_current(quiet);
-
-                grant_payment_role(m);
-                expire_reservations(m);
-                trace_set_current(previous);
-                span_end(quiet);
-        }
-        if (up[1])
-                maintain_cache(m);
-        daemon_format_status(m->status, sizeof(m->status), atomic_load(&m->migrated),
-                             ELEMENTSOF(names), names, up);
-}
-
-static int manager_start(void *userdata)
-{
-        struct inventoryd_manager *m = userdata;
-        struct http_server_options opts = {
-                .service_name = inventoryd_ops.name,
-                .metrics = m->metrics,
-                .tracer = m->tracer,
-                .ready = ready,
-                .userdata = m,
-        };
-        int r;
-
-        r = daemon_http_server_start(&m->config->common, &opts, inventoryd_routes,
-                                     inventoryd_routes_count, &m->http);
-        if (r < 0)
-                return r;
-
-        /* Dependencies are tried before READY=1, but being down is a
-         * degraded state, not a failure: they may come up later. */
-        check_dependencies(m);
-        return 0;
-}
-
+/* The reservation sweep once the schema is there, the deferred purge once
+ * Redis answers. */
 static bool manager_tick(void *userdata)
 {
         struct inventoryd_manager *m = userdata;
+        struct daemon *d = m->daemon;
 
-        check_dependencies(m);
-        return http_server_is_healthy(m->http, MAX_REQUEST_USEC);
-}
-
-static const char *manager_status(void *userdata)
-{
-        struct inventoryd_manager *m = userdata;
-
-        return m->status;
+        if (atomic_load(&d->postgres_up) && atomic_load(&d->migrated)) {
+                grant_payment_role(m);
+                expire_reservations(m);
+        }
+        if (atomic_load(&d->redis_up))
+                maintain_cache(m);
+        return true;
 }
 
 static int manager_reload(void *userdata, const void *config)
@@ -408,26 +286,30 @@ static int manager_reload(void *userdata, const void *config)
         return 0;
 }
 
-static void manager_stop(void *userdata)
-{
-        struct inventoryd_manager *m = userdata;
-
-        http_server_drain(m->http, DRAIN_TIMEOUT_MS);
-}
-
+/* Without Redis the daemon still serves everything (from PostgreSQL), and
+ * without authd the catalog, but either way it is not ready. */
 const struct daemon_ops inventoryd_ops = {
         .name = "vigil-inventoryd",
         .description =
                 "product catalog with a Redis cache and race-free, expiring stock reservations",
         .default_config = SYSCONFDIR "/vigil/inventoryd.conf",
-        .conf_table = inventoryd_conf_table,
-        .n_conf_keys = ELEMENTSOF(inventoryd_conf_table),
-        .config_size = sizeof(struct inventoryd_config),
+        DAEMON_CONF(inventoryd_conf_table, struct inventoryd_config),
+        .dependencies =
+                {
+                        .postgres = DAEMON_SECTION(struct inventoryd_config, postgres),
+                        .schema = INVENTORY_SCHEMA,
+                        .migrations = inventory_migrations,
+                        .n_migrations = &inventory_migrations_count,
+                        .redis = DAEMON_SECTION(struct inventoryd_config, redis),
+                        .redis_down = ": serving the catalog from PostgreSQL",
+                        .auth = DAEMON_SECTION(struct inventoryd_config, auth),
+                },
+        .routes = inventoryd_routes,
+        .n_routes = &inventoryd_routes_count,
+        .max_request_usec = MAX_REQUEST_USEC,
+        .drain_timeout_ms = DRAIN_TIMEOUT_MS,
         .manager_new = manager_new,
-        .manager_start = manager_start,
-        .manager_reload = manager_reload,
         .manager_tick = manager_tick,
-        .manager_status = manager_status,
-        .manager_stop = manager_stop,
+        .manager_reload = manager_reload,
         .manager_free = manager_free,
 };

@@ -1,6 +1,7 @@
-/* vigil-inventoryd's manager: owns the configuration, the metrics registry,
- * the tracer, the PostgreSQL and Redis pools, the authd client, the product
- * cache and the HTTP server, created in that order and torn down in reverse. */
+/* vigil-inventoryd's manager: on the PostgreSQL and Redis pools and the
+ * authd client the skeleton built (daemon.h), it owns its metrics, the
+ * local and shared catalog caches, and the reservation sweep its tick runs,
+ * created in that order and torn down in reverse. */
 #pragma once
 
 #include <stdatomic.h>
@@ -29,23 +30,17 @@ struct inventoryd_config {
 
 struct inventoryd_manager {
         const struct inventoryd_config *config;
-        struct metrics_registry *metrics;
-        struct tracer *tracer;
-        struct pg_pool *pg;
-        struct redis_pool *redis;
-        struct auth_client *auth;
+        struct daemon *daemon;
+        struct pg_pool *pg;       /* the skeleton's */
+        struct redis_pool *redis; /* the skeleton's */
+        struct auth_client *auth; /* the skeleton's */
         struct cache *cache;
         struct local_cache *local_cache;
-        struct http_server *http;
 
-        atomic_bool migrated;
-        atomic_bool postgres_up;
-        atomic_bool redis_up;
         atomic_int_least64_t reservations_ttl_seconds; /* reloadable */
         bool purge_failed_logged;
         bool payment_role_missing_logged;
         uint64_t next_grant_usec;
-        char status[128];
 
         struct metric *cache_products_hit;
         struct metric *cache_products_miss;

@@ -8,18 +8,10 @@
 #include <string.h>
 #include <sys/signalfd.h>
 
-#include "amqp.h"
-#include "auth-client.h"
-#include "http-server.h"
-#include "local-cache.h"
+#include "daemon-deps.h"
 #include "log.h"
 #include "macro.h"
-#include "pg.h"
-#include "redis.h"
 #include "sd.h"
-#include "trace.h"
-
-#define SECRET_MAX_SIZE 4096
 
 /* Load config from path into a zeroed struct of ops->config_size. On failure
  * every problem is logged and the struct is freed. */
@@ -74,8 +66,9 @@ static void apply_log_level(const void *config)
         log_set_max_level(log_level_from_string(common->log_level));
 }
 
-static void reload(const struct daemon_ops *ops, void *manager, const char *path, bool required)
+static void reload(struct daemon *d, const char *path, bool required)
 {
+        const struct daemon_ops *ops = d->ops;
         void *config = NULL;
         int r;
 
@@ -84,7 +77,7 @@ static void reload(const struct daemon_ops *ops, void *manager, const char *path
         if (r < 0) {
                 log_warning("Reload failed, keeping the running configuration");
         } else {
-                r = ops->manager_reload ? ops->manager_reload(manager, config) : 0;
+                r = ops->manager_reload ? ops->manager_reload(d->manager, config) : 0;
                 if (r < 0) {
                         log_warning_errno(r, "Reload refused (%m), keeping the running "
                                              "configuration");
@@ -99,8 +92,7 @@ static void reload(const struct daemon_ops *ops, void *manager, const char *path
 
 /* The main loop: signals through a signalfd, periodic ticks, and watchdog
  * pings only after a tick that reported progress. */
-static int run_loop(const struct daemon_ops *ops, void *manager, int sigfd, const char *path,
-                    bool required)
+static int run_loop(struct daemon *d, int sigfd, const char *path, bool required)
 {
         _cleanup_free_ char *last_status = NULL;
         uint64_t watchdog_usec = sd_daemon_watchdog_usec();
@@ -113,6 +105,7 @@ static int run_loop(const struct daemon_ops *ops, void *manager, int sigfd, cons
 
         for (;;) {
                 struct pollfd pfd = {.fd = sigfd, .events = POLLIN};
+                const char *status;
                 int r = poll(&pfd, 1, interval_ms);
 
                 if (r < 0 && errno != EINTR)
@@ -124,7 +117,7 @@ static int run_loop(const struct daemon_ops *ops, void *manager, int sigfd, cons
 
                         if (n == (ssize_t)sizeof(si)) {
                                 if (si.ssi_signo == SIGHUP) {
-                                        reload(ops, manager, path, required);
+                                        reload(d, path, required);
                                 } else {
                                         log_info("Received %s, stopping",
                                                  strsignal((int)si.ssi_signo));
@@ -133,17 +126,14 @@ static int run_loop(const struct daemon_ops *ops, void *manager, int sigfd, cons
                         }
                 }
 
-                if (!ops->manager_tick || ops->manager_tick(manager))
+                if (daemon_tick(d))
                         sd_daemon_watchdog_ping();
 
-                if (ops->manager_status) {
-                        const char *status = ops->manager_status(manager);
-
-                        if (status && (!last_status || strcmp(status, last_status) != 0)) {
-                                sd_daemon_notify_status("%s", status);
-                                free(last_status);
-                                last_status = strdup(status);
-                        }
+                status = daemon_status(d);
+                if (status && (!last_status || strcmp(status, last_status) != 0)) {
+                        sd_daemon_notify_status("%s", status);
+                        free(last_status);
+                        last_status = strdup(status);
                 }
         }
 }
@@ -187,7 +177,8 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
         const char *path = ops->default_config;
         bool required = false, check_only = false;
         _cleanup_close_ int sigfd = -1;
-        void *config = NULL, *manager = NULL;
+        struct daemon d = {.ops = ops};
+        void *config = NULL;
         sigset_t mask;
         int c, r;
 
@@ -246,230 +237,40 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
                 goto fail;
         }
 
-        r = ops->manager_new(config, &manager);
-        if (r < 0)
-                goto fail;
-        r = ops->manager_start(manager);
-        if (r < 0)
-                goto fail;
+        /* Dependencies are tried before READY=1, but being down is a
+         * degraded state, not a failure: they may come up later. Trying
+         * them first migrates the schema before the manager's threads read
+         * it. */
+        d.config = config;
+        r = daemon_dependencies_new(&d);
+        if (r >= 0)
+                r = ops->manager_new(&d, &d.manager);
+        if (r >= 0)
+                r = daemon_serve(&d);
+        if (r >= 0) {
+                (void)daemon_tick(&d);
+                if (ops->manager_start)
+                        r = ops->manager_start(d.manager);
+        }
+        if (r < 0) {
+                daemon_teardown(&d);
+                free_config(ops, config);
+                return EXIT_FAILURE;
+        }
 
-        sd_daemon_notify_ready(ops->manager_status ? ops->manager_status(manager) : "Serving");
+        sd_daemon_notify_ready(daemon_status(&d));
         log_info("%s %s started", ops->name, PACKAGE_VERSION);
 
-        r = run_loop(ops, manager, sigfd, path, required);
+        r = run_loop(&d, sigfd, path, required);
 
         sd_daemon_notify_stopping();
-        ops->manager_stop(manager);
-        ops->manager_free(manager);
+        daemon_stop(&d);
+        daemon_teardown(&d);
         free_config(ops, config);
         log_info("%s stopped", ops->name);
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 
 fail:
-        if (manager)
-                ops->manager_free(manager);
         free_config(ops, config);
         return EXIT_FAILURE;
-}
-
-int daemon_http_server_start(const struct daemon_config *c, struct http_server_options *opts,
-                             const struct http_route *routes, size_t n_routes,
-                             struct http_server **ret)
-{
-        struct http_server *s = NULL;
-        const char *where;
-        int fd = -1, r;
-
-        r = sd_daemon_listen_fd(&fd);
-        if (r < 0)
-                return log_error_errno(r, "Unusable sockets passed by systemd: %m");
-        where = fd >= 0 ? "the socket from systemd" : c->http_listen;
-
-        opts->listen = c->http_listen;
-        opts->listen_fd = fd;
-        opts->max_connections = (unsigned)c->http_max_connections;
-        opts->max_connections_per_client = (unsigned)c->http_max_connections_per_client;
-        opts->header_timeout_s = (unsigned)c->http_header_timeout_seconds;
-        opts->connection_timeout_s = (unsigned)c->http_idle_timeout_seconds;
-        opts->access_log = c->http_access_log;
-        r = http_server_new(opts, routes, n_routes, &s);
-        if (r < 0)
-                return log_error_errno(r, "Failed to set up the HTTP server: %m");
-        r = http_server_start(s);
-        if (r < 0) {
-                http_server_free(s);
-                return log_error_errno(r, "Failed to listen on %s: %m", where);
-        }
-        log_info("Listening on %s", where);
-        *ret = s;
-        return 0;
-}
-
-int daemon_tracer_new(const struct daemon_config *c, const char *service_name,
-                      struct metrics_registry *metrics, struct tracer **ret)
-{
-        struct tracer_options opts = {
-                .service_name = service_name,
-                .service_version = PACKAGE_VERSION,
-                .endpoint = c->tracing_otlp_endpoint,
-                .sample_ratio = c->tracing_sample_ratio,
-                .metrics = metrics,
-        };
-
-        return tracer_new(&opts, ret);
-}
-
-/* A credential that may be absent: returns 0 with *ret NULL when neither it
- * nor the fallback file exists. */
-static int read_optional_secret(const char *name, const char *fallback, char **ret)
-{
-        int r = conf_read_credential(name, fallback, SECRET_MAX_SIZE, ret, NULL);
-
-        if (r == -ENOENT && (!fallback || !*fallback)) {
-                *ret = NULL;
-                return 0;
-        }
-        return r;
-}
-
-int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *application_name,
-                       struct metrics_registry *metrics, struct tracer *tracer,
-                       struct pg_pool **ret)
-{
-        _cleanup_(erase_and_freep) char *password = NULL;
-        int r;
-
-        r = read_optional_secret("postgres-password", c->password_file, &password);
-        if (r < 0)
-                return r;
-
-        struct pg_pool_options opts = {
-                .dsn = c->dsn,
-                .password = password,
-                .application_name = application_name,
-                .size = (unsigned)c->pool_size,
-                .metrics = metrics,
-                .tracer = tracer,
-        };
-        return pg_pool_new(&opts, ret);
-}
-
-int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_registry *metrics,
-                          struct tracer *tracer, struct redis_pool **ret)
-{
-        _cleanup_(erase_and_freep) char *password = NULL;
-        int r;
-
-        r = read_optional_secret("redis-password", c->password_file, &password);
-        if (r < 0)
-                return r;
-
-        struct redis_pool_options opts = {
-                .address = c->address,
-                .password = password,
-                .size = (unsigned)c->pool_size,
-                .metrics = metrics,
-                .tracer = tracer,
-        };
-        return redis_pool_new(&opts, ret);
-}
-
-void daemon_migrate(struct pg_pool *pg, const char *schema, const struct pg_migration *migrations,
-                    size_t n_migrations, atomic_bool *migrated)
-{
-        char error[256] = "";
-        int r;
-
-        if (atomic_load(migrated))
-                return;
-        r = pg_migrate_with_error(pg, schema, migrations, n_migrations, error, sizeof(error));
-        if (r < 0) {
-                log_warning_errno(r, "Schema migration not applied yet (%s); will retry",
-                                  *error ? error : "no detail");
-                return;
-        }
-        atomic_store(migrated, true);
-        log_info("Schema %s is up to date", schema);
-}
-
-void daemon_note_dependency(atomic_bool *state, bool up, const char *what, const char *consequence)
-{
-        if (atomic_exchange(state, up) == up)
-                return;
-        if (up)
-                log_notice("%s is reachable", what);
-        else
-                log_warning("%s is unreachable%s", what, consequence ? consequence : "");
-}
-
-void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const char *const *names,
-                          const bool *up)
-{
-        size_t len;
-
-        len = (size_t)snprintf(buf, size, "Degraded: ");
-        for (size_t i = 0; i < n && len < size; i++)
-                if (!up[i])
-                        len += (size_t)snprintf(buf + len, size - len, "%s%s",
-                                                len > strlen("Degraded: ") ? ", " : "", names[i]);
-        if (len >= size)
-                return;
-        if (len > strlen("Degraded: "))
-                snprintf(buf + len, size - len, " unavailable");
-        else if (ready)
-                snprintf(buf, size, "Serving");
-        else
-                snprintf(buf + len, size - len, "schema migration pending");
-}
-
-int daemon_local_cache_new(const struct daemon_redis_config *c, struct redis_pool *redis,
-                           struct metrics_registry *metrics, const char *name, const char *prefix,
-                           struct local_cache **ret)
-{
-        struct local_cache_options opts = {
-                .redis = redis,
-                .name = name,
-                .prefix = prefix,
-                .max_age_ms = (unsigned)c->local_cache_max_age_ms,
-                .max_bytes = (size_t)c->local_cache_max_kib * 1024,
-                .metrics = metrics,
-        };
-
-        *ret = NULL;
-        if (c->local_cache_max_age_ms == 0)
-                return 0;
-        return local_cache_new(&opts, ret);
-}
-
-int daemon_auth_client_new(const struct daemon_auth_config *c, struct metrics_registry *metrics,
-                           struct tracer *tracer, struct auth_client **ret)
-{
-        struct auth_client_options opts = {
-                .base_url = c->url,
-                .timeout_ms = (unsigned)c->timeout_ms,
-                .metrics = metrics,
-                .tracer = tracer,
-        };
-        return auth_client_new(&opts, ret);
-}
-
-int daemon_amqp_client_new(const struct daemon_amqp_config *c, const char *connection_name,
-                           struct metrics_registry *metrics, struct tracer *tracer,
-                           struct amqp_client **ret)
-{
-        _cleanup_(erase_and_freep) char *password = NULL;
-        int r;
-
-        r = read_optional_secret("amqp-password", c->password_file, &password);
-        if (r < 0)
-                return r;
-
-        struct amqp_client_options opts = {
-                .url = c->url,
-                .password = password,
-                .connection_name = connection_name,
-                .metrics = metrics,
-                .tracer = tracer,
-        };
-        return amqp_client_new(&opts, ret);
 }

@@ -1,16 +1,20 @@
 /* The shape every vigil daemon shares (DESIGN.md §1): main() hands its
  * description to daemon_main(), which parses the command line and the
- * configuration, builds the daemon's manager, starts it, tells systemd it
- * is ready, and runs the main loop: watchdog pings while the manager makes
- * progress, SIGHUP reloads, SIGTERM drains and exits 0.
+ * configuration, builds what the daemon declares it depends on (metrics,
+ * tracer, PostgreSQL with its migrations, Redis, the authd client, AMQP),
+ * builds the daemon's manager, serves HTTP, tries the dependencies, tells
+ * systemd it is ready, and runs the main loop: dependency checks for /ready
+ * and STATUS=, watchdog pings while the daemon makes progress, SIGHUP
+ * reloads, SIGTERM drains and exits 0. It tears everything down in reverse.
  *
- * It also holds the pieces every daemon builds the same way from its
- * configuration: the shared config keys, the tracer, and the PostgreSQL and
- * Redis pools with their credentials.
+ * A manager keeps only what is its daemon's own; the dependencies stay in
+ * the struct daemon the skeleton hands it.
  *
  * Thread-safety: daemon_main() runs on the main thread and blocks SIGTERM,
  * SIGINT and SIGHUP before any other thread exists, so every thread the
- * manager starts inherits the mask and signals arrive only at the loop. */
+ * manager starts inherits the mask and signals arrive only at the loop.
+ * struct daemon's pointers are set before manager_new and constant until
+ * manager_free; its atomics may be read from any thread. */
 #pragma once
 
 #include <stdatomic.h>
@@ -19,6 +23,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "macro.h"
 
 struct http_route;
 struct http_server;
@@ -135,6 +140,62 @@ struct daemon_auth_config {
                 CONF_INT("auth", "timeout_ms", "2000", 100, 60000, type, field.timeout_ms,         \
                          "Total time allowed for one call to vigil-authd")
 
+/* What a daemon depends on, declared the way its config keys are: each
+ * dependency is the offset of its config section in the daemon's config
+ * struct (DAEMON_SECTION), 0 when the daemon does without it (offset 0 is
+ * always common). The skeleton builds them in the order of this struct
+ * before manager_new and frees them in reverse after manager_free. */
+struct daemon_dependencies {
+        size_t postgres; /* struct daemon_postgres_config */
+        /* Brought up to date under the advisory lock, retried every tick
+         * until PostgreSQL answers; /ready fails until it is. NULL: none. */
+        const char *schema;
+        const struct pg_migration *migrations;
+        const size_t *n_migrations;
+        size_t redis;           /* struct daemon_redis_config */
+        const char *redis_down; /* appended to "Redis is unreachable" */
+        size_t auth;            /* struct daemon_auth_config: /ready checks authd */
+        size_t amqp;            /* struct daemon_amqp_config: a client, not connected */
+        /* The manager follows its dependencies itself and reports its own
+         * status: the skeleton does not ping them every tick. */
+        bool followed_by_manager;
+};
+
+#define DAEMON_SECTION(config_type, field) offsetof(config_type, field)
+
+/* A check of something the daemon runs itself (a consumer, a relay's
+ * connection, a state file), after the dependencies: named in /ready's
+ * "failing" when down, and listed in STATUS= after them. */
+struct daemon_check {
+        const char *name; /* "amqp" */
+        bool (*up)(void *manager);
+};
+
+/* What the skeleton built for the daemon; the manager reads it and frees
+ * none of it. A pointer is NULL when its dependency is not declared. */
+struct daemon {
+        const struct daemon_ops *ops;
+        const void *config; /* the daemon's config struct, valid until the end */
+        void *manager;      /* once manager_new returned it */
+        struct metrics_registry *metrics;
+        struct tracer *tracer;
+        struct pg_pool *pg;
+        struct redis_pool *redis;
+        struct auth_client *auth;
+        struct amqp_client *amqp;
+        struct http_server *http;
+
+        atomic_bool migrated; /* the schema is up to date (true when none) */
+        atomic_bool postgres_up;
+        atomic_bool redis_up;
+        char status[128];
+};
+
+/* Set a daemon_ops' config table and struct size (DAEMON_CONF(authd_conf_table,
+ * struct authd_config)). */
+#define DAEMON_CONF(table, config_type)                                                            \
+        .conf_table = (table), .n_conf_keys = ELEMENTSOF(table), .config_size = sizeof(config_type)
+
 struct daemon_ops {
         const char *name;           /* "vigil-authd": identifier, service.name */
         const char *description;    /* one line for --help */
@@ -143,22 +204,37 @@ struct daemon_ops {
         size_t n_conf_keys;
         size_t config_size; /* sizeof the daemon's config struct */
 
-        /* Build the manager from a loaded config (which stays valid until
-         * the manager is freed). Failures are logged by the callee. */
-        int (*manager_new)(const void *config, void **ret_manager);
-        /* Bind the listener and try the dependencies; READY=1 follows. */
+        struct daemon_dependencies dependencies;
+        const struct daemon_check *checks;
+        size_t n_checks;
+
+        /* The HTTP API (besides /health, /ready and /metrics); handlers get
+         * the manager as userdata. */
+        const struct http_route *routes;
+        const size_t *n_routes;
+        size_t max_body;           /* 0: the HTTP server's default */
+        uint64_t max_request_usec; /* a request running longer is hung */
+        unsigned drain_timeout_ms; /* in-flight requests get this long at SIGTERM */
+
+        /* Build the manager once the dependencies exist (d->config is the
+         * daemon's config). Failures are logged by the callee. */
+        int (*manager_new)(struct daemon *d, void **ret_manager);
+        /* Start the manager's own threads, once HTTP serves and the first
+         * check ran (the schema is migrated if PostgreSQL answered). May be
+         * NULL. */
         int (*manager_start)(void *manager);
-        /* Apply the reloadable settings of a freshly loaded config (which
-         * is freed after the call: copy what you keep). */
-        int (*manager_reload)(void *manager, const void *config);
-        /* Periodic work from the main loop (retrying migrations, refreshing
-         * gauges). Returns false when the manager is not making progress,
-         * which stops the watchdog pings. May be NULL. */
+        /* The manager's periodic work, after the dependency checks of the
+         * tick (under a span that is not sampled). Returns false when the
+         * manager is not making progress, which stops the watchdog pings.
+         * May be NULL. */
         bool (*manager_tick)(void *manager);
-        /* A short status for STATUS= ("Serving", "Degraded: redis
-         * unavailable"); NULL keeps the previous one. May be NULL. */
+        /* The daemon's own STATUS= ("Consuming …"); NULL: the skeleton's
+         * "Serving" or "Degraded: postgres, redis unavailable". */
         const char *(*manager_status)(void *manager);
-        /* Drain in-flight work, then free. */
+        /* Apply the reloadable settings of a freshly loaded config (which
+         * is freed after the call: copy what you keep). May be NULL. */
+        int (*manager_reload)(void *manager, const void *config);
+        /* Stop the manager's threads, after HTTP has drained. May be NULL. */
         void (*manager_stop)(void *manager);
         void (*manager_free)(void *manager);
 };
@@ -166,43 +242,17 @@ struct daemon_ops {
 /* Run the daemon; returns the process exit status. */
 int daemon_main(int argc, char **argv, const struct daemon_ops *ops);
 
-/* Create and start the daemon's HTTP server. opts names the service,
- * metrics, tracer, readiness check and userdata; the listener (the socket
- * systemd passed, else [http] listen), the connection limits and timeouts
- * and the access log come from c. Logs what failed and returns a negative errno. */
-int daemon_http_server_start(const struct daemon_config *c, struct http_server_options *opts,
-                             const struct http_route *routes, size_t n_routes,
-                             struct http_server **ret);
-
-/* The tracer from the shared config keys (export off when the endpoint is
- * empty). */
-int daemon_tracer_new(const struct daemon_config *c, const char *service_name,
-                      struct metrics_registry *metrics, struct tracer **ret);
-
-/* Pools from their config sections; the postgres-password and
- * redis-password credentials (or the *_file keys) are read here. The pools
- * do not connect yet. */
-int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *application_name,
-                       struct metrics_registry *metrics, struct tracer *tracer,
-                       struct pg_pool **ret);
-int daemon_redis_pool_new(const struct daemon_redis_config *c, struct metrics_registry *metrics,
-                          struct tracer *tracer, struct redis_pool **ret);
-/* Bring schema up to date unless *migrated says it is, for a tick that
- * retries until PostgreSQL answers: sets *migrated on success, and logs
- * why (PostgreSQL's message) when it cannot yet. */
-void daemon_migrate(struct pg_pool *pg, const char *schema, const struct pg_migration *migrations,
-                    size_t n_migrations, atomic_bool *migrated);
-
-/* Keep a dependency check's outcome in *state and log when it changed:
- * "<what> is reachable" (notice) or "<what> is unreachable<consequence>"
- * (warning; consequence may be NULL). */
-void daemon_note_dependency(atomic_bool *state, bool up, const char *what, const char *consequence);
-
 /* The STATUS= text after a check: "Serving" when ready and every one of
  * the n dependencies is up, else "Degraded: postgres, redis unavailable"
  * naming those down (or "Degraded: schema migration pending"). */
 void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const char *const *names,
                           const bool *up);
+
+/* A PostgreSQL pool from its config section; the postgres-password
+ * credential (or password_file) is read here. Does not connect. */
+int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *application_name,
+                       struct metrics_registry *metrics, struct tracer *tracer,
+                       struct pg_pool **ret);
 
 /* The in-process cache of the keys under prefix that [redis]
  * local_cache_max_age_ms and local_cache_max_kib describe, kept coherent
@@ -211,12 +261,3 @@ void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const ch
 int daemon_local_cache_new(const struct daemon_redis_config *c, struct redis_pool *redis,
                            struct metrics_registry *metrics, const char *name, const char *prefix,
                            struct local_cache **ret);
-/* The client of vigil-authd from its config section (see auth-client.h). */
-int daemon_auth_client_new(const struct daemon_auth_config *c, struct metrics_registry *metrics,
-                           struct tracer *tracer, struct auth_client **ret);
-/* An AMQP client from its config section; the amqp-password credential (or
- * password_file) is read here and overrides a password in the URL. Does not
- * connect. -ENOKEY when there is no password anywhere. */
-int daemon_amqp_client_new(const struct daemon_amqp_config *c, const char *connection_name,
-                           struct metrics_registry *metrics, struct tracer *tracer,
-                           struct amqp_client **ret);

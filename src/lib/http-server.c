@@ -109,6 +109,7 @@ struct http_server {
         struct metrics_registry *metrics;
         struct tracer *tracer;
         http_ready_fn ready;
+        void *ready_userdata;
         void *userdata;
         bool access_log;
 
@@ -465,7 +466,7 @@ static void handle_ready(struct http_request *req, void *userdata)
 
         (void)userdata;
 
-        r = s->ready ? s->ready(s->userdata, &failing) : 0;
+        r = s->ready ? s->ready(s->ready_userdata, &failing) : 0;
         if (r >= 0) {
                 (void)http_reply(req, 200, "application/json", body, sizeof(body) - 1);
                 return;
@@ -983,6 +984,7 @@ int http_server_new(const struct http_server_options *opts, const struct http_ro
         s->tracer = opts->tracer;
         s->ready = opts->ready;
         s->userdata = opts->userdata;
+        s->ready_userdata = opts->ready_userdata ? opts->ready_userdata : opts->userdata;
         s->access_log = opts->access_log;
 
         pthread_mutex_init(&s->lock, NULL);

@@ -105,6 +105,7 @@ struct http_server_options {
         struct tracer *tracer;               /* may be NULL */
         http_ready_fn ready;                 /* may be NULL: always ready */
         void *userdata;                      /* passed to handlers and ready */
+        void *ready_userdata;                /* passed to ready instead, when set */
         bool access_log;                     /* log every request at LOG_INFO; false (the
                                               * zero value) logs none. 5xx responses are
                                               * logged at LOG_ERR either way. */

@@ -26,6 +26,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/password.c src/lib/password.h \
 	src/lib/dependency-metrics.c src/lib/dependency-metrics.h \
 	src/lib/daemon.c src/lib/daemon.h \
+	src/lib/daemon-deps.c src/lib/daemon-deps.h \
 	src/lib/amqp.c src/lib/amqp.h
 
 # What a program linking libvigil.a needs.

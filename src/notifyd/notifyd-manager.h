@@ -1,7 +1,6 @@
-/* vigil-notifyd's manager: owns the configuration, the metrics registry,
- * the tracer, the PostgreSQL pool, the AMQP client, the consumer thread and
- * the HTTP server (only /health, /ready and /metrics), created in that
- * order and torn down in reverse. */
+/* vigil-notifyd's manager: on the PostgreSQL pool and the AMQP client the
+ * skeleton built (daemon.h), it owns the consumer thread, which follows
+ * both itself. */
 #pragma once
 
 #include <stdatomic.h>
@@ -23,13 +22,7 @@ struct notifyd_config {
 };
 
 struct notifyd_manager {
-        const struct notifyd_config *config;
-        struct metrics_registry *metrics;
-        struct tracer *tracer;
-        struct pg_pool *pg;
-        struct amqp_client *amqp;
         struct notifyd_consumer *consumer;
-        struct http_server *http;
         char status[128];
 };
 

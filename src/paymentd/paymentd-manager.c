@@ -4,17 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "amqp.h"
-#include "auth-client.h"
-#include "http-server.h"
 #include "log.h"
 #include "metrics.h"
 #include "paymentd-outbox.h"
 #include "paymentd-payments.h"
 #include "paymentd-routes.h"
 #include "pg.h"
-#include "sd.h"
-#include "trace.h"
 
 /* A request running longer than this is hung: auth, processor (at most
  * 2 x PROCESSOR_MAX_LATENCY_MS) and statement timeouts are all shorter. */
@@ -73,14 +68,8 @@ static void manager_free(void *userdata)
 
         if (!m)
                 return;
-        http_server_free(m->http);
         outbox_relay_free(m->relay);
-        amqp_client_free(m->amqp);
-        auth_client_free(m->auth);
         pg_pool_free(m->relay_pg);
-        pg_pool_free(m->pg);
-        tracer_free(m->tracer);
-        metrics_registry_free(m->metrics);
         free(m);
 }
 
@@ -90,7 +79,7 @@ static void collect_payments(struct metrics_registry *r, void *userdata)
         struct paymentd_manager *m = userdata;
         struct payment_stats s;
 
-        if (!atomic_load(&m->migrated))
+        if (!atomic_load(&m->daemon->migrated))
                 return;
         if (payments_stats(m->pg, &s) < 0)
                 return; /* keep the last values; vigil_dependency_up tells why */
@@ -99,55 +88,29 @@ static void collect_payments(struct metrics_registry *r, void *userdata)
         metrics_gauge_set(m->outbox_oldest_age, s.outbox_oldest_age_seconds);
 }
 
-static int ready(void *userdata, const char **ret_failing)
+static bool relay_amqp_up(void *userdata)
 {
         struct paymentd_manager *m = userdata;
-        int r;
 
-        r = pg_pool_ping(m->pg);
-        if (r >= 0 && !atomic_load(&m->migrated))
-                r = -EAGAIN;
-        if (r < 0) {
-                *ret_failing = "postgres";
-                return r;
-        }
-        r = auth_client_health(m->auth);
-        if (r < 0) {
-                *ret_failing = "auth";
-                return r;
-        }
-        if (!outbox_relay_amqp_up(m->relay)) {
-                *ret_failing = "amqp";
-                return -ENOTCONN;
-        }
-        return 0;
+        return outbox_relay_amqp_up(m->relay);
 }
 
-static int new_metrics(struct paymentd_manager *m)
+static int register_metrics(struct paymentd_manager *m, struct metrics_registry *metrics)
 {
         struct metric_family *transactions, *amount, *revenue, *pending, *age;
-        int r;
 
-        r = metrics_registry_new(&m->metrics);
-        if (r < 0)
-                return r;
-        r = metrics_register_process(m->metrics);
-        if (r >= 0)
-                r = metrics_register_build_info(m->metrics, PACKAGE_VERSION);
-        if (r < 0)
-                return r;
-        transactions = metrics_counter_new(m->metrics, "vigil_payment_transactions_total",
+        transactions = metrics_counter_new(metrics, "vigil_payment_transactions_total",
                                            "Charges by outcome (replays not counted)",
                                            (const char *const[]){"status", NULL});
-        amount = metrics_counter_new(m->metrics, "vigil_payment_amount_cents_total",
+        amount = metrics_counter_new(metrics, "vigil_payment_amount_cents_total",
                                      "Cents charged successfully", NULL);
-        revenue = metrics_gauge_new(m->metrics, "vigil_revenue_dollars",
+        revenue = metrics_gauge_new(metrics, "vigil_revenue_dollars",
                                     "Revenue of all successful charges, from the aggregate row",
                                     NULL);
-        pending = metrics_gauge_new(m->metrics, "vigil_outbox_pending",
+        pending = metrics_gauge_new(metrics, "vigil_outbox_pending",
                                     "Payment events committed but not yet confirmed by RabbitMQ",
                                     NULL);
-        age = metrics_gauge_new(m->metrics, "vigil_outbox_oldest_age_seconds",
+        age = metrics_gauge_new(metrics, "vigil_outbox_oldest_age_seconds",
                                 "Age of the oldest unpublished payment event (0: none)", NULL);
         if (!transactions || !amount || !revenue || !pending || !age)
                 return -ENOMEM;
@@ -160,12 +123,12 @@ static int new_metrics(struct paymentd_manager *m)
         m->outbox_oldest_age = metrics_child(age, NULL);
         if (!m->transactions_success || !m->transactions_declined || !m->transactions_failed)
                 return -ENOMEM;
-        return 0;
+        return metrics_registry_add_collector(metrics, collect_payments, m);
 }
 
-static int manager_new(const void *config, void **ret)
+static int manager_new(struct daemon *d, void **ret)
 {
-        const struct paymentd_config *c = config;
+        const struct paymentd_config *c = d->config;
         struct paymentd_manager *m;
         struct processor_settings settings;
         int r;
@@ -174,73 +137,41 @@ static int manager_new(const void *config, void **ret)
         if (!m)
                 return log_error_errno(ENOMEM, "Out of memory");
         m->config = c;
+        m->daemon = d;
+        m->pg = d->pg;
+        m->auth = d->auth;
+        m->tracer = d->tracer;
         paymentd_processor_settings(c, &settings);
         processor_configure(&m->processor, &settings);
 
-        r = new_metrics(m);
+        r = register_metrics(m, d->metrics);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up metrics: %m");
                 goto fail;
         }
 
-        r = daemon_tracer_new(&c->common, paymentd_ops.name, m->metrics, &m->tracer);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up tracing to %s: %m",
-                                c->common.tracing_otlp_endpoint);
-                goto fail;
-        }
-        r = daemon_pg_pool_new(&c->postgres, paymentd_ops.name, m->metrics, m->tracer, &m->pg);
-        if (r >= 0) {
-                /* The relay keeps one connection (it LISTENs on it). */
-                struct daemon_postgres_config relay = c->postgres;
+        /* The relay keeps one connection (it LISTENs on it). */
+        struct daemon_postgres_config relay_pg = c->postgres;
 
-                relay.pool_size = 1;
-                r = daemon_pg_pool_new(&relay, "vigil-paymentd-outbox", m->metrics, m->tracer,
-                                       &m->relay_pg);
-        }
+        relay_pg.pool_size = 1;
+        r = daemon_pg_pool_new(&relay_pg, "vigil-paymentd-outbox", d->metrics, d->tracer,
+                               &m->relay_pg);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up PostgreSQL (postgres-password "
                                    "credential): %m");
                 goto fail;
         }
 
-        r = daemon_auth_client_new(&c->auth, m->metrics, m->tracer, &m->auth);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the client of vigil-authd at \"%s\": %m",
-                                c->auth.url);
-                goto fail;
-        }
-
-        r = daemon_amqp_client_new(&c->amqp, paymentd_ops.name, m->metrics, m->tracer, &m->amqp);
-        if (r == -ENOKEY) {
-                log_error("No RabbitMQ password: provide the amqp-password credential "
-                          "(LoadCredential=amqp-password:…) or [amqp] password_file");
-                goto fail;
-        }
-        if (r < 0) {
-                log_error_errno(r,
-                                "Failed to set up RabbitMQ at \"%s\" (amqp-password "
-                                "credential): %m",
-                                c->amqp.url);
-                goto fail;
-        }
-
         struct outbox_relay_options relay = {
                 .pool = m->relay_pg,
-                .amqp = m->amqp,
-                .tracer = m->tracer,
+                .amqp = d->amqp,
+                .tracer = d->tracer,
                 .batch_size = (unsigned)c->outbox_batch_size,
                 .poll_interval_ms = (unsigned)c->outbox_poll_interval_ms,
         };
         r = outbox_relay_new(&relay, &m->relay);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the outbox relay: %m");
-                goto fail;
-        }
-
-        r = metrics_registry_add_collector(m->metrics, collect_payments, m);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up metrics: %m");
                 goto fail;
         }
 
@@ -258,7 +189,7 @@ static void prune(struct paymentd_manager *m)
         int64_t deleted;
         int r;
 
-        if (!atomic_load(&m->migrated) || now < m->next_prune_usec)
+        if (now < m->next_prune_usec)
                 return;
         r = payments_prune(m->pg, m->config->idempotency_retention_hours,
                            m->config->outbox_retention_hours, PRUNE_BATCH, &deleted);
@@ -274,76 +205,27 @@ static void prune(struct paymentd_manager *m)
         m->next_prune_usec = deleted >= 2 * PRUNE_BATCH ? now : now + PRUNE_INTERVAL_USEC;
 }
 
-static void check_dependencies(struct paymentd_manager *m)
+/* Old idempotency keys and published events go once PostgreSQL answers
+ * with the schema in place. */
+static bool manager_tick(void *userdata)
 {
-        static const char *const names[] = {"postgres", "amqp"};
-        bool up[] = {pg_pool_ping(m->pg) >= 0, outbox_relay_amqp_up(m->relay)};
+        struct paymentd_manager *m = userdata;
 
-        daemon_note_dependency(&m->postgres_up, up[0], "PostgreSQL", NULL);
-        atomic_store(&m->amqp_up, up[1]);
-        if (up[0]) {
-                daemon_migrate(m->pg, PAYMENTD_SCHEMA, paymentd_migrations,
-                               paymentd_migrations_count, &m->migrated);
+        if (atomic_load(&m->daemon->postgres_up) && atomic_load(&m->daemon->migrated))
                 prune(m);
-        }
-        daemon_format_status(m->status, sizeof(m->status), atomic_load(&m->migrated),
-                             ELEMENTSOF(names), names, up);
+        return outbox_relay_is_healthy(m->relay, MAX_RELAY_STALL_USEC);
 }
 
-/* Periodic checks under a span that is not sampled: a ping a second must
- * not start a trace a second. */
-static void check_dependencies_quietly(struct paymentd_manager *m)
-{
-        struct span *quiet = span_start_unsampled("dependency check");
-        struct span *previous = trace_set_current(quiet);
-
-        check_dependencies(m);
-        trace_set_current(previous);
-        span_end(quiet);
-}
-
+/* The first check ran: the schema is migrated before the relay reads it. */
 static int manager_start(void *userdata)
 {
         struct paymentd_manager *m = userdata;
-        struct http_server_options opts = {
-                .service_name = paymentd_ops.name,
-                .metrics = m->metrics,
-                .tracer = m->tracer,
-                .ready = ready,
-                .userdata = m,
-        };
         int r;
-
-        r = daemon_http_server_start(&m->config->common, &opts, paymentd_routes,
-                                     paymentd_routes_count, &m->http);
-        if (r < 0)
-                return r;
-
-        /* Dependencies are tried before READY=1, but being down is a
-         * degraded state, not a failure: they may come up later. Trying
-         * them first migrates the schema before the relay reads it. */
-        check_dependencies_quietly(m);
 
         r = outbox_relay_start(m->relay);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the outbox relay: %m");
         return 0;
-}
-
-static bool manager_tick(void *userdata)
-{
-        struct paymentd_manager *m = userdata;
-
-        check_dependencies_quietly(m);
-        return http_server_is_healthy(m->http, MAX_REQUEST_USEC) &&
-               outbox_relay_is_healthy(m->relay, MAX_RELAY_STALL_USEC);
-}
-
-static const char *manager_status(void *userdata)
-{
-        struct paymentd_manager *m = userdata;
-
-        return m->status;
 }
 
 static int manager_reload(void *userdata, const void *config)
@@ -367,22 +249,38 @@ static void manager_stop(void *userdata)
 {
         struct paymentd_manager *m = userdata;
 
-        http_server_drain(m->http, DRAIN_TIMEOUT_MS);
         outbox_relay_stop(m->relay);
 }
+
+/* The relay's connection to RabbitMQ: events wait in the outbox without it. */
+static const struct daemon_check paymentd_checks[] = {
+        {"amqp", relay_amqp_up},
+};
 
 const struct daemon_ops paymentd_ops = {
         .name = "vigil-paymentd",
         .description = "charges with idempotency keys and a transactional outbox",
         .default_config = SYSCONFDIR "/vigil/paymentd.conf",
-        .conf_table = paymentd_conf_table,
-        .n_conf_keys = ELEMENTSOF(paymentd_conf_table),
-        .config_size = sizeof(struct paymentd_config),
+        DAEMON_CONF(paymentd_conf_table, struct paymentd_config),
+        .dependencies =
+                {
+                        .postgres = DAEMON_SECTION(struct paymentd_config, postgres),
+                        .schema = PAYMENTD_SCHEMA,
+                        .migrations = paymentd_migrations,
+                        .n_migrations = &paymentd_migrations_count,
+                        .auth = DAEMON_SECTION(struct paymentd_config, auth),
+                        .amqp = DAEMON_SECTION(struct paymentd_config, amqp),
+                },
+        .checks = paymentd_checks,
+        .n_checks = ELEMENTSOF(paymentd_checks),
+        .routes = paymentd_routes,
+        .n_routes = &paymentd_routes_count,
+        .max_request_usec = MAX_REQUEST_USEC,
+        .drain_timeout_ms = DRAIN_TIMEOUT_MS,
         .manager_new = manager_new,
         .manager_start = manager_start,
-        .manager_reload = manager_reload,
         .manager_tick = manager_tick,
-        .manager_status = manager_status,
+        .manager_reload = manager_reload,
         .manager_stop = manager_stop,
         .manager_free = manager_free,
 };

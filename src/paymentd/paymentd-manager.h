@@ -1,8 +1,8 @@
-/* vigil-paymentd's manager: owns the configuration, the metrics registry,
- * the tracer, the PostgreSQL pools (requests, and one connection for the
- * outbox relay), the authd client, the AMQP client and its relay thread,
- * the simulated processor and the HTTP server, created in that order and
- * torn down in reverse. */
+/* vigil-paymentd's manager: on the PostgreSQL pool, the authd client and
+ * the AMQP client the skeleton built (daemon.h), it owns the simulated
+ * processor, its metrics, one more PostgreSQL connection for the outbox
+ * relay and the relay thread, created in that order and torn down in
+ * reverse. */
 #pragma once
 
 #include <stdatomic.h>
@@ -31,21 +31,15 @@ struct paymentd_config {
 
 struct paymentd_manager {
         const struct paymentd_config *config;
-        struct metrics_registry *metrics;
-        struct tracer *tracer;
-        struct pg_pool *pg;
-        struct pg_pool *relay_pg;
-        struct auth_client *auth;
-        struct amqp_client *amqp;
-        struct outbox_relay *relay;
+        struct daemon *daemon;
+        struct pg_pool *pg;                 /* the skeleton's */
+        struct auth_client *auth;           /* the skeleton's */
+        struct tracer *tracer;              /* the skeleton's */
         struct payment_processor processor; /* reloadable settings (atomics) */
-        struct http_server *http;
+        struct pg_pool *relay_pg;
+        struct outbox_relay *relay;
 
-        atomic_bool migrated;
-        atomic_bool postgres_up;
-        atomic_bool amqp_up;
         uint64_t next_prune_usec;
-        char status[128];
 
         struct metric *transactions_success;
         struct metric *transactions_declined;
