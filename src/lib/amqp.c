@@ -84,7 +84,7 @@ struct amqp_client {
         size_t n_pending;
 
         struct tracer *tracer;
-        struct dependency_metrics *dependencies;
+        struct dependency_metrics dependencies;
         struct metric *publish_ack, *publish_nack, *publish_returned, *publish_error;
 };
 
@@ -150,7 +150,7 @@ static void teardown(struct amqp_client *c)
         stash_clear(c);
         c->consuming = false;
         atomic_store(&c->connected, false);
-        dependency_metrics_set_up(c->dependencies, "amqp", false);
+        dependency_metrics_set_up(&c->dependencies, "amqp", false);
 }
 
 /* A library status of a call on an open connection: a timeout or anything
@@ -639,7 +639,7 @@ int amqp_client_new(const struct amqp_client_options *opts, struct amqp_client *
                 c->publish_nack = metrics_child1(f, "nack");
                 c->publish_returned = metrics_child1(f, "returned");
                 c->publish_error = metrics_child1(f, "error");
-                dependency_metrics_set_up(c->dependencies, "amqp", false);
+                dependency_metrics_set_up(&c->dependencies, "amqp", false);
         }
 
         *ret = TAKE_PTR(c);
@@ -741,10 +741,10 @@ int amqp_client_connect(struct amqp_client *c)
                 return 0;
         start = now_usec(CLOCK_MONOTONIC);
         r = do_connect(c);
-        dependency_metrics_observe(c->dependencies, "amqp", "connect",
+        dependency_metrics_observe(&c->dependencies, "amqp", "connect",
                                    (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
                                    r < 0, NULL);
-        dependency_metrics_set_up(c->dependencies, "amqp", r >= 0);
+        dependency_metrics_set_up(&c->dependencies, "amqp", r >= 0);
         return r;
 }
 
@@ -875,7 +875,7 @@ int amqp_declare_topology(struct amqp_client *c)
                 return -ENOTCONN;
         start = now_usec(CLOCK_MONOTONIC);
         r = declare_topology(c);
-        dependency_metrics_observe(c->dependencies, "amqp", "declare",
+        dependency_metrics_observe(&c->dependencies, "amqp", "declare",
                                    (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
                                    r < 0, NULL);
         return r;
@@ -895,7 +895,7 @@ int amqp_queue_message_count(struct amqp_client *c, const char *queue, uint64_t 
         ok = amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(queue), true, false, false,
                                 false, amqp_empty_table);
         r = check_rpc(c, queue);
-        dependency_metrics_observe(c->dependencies, "amqp", "queue_count",
+        dependency_metrics_observe(&c->dependencies, "amqp", "queue_count",
                                    (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
                                    r < 0, NULL);
         if (r < 0)
@@ -1077,7 +1077,7 @@ int amqp_publish_batch(struct amqp_client *c, const struct amqp_message *msgs, s
                 }
                 span_end(span);
         }
-        dependency_metrics_observe(c->dependencies, "amqp", "publish",
+        dependency_metrics_observe(&c->dependencies, "amqp", "publish",
                                    (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
                                    r < 0, NULL);
         if (r < 0)
@@ -1115,7 +1115,7 @@ int amqp_consume_start(struct amqp_client *c, const char *queue, unsigned prefet
                                    false, false, false, amqp_empty_table);
                 r = check_rpc(c, queue);
         }
-        dependency_metrics_observe(c->dependencies, "amqp", "consume",
+        dependency_metrics_observe(&c->dependencies, "amqp", "consume",
                                    (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
                                    r < 0, NULL);
         if (r < 0)

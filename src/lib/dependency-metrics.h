@@ -21,20 +21,16 @@ struct dependency_metrics {
         struct metric_family *up;       /* gauge */
 };
 
-/* The shared families of registry r, created on the first call for r and
- * the same pointer on every later call. The result lives as long as r.
- * Returns 0, -EINVAL for a NULL r, -EEXIST when r already holds one of the
- * names but not from this function, or -ENOMEM.
- *
- * There is no hook in the registry for per-registry data, so the families
- * are remembered in a small process-wide table keyed by the registry's
- * address; a registry freed and another allocated at the same address is
- * recognised because the new one does not hold the names yet. */
-int dependency_metrics_get(struct metrics_registry *r, struct dependency_metrics **ret);
+/* The shared families of registry r in *ret: created by the first caller,
+ * found in r (metrics_*_get) by every later one, so they live as long as r
+ * and every client of r updates the same ones. Returns 0, -EINVAL for a
+ * NULL r, or -EEXIST when r holds one of the names as another type (or on
+ * OOM; *ret is then unchanged). */
+int dependency_metrics_get(struct metrics_registry *r, struct dependency_metrics *ret);
 
 /* Record one call: its duration in seconds under {dependency, operation},
  * and when failed, one error. exemplar (may be NULL) is the span's context.
- * m may be NULL (metrics off): then nothing happens. dependency and
+ * m may be NULL, or hold NULL families (metrics off): then nothing happens. dependency and
  * operation are label values: pass fixed strings, never request data. */
 void dependency_metrics_observe(const struct dependency_metrics *m, const char *dependency,
                                 const char *operation, double seconds, bool failed,

@@ -37,7 +37,7 @@ struct http_client {
         struct tracer *tracer;
 
         struct metric_family *requests_total; /* NULL: metrics off */
-        struct dependency_metrics *dependency;
+        struct dependency_metrics dependency;
 
         pthread_mutex_t lock;
         CURL **idle;
@@ -391,12 +391,12 @@ static void record(struct http_client *c, const char *method, struct span *span,
                 (void)snprintf(code, sizeof(code), "%ld", status);
 
         metrics_counter_inc(metrics_child2(c->requests_total, c->peer, code));
-        dependency_metrics_observe(c->dependency, c->peer, method, seconds, r < 0 || status >= 500,
+        dependency_metrics_observe(&c->dependency, c->peer, method, seconds, r < 0 || status >= 500,
                                    span_context(span));
         /* Too large an answer is still an answer; running out of memory
          * says nothing about the peer. */
         if (r != -ENOMEM)
-                dependency_metrics_set_up(c->dependency, c->peer, r >= 0 || r == -EFBIG);
+                dependency_metrics_set_up(&c->dependency, c->peer, r >= 0 || r == -EFBIG);
 
         if (r < 0) {
                 span_set_attribute_string(span, "error.type", error_type);

@@ -576,16 +576,24 @@ struct metric_family *metrics_family_find(struct metrics_registry *r, const char
         return NULL;
 }
 
+/* created, the family just found or made under name; when that failed
+ * (a concurrent caller made it first) the one r now holds. NULL unless it
+ * has this type. */
+static struct metric_family *family_get(struct metrics_registry *r, const char *name,
+                                        enum metric_type type, struct metric_family *created)
+{
+        struct metric_family *f = created ? created : metrics_family_find(r, name);
+
+        return f && f->type == type ? f : NULL;
+}
+
 struct metric_family *metrics_counter_get(struct metrics_registry *r, const char *name,
                                           const char *help, const char *const *label_names)
 {
         struct metric_family *f = metrics_family_find(r, name);
 
-        if (!f)
-                f = metrics_counter_new(r, name, help, label_names);
-        if (!f)
-                f = metrics_family_find(r, name);
-        return f && f->type == METRIC_COUNTER ? f : NULL;
+        return family_get(r, name, METRIC_COUNTER,
+                          f ? f : metrics_counter_new(r, name, help, label_names));
 }
 
 struct metric_family *metrics_gauge_get(struct metrics_registry *r, const char *name,
@@ -593,11 +601,19 @@ struct metric_family *metrics_gauge_get(struct metrics_registry *r, const char *
 {
         struct metric_family *f = metrics_family_find(r, name);
 
-        if (!f)
-                f = metrics_gauge_new(r, name, help, label_names);
-        if (!f)
-                f = metrics_family_find(r, name);
-        return f && f->type == METRIC_GAUGE ? f : NULL;
+        return family_get(r, name, METRIC_GAUGE,
+                          f ? f : metrics_gauge_new(r, name, help, label_names));
+}
+
+struct metric_family *metrics_histogram_get(struct metrics_registry *r, const char *name,
+                                            const char *help, const char *const *label_names,
+                                            const double *buckets, size_t n_buckets)
+{
+        struct metric_family *f = metrics_family_find(r, name);
+
+        return family_get(
+                r, name, METRIC_HISTOGRAM,
+                f ? f : metrics_histogram_new(r, name, help, label_names, buckets, n_buckets));
 }
 
 /* ---- updates ---- */

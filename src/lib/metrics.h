@@ -80,6 +80,9 @@ struct metric_family *metrics_counter_get(struct metrics_registry *r, const char
                                           const char *help, const char *const *label_names);
 struct metric_family *metrics_gauge_get(struct metrics_registry *r, const char *name,
                                         const char *help, const char *const *label_names);
+struct metric_family *metrics_histogram_get(struct metrics_registry *r, const char *name,
+                                            const char *help, const char *const *label_names,
+                                            const double *buckets, size_t n_buckets);
 
 /* The child for these label values (as many as the family has label names;
  * NULL for a family without labels). Creates it on first use. Never returns

@@ -57,7 +57,7 @@ struct pg_pool {
         char *password;
         char *application_name;
         char last_error[ERROR_LEN]; /* of the last failed connect, under lock */
-        struct dependency_metrics *metrics;
+        struct dependency_metrics metrics;
         struct tracer *tracer;
 };
 
@@ -190,24 +190,6 @@ int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret)
         return 0;
 }
 
-void pg_pool_free(struct pg_pool *p)
-{
-        if (!p)
-                return;
-        if (p->slots) {
-                for (unsigned i = 0; i < p->size; i++)
-                        if (p->slots[i].conn)
-                                PQfinish(p->slots[i].conn);
-        }
-        slot_pool_done(&p->sp);
-        pthread_mutex_destroy(&p->error_lock);
-        free(p->slots);
-        erase_and_free(p->dsn); /* may hold a password */
-        erase_and_free(p->password);
-        free(p->application_name);
-        free(p);
-}
-
 /* Wait until fd is ready for what libpq asks, or the deadline passes.
  * Returns 0, -ETIMEDOUT or a negative errno. */
 static int wait_socket(int fd, bool for_write, uint64_t deadline_usec)
@@ -321,35 +303,76 @@ static bool slot_connected(unsigned i, void *userdata)
         return p->slots[i].conn != NULL;
 }
 
+static bool slot_idle_alive(unsigned i, void *userdata)
+{
+        const struct pg_pool *p = userdata;
+
+        return idle_conn_is_alive(p->slots[i].conn);
+}
+
+static int slot_connect_at(unsigned i, void *userdata)
+{
+        struct pg_pool *p = userdata;
+
+        return slot_connect(p, &p->slots[i]);
+}
+
+static void slot_disconnect(unsigned i, void *userdata)
+{
+        struct pg_pool *p = userdata;
+
+        PQfinish(p->slots[i].conn);
+        p->slots[i].conn = NULL;
+}
+
+static const struct slot_pool_connections connections = {
+        .connected = slot_connected,
+        .idle_alive = slot_idle_alive,
+        .connect = slot_connect_at,
+        .disconnect = slot_disconnect,
+};
+
 int pg_pool_acquire(struct pg_pool *p, struct pg_conn **ret)
 {
         struct pg_conn *c;
-        int i, r;
+        int i;
 
         if (!p || !ret)
                 return -EINVAL;
 
-        /* Prefer a slot that is already connected. */
-        i = slot_pool_take(&p->sp, p->acquire_timeout_ms, slot_connected, p);
+        i = slot_pool_acquire(&p->sp, p->acquire_timeout_ms, &connections, p);
         if (i < 0)
                 return i;
         c = &p->slots[i];
-
-        if (c->conn && !idle_conn_is_alive(c->conn)) {
-                PQfinish(c->conn);
-                c->conn = NULL;
-        }
-        if (!c->conn) {
-                r = slot_connect(p, c);
-                if (r < 0) {
-                        slot_pool_give(&p->sp, (unsigned)i);
-                        return r;
-                }
-        }
         c->sqlstate[0] = '\0';
         c->error[0] = '\0';
         *ret = c;
         return 0;
+}
+
+/* Whether a connection given back can be lent again: idle, or its
+ * transaction rolled back. A command in flight or an unknown state is
+ * not reusable. */
+static bool reusable(PGconn *conn)
+{
+        PGresult *res;
+        bool ok;
+
+        if (!conn || PQstatus(conn) != CONNECTION_OK)
+                return false;
+        switch (PQtransactionStatus(conn)) {
+        case PQTRANS_IDLE:
+                return true;
+        case PQTRANS_INTRANS:
+        case PQTRANS_INERROR:
+                res = PQexec(conn, "ROLLBACK");
+                ok = PQresultStatus(res) == PGRES_COMMAND_OK &&
+                     PQtransactionStatus(conn) == PQTRANS_IDLE;
+                PQclear(res);
+                return ok;
+        default:
+                return false;
+        }
 }
 
 void pg_pool_release(struct pg_conn *c)
@@ -359,34 +382,22 @@ void pg_pool_release(struct pg_conn *c)
         if (!c)
                 return;
         p = c->pool;
+        slot_pool_release(&p->sp, (unsigned)(c - p->slots), reusable(c->conn), &connections, p);
+}
 
-        if (c->conn && PQstatus(c->conn) == CONNECTION_OK) {
-                switch (PQtransactionStatus(c->conn)) {
-                case PQTRANS_IDLE:
-                        break;
-                case PQTRANS_INTRANS:
-                case PQTRANS_INERROR: {
-                        PGresult *res = PQexec(c->conn, "ROLLBACK");
-
-                        if (PQresultStatus(res) != PGRES_COMMAND_OK ||
-                            PQtransactionStatus(c->conn) != PQTRANS_IDLE) {
-                                PQfinish(c->conn);
-                                c->conn = NULL;
-                        }
-                        PQclear(res);
-                        break;
-                }
-                default: /* a command in flight, or unknown: not reusable */
-                        PQfinish(c->conn);
-                        c->conn = NULL;
-                        break;
-                }
-        } else if (c->conn) {
-                PQfinish(c->conn);
-                c->conn = NULL;
-        }
-
-        slot_pool_give(&p->sp, (unsigned)(c - p->slots));
+void pg_pool_free(struct pg_pool *p)
+{
+        if (!p)
+                return;
+        if (p->slots)
+                slot_pool_disconnect_all(&p->sp, &connections, p);
+        slot_pool_done(&p->sp);
+        pthread_mutex_destroy(&p->error_lock);
+        free(p->slots);
+        erase_and_free(p->dsn); /* may hold a password */
+        erase_and_free(p->password);
+        free(p->application_name);
+        free(p);
 }
 
 /* The first SQL keyword, upper-cased: the operation name in spans and
@@ -481,7 +492,7 @@ static int exec_statement(struct pg_conn *c, const char *sql, bool extended, int
                 span_set_status(span, SPAN_STATUS_ERROR, c->sqlstate);
         }
 
-        dependency_metrics_observe(p->metrics, "postgres", operation,
+        dependency_metrics_observe(&p->metrics, "postgres", operation,
                                    (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
                                    r < 0, span_context(span));
         span_end(span);
@@ -574,7 +585,7 @@ int pg_pool_ping(struct pg_pool *p)
                 r = pg_exec(c, "SELECT 1", 0, NULL, NULL);
         trace_set_current(previous);
         span_end(probe);
-        dependency_metrics_set_up(p->metrics, "postgres", r >= 0);
+        dependency_metrics_set_up(&p->metrics, "postgres", r >= 0);
         return r < 0 ? r : 0;
 }
 

@@ -38,8 +38,8 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(PGresult *, PQclear)
  * The dsn is parsed by libpq as a conninfo string; password,
  * application_name override what it says. Returns 0, -EINVAL for a
  * malformed dsn or options out of range (timeouts above one hour, strings
- * too long), -EEXIST when metrics already holds vigil_dependency_* families
- * not made by dependency_metrics_get(), or -ENOMEM. The password is kept
+ * too long), -EEXIST when metrics holds a vigil_dependency_* name as
+ * another type of metric (see dependency_metrics_get()), or -ENOMEM. The password is kept
  * in memory only, wiped on free, and appears in no error text. */
 int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret);
 void pg_pool_free(struct pg_pool *p); /* accepts NULL; waits for nothing */

@@ -44,7 +44,7 @@ struct redis_pool {
         int port;
         bool unix_socket;
         char *password;
-        struct dependency_metrics *metrics;
+        struct dependency_metrics metrics;
         struct tracer *tracer;
 };
 
@@ -91,6 +91,47 @@ static int parse_address(struct redis_pool *p, const char *address)
         p->port = (int)port;
         return 0;
 }
+
+static bool slot_connected(unsigned i, void *userdata)
+{
+        const struct redis_pool *p = userdata;
+
+        return p->slots[i].ctx != NULL;
+}
+
+/* An idle connection with something to read (an error, a close) or a
+ * flagged error is not reused. */
+static bool slot_idle_alive(unsigned i, void *userdata)
+{
+        const redisContext *ctx = ((const struct redis_pool *)userdata)->slots[i].ctx;
+        struct pollfd pfd = {.fd = ctx->fd, .events = POLLIN};
+
+        if (ctx->err || ctx->fd < 0)
+                return false;
+        return poll(&pfd, 1, 0) == 0;
+}
+
+static int slot_connect(unsigned i, void *userdata)
+{
+        struct redis_pool *p = userdata;
+
+        return redis_pool_connect(p, &p->slots[i].ctx);
+}
+
+static void slot_disconnect(unsigned i, void *userdata)
+{
+        struct redis_pool *p = userdata;
+
+        redisFree(p->slots[i].ctx);
+        p->slots[i].ctx = NULL;
+}
+
+static const struct slot_pool_connections connections = {
+        .connected = slot_connected,
+        .idle_alive = slot_idle_alive,
+        .connect = slot_connect,
+        .disconnect = slot_disconnect,
+};
 
 int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **ret)
 {
@@ -144,11 +185,8 @@ void redis_pool_free(struct redis_pool *p)
 {
         if (!p)
                 return;
-        if (p->slots) {
-                for (unsigned i = 0; i < p->size; i++)
-                        if (p->slots[i].ctx)
-                                redisFree(p->slots[i].ctx);
-        }
+        if (p->slots)
+                slot_pool_disconnect_all(&p->sp, &connections, p);
         slot_pool_done(&p->sp);
         free(p->slots);
         free(p->host);
@@ -193,54 +231,20 @@ int redis_pool_connect(struct redis_pool *p, redisContext **ret)
 
 /* An idle connection has nothing to read: when its socket is readable the
  * server closed it (CLIENT KILL, restart, idle timeout). */
-static bool idle_ctx_is_alive(redisContext *ctx)
-{
-        struct pollfd pfd = {.fd = ctx->fd, .events = POLLIN};
-
-        if (ctx->err || ctx->fd < 0)
-                return false;
-        return poll(&pfd, 1, 0) == 0;
-}
-
-static bool slot_connected(unsigned i, void *userdata)
-{
-        const struct redis_pool *p = userdata;
-
-        return p->slots[i].ctx != NULL;
-}
-
 static int acquire(struct redis_pool *p, struct slot **ret)
 {
-        struct slot *s;
-        int i, r;
+        int i = slot_pool_acquire(&p->sp, p->acquire_timeout_ms, &connections, p);
 
-        i = slot_pool_take(&p->sp, p->acquire_timeout_ms, slot_connected, p);
         if (i < 0)
                 return i;
-        s = &p->slots[i];
-
-        if (s->ctx && !idle_ctx_is_alive(s->ctx)) {
-                redisFree(s->ctx);
-                s->ctx = NULL;
-        }
-        if (!s->ctx) {
-                r = redis_pool_connect(p, &s->ctx);
-                if (r < 0) {
-                        slot_pool_give(&p->sp, (unsigned)i);
-                        return r;
-                }
-        }
-        *ret = s;
+        *ret = &p->slots[i];
         return 0;
 }
 
 static void release(struct redis_pool *p, struct slot *s)
 {
-        if (s->ctx && s->ctx->err) {
-                redisFree(s->ctx);
-                s->ctx = NULL;
-        }
-        slot_pool_give(&p->sp, (unsigned)(s - p->slots));
+        slot_pool_release(&p->sp, (unsigned)(s - p->slots), !s->ctx || !s->ctx->err, &connections,
+                          p);
 }
 
 /* The errno for a context hiredis has flagged; errno_after is errno right
@@ -315,7 +319,7 @@ static void end_span(struct redis_pool *p, struct span *span, const char *operat
                 span_set_attribute_string(span, "error.type", error_type);
                 span_set_status(span, SPAN_STATUS_ERROR, error_type);
         }
-        dependency_metrics_observe(p->metrics, "redis", operation,
+        dependency_metrics_observe(&p->metrics, "redis", operation,
                                    (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
                                    error_type != NULL, span_context(span));
         span_end(span);
@@ -463,6 +467,6 @@ int redis_pool_ping(struct redis_pool *p)
         span_end(probe);
         if (r >= 0 && (reply->type != REDIS_REPLY_STATUS || strcmp(reply->str, "PONG") != 0))
                 r = -EIO;
-        dependency_metrics_set_up(p->metrics, "redis", r >= 0);
+        dependency_metrics_set_up(&p->metrics, "redis", r >= 0);
         return r;
 }

@@ -34,8 +34,8 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(redisReply *, freeReplyObject)
 
 /* Does not connect; the server may be down at start-up. Returns 0, -EINVAL
  * for a malformed address or options out of range (timeouts above one
- * hour), -EEXIST when metrics already holds vigil_dependency_* families not
- * made by dependency_metrics_get(), or -ENOMEM. */
+ * hour), -EEXIST when metrics holds a vigil_dependency_* name as another
+ * type of metric (see dependency_metrics_get()), or -ENOMEM. */
 int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **ret);
 void redis_pool_free(struct redis_pool *p); /* accepts NULL */
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct redis_pool *, redis_pool_free)

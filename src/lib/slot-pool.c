@@ -75,3 +75,39 @@ void slot_pool_give(struct slot_pool *sp, unsigned i)
         pthread_cond_signal(&sp->cond);
         pthread_mutex_unlock(&sp->lock);
 }
+
+int slot_pool_acquire(struct slot_pool *sp, unsigned timeout_ms,
+                      const struct slot_pool_connections *c, void *userdata)
+{
+        int i, r;
+
+        i = slot_pool_take(sp, timeout_ms, c->connected, userdata);
+        if (i < 0)
+                return i;
+        if (c->connected((unsigned)i, userdata) && !c->idle_alive((unsigned)i, userdata))
+                c->disconnect((unsigned)i, userdata);
+        if (!c->connected((unsigned)i, userdata)) {
+                r = c->connect((unsigned)i, userdata);
+                if (r < 0) {
+                        slot_pool_give(sp, (unsigned)i);
+                        return r;
+                }
+        }
+        return i;
+}
+
+void slot_pool_release(struct slot_pool *sp, unsigned i, bool reusable,
+                       const struct slot_pool_connections *c, void *userdata)
+{
+        if (!reusable && c->connected(i, userdata))
+                c->disconnect(i, userdata);
+        slot_pool_give(sp, i);
+}
+
+void slot_pool_disconnect_all(struct slot_pool *sp, const struct slot_pool_connections *c,
+                              void *userdata)
+{
+        for (unsigned i = 0; sp->in_use && i < sp->size; i++)
+                if (c->connected(i, userdata))
+                        c->disconnect(i, userdata);
+}

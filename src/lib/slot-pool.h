@@ -1,8 +1,9 @@
-/* The bookkeeping of a fixed-size connection pool: which slots are lent
- * out, and waiting for a free one with a timeout on the monotonic clock
- * (so wall-clock jumps do not matter). The connections themselves stay
- * with the caller, in its own array indexed like the slots; pg and redis
- * use it.
+/* The one pool mechanism of pg and redis: which slots of a fixed-size
+ * connection pool are lent out, waiting for a free one with a timeout on
+ * the monotonic clock (so wall-clock jumps do not matter), and lending a
+ * slot with a live connection (slot_pool_acquire). The connections
+ * themselves stay with the caller, in its own array indexed like the
+ * slots, handled through struct slot_pool_connections.
  *
  * Thread-safety: every function but init and done may be called from any
  * thread. */
@@ -30,3 +31,25 @@ int slot_pool_take(struct slot_pool *sp, unsigned timeout_ms,
 
 /* Give slot i back and wake one waiter. */
 void slot_pool_give(struct slot_pool *sp, unsigned i);
+
+/* How the caller handles slot i's connection. Called without the pool's
+ * lock, on a slot the calling thread holds, except connected, which
+ * slot_pool_take calls with the lock held. */
+struct slot_pool_connections {
+        bool (*connected)(unsigned i, void *userdata);  /* slot i holds a connection */
+        bool (*idle_alive)(unsigned i, void *userdata); /* it is still usable after idling */
+        int (*connect)(unsigned i, void *userdata);     /* make one; 0 or a negative errno */
+        void (*disconnect)(unsigned i, void *userdata); /* close it and forget it */
+};
+
+/* Lend a slot with a usable connection: a connected free slot first, its
+ * connection replaced when it died while idle, else a new one. Returns the
+ * index, -ETIMEDOUT, or connect's error (the slot is then given back). */
+int slot_pool_acquire(struct slot_pool *sp, unsigned timeout_ms,
+                      const struct slot_pool_connections *c, void *userdata);
+/* Give slot i back; its connection is closed first unless reusable. */
+void slot_pool_release(struct slot_pool *sp, unsigned i, bool reusable,
+                       const struct slot_pool_connections *c, void *userdata);
+/* Close every connection, for the pool's free (no slot may be lent). */
+void slot_pool_disconnect_all(struct slot_pool *sp, const struct slot_pool_connections *c,
+                              void *userdata);

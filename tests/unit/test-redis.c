@@ -262,7 +262,7 @@ START_TEST(test_error_reply_is_returned_as_reply)
 {
         _cleanup_(metrics_registry_freep) struct metrics_registry *r = NULL;
         _cleanup_(freeReplyObjectp) redisReply *reply = NULL;
-        struct dependency_metrics *dm = NULL;
+        struct dependency_metrics dm;
         struct redis_pool *p;
         char key[64];
 
@@ -279,10 +279,10 @@ START_TEST(test_error_reply_is_returned_as_reply)
         ck_assert_int_eq(redis_pool_ping(p), 0);
 
         ck_assert_int_eq(dependency_metrics_get(r, &dm), 0);
-        ck_assert_double_eq(metrics_value(metrics_child2(dm->errors, "redis", "INCR")), 1);
-        ck_assert_uint_eq(metrics_histogram_count(metrics_child2(dm->duration, "redis", "SET")), 1);
-        ck_assert_double_eq(metrics_value(metrics_child2(dm->errors, "redis", "SET")), 0);
-        ck_assert_double_eq(metrics_value(metrics_child1(dm->up, "redis")), 1);
+        ck_assert_double_eq(metrics_value(metrics_child2(dm.errors, "redis", "INCR")), 1);
+        ck_assert_uint_eq(metrics_histogram_count(metrics_child2(dm.duration, "redis", "SET")), 1);
+        ck_assert_double_eq(metrics_value(metrics_child2(dm.errors, "redis", "SET")), 0);
+        ck_assert_double_eq(metrics_value(metrics_child1(dm.up, "redis")), 1);
         redis_pool_free(p);
 }
 END_TEST
