@@ -505,12 +505,10 @@ static void *worker(void *userdata)
 
 /* ---- lifecycle */
 
-static void manager_free(void *userdata)
+static void manager_done(void *userdata)
 {
         struct alertbotd_manager *m = userdata;
 
-        if (!m)
-                return;
         if (m->worker_started) {
                 pthread_mutex_lock(&m->lock);
                 atomic_store(&m->stopping, true);
@@ -529,7 +527,6 @@ static void manager_free(void *userdata)
         erase_and_free(m->webhook_token);
         pthread_cond_destroy(&m->queue_changed);
         pthread_mutex_destroy(&m->lock);
-        free(m);
 }
 
 static int load_token(const char *credential, const char *file_key, const char *file, char **ret)
@@ -597,15 +594,12 @@ static int register_metrics(struct alertbotd_manager *m, struct metrics_registry
         return metrics_registry_add_collector(metrics, collect_breakers, m);
 }
 
-static int manager_new(struct daemon *d, void **ret)
+static int manager_init(struct daemon *d, void *userdata)
 {
         const struct alertbotd_config *c = d->config;
-        struct alertbotd_manager *m;
+        struct alertbotd_manager *m = userdata;
         int r;
 
-        m = calloc(1, sizeof(*m));
-        if (!m)
-                return log_error_errno(ENOMEM, "Out of memory");
         m->config = c;
         pthread_mutex_init(&m->lock, NULL);
         pthread_cond_init(&m->queue_changed, NULL);
@@ -614,48 +608,45 @@ static int manager_new(struct daemon *d, void **ret)
         r = load_token("webhook-token", "[webhook] token_file", c->webhook_token_file,
                        &m->webhook_token);
         if (r < 0)
-                goto fail;
+                return r;
         if (*c->escalation_url) {
                 r = load_token("escalation-token", "[escalation] token_file",
                                c->escalation_token_file, &m->escalation_token);
                 if (r < 0)
-                        goto fail;
+                        return r;
         }
         r = load_policy(c->policy_file, &m->policy);
         if (r < 0)
-                goto fail;
+                return r;
 
         if (state_new(&m->state) < 0 || state_new(&m->scratch) < 0)
-                goto fail_oom;
+                return log_error_errno(ENOMEM, "Out of memory");
         r = state_load(m->state, c->state_directory);
         if (r == -ENOENT) {
                 log_info("No state in %s yet: starting fresh", c->state_directory);
         } else if (r < 0) {
-                log_error_errno(r,
-                                "Failed to load the state from %s/%s: %m (move the file "
-                                "away to start afresh)",
-                                c->state_directory, STATE_FILE_NAME);
-                goto fail;
+                return log_error_errno(r,
+                                       "Failed to load the state from %s/%s: %m (move the file "
+                                       "away to start afresh)",
+                                       c->state_directory, STATE_FILE_NAME);
         } else {
                 log_info("State loaded from %s: %zu incidents, %zu units", c->state_directory,
                          m->state->n_incidents, m->state->n_units);
         }
         /* Fails early when the directory is not writable. */
         r = state_save(m->state, c->state_directory);
-        if (r < 0) {
-                log_error_errno(r, "Cannot write the state to %s: %m", c->state_directory);
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Cannot write the state to %s: %m", c->state_directory);
         atomic_store(&m->state_ok, true);
 
         m->queue_size = (size_t)c->worker_queue_size;
         m->queue = calloc(m->queue_size, sizeof(*m->queue));
         if (!m->queue)
-                goto fail_oom;
+                return log_error_errno(ENOMEM, "Out of memory");
 
         r = register_metrics(m, d->metrics);
         if (r < 0)
-                goto fail_oom;
+                return log_error_errno(ENOMEM, "Out of memory");
 
         if (*c->escalation_url) {
                 struct escalation_options eo = {
@@ -668,25 +659,15 @@ static int manager_new(struct daemon *d, void **ret)
                         .tracer = d->tracer,
                 };
                 r = escalation_new(&eo, &m->escalation);
-                if (r < 0) {
-                        log_error_errno(r, "Failed to set up escalation to %s: %m",
-                                        c->escalation_url);
-                        goto fail;
-                }
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set up escalation to %s: %m",
+                                               c->escalation_url);
         } else {
                 log_warning("[escalation] url is empty: refusals and failed remediations are "
                             "only logged");
         }
 
-        *ret = m;
         return 0;
-
-fail_oom:
-        log_error_errno(ENOMEM, "Out of memory");
-        r = -ENOMEM;
-fail:
-        manager_free(m);
-        return r;
 }
 
 static int manager_start(void *userdata)
@@ -774,11 +755,12 @@ const struct daemon_ops alertbotd_ops = {
         .max_body = WEBHOOK_MAX_BODY,
         .max_request_usec = MAX_REQUEST_USEC,
         .drain_timeout_ms = DRAIN_TIMEOUT_MS,
-        .manager_new = manager_new,
+        .manager_size = sizeof(struct alertbotd_manager),
+        .manager_init = manager_init,
         .manager_start = manager_start,
         .manager_tick = manager_tick,
         .manager_status = manager_status,
         .manager_reload = manager_reload,
         .manager_stop = manager_stop,
-        .manager_free = manager_free,
+        .manager_done = manager_done,
 };

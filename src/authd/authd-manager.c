@@ -35,12 +35,10 @@ const struct conf_key authd_conf_table[] = {
 };
 const size_t authd_conf_table_size = ELEMENTSOF(authd_conf_table);
 
-static void manager_free(void *userdata)
+static void manager_done(void *userdata)
 {
         struct authd_manager *m = userdata;
 
-        if (!m)
-                return;
         if (m->jwt_key) {
                 explicit_bzero(m->jwt_key, m->jwt_key_len);
                 free(m->jwt_key);
@@ -48,7 +46,6 @@ static void manager_free(void *userdata)
         password_hasher_free(m->hasher);
         local_cache_free(m->sessions_cache);
         jwt_cache_free(m->token_cache);
-        free(m);
 }
 
 static int load_jwt_key(struct authd_manager *m)
@@ -101,52 +98,36 @@ static int register_metrics(struct authd_manager *m, struct metrics_registry *me
         return metrics_registry_add_collector(metrics, collect_sessions, m);
 }
 
-static int manager_new(struct daemon *d, void **ret)
+static int manager_init(struct daemon *d, void *userdata)
 {
         const struct authd_config *c = d->config;
-        struct authd_manager *m;
+        struct authd_manager *m = userdata;
         int r;
 
-        m = calloc(1, sizeof(*m));
-        if (!m)
-                return log_error_errno(ENOMEM, "Out of memory");
         m->config = c;
         m->pg = d->pg;
         m->redis = d->redis;
 
         r = load_jwt_key(m);
         if (r < 0)
-                goto fail;
+                return r;
         r = register_metrics(m, d->metrics);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up metrics: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up metrics: %m");
         r = daemon_local_cache_new(&c->redis, m->redis, d->metrics, "sessions", SESSION_KEY_PREFIX,
                                    &m->sessions_cache);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the local session cache: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the local session cache: %m");
         r = jwt_cache_new(d->metrics, &m->token_cache);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the token cache: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the token cache: %m");
         r = password_hasher_new((unsigned)c->hash_max_concurrent,
                                 (unsigned)c->hash_queue_timeout_ms, (unsigned long)c->hash_cost,
                                 &m->hasher);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up password hashing: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up password hashing: %m");
 
-        *ret = m;
         return 0;
-
-fail:
-        manager_free(m);
-        return r;
 }
 
 /* Only the log level is reloadable (the skeleton applies it); everything
@@ -168,6 +149,7 @@ const struct daemon_ops authd_ops = {
         .n_routes = &authd_routes_count,
         .max_request_usec = MAX_REQUEST_USEC,
         .drain_timeout_ms = DRAIN_TIMEOUT_MS,
-        .manager_new = manager_new,
-        .manager_free = manager_free,
+        .manager_size = sizeof(struct authd_manager),
+        .manager_init = manager_init,
+        .manager_done = manager_done,
 };

@@ -47,15 +47,12 @@ const struct conf_key inventoryd_conf_table[] = {
 };
 const size_t inventoryd_conf_table_size = ELEMENTSOF(inventoryd_conf_table);
 
-static void manager_free(void *userdata)
+static void manager_done(void *userdata)
 {
         struct inventoryd_manager *m = userdata;
 
-        if (!m)
-                return;
         cache_free(m->cache);
         local_cache_free(m->local_cache);
-        free(m);
 }
 
 static int register_metrics(struct inventoryd_manager *m, struct metrics_registry *metrics)
@@ -95,15 +92,12 @@ static int register_metrics(struct inventoryd_manager *m, struct metrics_registr
         return 0;
 }
 
-static int manager_new(struct daemon *d, void **ret)
+static int manager_init(struct daemon *d, void *userdata)
 {
         const struct inventoryd_config *c = d->config;
-        struct inventoryd_manager *m;
+        struct inventoryd_manager *m = userdata;
         int r;
 
-        m = calloc(1, sizeof(*m));
-        if (!m)
-                return log_error_errno(ENOMEM, "Out of memory");
         m->config = c;
         m->daemon = d;
         m->pg = d->pg;
@@ -114,22 +108,17 @@ static int manager_new(struct daemon *d, void **ret)
                 log_error("[reservations] payment_role \"%s\" is not a plain role name "
                           "(lower-case letters, digits and _)",
                           c->reservations_payment_role);
-                r = -EINVAL;
-                goto fail;
+                return -EINVAL;
         }
 
         r = register_metrics(m, d->metrics);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up metrics: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up metrics: %m");
 
         r = daemon_local_cache_new(&c->redis, m->redis, d->metrics, "catalog", CACHE_PREFIX,
                                    &m->local_cache);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the local catalog cache: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the local catalog cache: %m");
 
         struct cache_options cache_opts = {
                 .redis = m->redis,
@@ -141,17 +130,10 @@ static int manager_new(struct daemon *d, void **ret)
                 .wait_ms = (unsigned)c->cache_wait_ms,
         };
         r = cache_new(&cache_opts, &m->cache);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the cache: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the cache: %m");
 
-        *ret = m;
         return 0;
-
-fail:
-        manager_free(m);
-        return r;
 }
 
 /* An invalidation that did not reach Redis left a purge pending: do it as
@@ -308,8 +290,9 @@ const struct daemon_ops inventoryd_ops = {
         .n_routes = &inventoryd_routes_count,
         .max_request_usec = MAX_REQUEST_USEC,
         .drain_timeout_ms = DRAIN_TIMEOUT_MS,
-        .manager_new = manager_new,
+        .manager_size = sizeof(struct inventoryd_manager),
+        .manager_init = manager_init,
         .manager_tick = manager_tick,
         .manager_reload = manager_reload,
-        .manager_free = manager_free,
+        .manager_done = manager_done,
 };

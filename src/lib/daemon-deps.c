@@ -418,7 +418,8 @@ void daemon_teardown(struct daemon *d)
         http_server_free(d->http);
         d->http = NULL;
         if (d->manager)
-                d->ops->manager_free(d->manager);
+                d->ops->manager_done(d->manager);
+        free(d->manager);
         d->manager = NULL;
         amqp_client_free(d->amqp);
         auth_client_free(d->auth);

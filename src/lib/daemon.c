@@ -138,6 +138,15 @@ static int run_loop(struct daemon *d, int sigfd, const char *path, bool required
         }
 }
 
+/* A zeroed manager of the daemon's size, filled by its manager_init. */
+static int manager_new(struct daemon *d)
+{
+        d->manager = calloc(1, d->ops->manager_size);
+        if (!d->manager)
+                return log_error_errno(ENOMEM, "Out of memory");
+        return d->ops->manager_init(d, d->manager);
+}
+
 /* One thread per connection would give glibc a malloc arena per thread,
  * and a freed 16 MiB yescrypt buffer would raise the mmap threshold so the
  * next ones stay in the heap: both keep memory resident after a burst. A
@@ -244,7 +253,7 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
         d.config = config;
         r = daemon_dependencies_new(&d);
         if (r >= 0)
-                r = ops->manager_new(&d, &d.manager);
+                r = manager_new(&d);
         if (r >= 0)
                 r = daemon_serve(&d);
         if (r >= 0) {

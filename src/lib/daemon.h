@@ -13,8 +13,8 @@
  * Thread-safety: daemon_main() runs on the main thread and blocks SIGTERM,
  * SIGINT and SIGHUP before any other thread exists, so every thread the
  * manager starts inherits the mask and signals arrive only at the loop.
- * struct daemon's pointers are set before manager_new and constant until
- * manager_free; its atomics may be read from any thread. */
+ * struct daemon's pointers are set before manager_init and constant until
+ * manager_done; its atomics may be read from any thread. */
 #pragma once
 
 #include <stdatomic.h>
@@ -144,7 +144,7 @@ struct daemon_auth_config {
  * dependency is the offset of its config section in the daemon's config
  * struct (DAEMON_SECTION), 0 when the daemon does without it (offset 0 is
  * always common). The skeleton builds them in the order of this struct
- * before manager_new and frees them in reverse after manager_free. */
+ * before manager_init and frees them in reverse after manager_done. */
 struct daemon_dependencies {
         size_t postgres; /* struct daemon_postgres_config */
         /* Brought up to date under the advisory lock, retried every tick
@@ -176,7 +176,7 @@ struct daemon_check {
 struct daemon {
         const struct daemon_ops *ops;
         const void *config; /* the daemon's config struct, valid until the end */
-        void *manager;      /* once manager_new returned it */
+        void *manager;      /* ops->manager_size bytes, for manager_init */
         struct metrics_registry *metrics;
         struct tracer *tracer;
         struct pg_pool *pg;
@@ -216,9 +216,12 @@ struct daemon_ops {
         uint64_t max_request_usec; /* a request running longer is hung */
         unsigned drain_timeout_ms; /* in-flight requests get this long at SIGTERM */
 
-        /* Build the manager once the dependencies exist (d->config is the
-         * daemon's config). Failures are logged by the callee. */
-        int (*manager_new)(struct daemon *d, void **ret_manager);
+        /* The manager: manager_size zeroed bytes, filled by manager_init
+         * once the dependencies exist (d->config is the daemon's config).
+         * Failures are logged by the callee; manager_done is called on
+         * what it built either way. */
+        size_t manager_size;
+        int (*manager_init)(struct daemon *d, void *manager);
         /* Start the manager's own threads, once HTTP serves and the first
          * check ran (the schema is migrated if PostgreSQL answered). May be
          * NULL. */
@@ -236,7 +239,8 @@ struct daemon_ops {
         int (*manager_reload)(void *manager, const void *config);
         /* Stop the manager's threads, after HTTP has drained. May be NULL. */
         void (*manager_stop)(void *manager);
-        void (*manager_free)(void *manager);
+        /* Free what manager_init built (the skeleton frees the manager). */
+        void (*manager_done)(void *manager);
 };
 
 /* Run the daemon; returns the process exit status. */

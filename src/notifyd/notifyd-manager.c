@@ -33,14 +33,11 @@ const struct conf_key notifyd_conf_table[] = {
 };
 const size_t notifyd_conf_table_size = ELEMENTSOF(notifyd_conf_table);
 
-static void manager_free(void *userdata)
+static void manager_done(void *userdata)
 {
         struct notifyd_manager *m = userdata;
 
-        if (!m)
-                return;
         notifyd_consumer_free(m->consumer);
-        free(m);
 }
 
 static bool postgres_ok(void *userdata)
@@ -57,15 +54,12 @@ static bool consuming(void *userdata)
         return notifyd_consumer_is_consuming(m->consumer);
 }
 
-static int manager_new(struct daemon *d, void **ret)
+static int manager_init(struct daemon *d, void *userdata)
 {
         const struct notifyd_config *c = d->config;
-        struct notifyd_manager *m;
+        struct notifyd_manager *m = userdata;
         int r;
 
-        m = calloc(1, sizeof(*m));
-        if (!m)
-                return log_error_errno(ENOMEM, "Out of memory");
         snprintf(m->status, sizeof(m->status), "Starting");
 
         struct notifyd_consumer_options opts = {
@@ -79,13 +73,8 @@ static int manager_new(struct daemon *d, void **ret)
                 .fault_latency_ms = (unsigned)c->fault_latency_ms,
         };
         r = notifyd_consumer_new(&opts, &m->consumer);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the consumer: %m");
-                manager_free(m);
-                return r;
-        }
-
-        *ret = m;
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the consumer: %m");
         return 0;
 }
 
@@ -168,11 +157,12 @@ const struct daemon_ops notifyd_ops = {
         .n_checks = ELEMENTSOF(notifyd_checks),
         .max_request_usec = MAX_REQUEST_USEC,
         .drain_timeout_ms = DRAIN_TIMEOUT_MS,
-        .manager_new = manager_new,
+        .manager_size = sizeof(struct notifyd_manager),
+        .manager_init = manager_init,
         .manager_start = manager_start,
         .manager_tick = manager_tick,
         .manager_status = manager_status,
         .manager_reload = manager_reload,
         .manager_stop = manager_stop,
-        .manager_free = manager_free,
+        .manager_done = manager_done,
 };

@@ -62,15 +62,12 @@ void paymentd_processor_settings(const struct paymentd_config *c, struct process
         };
 }
 
-static void manager_free(void *userdata)
+static void manager_done(void *userdata)
 {
         struct paymentd_manager *m = userdata;
 
-        if (!m)
-                return;
         outbox_relay_free(m->relay);
         pg_pool_free(m->relay_pg);
-        free(m);
 }
 
 /* One query per scrape: the revenue aggregate and the outbox backlog. */
@@ -126,16 +123,13 @@ static int register_metrics(struct paymentd_manager *m, struct metrics_registry 
         return metrics_registry_add_collector(metrics, collect_payments, m);
 }
 
-static int manager_new(struct daemon *d, void **ret)
+static int manager_init(struct daemon *d, void *userdata)
 {
         const struct paymentd_config *c = d->config;
-        struct paymentd_manager *m;
+        struct paymentd_manager *m = userdata;
         struct processor_settings settings;
         int r;
 
-        m = calloc(1, sizeof(*m));
-        if (!m)
-                return log_error_errno(ENOMEM, "Out of memory");
         m->config = c;
         m->daemon = d;
         m->pg = d->pg;
@@ -145,10 +139,8 @@ static int manager_new(struct daemon *d, void **ret)
         processor_configure(&m->processor, &settings);
 
         r = register_metrics(m, d->metrics);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up metrics: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up metrics: %m");
 
         /* The relay keeps one connection (it LISTENs on it). */
         struct daemon_postgres_config relay_pg = c->postgres;
@@ -156,11 +148,9 @@ static int manager_new(struct daemon *d, void **ret)
         relay_pg.pool_size = 1;
         r = daemon_pg_pool_new(&relay_pg, "vigil-paymentd-outbox", d->metrics, d->tracer,
                                &m->relay_pg);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up PostgreSQL (postgres-password "
-                                   "credential): %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up PostgreSQL (postgres-password "
+                                          "credential): %m");
 
         struct outbox_relay_options relay = {
                 .pool = m->relay_pg,
@@ -170,17 +160,10 @@ static int manager_new(struct daemon *d, void **ret)
                 .poll_interval_ms = (unsigned)c->outbox_poll_interval_ms,
         };
         r = outbox_relay_new(&relay, &m->relay);
-        if (r < 0) {
-                log_error_errno(r, "Failed to set up the outbox relay: %m");
-                goto fail;
-        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the outbox relay: %m");
 
-        *ret = m;
         return 0;
-
-fail:
-        manager_free(m);
-        return r;
 }
 
 static void prune(struct paymentd_manager *m)
@@ -277,10 +260,11 @@ const struct daemon_ops paymentd_ops = {
         .n_routes = &paymentd_routes_count,
         .max_request_usec = MAX_REQUEST_USEC,
         .drain_timeout_ms = DRAIN_TIMEOUT_MS,
-        .manager_new = manager_new,
+        .manager_size = sizeof(struct paymentd_manager),
+        .manager_init = manager_init,
         .manager_start = manager_start,
         .manager_tick = manager_tick,
         .manager_reload = manager_reload,
         .manager_stop = manager_stop,
-        .manager_free = manager_free,
+        .manager_done = manager_done,
 };
