@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "alertbotd-webhook.h"
+#include "file.h"
 
 #define POLICY_MAX_LINE 190
 
@@ -417,34 +418,14 @@ invalid:
 int policy_load_file(const char *path, struct policy **ret, char **ret_error)
 {
         _cleanup_free_ char *text = NULL;
-        _cleanup_close_ int fd = -1;
-        struct stat st;
         size_t len = 0;
+        int r;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return negative_errno();
-        if (fstat(fd, &st) < 0)
-                return negative_errno();
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
-        if (st.st_size > (off_t)POLICY_MAX_FILE_SIZE)
-                return -EFBIG;
-        text = malloc((size_t)st.st_size + 1);
-        if (!text)
-                return -ENOMEM;
-        while (len < (size_t)st.st_size) {
-                ssize_t n = read(fd, text + len, (size_t)st.st_size - len);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return negative_errno();
-                if (n == 0)
-                        break;
-                len += (size_t)n;
-        }
-        text[len] = '\0';
+        r = file_read_all(AT_FDCWD, path, 0, 0, POLICY_MAX_FILE_SIZE, &text, &len);
+        if (r == -EISDIR)
+                return -EINVAL; /* as any other thing that is not a file */
+        if (r < 0)
+                return r;
         if (strlen(text) != len) {
                 if (ret_error && asprintf(ret_error, "%s: contains NUL bytes", path) < 0)
                         *ret_error = NULL;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "file.h"
 #include "json-util.h"
 
 #define STATE_VERSION 1
@@ -536,38 +537,19 @@ int state_load(struct alertbot_state *s, const char *directory)
 {
         _cleanup_(json_object_putp) struct json_object *o = NULL;
         _cleanup_free_ char *path = NULL, *text = NULL;
-        _cleanup_close_ int fd = -1;
         struct json_object *dedup, *budget;
         const char *code;
-        struct stat st;
         size_t len = 0;
+        int r;
 
         memset(s, 0, sizeof(*s));
         if (asprintf(&path, "%s/%s", directory, STATE_FILE_NAME) < 0)
                 return -ENOMEM;
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return negative_errno();
-        if (fstat(fd, &st) < 0)
-                return negative_errno();
-        if (!S_ISREG(st.st_mode))
-                return -EBADMSG;
-        if (st.st_size > (off_t)STATE_FILE_MAX)
-                return -EFBIG;
-        text = malloc((size_t)st.st_size + 1);
-        if (!text)
-                return -ENOMEM;
-        while (len < (size_t)st.st_size) {
-                ssize_t n = read(fd, text + len, (size_t)st.st_size - len);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return negative_errno();
-                if (n == 0)
-                        break;
-                len += (size_t)n;
-        }
+        r = file_read_all(AT_FDCWD, path, O_NOFOLLOW, 0, STATE_FILE_MAX, &text, &len);
+        if (r == -EISDIR || r == -EINVAL)
+                return -EBADMSG; /* not a regular file */
+        if (r < 0)
+                return r;
         if (json_parse_object(text, len, 8, &o, &code) < 0 ||
             get_int(o, "version") != STATE_VERSION)
                 return -EBADMSG;

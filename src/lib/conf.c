@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "file.h"
 #include "macro.h"
 
 #define ENVIRONMENT_NAME "environment"
@@ -495,67 +496,6 @@ static void parse_buffer(struct loader *l, const char *file, const char *data, s
         }
 }
 
-/* Read a whole regular file (or character device) of at most max bytes into a malloc()ed buffer
- * with a NUL after the data (not counted in *ret_size). dir_fd and flags
- * as for openat(). With wipe, a buffer freed on error is zeroed first. */
-static int read_file_at(int dir_fd, const char *path, int flags, size_t max, bool wipe, char **ret,
-                        size_t *ret_size)
-{
-        _cleanup_close_ int fd = -1;
-        size_t size = 0, capacity;
-        struct stat st;
-        char *buf;
-        int r = 0;
-
-        fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | flags);
-        if (fd < 0)
-                return negative_errno();
-        if (fstat(fd, &st) < 0)
-                return negative_errno();
-        if (S_ISDIR(st.st_mode))
-                return -EISDIR;
-        /* Character devices are allowed so that --config /dev/null means
-         * "defaults only"; a device that keeps producing data fails below
-         * as a file that grew. */
-        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode))
-                return -EINVAL;
-        if ((uint64_t)st.st_size > max)
-                return -EFBIG;
-
-        /* Room for one byte more than stat() promised, to notice a file
-         * that grew, and the NUL. */
-        capacity = (size_t)st.st_size + 2;
-        buf = malloc(capacity);
-        if (!buf)
-                return -ENOMEM;
-        while (size < capacity - 1) {
-                ssize_t n = read(fd, buf + size, capacity - 1 - size);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0) {
-                        r = negative_errno();
-                        break;
-                }
-                if (n == 0)
-                        break;
-                size += (size_t)n;
-        }
-        if (r == 0 && size == capacity - 1)
-                r = size > max ? -EFBIG : -EIO; /* it grew while being read */
-        if (r < 0) {
-                if (wipe)
-                        explicit_bzero(buf, capacity);
-                free(buf);
-                return r;
-        }
-
-        buf[size] = '\0';
-        *ret = buf;
-        *ret_size = size;
-        return 0;
-}
-
 /* Load one file. Returns -ENOENT without recording anything when it does
  * not exist; any other problem is recorded. */
 static int load_file(struct loader *l, const char *path)
@@ -564,7 +504,7 @@ static int load_file(struct loader *l, const char *path)
         size_t size;
         int r;
 
-        r = read_file_at(AT_FDCWD, path, 0, CONF_MAX_FILE_SIZE, false, &data, &size);
+        r = file_read_all(AT_FDCWD, path, 0, FILE_READ_DEVICES, CONF_MAX_FILE_SIZE, &data, &size);
         if (r == -ENOENT)
                 return r;
         if (r == -EFBIG) {
@@ -872,14 +812,17 @@ int conf_read_credential(const char *name, const char *fallback_path, size_t max
                         if (r != -ENOENT)
                                 return r;
                 } else
-                        r = read_file_at(dir_fd, name, O_NOFOLLOW, max_size, true, &data, &size);
+                        r = file_read_all(dir_fd, name, O_NOFOLLOW,
+                                          FILE_READ_DEVICES | FILE_READ_WIPE, max_size, &data,
+                                          &size);
                 if (r == -ELOOP)
                         r = -EINVAL; /* a symlink where a credential should be */
                 if (r < 0 && r != -ENOENT)
                         return r;
         }
         if (r == -ENOENT && fallback_path && *fallback_path)
-                r = read_file_at(AT_FDCWD, fallback_path, 0, max_size, true, &data, &size);
+                r = file_read_all(AT_FDCWD, fallback_path, 0, FILE_READ_DEVICES | FILE_READ_WIPE,
+                                  max_size, &data, &size);
         if (r < 0)
                 return r;
 

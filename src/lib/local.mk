@@ -9,6 +9,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/log.c src/lib/log.h \
 	src/lib/sd.c src/lib/sd.h \
 	src/lib/conf.c src/lib/conf.h \
+	src/lib/file.c src/lib/file.h \
 	src/lib/strbuf.c src/lib/strbuf.h \
 	src/lib/utf8.c src/lib/utf8.h \
 	src/lib/metrics.c src/lib/metrics.h src/lib/metrics-internal.h \

@@ -650,43 +650,42 @@ void span_set_attribute_string(struct span *s, const char *key, const char *valu
         a->value.string = v;
 }
 
-void span_set_attribute_int(struct span *s, const char *key, int64_t value)
+/* The slot for a numeric or boolean attribute, its type set; NULL when s
+ * records nothing or has no room. */
+static struct attribute *value_slot(struct span *s, const char *key, enum attribute_type type)
 {
         struct attribute *a;
 
         if (!span_recording(s) || !key)
-                return;
+                return NULL;
         a = attribute_slot(s->record, key, NULL, NULL);
-        if (!a)
-                return;
-        a->type = ATTRIBUTE_INT;
-        a->value.integer = value;
+        if (a)
+                a->type = type;
+        return a;
+}
+
+void span_set_attribute_int(struct span *s, const char *key, int64_t value)
+{
+        struct attribute *a = value_slot(s, key, ATTRIBUTE_INT);
+
+        if (a)
+                a->value.integer = value;
 }
 
 void span_set_attribute_double(struct span *s, const char *key, double value)
 {
-        struct attribute *a;
+        struct attribute *a = value_slot(s, key, ATTRIBUTE_DOUBLE);
 
-        if (!span_recording(s) || !key)
-                return;
-        a = attribute_slot(s->record, key, NULL, NULL);
-        if (!a)
-                return;
-        a->type = ATTRIBUTE_DOUBLE;
-        a->value.real = value;
+        if (a)
+                a->value.real = value;
 }
 
 void span_set_attribute_bool(struct span *s, const char *key, bool value)
 {
-        struct attribute *a;
+        struct attribute *a = value_slot(s, key, ATTRIBUTE_BOOL);
 
-        if (!span_recording(s) || !key)
-                return;
-        a = attribute_slot(s->record, key, NULL, NULL);
-        if (!a)
-                return;
-        a->type = ATTRIBUTE_BOOL;
-        a->value.boolean = value;
+        if (a)
+                a->value.boolean = value;
 }
 
 void span_set_status(struct span *s, enum span_status status, const char *message)
