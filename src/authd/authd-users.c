@@ -38,19 +38,6 @@ int users_validate_username(const char *username)
         return 0;
 }
 
-static int parse_id(const char *s, int64_t *ret)
-{
-        char *end;
-        long long v;
-
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0')
-                return -EIO;
-        *ret = v;
-        return 0;
-}
-
 int users_register(struct pg_pool *pool, struct password_hasher *hasher, const char *username,
                    const char *password, int64_t *ret_user_id)
 {
@@ -82,7 +69,7 @@ int users_register(struct pg_pool *pool, struct password_hasher *hasher, const c
         if (PQntuples(res) != 1)
                 return -EIO;
 
-        return parse_id(PQgetvalue(res, 0, 0), ret_user_id);
+        return pg_value_int64(PQgetvalue(res, 0, 0), ret_user_id);
 }
 
 int users_authenticate(struct pg_pool *pool, struct password_hasher *hasher, const char *username,
@@ -107,7 +94,7 @@ int users_authenticate(struct pg_pool *pool, struct password_hasher *hasher, con
                 if (r < 0)
                         return r;
                 if (PQntuples(res) == 1) {
-                        r = parse_id(PQgetvalue(res, 0, 0), &id);
+                        r = pg_value_int64(PQgetvalue(res, 0, 0), &id);
                         if (r < 0)
                                 return r;
                         hash = strdup(PQgetvalue(res, 0, 1));
@@ -140,5 +127,5 @@ int users_count(struct pg_pool *pool, int64_t *ret_count)
                 return r;
         if (PQntuples(res) != 1)
                 return -EIO;
-        return parse_id(PQgetvalue(res, 0, 0), ret_count);
+        return pg_value_int64(PQgetvalue(res, 0, 0), ret_count);
 }

@@ -54,32 +54,13 @@ const char inventory_reservations_migration_sql[] =
         "REVOKE ALL ON FUNCTION inventory.reservation_state(bigint, bigint) FROM PUBLIC;"
         "REVOKE ALL ON FUNCTION inventory.pay_reservation(bigint, bigint, bigint) FROM PUBLIC";
 
-#define INT64_TEXT_MAX 21
-
-static void int64_text(int64_t v, char buf[static INT64_TEXT_MAX])
-{
-        snprintf(buf, INT64_TEXT_MAX, "%" PRId64, v);
-}
-
-static int parse_int64(const char *s, int64_t *ret)
-{
-        char *end;
-        long long v;
-
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0')
-                return -EIO;
-        *ret = v;
-        return 0;
-}
-
 int inventory_reserve(struct pg_pool *pool, int64_t product_id, int64_t user_id, int64_t quantity,
                       int64_t ttl_seconds, struct reservation *ret)
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         _cleanup_(PQclearp) PGresult *res = NULL;
-        char id[INT64_TEXT_MAX], user[INT64_TEXT_MAX], n[INT64_TEXT_MAX], ttl[INT64_TEXT_MAX];
+        char id[PG_INT64_TEXT_MAX], user[PG_INT64_TEXT_MAX], n[PG_INT64_TEXT_MAX],
+                ttl[PG_INT64_TEXT_MAX];
         struct reservation rv = {.product_id = product_id, .quantity = quantity};
         int r;
 
@@ -92,10 +73,10 @@ int inventory_reserve(struct pg_pool *pool, int64_t product_id, int64_t user_id,
         if (r < 0)
                 return r;
 
-        int64_text(product_id, id);
-        int64_text(quantity, n);
-        int64_text(user_id, user);
-        int64_text(ttl_seconds, ttl);
+        pg_int64_text(product_id, id);
+        pg_int64_text(quantity, n);
+        pg_int64_text(user_id, user);
+        pg_int64_text(ttl_seconds, ttl);
         const char *params[] = {id, n, user, ttl};
         /* The row lock taken by the UPDATE serialises concurrent
          * reservations of one product; each re-checks stock >= $2 on the
@@ -117,9 +98,9 @@ int inventory_reserve(struct pg_pool *pool, int64_t product_id, int64_t user_id,
         if (r < 0)
                 return r;
         if (PQntuples(res) == 1) {
-                r = parse_int64(PQgetvalue(res, 0, 0), &rv.id);
+                r = pg_value_int64(PQgetvalue(res, 0, 0), &rv.id);
                 if (r >= 0)
-                        r = parse_int64(PQgetvalue(res, 0, 1), &rv.remaining);
+                        r = pg_value_int64(PQgetvalue(res, 0, 1), &rv.remaining);
                 if (r < 0)
                         return r;
                 snprintf(rv.expires_at, sizeof(rv.expires_at), "%s", PQgetvalue(res, 0, 2));
@@ -140,15 +121,15 @@ int inventory_release(struct pg_pool *pool, int64_t reservation_id, int64_t user
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         _cleanup_(PQclearp) PGresult *res = NULL;
-        char id[INT64_TEXT_MAX], user[INT64_TEXT_MAX];
+        char id[PG_INT64_TEXT_MAX], user[PG_INT64_TEXT_MAX];
         int r;
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
                 return r;
 
-        int64_text(reservation_id, id);
-        int64_text(user_id, user);
+        pg_int64_text(reservation_id, id);
+        pg_int64_text(user_id, user);
         const char *params[] = {id, user};
         /* Only the statement that moves the row out of 'held' returns its
          * stock: a concurrent sweep or payment finds state <> 'held'
@@ -168,7 +149,7 @@ int inventory_release(struct pg_pool *pool, int64_t reservation_id, int64_t user
         if (r < 0)
                 return r;
         if (PQntuples(res) == 1)
-                return parse_int64(PQgetvalue(res, 0, 0), ret_product_id);
+                return pg_value_int64(PQgetvalue(res, 0, 0), ret_product_id);
 
         PQclear(TAKE_PTR(res));
         r = pg_exec(conn, "SELECT state FROM inventory.reservations WHERE id = $1 AND user_id = $2",
@@ -186,7 +167,7 @@ int inventory_expire_due(struct pg_pool *pool, int64_t *ret_expired, int64_t **r
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         _cleanup_(PQclearp) PGresult *res = NULL;
         _cleanup_free_ int64_t *ids = NULL;
-        char limit[INT64_TEXT_MAX];
+        char limit[PG_INT64_TEXT_MAX];
         int64_t expired = 0;
         size_t n;
         int r;
@@ -195,7 +176,7 @@ int inventory_expire_due(struct pg_pool *pool, int64_t *ret_expired, int64_t **r
         if (r < 0)
                 return r;
 
-        int64_text(INVENTORY_SWEEP_BATCH, limit);
+        pg_int64_text(INVENTORY_SWEEP_BATCH, limit);
         const char *params[] = {limit};
         /* One statement, one transaction. The advisory lock (released at
          * its end) keeps two sweeps from updating the same products in
@@ -235,9 +216,9 @@ int inventory_expire_due(struct pg_pool *pool, int64_t *ret_expired, int64_t **r
         for (size_t i = 0; i < n; i++) {
                 int64_t count;
 
-                r = parse_int64(PQgetvalue(res, (int)i, 0), &ids[i]);
+                r = pg_value_int64(PQgetvalue(res, (int)i, 0), &ids[i]);
                 if (r >= 0)
-                        r = parse_int64(PQgetvalue(res, (int)i, 1), &count);
+                        r = pg_value_int64(PQgetvalue(res, (int)i, 1), &count);
                 if (r < 0)
                         return r;
                 expired += count;

@@ -7,6 +7,7 @@
  * honoured to the millisecond and a dead server costs a bounded wait. */
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -731,4 +732,22 @@ int pg_migrate(struct pg_pool *p, const char *schema, const struct pg_migration 
                size_t n_migrations)
 {
         return pg_migrate_with_error(p, schema, migrations, n_migrations, NULL, 0);
+}
+
+void pg_int64_text(int64_t v, char buf[static PG_INT64_TEXT_MAX])
+{
+        snprintf(buf, PG_INT64_TEXT_MAX, "%" PRId64, v);
+}
+
+int pg_value_int64(const char *s, int64_t *ret)
+{
+        char *end;
+        long long v;
+
+        errno = 0;
+        v = strtoll(s, &end, 10);
+        if (errno != 0 || end == s || *end != '\0')
+                return -EIO;
+        *ret = v;
+        return 0;
 }

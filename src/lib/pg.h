@@ -10,6 +10,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "macro.h"
 
@@ -116,3 +117,10 @@ int pg_migrate(struct pg_pool *p, const char *schema, const struct pg_migration 
 int pg_migrate_with_error(struct pg_pool *p, const char *schema,
                           const struct pg_migration *migrations, size_t n_migrations, char *error,
                           size_t error_size);
+
+/* Room for a bigint parameter's text, and the text itself. */
+#define PG_INT64_TEXT_MAX 21
+void pg_int64_text(int64_t v, char buf[static PG_INT64_TEXT_MAX]);
+/* A bigint column's value (PQgetvalue's text). Returns 0, or -EIO when it
+ * is not one: the server sent something the query does not produce. */
+int pg_value_int64(const char *s, int64_t *ret);

@@ -164,19 +164,6 @@ static char *id_array(const int64_t *ids, const bool *mask, bool want, size_t n,
         return buf;
 }
 
-static int parse_int64(const char *s, int64_t *ret)
-{
-        char *end;
-        long long v;
-
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0')
-                return -EIO;
-        *ret = v;
-        return 0;
-}
-
 /* One round. Returns the number of events locked (0 .. batch_size) and in
  * *ret_failed how many of them were not confirmed, or a negative errno
  * with *ret_failing naming the dependency ("postgres" or "amqp"). */
@@ -225,10 +212,10 @@ static int relay_round(struct outbox_relay *r, struct pg_conn *conn, size_t *ret
                 int row = (int)i;
                 int64_t timestamp = 0;
 
-                rc = parse_int64(PQgetvalue(res, row, 0), &ids[i]);
+                rc = pg_value_int64(PQgetvalue(res, row, 0), &ids[i]);
                 if (rc < 0)
                         return rc;
-                (void)parse_int64(PQgetvalue(res, row, 6), &timestamp);
+                (void)pg_value_int64(PQgetvalue(res, row, 6), &timestamp);
                 msgs[i] = (struct amqp_message){
                         .exchange = AMQP_EVENTS_EXCHANGE,
                         .routing_key = PQgetvalue(res, row, 2),

@@ -236,26 +236,6 @@ char *payment_event_json(const struct payment *p, size_t *ret_len)
 
 /* ------------------------------------------------------------ helpers */
 
-#define INT64_TEXT_MAX 21
-
-static void int64_text(int64_t v, char buf[static INT64_TEXT_MAX])
-{
-        snprintf(buf, INT64_TEXT_MAX, "%" PRId64, v);
-}
-
-static int parse_int64(const char *s, int64_t *ret)
-{
-        char *end;
-        long long v;
-
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0')
-                return -EIO;
-        *ret = v;
-        return 0;
-}
-
 /* The request a key is bound to, in canonical form; the database stores
  * and compares its SHA-256. A charge without a reservation has the form
  * it had before reservations existed, so keys stored by an older version
@@ -292,15 +272,15 @@ static int read_payment(PGresult *res, int row, struct payment *p)
 
         if (PQnfields(res) < 7)
                 return -EIO;
-        r = parse_int64(PQgetvalue(res, row, 0), &p->id);
+        r = pg_value_int64(PQgetvalue(res, row, 0), &p->id);
         if (r >= 0)
-                r = parse_int64(PQgetvalue(res, row, 1), &p->user_id);
+                r = pg_value_int64(PQgetvalue(res, row, 1), &p->user_id);
         if (r >= 0)
-                r = parse_int64(PQgetvalue(res, row, 2), &p->amount_cents);
+                r = pg_value_int64(PQgetvalue(res, row, 2), &p->amount_cents);
         if (r >= 0)
-                r = parse_int64(PQgetvalue(res, row, 5), &p->created_epoch);
+                r = pg_value_int64(PQgetvalue(res, row, 5), &p->created_epoch);
         if (r >= 0)
-                r = parse_int64(PQgetvalue(res, row, 6), &p->reservation_id);
+                r = pg_value_int64(PQgetvalue(res, row, 6), &p->reservation_id);
         if (r < 0)
                 return r;
         snprintf(p->status, sizeof(p->status), "%s", PQgetvalue(res, row, 3));
@@ -325,12 +305,21 @@ void claim_result_done(struct claim_result *r)
 
 #define NEXT_PAYMENT_ID "nextval('payment.payments_id_seq')"
 
-/* The payment id a claim returns ("RETURNING " NEXT_PAYMENT_ID). */
-static int claimed_id(PGresult *res, int64_t *ret_payment_id)
+/* Run a claiming statement with its four parameters. Returns 1 and the
+ * payment id it returned ("RETURNING " NEXT_PAYMENT_ID) when it claimed
+ * the key, 0 when it matched no row. */
+static int claim_with(struct pg_conn *conn, const char *sql, const char *const params[4],
+                      int64_t *ret_payment_id)
 {
+        _cleanup_(PQclearp) PGresult *res = NULL;
+        int r;
+
+        r = pg_exec(conn, sql, 4, params, &res);
+        if (r < 0)
+                return r;
         if (PQntuples(res) != 1)
                 return 0;
-        return parse_int64(PQgetvalue(res, 0, 0), ret_payment_id) < 0 ? -EIO : 1;
+        return pg_value_int64(PQgetvalue(res, 0, 0), ret_payment_id) < 0 ? -EIO : 1;
 }
 
 /* Try to insert the key. Returns 1 and the payment id to use when
@@ -338,19 +327,12 @@ static int claimed_id(PGresult *res, int64_t *ret_payment_id)
 static int claim_insert(struct pg_conn *conn, const char *user, const char *key,
                         const char *fingerprint, const char *token, int64_t *ret_payment_id)
 {
-        _cleanup_(PQclearp) PGresult *res = NULL;
-        const char *params[] = {user, key, fingerprint, token};
-        int r;
-
-        r = pg_exec(conn,
-                    "INSERT INTO payment.idempotency_keys"
-                    "  (user_id, key, request_hash, claim_token)"
-                    " VALUES ($1, $2, sha256(convert_to($3, 'UTF8')), $4)"
-                    " ON CONFLICT DO NOTHING RETURNING " NEXT_PAYMENT_ID,
-                    4, params, &res);
-        if (r < 0)
-                return r;
-        return claimed_id(res, ret_payment_id);
+        return claim_with(conn,
+                          "INSERT INTO payment.idempotency_keys"
+                          "  (user_id, key, request_hash, claim_token)"
+                          " VALUES ($1, $2, sha256(convert_to($3, 'UTF8')), $4)"
+                          " ON CONFLICT DO NOTHING RETURNING " NEXT_PAYMENT_ID,
+                          (const char *const[]){user, key, fingerprint, token}, ret_payment_id);
 }
 
 /* Take over a stale in-progress claim. Returns 1 and the payment id to use
@@ -359,27 +341,20 @@ static int claim_insert(struct pg_conn *conn, const char *user, const char *key,
 static int claim_takeover(struct pg_conn *conn, const char *user, const char *key,
                           const char *token, const char *takeover, int64_t *ret_payment_id)
 {
-        _cleanup_(PQclearp) PGresult *res = NULL;
-        const char *params[] = {user, key, token, takeover};
-        int r;
-
-        r = pg_exec(conn,
-                    "UPDATE payment.idempotency_keys"
-                    " SET claim_token = $3, claimed_at = now()"
-                    " WHERE user_id = $1 AND key = $2 AND state = 'in_progress'"
-                    "   AND claimed_at < now() - make_interval(secs => $4::int)"
-                    " RETURNING " NEXT_PAYMENT_ID,
-                    4, params, &res);
-        if (r < 0)
-                return r;
-        return claimed_id(res, ret_payment_id);
+        return claim_with(conn,
+                          "UPDATE payment.idempotency_keys"
+                          " SET claim_token = $3, claimed_at = now()"
+                          " WHERE user_id = $1 AND key = $2 AND state = 'in_progress'"
+                          "   AND claimed_at < now() - make_interval(secs => $4::int)"
+                          " RETURNING " NEXT_PAYMENT_ID,
+                          (const char *const[]){user, key, token, takeover}, ret_payment_id);
 }
 
 int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64_t amount_cents,
                    int64_t reservation_id, unsigned takeover_seconds, struct claim_result *ret)
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
-        char user[INT64_TEXT_MAX], token[INT64_TEXT_MAX], takeover[INT64_TEXT_MAX];
+        char user[PG_INT64_TEXT_MAX], token[PG_INT64_TEXT_MAX], takeover[PG_INT64_TEXT_MAX];
         char fingerprint[FINGERPRINT_MAX];
         struct claim_result result = {0};
         int64_t token_value = random_token(), payment_id = 0;
@@ -390,9 +365,9 @@ int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64
         if (idempotency_key_validate(key) < 0)
                 return -EINVAL;
 
-        int64_text(user_id, user);
-        int64_text(token_value, token);
-        int64_text((int64_t)takeover_seconds, takeover);
+        pg_int64_text(user_id, user);
+        pg_int64_text(token_value, token);
+        pg_int64_text((int64_t)takeover_seconds, takeover);
         request_fingerprint(amount_cents, reservation_id, fingerprint);
 
         r = pg_pool_acquire(pool, &conn);
@@ -439,7 +414,7 @@ int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64
                         int64_t status;
                         size_t len = (size_t)PQgetlength(res, 0, 3);
 
-                        r = parse_int64(PQgetvalue(res, 0, 2), &status);
+                        r = pg_value_int64(PQgetvalue(res, 0, 2), &status);
                         if (r < 0)
                                 return r;
                         result.response_body = malloc(len + 1);
@@ -502,12 +477,12 @@ int payments_reservation_state(struct pg_pool *pool, int64_t reservation_id, int
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         _cleanup_(PQclearp) PGresult *res = NULL;
-        char reservation[INT64_TEXT_MAX], user[INT64_TEXT_MAX];
+        char reservation[PG_INT64_TEXT_MAX], user[PG_INT64_TEXT_MAX];
         int r;
 
         assert(pool && state);
-        int64_text(reservation_id, reservation);
-        int64_text(user_id, user);
+        pg_int64_text(reservation_id, reservation);
+        pg_int64_text(user_id, user);
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
@@ -530,11 +505,11 @@ static int pay_reservation(struct pg_conn *conn, const struct payment_claim *cla
                            const char *payment_id)
 {
         _cleanup_(PQclearp) PGresult *res = NULL;
-        char reservation[INT64_TEXT_MAX], user[INT64_TEXT_MAX];
+        char reservation[PG_INT64_TEXT_MAX], user[PG_INT64_TEXT_MAX];
         int r;
 
-        int64_text(claim->reservation_id, reservation);
-        int64_text(claim->user_id, user);
+        pg_int64_text(claim->reservation_id, reservation);
+        pg_int64_text(claim->user_id, user);
         const char *params[] = {reservation, user, payment_id};
         r = pg_exec(conn, "SELECT inventory.pay_reservation($1::bigint, $2::bigint, $3::bigint)", 3,
                     params, &res);
@@ -551,12 +526,12 @@ static int store_response(struct pg_conn *conn, const struct payment_claim *clai
                           const char *body, const char *payment_id)
 {
         _cleanup_(PQclearp) PGresult *res = NULL;
-        char user[INT64_TEXT_MAX], token[INT64_TEXT_MAX], status_text[INT64_TEXT_MAX];
+        char user[PG_INT64_TEXT_MAX], token[PG_INT64_TEXT_MAX], status_text[PG_INT64_TEXT_MAX];
         int r;
 
-        int64_text(claim->user_id, user);
-        int64_text(claim->token, token);
-        int64_text((int64_t)status, status_text);
+        pg_int64_text(claim->user_id, user);
+        pg_int64_text(claim->token, token);
+        pg_int64_text((int64_t)status, status_text);
         const char *params[] = {user, claim->key, token, status_text, body, payment_id};
         r = pg_exec(conn,
                     "UPDATE payment.idempotency_keys"
@@ -591,8 +566,8 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         _cleanup_(PQclearp) PGresult *res = NULL;
         _cleanup_free_ char *body = NULL, *event = NULL;
-        char user[INT64_TEXT_MAX], amount[INT64_TEXT_MAX], id[INT64_TEXT_MAX];
-        char token[INT64_TEXT_MAX], reservation[INT64_TEXT_MAX], created_at[40];
+        char user[PG_INT64_TEXT_MAX], amount[PG_INT64_TEXT_MAX], id[PG_INT64_TEXT_MAX];
+        char token[PG_INT64_TEXT_MAX], reservation[PG_INT64_TEXT_MAX], created_at[40];
         struct payment payment = {
                 .id = claim->payment_id,
                 .user_id = claim->user_id,
@@ -614,11 +589,11 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
         event = payment_event_json(&payment, NULL);
         if (!event)
                 return -ENOMEM;
-        int64_text(claim->user_id, user);
-        int64_text(claim->amount_cents, amount);
-        int64_text(claim->payment_id, id);
-        int64_text(claim->token, token);
-        int64_text(claim->reservation_id, reservation);
+        pg_int64_text(claim->user_id, user);
+        pg_int64_text(claim->amount_cents, amount);
+        pg_int64_text(claim->payment_id, id);
+        pg_int64_text(claim->token, token);
+        pg_int64_text(claim->reservation_id, reservation);
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
@@ -725,12 +700,12 @@ int payments_store_response(struct pg_pool *pool, const struct payment_claim *cl
 int payments_release(struct pg_pool *pool, const struct payment_claim *claim)
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
-        char user[INT64_TEXT_MAX], token[INT64_TEXT_MAX];
+        char user[PG_INT64_TEXT_MAX], token[PG_INT64_TEXT_MAX];
         int r;
 
         assert(pool && claim);
-        int64_text(claim->user_id, user);
-        int64_text(claim->token, token);
+        pg_int64_text(claim->user_id, user);
+        pg_int64_text(claim->token, token);
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
@@ -747,13 +722,13 @@ int payments_get(struct pg_pool *pool, int64_t id, int64_t user_id, struct payme
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
         _cleanup_(PQclearp) PGresult *res = NULL;
-        char id_text[INT64_TEXT_MAX], user[INT64_TEXT_MAX];
+        char id_text[PG_INT64_TEXT_MAX], user[PG_INT64_TEXT_MAX];
         struct payment p = {0};
         int r;
 
         assert(pool && ret);
-        int64_text(id, id_text);
-        int64_text(user_id, user);
+        pg_int64_text(id, id_text);
+        pg_int64_text(user_id, user);
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
@@ -795,9 +770,9 @@ int payments_stats(struct pg_pool *pool, struct payment_stats *ret)
                 return r;
         if (PQntuples(res) != 1 || PQnfields(res) != 3)
                 return -EIO;
-        r = parse_int64(PQgetvalue(res, 0, 0), &s.revenue_cents);
+        r = pg_value_int64(PQgetvalue(res, 0, 0), &s.revenue_cents);
         if (r >= 0)
-                r = parse_int64(PQgetvalue(res, 0, 1), &s.outbox_pending);
+                r = pg_value_int64(PQgetvalue(res, 0, 1), &s.outbox_pending);
         if (r < 0)
                 return r;
         errno = 0;
@@ -814,14 +789,14 @@ int payments_prune(struct pg_pool *pool, int64_t key_hours, int64_t outbox_hours
                    int64_t *ret_deleted)
 {
         _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
-        char keys[INT64_TEXT_MAX], outbox[INT64_TEXT_MAX], lim[INT64_TEXT_MAX];
+        char keys[PG_INT64_TEXT_MAX], outbox[PG_INT64_TEXT_MAX], lim[PG_INT64_TEXT_MAX];
         int64_t deleted = 0;
         int r;
 
         assert(pool && ret_deleted);
-        int64_text(key_hours, keys);
-        int64_text(outbox_hours, outbox);
-        int64_text((int64_t)limit, lim);
+        pg_int64_text(key_hours, keys);
+        pg_int64_text(outbox_hours, outbox);
+        pg_int64_text((int64_t)limit, lim);
 
         r = pg_pool_acquire(pool, &conn);
         if (r < 0)
@@ -846,7 +821,7 @@ int payments_prune(struct pg_pool *pool, int64_t key_hours, int64_t outbox_hours
                         2, params, &res);
                 if (r < 0)
                         return r;
-                if (parse_int64(PQcmdTuples(res), &n) >= 0)
+                if (pg_value_int64(PQcmdTuples(res), &n) >= 0)
                         deleted += n;
         }
         *ret_deleted = deleted;

@@ -605,6 +605,25 @@ START_TEST(test_spans_name_the_operation_and_never_hold_parameters)
 }
 END_TEST
 
+START_TEST(test_int64_text_round_trips_and_non_integers_are_eio)
+{
+        char buf[PG_INT64_TEXT_MAX];
+        int64_t v = 0;
+
+        pg_int64_text(INT64_MIN, buf);
+        ck_assert_str_eq(buf, "-9223372036854775808");
+        ck_assert_int_eq(pg_value_int64(buf, &v), 0);
+        ck_assert(v == INT64_MIN);
+        ck_assert_int_eq(pg_value_int64("42", &v), 0);
+        ck_assert(v == 42);
+        v = 7;
+        ck_assert_int_eq(pg_value_int64("", &v), -EIO);
+        ck_assert_int_eq(pg_value_int64("12x", &v), -EIO);
+        ck_assert_int_eq(pg_value_int64("9223372036854775808", &v), -EIO);
+        ck_assert(v == 7);
+}
+END_TEST
+
 static Suite *pg_suite(void)
 {
         Suite *s = suite_create("pg");
@@ -612,6 +631,7 @@ static Suite *pg_suite(void)
 
         tcase_set_timeout(tc, 30);
         tcase_add_test(tc, test_released_connection_is_reused);
+        tcase_add_test(tc, test_int64_text_round_trips_and_non_integers_are_eio);
         tcase_add_test(tc, test_acquire_times_out_when_every_connection_is_busy);
         tcase_add_test(tc, test_acquire_waits_for_a_released_connection);
         tcase_add_test(tc, test_pool_new_rejects_bad_options);
