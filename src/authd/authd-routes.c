@@ -22,30 +22,17 @@ static int64_t now_seconds(void)
 }
 
 /* Answer for an error from the pools, the hasher or the domain code that
- * has no more specific meaning in the handler. */
+ * has no more specific meaning in the handler: a hasher with no free slot
+ * is 503 "busy"; a failed statement or command counts as the dependency
+ * not answering. */
 static void reply_failure(struct http_request *req, int r, const char *dependency)
 {
-        switch (r) {
-        case -EBUSY:
+        if (r == -EBUSY) {
                 http_reply_add_header(req, "Retry-After", "1");
                 http_reply_error(req, 503, "busy", "Too many password checks in progress");
                 return;
-        case -ECONNREFUSED:
-        case -ECONNRESET:
-        case -ETIMEDOUT:
-        case -EHOSTDOWN:
-        case -EHOSTUNREACH:
-        case -ENOTCONN:
-        case -EPIPE:
-        case -EIO:
-                http_reply_add_header(req, "Retry-After", "1");
-                http_reply_error(req, 503, "dependency_unavailable", "%s is not answering",
-                                 dependency);
-                return;
-        default:
-                log_error_errno(r, "Request failed on %s: %m", dependency);
-                http_reply_error(req, 500, "internal", "Internal error");
         }
+        http_reply_dependency_error(req, r, dependency, (const int[]){-EIO, 0});
 }
 
 /* 400 for a field json_get_string() refused with r. */

@@ -13,28 +13,6 @@
 #include "log.h"
 #include "metrics.h"
 
-/* Answer for an error from the pool that has no more specific meaning in
- * the handler: the database being unreachable or slow is 503, anything
- * else a logged 500. */
-static void reply_failure(struct http_request *req, int r)
-{
-        switch (r) {
-        case -ECONNREFUSED:
-        case -ECONNRESET:
-        case -ETIMEDOUT:
-        case -EHOSTDOWN:
-        case -EHOSTUNREACH:
-        case -ENOTCONN:
-        case -EPIPE:
-                http_reply_add_header(req, "Retry-After", "1");
-                http_reply_error(req, 503, "dependency_unavailable", "postgres is not answering");
-                return;
-        default:
-                log_error_errno(r, "Request failed on postgres: %m");
-                http_reply_error(req, 500, "internal", "Internal error");
-        }
-}
-
 /* The {id} of the route; replies 400 itself when it is not a product id. */
 static int request_product_id(struct http_request *req, int64_t *ret_id)
 {
@@ -78,7 +56,7 @@ static void handle_products(struct http_request *req, void *userdata)
 
         r = cache_get(m->cache, INVENTORY_CACHE_PRODUCTS, build_products, m, &products, &len, &hit);
         if (r < 0) {
-                reply_failure(req, r);
+                http_reply_dependency_error(req, r, "postgres", NULL);
                 return;
         }
         metrics_counter_inc(hit ? m->cache_products_hit : m->cache_products_miss);
@@ -116,7 +94,7 @@ static void handle_product(struct http_request *req, void *userdata)
                 return;
         }
         if (r < 0) {
-                reply_failure(req, r);
+                http_reply_dependency_error(req, r, "postgres", NULL);
                 return;
         }
         metrics_counter_inc(hit ? m->cache_product_hit : m->cache_product_miss);
@@ -195,7 +173,7 @@ static void handle_reserve(struct http_request *req, void *userdata)
                 return;
         }
         if (r < 0) {
-                reply_failure(req, r);
+                http_reply_dependency_error(req, r, "postgres", NULL);
                 return;
         }
 
@@ -239,7 +217,7 @@ static void handle_release(struct http_request *req, void *userdata)
                 return;
         }
         if (r < 0) {
-                reply_failure(req, r);
+                http_reply_dependency_error(req, r, "postgres", NULL);
                 return;
         }
 

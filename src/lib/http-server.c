@@ -10,7 +10,10 @@
  *   completed_cb      response sent or connection gone: metrics, access
  *                     log, end the span, leave the in-flight list, free.
  * libmicrohttpd calls completed_cb for every request for which uri_log_cb
- * ran, so nothing leaks when a client disconnects. */
+ * ran, so nothing leaks when a client disconnects.
+ *
+ * What a handler does with its request (reading it, replying) is in
+ * http-server-request.c. */
 #include <arpa/inet.h>
 #include <assert.h>
 #include <ctype.h>
@@ -25,6 +28,7 @@
 #include <sys/socket.h>
 
 #include "conf.h"
+#include "http-server-internal.h"
 #include "http-server.h"
 #include "json-util.h"
 #include "log.h"
@@ -55,85 +59,6 @@
 #define MAX_USER_AGENT     256U
 #define MAX_ALLOW          128U
 
-struct route {
-        char *method;
-        char *path; /* the template, also the route label */
-        http_handler_fn handler;
-        struct http_route_template template;
-};
-
-struct reply_header {
-        char *name;
-        char *value;
-};
-
-struct http_request {
-        struct http_server *server;
-        struct MHD_Connection *connection;
-        /* In-flight list (for drain and the watchdog check). */
-        struct http_request *prev, *next;
-        uint64_t start_usec;
-        uint64_t handler_start_usec; /* 0 while no handler runs */
-
-        bool started;   /* headers processed */
-        bool too_large; /* body exceeded max_body */
-        size_t discarded;
-
-        const char *method;       /* libmicrohttpd's, valid until completion */
-        const char *method_label; /* bounded: metrics and logs */
-        const char *path;
-        const struct route *route; /* NULL: unmatched */
-        struct http_route_param params[HTTP_MAX_PARAMS];
-        size_t n_params;
-        char *path_buf; /* params point into it */
-
-        char *body;
-        size_t body_len, body_cap;
-
-        struct span *span;
-        unsigned status; /* 0 until a response is queued */
-        bool reply_tried;
-        struct reply_header headers[HTTP_MAX_REPLY_HEADERS];
-        size_t n_headers;
-};
-
-struct http_server {
-        char *listen;
-        int listen_fd;
-        size_t max_body;
-        size_t max_header;
-        unsigned max_connections;
-        unsigned max_connections_per_client;
-        unsigned connection_timeout_s;
-        unsigned header_timeout_s;
-        struct metrics_registry *metrics;
-        struct tracer *tracer;
-        http_ready_fn ready;
-        void *ready_userdata;
-        void *userdata;
-        bool access_log;
-
-        struct route *routes;
-        size_t n_routes;
-
-        struct metric_family *requests_total;
-        struct metric_family *duration;
-        struct metric *in_flight_gauge;
-
-        struct MHD_Daemon *daemon;
-        int quiesced_fd;
-        bool own_socket; /* we bound it; close it after stopping */
-        uint16_t port;
-
-        pthread_mutex_t lock;
-        pthread_cond_t idle; /* signalled while draining when a count drops */
-        unsigned in_flight;
-        unsigned unstarted;       /* connections accepted, no request begun yet */
-        unsigned headers_pending; /* of in_flight: request line read, headers not */
-        struct http_request *head, *tail;
-        bool draining;
-};
-
 static const char *const known_methods[] = {
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
 };
@@ -153,296 +78,6 @@ static void route_done(struct route *r)
         free(r->method);
         free(r->path);
         http_route_template_done(&r->template);
-}
-
-/* ---- responses ---- */
-
-static bool header_name_is_valid(const char *name)
-{
-        if (!name || !*name)
-                return false;
-        for (const char *c = name; *c; c++)
-                if (!isalnum((unsigned char)*c) && !strchr("!#$%&'*+-.^_`|~", *c))
-                        return false;
-        return true;
-}
-
-static bool header_value_is_valid(const char *value)
-{
-        if (!value)
-                return false;
-        for (const unsigned char *c = (const unsigned char *)value; *c; c++)
-                if ((*c < 0x20 && *c != '\t') || *c == 0x7F)
-                        return false;
-        return true;
-}
-
-int http_reply_add_header(struct http_request *req, const char *name, const char *value)
-{
-        struct reply_header *h;
-
-        assert(req);
-
-        if (req->status != 0)
-                return -EALREADY;
-        if (!header_name_is_valid(name) || !header_value_is_valid(value))
-                return -EINVAL;
-        if (strcasecmp(name, "Content-Type") == 0 || strcasecmp(name, "Content-Length") == 0)
-                return -EINVAL;
-        if (req->n_headers >= HTTP_MAX_REPLY_HEADERS)
-                return -E2BIG;
-
-        h = &req->headers[req->n_headers];
-        h->name = strdup(name);
-        h->value = strdup(value);
-        if (!h->name || !h->value) {
-                free(h->name);
-                free(h->value);
-                *h = (struct reply_header){0};
-                return -ENOMEM;
-        }
-        req->n_headers++;
-        return 0;
-}
-
-/* Queue a response whose body (malloc()ed, or NULL) is taken over in any
- * case. content_type NULL: none. */
-static int reply_take(struct http_request *req, unsigned status, const char *content_type,
-                      char *body, size_t len)
-{
-        struct MHD_Response *response;
-        bool draining;
-        enum MHD_Result q;
-
-        assert(req);
-
-        if (req->status != 0) {
-                free(body);
-                return -EALREADY;
-        }
-        req->reply_tried = true;
-        if (status < 100 || status > 999 ||
-            (content_type && !header_value_is_valid(content_type))) {
-                free(body);
-                return -EINVAL;
-        }
-
-        response = MHD_create_response_from_buffer(len, body ? body : (char *)"",
-                                                   body ? MHD_RESPMEM_MUST_FREE
-                                                        : MHD_RESPMEM_PERSISTENT);
-        if (!response) {
-                free(body);
-                return -ENOMEM;
-        }
-
-        if (content_type && MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                                    content_type) != MHD_YES)
-                goto fail;
-        for (size_t i = 0; i < req->n_headers; i++)
-                if (MHD_add_response_header(response, req->headers[i].name,
-                                            req->headers[i].value) != MHD_YES)
-                        goto fail;
-        if (req->span && trace_context_is_valid(span_context(req->span))) {
-                char trace_id[2 * TRACE_ID_SIZE + 1];
-
-                trace_format_trace_id(span_context(req->span), trace_id);
-                if (MHD_add_response_header(response, "X-Request-Id", trace_id) != MHD_YES)
-                        goto fail;
-        }
-
-        pthread_mutex_lock(&req->server->lock);
-        draining = req->server->draining;
-        pthread_mutex_unlock(&req->server->lock);
-        if (draining &&
-            MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
-                goto fail;
-
-        q = MHD_queue_response(req->connection, status, response);
-        MHD_destroy_response(response);
-        if (q != MHD_YES)
-                return -EIO;
-        req->status = status;
-        return 0;
-
-fail:
-        MHD_destroy_response(response);
-        return -ENOMEM;
-}
-
-int http_reply(struct http_request *req, unsigned status, const char *content_type,
-               const char *body, size_t len)
-{
-        char *copy;
-
-        assert(req);
-        assert(body || len == 0);
-
-        if (!content_type)
-                return -EINVAL;
-        copy = malloc(len + 1);
-        if (!copy)
-                return -ENOMEM;
-        if (len > 0)
-                memcpy(copy, body, len);
-        copy[len] = '\0';
-        return reply_take(req, status, content_type, copy, len);
-}
-
-int http_reply_json(struct http_request *req, unsigned status, struct json_object *body)
-{
-        char *s;
-        size_t len = 0;
-
-        assert(req);
-
-        s = json_to_string_dup(body, &len);
-        if (!s)
-                return -ENOMEM;
-        return reply_take(req, status, "application/json", s, len);
-}
-
-/* {"error":{"code":code,"message":message}} plus extra members on the top
- * level object (may be NULL). */
-static int reply_error_object(struct http_request *req, unsigned status, const char *code,
-                              const char *message, struct json_object *top)
-{
-        _cleanup_(json_object_putp) struct json_object *owned = NULL;
-        struct json_object *error;
-
-        if (!top) {
-                owned = json_object_new_object();
-                top = owned;
-        }
-        error = json_object_new_object();
-        if (!top || !error) {
-                json_object_put(error);
-                return -ENOMEM;
-        }
-        json_object_object_add(error, "code", json_object_new_string(code));
-        json_object_object_add(error, "message", json_object_new_string(message));
-        json_object_object_add(top, "error", error);
-        return http_reply_json(req, status, top);
-}
-
-int http_reply_error(struct http_request *req, unsigned status, const char *code,
-                     const char *format, ...)
-{
-        _cleanup_free_ char *message = NULL;
-        va_list ap;
-        int r;
-
-        assert(req);
-        assert(code);
-        assert(format);
-
-        va_start(ap, format);
-        r = vasprintf(&message, format, ap);
-        va_end(ap);
-        if (r < 0) {
-                message = NULL;
-                return -ENOMEM;
-        }
-        return reply_error_object(req, status, code, message, NULL);
-}
-
-int http_reply_empty(struct http_request *req, unsigned status)
-{
-        return reply_take(req, status, NULL, NULL, 0);
-}
-
-/* ---- request accessors ---- */
-
-const char *http_request_method(const struct http_request *req)
-{
-        return req->method;
-}
-
-const char *http_request_path(const struct http_request *req)
-{
-        return req->path;
-}
-
-const char *http_request_route(const struct http_request *req)
-{
-        return req->route ? req->route->path : "unmatched";
-}
-
-const char *http_request_header(const struct http_request *req, const char *name)
-{
-        assert(name);
-        return MHD_lookup_connection_value(req->connection, MHD_HEADER_KIND, name);
-}
-
-const char *http_request_param(const struct http_request *req, const char *name)
-{
-        assert(name);
-        for (size_t i = 0; i < req->n_params; i++)
-                if (strcmp(req->params[i].name, name) == 0)
-                        return req->params[i].value;
-        return NULL;
-}
-
-const char *http_request_body(const struct http_request *req, size_t *ret_len)
-{
-        if (ret_len)
-                *ret_len = req->body_len;
-        return req->body ? req->body : "";
-}
-
-struct span *http_request_span(const struct http_request *req)
-{
-        return req->span;
-}
-
-const char *http_request_bearer(const struct http_request *req)
-{
-        return http_bearer_token(http_request_header(req, "Authorization"));
-}
-
-static const char *json_error_message(const char *code)
-{
-        if (strcmp(code, "invalid_utf8") == 0)
-                return "The request body is not valid UTF-8";
-        if (strcmp(code, "too_deep") == 0)
-                return "The request body is nested too deeply";
-        if (strcmp(code, "not_an_object") == 0)
-                return "The request body must be a JSON object";
-        return "The request body is not valid JSON";
-}
-
-int http_request_json(struct http_request *req, struct json_object **ret)
-{
-        struct json_object *obj = NULL;
-        const char *code = NULL;
-        int r;
-
-        assert(req);
-        assert(ret);
-
-        if (!http_content_type_is_json(http_request_header(req, "Content-Type"))) {
-                (void)http_reply_error(req, 415, "unsupported_media_type",
-                                       "The request body must be application/json");
-                return -EPROTONOSUPPORT;
-        }
-
-        r = json_parse_object(req->body ? req->body : "", req->body_len, JSON_DEFAULT_MAX_DEPTH,
-                              &obj, &code);
-        if (r == -ENOMEM) {
-                (void)http_reply_error(req, 500, "internal", "Out of memory");
-                return r;
-        }
-        if (r == -EFBIG) {
-                (void)http_reply_error(req, 413, "payload_too_large",
-                                       "The request body is too large");
-                return r;
-        }
-        if (r < 0) {
-                (void)http_reply_error(req, 400, code, "%s", json_error_message(code));
-                return r;
-        }
-
-        *ret = obj;
-        return 0;
 }
 
 /* ---- built-in routes ---- */
@@ -483,7 +118,7 @@ static void handle_ready(struct http_request *req, void *userdata)
         }
         json_object_object_add(top, "status", json_object_new_string("unavailable"));
         json_object_object_add(top, "failing", json_object_new_string(failing));
-        (void)reply_error_object(req, 503, "dependency_unavailable", message, top);
+        (void)http_reply_error_object(req, 503, "dependency_unavailable", message, top);
 }
 
 static void handle_metrics(struct http_request *req, void *userdata)
@@ -500,7 +135,7 @@ static void handle_metrics(struct http_request *req, void *userdata)
                 (void)http_reply_error(req, 500, "internal", "Could not render metrics");
                 return;
         }
-        (void)reply_take(req, 200, metrics_content_type(fmt), text, len);
+        (void)http_reply_take(req, 200, metrics_content_type(fmt), text, len);
 }
 
 static const struct http_route builtin_routes[] = {

@@ -186,6 +186,16 @@ int http_reply_json(struct http_request *req, unsigned status, struct json_objec
 int http_reply_error(struct http_request *req, unsigned status, const char *code,
                      const char *format, ...) _printf_(4, 5);
 int http_reply_empty(struct http_request *req, unsigned status); /* e.g. 204 */
+/* 503 with Retry-After: 1, code and "<what> is not answering". */
+int http_reply_unavailable(struct http_request *req, const char *code, const char *what);
+/* The answer for an error r from a dependency (a pool, a client) that the
+ * handler gives no more specific meaning: http_reply_unavailable() with
+ * "dependency_unavailable" when r says it is unreachable or too slow
+ * (-ECONNREFUSED, -ECONNRESET, -ETIMEDOUT, -EHOSTDOWN, -EHOSTUNREACH,
+ * -ENOTCONN, -EPIPE, or one in also_unavailable, a 0-terminated list that
+ * may be NULL), else a 500 "internal" and an error logged once. */
+int http_reply_dependency_error(struct http_request *req, int r, const char *dependency,
+                                const int *also_unavailable);
 /* Extra response headers; call before the reply. Names must be tokens and
  * values free of CR, LF and other control characters (-EINVAL);
  * Content-Type and Content-Length are set by the reply functions (-EINVAL

@@ -17,7 +17,8 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/trace.c src/lib/trace.h \
 	src/lib/json-util.c src/lib/json-util.h \
 	src/lib/http-route.c src/lib/http-route.h \
-	src/lib/http-server.c src/lib/http-server.h \
+	src/lib/http-server.c src/lib/http-server.h src/lib/http-server-internal.h \
+	src/lib/http-server-request.c \
 	src/lib/http-client.c src/lib/http-client.h \
 	src/lib/auth-client.c src/lib/auth-client.h \
 	src/lib/pg.c src/lib/pg.h \

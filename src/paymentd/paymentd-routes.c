@@ -13,32 +13,12 @@
 #include "paymentd-processor.h"
 #include "trace.h"
 
-/* 503 "<what> is not answering", to be retried. */
-static void reply_unavailable(struct http_request *req, const char *code, const char *what)
-{
-        http_reply_add_header(req, "Retry-After", "1");
-        http_reply_error(req, 503, code, "%s is not answering", what);
-}
-
-/* Answer for an error from the pool that has no more specific meaning. */
+/* Answer for an error from the pool that has no more specific meaning: a
+ * failed statement or serialisation conflict counts as PostgreSQL not
+ * answering. */
 static void reply_failure(struct http_request *req, int r, const char *dependency)
 {
-        switch (r) {
-        case -ECONNREFUSED:
-        case -ECONNRESET:
-        case -ETIMEDOUT:
-        case -EHOSTDOWN:
-        case -EHOSTUNREACH:
-        case -ENOTCONN:
-        case -EPIPE:
-        case -EIO:
-        case -EAGAIN:
-                reply_unavailable(req, "dependency_unavailable", dependency);
-                return;
-        default:
-                log_error_errno(r, "Request failed on %s: %m", dependency);
-                http_reply_error(req, 500, "internal", "Internal error");
-        }
+        http_reply_dependency_error(req, r, dependency, (const int[]){-EIO, -EAGAIN, 0});
 }
 
 /* Send stored (or about to be stored) response bytes as they are. */
@@ -188,7 +168,7 @@ static void reply_inventory_unavailable(struct http_request *req)
         log_warning("Cannot pay reservations: vigil-inventoryd has not granted this role "
                     "inventory.reservation_state() and inventory.pay_reservation() (is it "
                     "running, migrated, with [reservations] payment_role naming this role?)");
-        reply_unavailable(req, "dependency_unavailable", "inventory");
+        http_reply_unavailable(req, "dependency_unavailable", "inventory");
 }
 
 static void finish_approved(struct http_request *req, struct paymentd_manager *m,
@@ -364,7 +344,7 @@ static void handle_charge(struct http_request *req, void *userdata)
                  * retry with the same key can succeed. */
                 metrics_counter_inc(m->transactions_failed);
                 (void)payments_release(m->pg, &claim.claim);
-                reply_unavailable(req, "processor_unavailable", "The payment processor");
+                http_reply_unavailable(req, "processor_unavailable", "The payment processor");
                 return;
         }
 }

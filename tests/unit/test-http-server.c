@@ -146,6 +146,15 @@ static void handle_slow(struct http_request *req, void *userdata)
         http_reply(req, 200, "text/plain", "done", 4);
 }
 
+/* /failure/{errno}: the reply for that errno from "db", with EIO also
+ * counting as the database not answering. */
+static void handle_failure(struct http_request *req, void *userdata)
+{
+        (void)userdata;
+        http_reply_dependency_error(req, -atoi(http_request_param(req, "errno")), "db",
+                                    (const int[]){-EIO, 0});
+}
+
 static int ready(void *userdata, const char **ret_failing)
 {
         (void)userdata;
@@ -166,6 +175,7 @@ static const struct http_route routes[] = {
         {"GET", "/headers", handle_headers},
         {"GET", "/bearer", handle_bearer},
         {"GET", "/slow", handle_slow},
+        {"GET", "/failure/{errno}", handle_failure},
 };
 
 /* ---- fixture ---- */
@@ -683,6 +693,30 @@ START_TEST(test_handler_without_reply_gets_500_json)
         get("/forgot", &r);
         ck_assert_int_eq(r.status, 500);
         ck_assert(has_header(&r, "Content-Type: application/json"));
+        ck_assert_str_eq(error_code(&r), "internal");
+        resp_done(&r);
+}
+END_TEST
+
+START_TEST(test_dependency_errors_are_503_to_retry_or_500)
+{
+        static const int unavailable[] = {ETIMEDOUT, ECONNREFUSED, EPIPE, EIO};
+        char path[64];
+        struct resp r;
+
+        for (size_t i = 0; i < ELEMENTSOF(unavailable); i++) {
+                snprintf(path, sizeof(path), "/failure/%d", unavailable[i]);
+                get(path, &r);
+                ck_assert_int_eq(r.status, 503);
+                ck_assert(has_header(&r, "Retry-After: 1"));
+                ck_assert_str_eq(error_code(&r), "dependency_unavailable");
+                ck_assert_ptr_nonnull(strstr(r.body, "db is not answering"));
+                resp_done(&r);
+        }
+        snprintf(path, sizeof(path), "/failure/%d", EINVAL);
+        get(path, &r);
+        ck_assert_int_eq(r.status, 500);
+        ck_assert(!has_header(&r, "Retry-After"));
         ck_assert_str_eq(error_code(&r), "internal");
         resp_done(&r);
 }
@@ -1350,6 +1384,7 @@ static Suite *http_server_suite(void)
         tcase_add_test(tc, test_request_json_with_other_content_type_is_415);
         tcase_add_test(tc, test_content_type_json_is_followed_only_by_parameters);
         tcase_add_test(tc, test_handler_without_reply_gets_500_json);
+        tcase_add_test(tc, test_dependency_errors_are_503_to_retry_or_500);
         tcase_add_test(tc, test_reply_headers_are_validated_and_error_is_escaped);
         tcase_add_test(tc, test_bearer_token_parsing);
         tcase_add_test(tc, test_health_is_200_ok);
