@@ -14,7 +14,8 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/utf8.c src/lib/utf8.h \
 	src/lib/metrics.c src/lib/metrics.h src/lib/metrics-internal.h \
 	src/lib/metrics-process.c src/lib/metrics-render.c \
-	src/lib/trace.c src/lib/trace.h \
+	src/lib/trace.c src/lib/trace.h src/lib/trace-internal.h \
+	src/lib/trace-context.c src/lib/trace-export.c \
 	src/lib/json-util.c src/lib/json-util.h \
 	src/lib/http-route.c src/lib/http-route.h \
 	src/lib/http-server.c src/lib/http-server.h src/lib/http-server-internal.h \
