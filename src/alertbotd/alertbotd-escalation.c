@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "http-client.h"
+#include "macro.h"
 #include "json-util.h"
 #include "log.h"
 #include "metrics.h"
@@ -68,13 +69,7 @@ static bool wait_stopping(struct escalation *e, unsigned ms)
 {
         struct timespec ts;
 
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += ms / 1000;
-        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-        }
+        ts = monotonic_deadline_ms(ms);
         while (!e->stopping)
                 if (pthread_cond_timedwait(&e->cond, &e->lock, &ts) != 0)
                         break;

@@ -75,12 +75,25 @@ void inventory_product_cache_name(int64_t id, char buf[static INVENTORY_CACHE_PR
         snprintf(buf, INVENTORY_CACHE_PRODUCT_NAME_MAX, "product:%" PRId64, id);
 }
 
-/* The text of the single value of res, copied. */
-static int take_text(PGresult *res, char **ret, size_t *ret_len)
+/* Run sql with its one parameter; the text of the single value it returns,
+ * copied, in *ret. -ENOENT when it returns no row, -EIO for more. */
+static int query_text(struct pg_pool *pool, const char *sql, const char *param, char **ret,
+                      size_t *ret_len)
 {
+        _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
+        _cleanup_(PQclearp) PGresult *res = NULL;
         size_t len;
         char *text;
+        int r;
 
+        r = pg_pool_acquire(pool, &conn);
+        if (r < 0)
+                return r;
+        r = pg_exec(conn, sql, 1, (const char *const[]){param}, &res);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) == 0)
+                return -ENOENT;
         if (PQntuples(res) != 1 || PQnfields(res) != 1 || PQgetisnull(res, 0, 0))
                 return -EIO;
         len = (size_t)PQgetlength(res, 0, 0);
@@ -96,44 +109,21 @@ static int take_text(PGresult *res, char **ret, size_t *ret_len)
 
 int inventory_list_products_json(struct pg_pool *pool, char **ret_json, size_t *ret_len)
 {
-        _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
-        _cleanup_(PQclearp) PGresult *res = NULL;
-        char limit[16];
-        int r;
+        char limit[PG_INT64_TEXT_MAX];
 
-        r = pg_pool_acquire(pool, &conn);
-        if (r < 0)
-                return r;
-
-        snprintf(limit, sizeof(limit), "%d", INVENTORY_LIST_MAX);
-        const char *params[] = {limit};
-        r = pg_exec(conn,
-                    "SELECT coalesce(json_agg(" PRODUCT_JSON " ORDER BY id), '[]')::text "
-                    "FROM (SELECT * FROM inventory.products ORDER BY id LIMIT $1) p",
-                    1, params, &res);
-        if (r < 0)
-                return r;
-        return take_text(res, ret_json, ret_len);
+        pg_int64_text(INVENTORY_LIST_MAX, limit);
+        return query_text(pool,
+                          "SELECT coalesce(json_agg(" PRODUCT_JSON " ORDER BY id), '[]')::text "
+                          "FROM (SELECT * FROM inventory.products ORDER BY id LIMIT $1) p",
+                          limit, ret_json, ret_len);
 }
 
 int inventory_get_product_json(struct pg_pool *pool, int64_t id, char **ret_json, size_t *ret_len)
 {
-        _cleanup_(pg_pool_releasep) struct pg_conn *conn = NULL;
-        _cleanup_(PQclearp) PGresult *res = NULL;
-        char id_text[24];
-        int r;
+        char id_text[PG_INT64_TEXT_MAX];
 
-        r = pg_pool_acquire(pool, &conn);
-        if (r < 0)
-                return r;
-
-        snprintf(id_text, sizeof(id_text), "%" PRId64, id);
-        const char *params[] = {id_text};
-        r = pg_exec(conn, "SELECT " PRODUCT_JSON "::text FROM inventory.products WHERE id = $1", 1,
-                    params, &res);
-        if (r < 0)
-                return r;
-        if (PQntuples(res) == 0)
-                return -ENOENT;
-        return take_text(res, ret_json, ret_len);
+        pg_int64_text(id, id_text);
+        return query_text(pool,
+                          "SELECT " PRODUCT_JSON "::text FROM inventory.products WHERE id = $1",
+                          id_text, ret_json, ret_len);
 }

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "macro.h"
+
 /* One build in progress. Linked in the table from creation until the
  * leader finishes; freed by whoever drops the last reference after that. */
 struct call {
@@ -108,13 +110,7 @@ static bool wait_for_leader(struct singleflight *s, struct call *c, unsigned wai
 {
         struct timespec deadline;
 
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += wait_ms / 1000;
-        deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-        }
+        deadline = monotonic_deadline_ms(wait_ms);
 
         c->waiting++;
         while (!c->done)

@@ -203,6 +203,17 @@ static int parse_bool(const char *value, bool *ret)
         return -EINVAL;
 }
 
+/* Put the reason in msg and return -EINVAL. */
+static int _printf_(3, 4) refuse(char *msg, size_t msg_size, const char *format, ...)
+{
+        va_list ap;
+
+        va_start(ap, format);
+        vsnprintf(msg, msg_size, format, ap);
+        va_end(ap);
+        return -EINVAL;
+}
+
 /* Parse value for k and store it in config. Returns 0, -ENOMEM, or
  * -EINVAL with a message in msg. */
 static int apply_value(const struct conf_key *k, const char *value, void *config, char *msg,
@@ -219,11 +230,9 @@ static int apply_value(const struct conf_key *k, const char *value, void *config
                 size_t n = strlen(value);
                 char *copy;
 
-                if (n > string_max(k)) {
-                        snprintf(msg, msg_size, "value too long (%zu bytes, at most %zu)", n,
-                                 string_max(k));
-                        return -EINVAL;
-                }
+                if (n > string_max(k))
+                        return refuse(msg, msg_size, "value too long (%zu bytes, at most %zu)", n,
+                                      string_max(k));
                 copy = strdup(value);
                 if (!copy)
                         return -ENOMEM;
@@ -232,43 +241,34 @@ static int apply_value(const struct conf_key *k, const char *value, void *config
                 return 0;
         }
         case CONF_TYPE_INT:
-                if (parse_int(value, &i) < 0) {
-                        snprintf(msg, msg_size, "expected an integer, got %s",
-                                 quote_value(value, quoted));
-                        return -EINVAL;
-                }
-                if ((double)i < k->min || (double)i > k->max) {
-                        snprintf(msg, msg_size, "%" PRId64 " is out of range %.0f..%.0f", i, k->min,
-                                 k->max);
-                        return -EINVAL;
-                }
+                if (parse_int(value, &i) < 0)
+                        return refuse(msg, msg_size, "expected an integer, got %s",
+                                      quote_value(value, quoted));
+                if ((double)i < k->min || (double)i > k->max)
+                        return refuse(msg, msg_size, "%" PRId64 " is out of range %.0f..%.0f", i,
+                                      k->min, k->max);
                 *(int64_t *)field_of(k, config) = i;
                 return 0;
         case CONF_TYPE_DOUBLE:
-                if (parse_double(value, &d) < 0) {
-                        snprintf(msg, msg_size, "expected a finite number, got %s",
-                                 quote_value(value, quoted));
-                        return -EINVAL;
-                }
-                if (d < k->min || d > k->max) {
-                        snprintf(msg, msg_size, "%g is out of range %g..%g", d, k->min, k->max);
-                        return -EINVAL;
-                }
+                if (parse_double(value, &d) < 0)
+                        return refuse(msg, msg_size, "expected a finite number, got %s",
+                                      quote_value(value, quoted));
+                if (d < k->min || d > k->max)
+                        return refuse(msg, msg_size, "%g is out of range %g..%g", d, k->min,
+                                      k->max);
                 *(double *)field_of(k, config) = d;
                 return 0;
         case CONF_TYPE_BOOL:
-                if (parse_bool(value, &b) < 0) {
-                        snprintf(msg, msg_size,
-                                 "expected a boolean (true/false, yes/no, on/off, 1/0), got %s",
-                                 quote_value(value, quoted));
-                        return -EINVAL;
-                }
+                if (parse_bool(value, &b) < 0)
+                        return refuse(
+                                msg, msg_size,
+                                "expected a boolean (true/false, yes/no, on/off, 1/0), got %s",
+                                quote_value(value, quoted));
                 *(bool *)field_of(k, config) = b;
                 return 0;
         }
 
-        snprintf(msg, msg_size, "key has an unknown type");
-        return -EINVAL;
+        return refuse(msg, msg_size, "key has an unknown type");
 }
 
 /* Apply value from file:line (or the environment variable env) to k,

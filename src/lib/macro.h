@@ -113,3 +113,19 @@ static inline uint64_t now_usec(clockid_t clock)
 }
 #define USEC_PER_SEC  1000000ULL
 #define USEC_PER_MSEC 1000ULL
+
+/* The CLOCK_MONOTONIC time ms milliseconds from now: the deadline for
+ * pthread_cond_timedwait() on a condition variable set to that clock. */
+static inline struct timespec monotonic_deadline_ms(unsigned ms)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += ms / 1000;
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        return ts;
+}

@@ -48,17 +48,6 @@ static bool length_ok(const char *password, size_t min)
         return len >= min && len <= PASSWORD_MAX_LENGTH;
 }
 
-static void deadline_after_ms(struct timespec *ts, unsigned ms)
-{
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += ms / 1000;
-        ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
-}
-
 /* Wait up to the queue timeout for a slot. Returns 0 holding one, or
  * -EBUSY. */
 static int slot_acquire(struct password_hasher *h)
@@ -66,7 +55,7 @@ static int slot_acquire(struct password_hasher *h)
         struct timespec deadline;
         int r = 0;
 
-        deadline_after_ms(&deadline, h->queue_timeout_ms);
+        deadline = monotonic_deadline_ms(h->queue_timeout_ms);
 
         pthread_mutex_lock(&h->lock);
         while (h->in_use >= h->max_concurrent) {

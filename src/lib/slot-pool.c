@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "macro.h"
+
 int slot_pool_init(struct slot_pool *sp, unsigned size)
 {
         pthread_condattr_t attr;
@@ -26,24 +28,13 @@ void slot_pool_done(struct slot_pool *sp)
         sp->in_use = NULL;
 }
 
-static void deadline_after(struct timespec *ts, unsigned timeout_ms)
-{
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += timeout_ms / 1000;
-        ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
-}
-
 int slot_pool_take(struct slot_pool *sp, unsigned timeout_ms,
                    bool (*connected)(unsigned i, void *userdata), void *userdata)
 {
         struct timespec deadline;
         int found = -1;
 
-        deadline_after(&deadline, timeout_ms);
+        deadline = monotonic_deadline_ms(timeout_ms);
         pthread_mutex_lock(&sp->lock);
         for (;;) {
                 for (unsigned i = 0; i < sp->size; i++) {

@@ -187,13 +187,7 @@ static bool sleep_unless_stopped(struct notifyd_consumer *c, unsigned ms)
         struct timespec deadline;
         bool stop;
 
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += ms / 1000;
-        deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-        }
+        deadline = monotonic_deadline_ms(ms);
         pthread_mutex_lock(&c->lock);
         while (!c->stop && pthread_cond_timedwait(&c->cond, &c->lock, &deadline) == 0)
                 ;
