@@ -1,7 +1,7 @@
 /* AMQP client over rabbitmq-c 0.11.
  *
  * One connection, one channel (1) in confirm mode that both publishes and
- * consumes. Every frame is read by one function, handle_frame(), whoever
+ * consumes. Every frame is read by one function, amqp_client_handle_frame(), whoever
  * is waiting: deliveries that arrive while a publisher waits for its
  * confirms are read completely and kept in a small FIFO (bounded by the
  * prefetch window) until amqp_receive() hands them out. Message content
@@ -10,7 +10,10 @@
  *
  * After any failure the connection is destroyed: a half-known protocol
  * state (a confirm that may still come, a channel the broker closed) is
- * never reused. */
+ * never reused.
+ *
+ * This file holds the connection and its frames; amqp-publish.c declares
+ * the topology and publishes, amqp-consume.c consumes. */
 #include <amqp.h>
 #include <amqp_framing.h>
 #include <amqp_tcp_socket.h>
@@ -22,74 +25,14 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "amqp-internal.h"
 #include "amqp.h"
 #include "dependency-metrics.h"
 #include "macro.h"
 #include "metrics.h"
 #include "trace.h"
 
-/* FRAME_MAX: the frames we accept, and so the size of each of the two
- * buffers rabbitmq-c keeps per connection. Larger bodies arrive in several
- * frames; ours are well under a kilobyte. */
-#define CHANNEL                    1
-#define FRAME_MAX                  32768
-#define DEFAULT_CONNECT_TIMEOUT_MS 2000
-#define DEFAULT_RPC_TIMEOUT_MS     5000
-#define DEFAULT_HEARTBEAT_SECONDS  30
-#define MAX_TIMEOUT_MS             (3600U * 1000U)
-#define MAX_HEARTBEAT_SECONDS      600
-#define MAX_URL_LEN                1024
-#define MAX_ERROR_LEN              256
-#define MAX_STASHED                (AMQP_MAX_PREFETCH + 16)
-
-struct stashed {
-        struct amqp_delivery *delivery;
-        struct stashed *next;
-};
-
-/* One message of a batch waiting for its confirm. */
-struct pending {
-        uint64_t tag;
-        const char *message_id;
-        bool confirmed;
-        bool nacked;
-        bool returned;
-        struct span *span;
-};
-
-struct amqp_client {
-        amqp_connection_state_t conn;
-        atomic_bool connected;
-        uint64_t connection_id;
-        uint64_t next_publish_tag;
-        bool consuming;
-        char *consume_queue;
-
-        char *host;
-        int port;
-        char *vhost;
-        char *user;
-        char *password;
-        char *connection_name;
-        unsigned connect_timeout_ms;
-        unsigned rpc_timeout_ms;
-        unsigned heartbeat_seconds;
-        char last_error[MAX_ERROR_LEN];
-
-        struct stashed *stash_head, *stash_tail;
-        size_t n_stashed;
-
-        /* The batch being confirmed, for handle_frame(). */
-        struct pending *pending;
-        size_t n_pending;
-
-        struct tracer *tracer;
-        struct dependency_metrics dependencies;
-        struct metric *publish_ack, *publish_nack, *publish_returned, *publish_error;
-};
-
-static void set_error(struct amqp_client *c, const char *format, ...) _printf_(2, 3);
-static void set_error(struct amqp_client *c, const char *format, ...)
+void amqp_client_set_error(struct amqp_client *c, const char *format, ...)
 {
         va_list ap;
         int n;
@@ -109,12 +52,7 @@ static struct timeval timeval_from_usec(uint64_t usec)
                                 .tv_usec = (suseconds_t)(usec % USEC_PER_SEC)};
 }
 
-static uint64_t deadline_after_ms(unsigned ms)
-{
-        return now_usec(CLOCK_MONOTONIC) + (uint64_t)ms * USEC_PER_MSEC;
-}
-
-static void delivery_free_contents(struct amqp_delivery *d)
+void amqp_delivery_free_contents(struct amqp_delivery *d)
 {
         free(d->exchange);
         free(d->routing_key);
@@ -131,7 +69,7 @@ static void stash_clear(struct amqp_client *c)
                 struct stashed *s = c->stash_head;
 
                 c->stash_head = s->next;
-                delivery_free_contents(s->delivery);
+                amqp_delivery_free_contents(s->delivery);
                 free(s->delivery);
                 free(s);
         }
@@ -141,7 +79,7 @@ static void stash_clear(struct amqp_client *c)
 
 /* Drop the connection without a word to the broker (it is broken, or its
  * state is unknown). */
-static void teardown(struct amqp_client *c)
+void amqp_client_teardown(struct amqp_client *c)
 {
         if (c->conn) {
                 amqp_destroy_connection(c->conn);
@@ -155,10 +93,10 @@ static void teardown(struct amqp_client *c)
 
 /* A library status of a call on an open connection: a timeout or anything
  * else, which means the connection is gone. */
-static int fail_status(struct amqp_client *c, int status, const char *what)
+int amqp_client_fail_status(struct amqp_client *c, int status, const char *what)
 {
-        set_error(c, "%s: %s", what, amqp_error_string2(status));
-        teardown(c);
+        amqp_client_set_error(c, "%s: %s", what, amqp_error_string2(status));
+        amqp_client_teardown(c);
         return status == AMQP_STATUS_TIMEOUT ? -ETIMEDOUT : -ECONNRESET;
 }
 
@@ -188,8 +126,8 @@ static int broker_closed(struct amqp_client *c, const amqp_method_t *method, con
                 amqp_channel_close_ok_t ok = {0};
 
                 code = m->reply_code;
-                set_error(c, "%s: channel closed by the broker: %d %.*s", what, code,
-                          (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+                amqp_client_set_error(c, "%s: channel closed by the broker: %d %.*s", what, code,
+                                      (int)m->reply_text.len, (const char *)m->reply_text.bytes);
                 amqp_send_method(c->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
                 /* Close the connection politely but without waiting long. */
                 struct timeval tv = {.tv_sec = 1};
@@ -200,18 +138,19 @@ static int broker_closed(struct amqp_client *c, const amqp_method_t *method, con
                 amqp_connection_close_ok_t ok = {0};
 
                 code = m->reply_code;
-                set_error(c, "%s: connection closed by the broker: %d %.*s", what, code,
-                          (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+                amqp_client_set_error(c, "%s: connection closed by the broker: %d %.*s", what, code,
+                                      (int)m->reply_text.len, (const char *)m->reply_text.bytes);
                 amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
         } else {
-                set_error(c, "%s: unexpected method %s", what, amqp_method_name(method->id));
+                amqp_client_set_error(c, "%s: unexpected method %s", what,
+                                      amqp_method_name(method->id));
         }
-        teardown(c);
+        amqp_client_teardown(c);
         return errno_from_reply_code(code);
 }
 
 /* The outcome of a synchronous call (declare, qos, consume, …). */
-static int check_rpc(struct amqp_client *c, const char *what)
+int amqp_client_check_rpc(struct amqp_client *c, const char *what)
 {
         amqp_rpc_reply_t reply = amqp_get_rpc_reply(c->conn);
 
@@ -219,19 +158,19 @@ static int check_rpc(struct amqp_client *c, const char *what)
         case AMQP_RESPONSE_NORMAL:
                 return 0;
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-                return fail_status(c, reply.library_error, what);
+                return amqp_client_fail_status(c, reply.library_error, what);
         case AMQP_RESPONSE_SERVER_EXCEPTION:
                 return broker_closed(c, &reply.reply, what);
         default:
-                set_error(c, "%s: no reply", what);
-                teardown(c);
+                amqp_client_set_error(c, "%s: no reply", what);
+                amqp_client_teardown(c);
                 return -ECONNRESET;
         }
 }
 
 /* Wait for the next frame until deadline (CLOCK_MONOTONIC µs). Returns 0,
  * -ETIMEDOUT (the connection stays), or -ECONNRESET. */
-static int wait_frame(struct amqp_client *c, uint64_t deadline, amqp_frame_t *ret)
+int amqp_client_wait_frame(struct amqp_client *c, uint64_t deadline, amqp_frame_t *ret)
 {
         uint64_t now = now_usec(CLOCK_MONOTONIC);
         struct timeval tv = timeval_from_usec(deadline > now ? deadline - now : 0);
@@ -241,7 +180,7 @@ static int wait_frame(struct amqp_client *c, uint64_t deadline, amqp_frame_t *re
         if (status == AMQP_STATUS_TIMEOUT)
                 return -ETIMEDOUT;
         if (status != AMQP_STATUS_OK)
-                return fail_status(c, status, "receive");
+                return amqp_client_fail_status(c, status, "receive");
         return 0;
 }
 
@@ -353,23 +292,23 @@ int amqp_delivery_read_properties(const amqp_basic_properties_t *p, struct amqp_
  * body too when keep_body and not larger than AMQP_MAX_BODY_SIZE. */
 static int read_content(struct amqp_client *c, struct amqp_delivery *d, bool keep_body)
 {
-        uint64_t deadline = deadline_after_ms(c->rpc_timeout_ms);
+        uint64_t deadline = amqp_deadline_after_ms(c->rpc_timeout_ms);
         amqp_frame_t frame;
         uint64_t body_size, received = 0;
         char *body = NULL;
         int r;
 
-        r = wait_frame(c, deadline, &frame);
+        r = amqp_client_wait_frame(c, deadline, &frame);
         if (r == -ETIMEDOUT) {
-                set_error(c, "timed out reading a message");
-                teardown(c);
+                amqp_client_set_error(c, "timed out reading a message");
+                amqp_client_teardown(c);
                 return -ECONNRESET;
         }
         if (r < 0)
                 return r;
         if (frame.frame_type != AMQP_FRAME_HEADER || frame.channel != CHANNEL) {
-                set_error(c, "protocol error: expected a content header");
-                teardown(c);
+                amqp_client_set_error(c, "protocol error: expected a content header");
+                amqp_client_teardown(c);
                 return -ECONNRESET;
         }
         body_size = frame.payload.properties.body_size;
@@ -387,10 +326,10 @@ static int read_content(struct amqp_client *c, struct amqp_delivery *d, bool kee
         }
 
         while (received < body_size) {
-                r = wait_frame(c, deadline, &frame);
+                r = amqp_client_wait_frame(c, deadline, &frame);
                 if (r == -ETIMEDOUT) {
-                        set_error(c, "timed out reading a message body");
-                        teardown(c);
+                        amqp_client_set_error(c, "timed out reading a message body");
+                        amqp_client_teardown(c);
                         r = -ECONNRESET;
                 }
                 if (r < 0) {
@@ -400,8 +339,8 @@ static int read_content(struct amqp_client *c, struct amqp_delivery *d, bool kee
                 if (frame.frame_type != AMQP_FRAME_BODY || frame.channel != CHANNEL ||
                     frame.payload.body_fragment.len > body_size - received) {
                         free(body);
-                        set_error(c, "protocol error: bad content body");
-                        teardown(c);
+                        amqp_client_set_error(c, "protocol error: bad content body");
+                        amqp_client_teardown(c);
                         return -ECONNRESET;
                 }
                 if (body)
@@ -433,19 +372,20 @@ static int stash_delivery(struct amqp_client *c, const amqp_basic_deliver_t *m)
         d->exchange = bytes_dup(m->exchange);
         d->routing_key = bytes_dup(m->routing_key);
         if (!d->exchange || !d->routing_key) {
-                delivery_free_contents(d);
+                amqp_delivery_free_contents(d);
                 return -ENOMEM;
         }
         r = read_content(c, d, true);
         if (r < 0) {
-                delivery_free_contents(d);
+                amqp_delivery_free_contents(d);
                 return r;
         }
         if (c->n_stashed >= MAX_STASHED) {
                 /* The broker sent past the prefetch window. */
-                delivery_free_contents(d);
-                set_error(c, "protocol error: more deliveries than the prefetch window");
-                teardown(c);
+                amqp_delivery_free_contents(d);
+                amqp_client_set_error(c,
+                                      "protocol error: more deliveries than the prefetch window");
+                amqp_client_teardown(c);
                 return -ECONNRESET;
         }
         s->delivery = TAKE_PTR(d);
@@ -480,7 +420,7 @@ static int handle_return(struct amqp_client *c)
 
         r = read_content(c, &d, false);
         if (r < 0) {
-                delivery_free_contents(&d);
+                amqp_delivery_free_contents(&d);
                 return r;
         }
         for (size_t i = 0; i < c->n_pending && !match; i++) {
@@ -495,18 +435,19 @@ static int handle_return(struct amqp_client *c)
                         match = &c->pending[i];
         if (match)
                 match->returned = true;
-        delivery_free_contents(&d);
+        amqp_delivery_free_contents(&d);
         return 0;
 }
 
 /* Act on one frame, whoever waited for it. Returns 0 or a negative errno
  * (the connection is then gone). */
-static int handle_frame(struct amqp_client *c, const amqp_frame_t *frame)
+int amqp_client_handle_frame(struct amqp_client *c, const amqp_frame_t *frame)
 {
         if (frame->frame_type != AMQP_FRAME_METHOD) {
                 /* Content without a method before it: out of step. */
-                set_error(c, "protocol error: unexpected frame type %u", frame->frame_type);
-                teardown(c);
+                amqp_client_set_error(c, "protocol error: unexpected frame type %u",
+                                      frame->frame_type);
+                amqp_client_teardown(c);
                 return -ECONNRESET;
         }
 
@@ -532,8 +473,8 @@ static int handle_frame(struct amqp_client *c, const amqp_frame_t *frame)
                 return broker_closed(c, &frame->payload.method, "receive");
         case AMQP_BASIC_CANCEL_METHOD:
                 /* The queue was deleted under us: reconnecting redeclares it. */
-                set_error(c, "the broker cancelled the consumer");
-                teardown(c);
+                amqp_client_set_error(c, "the broker cancelled the consumer");
+                amqp_client_teardown(c);
                 return -ECONNRESET;
         default:
                 /* connection.blocked/unblocked and the like: nothing to do. */
@@ -675,13 +616,13 @@ static int do_connect(struct amqp_client *c)
                 return -ENOMEM;
         socket = amqp_tcp_socket_new(c->conn);
         if (!socket) {
-                teardown(c);
+                amqp_client_teardown(c);
                 return -ENOMEM;
         }
         status = amqp_socket_open_noblock(socket, c->host, c->port, &tv);
         if (status != AMQP_STATUS_OK) {
-                set_error(c, "connect: %s", amqp_error_string2(status));
-                teardown(c);
+                amqp_client_set_error(c, "connect: %s", amqp_error_string2(status));
+                amqp_client_teardown(c);
                 return -ECONNREFUSED;
         }
         amqp_set_handshake_timeout(c->conn, &tv);
@@ -705,21 +646,21 @@ static int do_connect(struct amqp_client *c)
         if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
                 /* RabbitMQ drops the socket on a bad password unless the
                  * client asks for authentication_failure_close. */
-                set_error(c, "login: %s",
-                          reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
-                                  ? amqp_error_string2(reply.library_error)
-                                  : "failed");
-                teardown(c);
+                amqp_client_set_error(c, "login: %s",
+                                      reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+                                              ? amqp_error_string2(reply.library_error)
+                                              : "failed");
+                amqp_client_teardown(c);
                 return reply.library_error == AMQP_STATUS_CONNECTION_CLOSED ? -EACCES
                                                                             : -ECONNREFUSED;
         }
 
         amqp_channel_open(c->conn, CHANNEL);
-        int r = check_rpc(c, "channel.open");
+        int r = amqp_client_check_rpc(c, "channel.open");
         if (r < 0)
                 return r;
         amqp_confirm_select(c->conn, CHANNEL);
-        r = check_rpc(c, "confirm.select");
+        r = amqp_client_check_rpc(c, "confirm.select");
         if (r < 0)
                 return r;
 
@@ -758,7 +699,7 @@ void amqp_client_disconnect(struct amqp_client *c)
         amqp_set_rpc_timeout(c->conn, &tv);
         amqp_channel_close(c->conn, CHANNEL, AMQP_REPLY_SUCCESS);
         amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
-        teardown(c);
+        amqp_client_teardown(c);
 }
 
 bool amqp_client_is_connected(const struct amqp_client *c)
@@ -782,456 +723,13 @@ int amqp_client_keepalive(struct amqp_client *c)
                 return -ENOTCONN;
         for (;;) {
                 /* A zero timeout still sends a heartbeat that is due. */
-                r = wait_frame(c, 0, &frame);
+                r = amqp_client_wait_frame(c, 0, &frame);
                 if (r == -ETIMEDOUT)
                         return 0;
                 if (r < 0)
                         return r;
-                r = handle_frame(c, &frame);
+                r = amqp_client_handle_frame(c, &frame);
                 if (r < 0)
                         return r;
         }
-}
-
-/* --------------------------------------------------------------- topology */
-
-static amqp_table_entry_t string_entry(const char *key, const char *value)
-{
-        return (amqp_table_entry_t){
-                .key = amqp_cstring_bytes(key),
-                .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes(value)},
-        };
-}
-
-static amqp_table_entry_t int_entry(const char *key, int32_t value)
-{
-        return (amqp_table_entry_t){
-                .key = amqp_cstring_bytes(key),
-                .value = {.kind = AMQP_FIELD_KIND_I32, .value.i32 = value},
-        };
-}
-
-static int declare_queue(struct amqp_client *c, const char *name, amqp_table_entry_t *args,
-                         int n_args)
-{
-        amqp_table_t table = {.num_entries = n_args, .entries = args};
-
-        amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(name), false, true, false, false,
-                           table);
-        return check_rpc(c, name);
-}
-
-static int declare_topology(struct amqp_client *c)
-{
-        char name[64];
-        int r;
-
-        amqp_exchange_declare(c->conn, CHANNEL, amqp_cstring_bytes(AMQP_EVENTS_EXCHANGE),
-                              amqp_cstring_bytes("topic"), false, true, false, false,
-                              amqp_empty_table);
-        r = check_rpc(c, AMQP_EVENTS_EXCHANGE);
-        if (r < 0)
-                return r;
-
-        /* What the consumer rejects without requeueing is parked by the
-         * broker itself. */
-        amqp_table_entry_t main_args[] = {
-                string_entry("x-dead-letter-exchange", ""),
-                string_entry("x-dead-letter-routing-key", AMQP_NOTIFY_DEAD_QUEUE),
-        };
-        r = declare_queue(c, AMQP_NOTIFY_QUEUE, main_args, ELEMENTSOF(main_args));
-        if (r < 0)
-                return r;
-        amqp_queue_bind(c->conn, CHANNEL, amqp_cstring_bytes(AMQP_NOTIFY_QUEUE),
-                        amqp_cstring_bytes(AMQP_EVENTS_EXCHANGE), amqp_cstring_bytes("payment.#"),
-                        amqp_empty_table);
-        r = check_rpc(c, "queue.bind");
-        if (r < 0)
-                return r;
-
-        for (int n = 1; n <= AMQP_NOTIFY_RETRY_QUEUES; n++) {
-                amqp_table_entry_t retry_args[] = {
-                        int_entry("x-message-ttl", 1000 << (2 * (n - 1))),
-                        string_entry("x-dead-letter-exchange", ""),
-                        string_entry("x-dead-letter-routing-key", AMQP_NOTIFY_QUEUE),
-                };
-
-                snprintf(name, sizeof(name), "vigil.notify.retry.%d", n);
-                r = declare_queue(c, name, retry_args, ELEMENTSOF(retry_args));
-                if (r < 0)
-                        return r;
-        }
-        return declare_queue(c, AMQP_NOTIFY_DEAD_QUEUE, NULL, 0);
-}
-
-int amqp_declare_topology(struct amqp_client *c)
-{
-        uint64_t start;
-        int r;
-
-        if (!c)
-                return -EINVAL;
-        if (!c->conn)
-                return -ENOTCONN;
-        start = now_usec(CLOCK_MONOTONIC);
-        r = declare_topology(c);
-        dependency_metrics_observe(&c->dependencies, "amqp", "declare",
-                                   (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
-                                   r < 0, NULL);
-        return r;
-}
-
-int amqp_queue_message_count(struct amqp_client *c, const char *queue, uint64_t *ret_count)
-{
-        amqp_queue_declare_ok_t *ok;
-        uint64_t start;
-        int r;
-
-        if (!c || !queue || strlen(queue) > 255)
-                return -EINVAL;
-        if (!c->conn)
-                return -ENOTCONN;
-        start = now_usec(CLOCK_MONOTONIC);
-        ok = amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(queue), true, false, false,
-                                false, amqp_empty_table);
-        r = check_rpc(c, queue);
-        dependency_metrics_observe(&c->dependencies, "amqp", "queue_count",
-                                   (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
-                                   r < 0, NULL);
-        if (r < 0)
-                return r;
-        if (ret_count)
-                *ret_count = ok->message_count;
-        return 0;
-}
-
-/* ---------------------------------------------------------------- publish */
-
-static struct span *start_producer_span(struct amqp_client *c, const struct amqp_message *m)
-{
-        struct trace_context parent;
-        bool has_parent = trace_parse_traceparent(m->traceparent, &parent) >= 0;
-        const char *destination = *m->exchange ? m->exchange : "amq.default";
-        char name[TRACE_MAX_NAME_LEN];
-        struct span *span;
-
-        snprintf(name, sizeof(name), "publish %s", destination);
-        span = span_start(c->tracer, name, SPAN_KIND_PRODUCER, has_parent ? &parent : NULL);
-        if (span_is_recording(span)) {
-                span_set_attribute_string(span, "messaging.system", "rabbitmq");
-                span_set_attribute_string(span, "messaging.operation.type", "publish");
-                span_set_attribute_string(span, "messaging.operation.name", "publish");
-                span_set_attribute_string(span, "messaging.destination.name", destination);
-                span_set_attribute_string(span, "messaging.rabbitmq.destination.routing_key",
-                                          m->routing_key);
-                if (m->message_id)
-                        span_set_attribute_string(span, "messaging.message.id", m->message_id);
-                span_set_attribute_int(span, "messaging.message.body.size", (int64_t)m->body_size);
-                span_set_attribute_string(span, "server.address", c->host);
-                span_set_attribute_int(span, "server.port", c->port);
-        }
-        return span;
-}
-
-static int validate_message(const struct amqp_message *m)
-{
-        if (!m->exchange || !m->routing_key || strlen(m->exchange) > 255 ||
-            strlen(m->routing_key) > 255 || m->body_size > AMQP_MAX_BODY_SIZE ||
-            (m->body_size > 0 && !m->body) || m->attempt < 0)
-                return -EINVAL;
-        if ((m->message_id && strlen(m->message_id) > AMQP_MAX_PROPERTY_LEN) ||
-            (m->content_type && strlen(m->content_type) > AMQP_MAX_PROPERTY_LEN) ||
-            (m->tracestate && strlen(m->tracestate) > AMQP_MAX_PROPERTY_LEN) ||
-            (m->reason && strlen(m->reason) > AMQP_MAX_PROPERTY_LEN))
-                return -EINVAL;
-        return 0;
-}
-
-static int send_message(struct amqp_client *c, const struct amqp_message *m, struct span *span)
-{
-        char traceparent[TRACEPARENT_LEN + 1];
-        amqp_table_entry_t headers[4];
-        int n_headers = 0, status;
-
-        if (trace_context_is_valid(span_context(span))) {
-                trace_format_traceparent(span_context(span), traceparent);
-                headers[n_headers++] = string_entry("traceparent", traceparent);
-        } else if (m->traceparent && strlen(m->traceparent) <= AMQP_MAX_PROPERTY_LEN) {
-                headers[n_headers++] = string_entry("traceparent", m->traceparent);
-        }
-        if (m->tracestate && *m->tracestate)
-                headers[n_headers++] = string_entry("tracestate", m->tracestate);
-        if (m->attempt > 0)
-                headers[n_headers++] = int_entry(AMQP_ATTEMPT_HEADER, m->attempt);
-        if (m->reason)
-                headers[n_headers++] = string_entry(AMQP_REASON_HEADER, m->reason);
-
-        amqp_basic_properties_t props = {
-                ._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-                          AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG,
-                .content_type = amqp_cstring_bytes(m->content_type ?: "application/json"),
-                .delivery_mode = AMQP_DELIVERY_PERSISTENT,
-                .timestamp = m->timestamp > 0 ? (uint64_t)m->timestamp : (uint64_t)time(NULL),
-                .headers = {.num_entries = n_headers, .entries = headers},
-        };
-        if (m->message_id) {
-                props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
-                props.message_id = amqp_cstring_bytes(m->message_id);
-        }
-
-        status = amqp_basic_publish(c->conn, CHANNEL, amqp_cstring_bytes(m->exchange),
-                                    amqp_cstring_bytes(m->routing_key), true, false, &props,
-                                    (amqp_bytes_t){.len = m->body_size, .bytes = (void *)m->body});
-        if (status != AMQP_STATUS_OK)
-                return fail_status(c, status, "publish");
-        return 0;
-}
-
-static size_t count_unconfirmed(const struct amqp_client *c)
-{
-        size_t n = 0;
-
-        for (size_t i = 0; i < c->n_pending; i++)
-                n += !c->pending[i].confirmed;
-        return n;
-}
-
-static int publish_and_confirm(struct amqp_client *c, const struct amqp_message *msgs, size_t n)
-{
-        uint64_t deadline = deadline_after_ms(c->rpc_timeout_ms);
-        amqp_frame_t frame;
-        int r;
-
-        for (size_t i = 0; i < n; i++) {
-                r = send_message(c, &msgs[i], c->pending[i].span);
-                if (r < 0)
-                        return r;
-                c->pending[i].tag = c->next_publish_tag++;
-        }
-        while (count_unconfirmed(c) > 0) {
-                r = wait_frame(c, deadline, &frame);
-                if (r == -ETIMEDOUT) {
-                        set_error(c, "publisher confirms did not arrive in %u ms",
-                                  c->rpc_timeout_ms);
-                        teardown(c);
-                        return -ETIMEDOUT;
-                }
-                if (r < 0)
-                        return r;
-                r = handle_frame(c, &frame);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
-}
-
-int amqp_publish_batch(struct amqp_client *c, const struct amqp_message *msgs, size_t n,
-                       enum amqp_publish_result *ret_results)
-{
-        _cleanup_free_ struct pending *pending = NULL;
-        uint64_t start;
-        int r;
-
-        if (!c || !msgs || !ret_results || n == 0 || n > AMQP_PUBLISH_MAX_BATCH)
-                return -EINVAL;
-        for (size_t i = 0; i < n; i++) {
-                r = validate_message(&msgs[i]);
-                if (r < 0)
-                        return r;
-        }
-        if (!c->conn)
-                return -ENOTCONN;
-        pending = calloc(n, sizeof(*pending));
-        if (!pending)
-                return -ENOMEM;
-
-        amqp_maybe_release_buffers(c->conn);
-        start = now_usec(CLOCK_MONOTONIC);
-        for (size_t i = 0; i < n; i++) {
-                pending[i].message_id = msgs[i].message_id;
-                pending[i].span = start_producer_span(c, &msgs[i]);
-        }
-        c->pending = pending;
-        c->n_pending = n;
-        r = publish_and_confirm(c, msgs, n);
-        c->pending = NULL;
-        c->n_pending = 0;
-
-        for (size_t i = 0; i < n; i++) {
-                struct span *span = pending[i].span;
-
-                if (r < 0) {
-                        span_set_attribute_string(span, "error.type", "unconfirmed");
-                        span_set_status(span, SPAN_STATUS_ERROR, c->last_error);
-                        metrics_counter_inc(c->publish_error);
-                } else if (pending[i].nacked) {
-                        span_set_attribute_string(span, "error.type", "nack");
-                        span_set_status(span, SPAN_STATUS_ERROR, "nacked by the broker");
-                        metrics_counter_inc(c->publish_nack);
-                } else if (pending[i].returned) {
-                        span_set_attribute_string(span, "error.type", "returned");
-                        span_set_status(span, SPAN_STATUS_ERROR, "unroutable");
-                        metrics_counter_inc(c->publish_returned);
-                } else {
-                        metrics_counter_inc(c->publish_ack);
-                }
-                span_end(span);
-        }
-        dependency_metrics_observe(&c->dependencies, "amqp", "publish",
-                                   (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
-                                   r < 0, NULL);
-        if (r < 0)
-                return r;
-
-        for (size_t i = 0; i < n; i++)
-                ret_results[i] = pending[i].nacked     ? AMQP_PUBLISH_RESULT_NACK
-                                 : pending[i].returned ? AMQP_PUBLISH_RESULT_RETURNED
-                                                       : AMQP_PUBLISH_RESULT_ACK;
-        return 0;
-}
-
-int amqp_publish(struct amqp_client *c, const struct amqp_message *msg,
-                 enum amqp_publish_result *ret_result)
-{
-        return amqp_publish_batch(c, msg, 1, ret_result);
-}
-
-/* ---------------------------------------------------------------- consume */
-
-int amqp_consume_start(struct amqp_client *c, const char *queue, unsigned prefetch)
-{
-        uint64_t start;
-        int r;
-
-        if (!c || !queue || strlen(queue) > 255 || prefetch < 1 || prefetch > AMQP_MAX_PREFETCH)
-                return -EINVAL;
-        if (!c->conn)
-                return -ENOTCONN;
-        start = now_usec(CLOCK_MONOTONIC);
-        amqp_basic_qos(c->conn, CHANNEL, 0, (uint16_t)prefetch, false);
-        r = check_rpc(c, "basic.qos");
-        if (r >= 0) {
-                amqp_basic_consume(c->conn, CHANNEL, amqp_cstring_bytes(queue), amqp_empty_bytes,
-                                   false, false, false, amqp_empty_table);
-                r = check_rpc(c, queue);
-        }
-        dependency_metrics_observe(&c->dependencies, "amqp", "consume",
-                                   (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
-                                   r < 0, NULL);
-        if (r < 0)
-                return r;
-        free(c->consume_queue);
-        c->consume_queue = strdup(queue);
-        c->consuming = true;
-        return c->consume_queue ? 0 : -ENOMEM;
-}
-
-/* The CONSUMER span of a delivery handed out, current on this thread. */
-static void start_consumer_span(struct amqp_client *c, struct amqp_delivery *d)
-{
-        struct trace_context parent;
-        bool has_parent = trace_parse_traceparent(d->traceparent, &parent) >= 0;
-        const char *queue = c->consume_queue ?: "";
-        char name[TRACE_MAX_NAME_LEN];
-
-        snprintf(name, sizeof(name), "process %s", queue);
-        /* Without a valid parent, a new trace: never a child of whatever
-         * this thread had current. */
-        d->previous_span = trace_set_current(NULL);
-        d->span = span_start(c->tracer, name, SPAN_KIND_CONSUMER, has_parent ? &parent : NULL);
-        if (span_is_recording(d->span)) {
-                span_set_attribute_string(d->span, "messaging.system", "rabbitmq");
-                span_set_attribute_string(d->span, "messaging.operation.type", "process");
-                span_set_attribute_string(d->span, "messaging.operation.name", "process");
-                span_set_attribute_string(d->span, "messaging.destination.name", queue);
-                span_set_attribute_string(d->span, "messaging.rabbitmq.destination.routing_key",
-                                          d->routing_key);
-                if (d->message_id)
-                        span_set_attribute_string(d->span, "messaging.message.id", d->message_id);
-                span_set_attribute_int(d->span, "messaging.rabbitmq.message.delivery_tag",
-                                       (int64_t)d->delivery_tag);
-                span_set_attribute_int(d->span, "messaging.message.body.size",
-                                       (int64_t)d->body_size);
-                span_set_attribute_string(d->span, "server.address", c->host);
-                span_set_attribute_int(d->span, "server.port", c->port);
-        }
-        trace_set_current(d->span);
-}
-
-int amqp_receive(struct amqp_client *c, unsigned timeout_ms, struct amqp_delivery **ret)
-{
-        uint64_t deadline;
-        amqp_frame_t frame;
-        int r;
-
-        if (!c || !ret || timeout_ms > MAX_TIMEOUT_MS)
-                return -EINVAL;
-        if (!c->conn)
-                return -ENOTCONN;
-        if (!c->stash_head)
-                amqp_maybe_release_buffers(c->conn);
-
-        deadline = deadline_after_ms(timeout_ms);
-        while (!c->stash_head) {
-                r = wait_frame(c, deadline, &frame);
-                if (r < 0)
-                        return r;
-                r = handle_frame(c, &frame);
-                if (r < 0)
-                        return r;
-        }
-
-        struct stashed *s = c->stash_head;
-        struct amqp_delivery *d = s->delivery;
-
-        c->stash_head = s->next;
-        if (!c->stash_head)
-                c->stash_tail = NULL;
-        c->n_stashed--;
-        free(s);
-
-        start_consumer_span(c, d);
-        *ret = d;
-        return 0;
-}
-
-static int settle(struct amqp_client *c, const struct amqp_delivery *d, bool ack, bool requeue)
-{
-        int status;
-
-        if (!c || !d)
-                return -EINVAL;
-        if (!c->conn)
-                return -ENOTCONN;
-        if (d->connection_id != c->connection_id)
-                return -ESTALE;
-        if (ack)
-                status = amqp_basic_ack(c->conn, CHANNEL, d->delivery_tag, false);
-        else
-                status = amqp_basic_reject(c->conn, CHANNEL, d->delivery_tag, requeue);
-        if (status != AMQP_STATUS_OK)
-                return fail_status(c, status, ack ? "basic.ack" : "basic.reject");
-        return 0;
-}
-
-int amqp_ack(struct amqp_client *c, const struct amqp_delivery *d)
-{
-        return settle(c, d, true, false);
-}
-
-int amqp_reject(struct amqp_client *c, const struct amqp_delivery *d, bool requeue)
-{
-        return settle(c, d, false, requeue);
-}
-
-void amqp_delivery_free(struct amqp_delivery *d)
-{
-        if (!d)
-                return;
-        if (d->span) {
-                span_end(d->span);
-                trace_set_current(d->previous_span);
-        }
-        delivery_free_contents(d);
-        free(d);
 }
