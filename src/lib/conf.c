@@ -638,6 +638,23 @@ static void load_environment(struct loader *l)
         }
 }
 
+/* A loader of table's keys into config, the defaults applied, recording
+ * problems in diag. */
+static void loader_start(struct loader *l, const struct conf_key *table, size_t n_keys,
+                         void *config, struct conf_diagnostics *diag)
+{
+        assert(table || n_keys == 0);
+        assert(config);
+
+        *l = (struct loader){
+                .table = table,
+                .n_keys = n_keys,
+                .config = config,
+                .diag = diag,
+        };
+        apply_defaults(l);
+}
+
 static int finish(struct loader *l, struct conf_diagnostics *own_diag)
 {
         if (own_diag)
@@ -651,18 +668,10 @@ int conf_load(const struct conf_key *table, size_t n_keys, const char *path, boo
               void *config, struct conf_diagnostics *diag)
 {
         struct conf_diagnostics own_diag = {0};
-        struct loader l = {
-                .table = table,
-                .n_keys = n_keys,
-                .config = config,
-                .diag = diag ? diag : &own_diag,
-        };
+        struct loader l;
         int r;
 
-        assert(table || n_keys == 0);
-        assert(config);
-
-        apply_defaults(&l);
+        loader_start(&l, table, n_keys, config, diag ? diag : &own_diag);
         if (path) {
                 r = load_file(&l, path);
                 if (r == -ENOENT && required)
@@ -678,18 +687,10 @@ int conf_load_buffer(const struct conf_key *table, size_t n_keys, const char *na
                      const void *data, size_t size, void *config, struct conf_diagnostics *diag)
 {
         struct conf_diagnostics own_diag = {0};
-        struct loader l = {
-                .table = table,
-                .n_keys = n_keys,
-                .config = config,
-                .diag = diag ? diag : &own_diag,
-        };
+        struct loader l;
 
-        assert(table || n_keys == 0);
-        assert(config);
         assert(data || size == 0);
-
-        apply_defaults(&l);
+        loader_start(&l, table, n_keys, config, diag ? diag : &own_diag);
         parse_buffer(&l, name ? name : "(buffer)", size > 0 ? data : "", size);
 
         return finish(&l, diag ? NULL : &own_diag);
