@@ -95,3 +95,20 @@ int amqp_client_wait_frame(struct amqp_client *c, uint64_t deadline, amqp_frame_
  * a closing broker. */
 int amqp_client_handle_frame(struct amqp_client *c, const amqp_frame_t *frame);
 void amqp_delivery_free_contents(struct amqp_delivery *d);
+
+/* Table entries (message headers, queue arguments). */
+static inline amqp_table_entry_t amqp_entry_string(const char *key, const char *value)
+{
+        return (amqp_table_entry_t){
+                .key = amqp_cstring_bytes(key),
+                .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes(value)},
+        };
+}
+
+static inline amqp_table_entry_t amqp_entry_int(const char *key, int32_t value)
+{
+        return (amqp_table_entry_t){
+                .key = amqp_cstring_bytes(key),
+                .value = {.kind = AMQP_FIELD_KIND_I32, .value.i32 = value},
+        };
+}

@@ -1,5 +1,5 @@
-/* The payment topology and publishing with publisher confirms, each
- * message under a producer span. See amqp.c for the connection. */
+/* Publishing with publisher confirms, each message under a producer span.
+ * See amqp.c for the connection. */
 #include <amqp.h>
 #include <amqp_framing.h>
 #include <errno.h>
@@ -13,118 +13,6 @@
 #include "macro.h"
 #include "metrics.h"
 #include "trace.h"
-
-/* --------------------------------------------------------------- topology */
-
-static amqp_table_entry_t string_entry(const char *key, const char *value)
-{
-        return (amqp_table_entry_t){
-                .key = amqp_cstring_bytes(key),
-                .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes(value)},
-        };
-}
-
-static amqp_table_entry_t int_entry(const char *key, int32_t value)
-{
-        return (amqp_table_entry_t){
-                .key = amqp_cstring_bytes(key),
-                .value = {.kind = AMQP_FIELD_KIND_I32, .value.i32 = value},
-        };
-}
-
-static int declare_queue(struct amqp_client *c, const char *name, amqp_table_entry_t *args,
-                         int n_args)
-{
-        amqp_table_t table = {.num_entries = n_args, .entries = args};
-
-        amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(name), false, true, false, false,
-                           table);
-        return amqp_client_check_rpc(c, name);
-}
-
-static int declare_topology(struct amqp_client *c)
-{
-        char name[64];
-        int r;
-
-        amqp_exchange_declare(c->conn, CHANNEL, amqp_cstring_bytes(AMQP_EVENTS_EXCHANGE),
-                              amqp_cstring_bytes("topic"), false, true, false, false,
-                              amqp_empty_table);
-        r = amqp_client_check_rpc(c, AMQP_EVENTS_EXCHANGE);
-        if (r < 0)
-                return r;
-
-        /* What the consumer rejects without requeueing is parked by the
-         * broker itself. */
-        amqp_table_entry_t main_args[] = {
-                string_entry("x-dead-letter-exchange", ""),
-                string_entry("x-dead-letter-routing-key", AMQP_NOTIFY_DEAD_QUEUE),
-        };
-        r = declare_queue(c, AMQP_NOTIFY_QUEUE, main_args, ELEMENTSOF(main_args));
-        if (r < 0)
-                return r;
-        amqp_queue_bind(c->conn, CHANNEL, amqp_cstring_bytes(AMQP_NOTIFY_QUEUE),
-                        amqp_cstring_bytes(AMQP_EVENTS_EXCHANGE), amqp_cstring_bytes("payment.#"),
-                        amqp_empty_table);
-        r = amqp_client_check_rpc(c, "queue.bind");
-        if (r < 0)
-                return r;
-
-        for (int n = 1; n <= AMQP_NOTIFY_RETRY_QUEUES; n++) {
-                amqp_table_entry_t retry_args[] = {
-                        int_entry("x-message-ttl", 1000 << (2 * (n - 1))),
-                        string_entry("x-dead-letter-exchange", ""),
-                        string_entry("x-dead-letter-routing-key", AMQP_NOTIFY_QUEUE),
-                };
-
-                snprintf(name, sizeof(name), "vigil.notify.retry.%d", n);
-                r = declare_queue(c, name, retry_args, ELEMENTSOF(retry_args));
-                if (r < 0)
-                        return r;
-        }
-        return declare_queue(c, AMQP_NOTIFY_DEAD_QUEUE, NULL, 0);
-}
-
-int amqp_declare_topology(struct amqp_client *c)
-{
-        uint64_t start;
-        int r;
-
-        if (!c)
-                return -EINVAL;
-        if (!c->conn)
-                return -ENOTCONN;
-        start = now_usec(CLOCK_MONOTONIC);
-        r = declare_topology(c);
-        dependency_metrics_observe(&c->dependencies, "amqp", "declare",
-                                   (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
-                                   r < 0, NULL);
-        return r;
-}
-
-int amqp_queue_message_count(struct amqp_client *c, const char *queue, uint64_t *ret_count)
-{
-        amqp_queue_declare_ok_t *ok;
-        uint64_t start;
-        int r;
-
-        if (!c || !queue || strlen(queue) > 255)
-                return -EINVAL;
-        if (!c->conn)
-                return -ENOTCONN;
-        start = now_usec(CLOCK_MONOTONIC);
-        ok = amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(queue), true, false, false,
-                                false, amqp_empty_table);
-        r = amqp_client_check_rpc(c, queue);
-        dependency_metrics_observe(&c->dependencies, "amqp", "queue_count",
-                                   (double)(now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
-                                   r < 0, NULL);
-        if (r < 0)
-                return r;
-        if (ret_count)
-                *ret_count = ok->message_count;
-        return 0;
-}
 
 /* ---------------------------------------------------------------- publish */
 
@@ -176,16 +64,16 @@ static int send_message(struct amqp_client *c, const struct amqp_message *m, str
 
         if (trace_context_is_valid(span_context(span))) {
                 trace_format_traceparent(span_context(span), traceparent);
-                headers[n_headers++] = string_entry("traceparent", traceparent);
+                headers[n_headers++] = amqp_entry_string("traceparent", traceparent);
         } else if (m->traceparent && strlen(m->traceparent) <= AMQP_MAX_PROPERTY_LEN) {
-                headers[n_headers++] = string_entry("traceparent", m->traceparent);
+                headers[n_headers++] = amqp_entry_string("traceparent", m->traceparent);
         }
         if (m->tracestate && *m->tracestate)
-                headers[n_headers++] = string_entry("tracestate", m->tracestate);
+                headers[n_headers++] = amqp_entry_string("tracestate", m->tracestate);
         if (m->attempt > 0)
-                headers[n_headers++] = int_entry(AMQP_ATTEMPT_HEADER, m->attempt);
+                headers[n_headers++] = amqp_entry_int(AMQP_ATTEMPT_HEADER, m->attempt);
         if (m->reason)
-                headers[n_headers++] = string_entry(AMQP_REASON_HEADER, m->reason);
+                headers[n_headers++] = amqp_entry_string(AMQP_REASON_HEADER, m->reason);
 
         amqp_basic_properties_t props = {
                 ._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |

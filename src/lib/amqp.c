@@ -12,8 +12,8 @@
  * state (a confirm that may still come, a channel the broker closed) is
  * never reused.
  *
- * This file holds the connection and its frames; amqp-publish.c declares
- * the topology and publishes, amqp-consume.c consumes. */
+ * This file holds the connection and its frames; amqp-topology.c declares
+ * the topology, amqp-publish.c publishes, amqp-consume.c consumes. */
 #include <amqp.h>
 #include <amqp_framing.h>
 #include <amqp_tcp_socket.h>

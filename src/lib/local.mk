@@ -32,7 +32,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/daemon.c src/lib/daemon.h \
 	src/lib/daemon-deps.c src/lib/daemon-deps.h \
 	src/lib/amqp.c src/lib/amqp.h src/lib/amqp-internal.h \
-	src/lib/amqp-publish.c src/lib/amqp-consume.c
+	src/lib/amqp-topology.c src/lib/amqp-publish.c src/lib/amqp-consume.c
 
 # What a program linking libvigil.a needs.
 VIGIL_LIBS = src/lib/libvigil.a $(MHD_LIBS) $(PQ_LIBS) $(HIREDIS_LIBS) $(RABBITMQ_LIBS) \
