@@ -1,18 +1,11 @@
 /* vigil-alertbotd's manager: on the metrics registry and tracer the
  * skeleton built (daemon.h), it owns the secrets, the policy, the durable
  * state, its metrics, the escalation sender and the remediation worker,
- * created in that order and torn down in reverse.
+ * created in that order and torn down in reverse. What it does with a
+ * webhook is in alertbotd-remediation.h.
  *
- * Flow: the webhook route decodes a payload and hands it to
- * alertbotd_handle_webhook(), which decides every alert under the lock
- * (policy, on a copy of the state), writes the new state durably and only
- * then swaps it in and queues the restarts for the worker thread. The
- * worker restarts and verifies over D-Bus, records the outcome, writes
- * the audit entry and escalates what did not heal.
- *
- * Thread-safety: alertbotd_handle_webhook() and alertbotd_incidents_json()
- * are called from HTTP threads; they and the worker share the state under
- * one mutex. */
+ * Thread-safety: HTTP threads and the worker share the fields below the
+ * lock under it. */
 #pragma once
 
 #include <pthread.h>
@@ -78,14 +71,3 @@ extern const struct daemon_ops alertbotd_ops;
 /* Exposed for tests: the configuration table of vigil-alertbotd. */
 extern const struct conf_key alertbotd_conf_table[];
 extern const size_t alertbotd_conf_table_size;
-
-/* Decide, record durably and queue the alerts of one payload. Returns 0
- * and, in *ret_summary, a JSON object {"alerts":n,"decisions":{kind:count}}
- * (new reference); -EAGAIN when the worker queue has no room for the
- * restarts decided (nothing was recorded: Alertmanager will retry), -EIO
- * (or the write's errno) when the state could not be written (nothing was
- * recorded either), -ENOMEM. */
-int alertbotd_handle_webhook(struct alertbotd_manager *m, const struct webhook *w,
-                             struct json_object **ret_summary);
-/* {"incidents":[…]} newest first (at most [state] incidents_shown). */
-struct json_object *alertbotd_incidents_json(struct alertbotd_manager *m);

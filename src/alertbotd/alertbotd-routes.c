@@ -4,7 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "alertbotd-manager.h"
+#include "alertbotd-remediation.h"
 #include "alertbotd-webhook.h"
 #include "json-util.h"
 #include "log.h"

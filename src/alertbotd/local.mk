@@ -4,6 +4,7 @@ noinst_LIBRARIES += src/alertbotd/libalertbotd.a
 src_alertbotd_libalertbotd_a_CFLAGS = $(VIGIL_CFLAGS)
 src_alertbotd_libalertbotd_a_SOURCES = \
 	src/alertbotd/alertbotd-manager.c src/alertbotd/alertbotd-manager.h \
+	src/alertbotd/alertbotd-remediation.c src/alertbotd/alertbotd-remediation.h \
 	src/alertbotd/alertbotd-routes.c src/alertbotd/alertbotd-routes.h \
 	src/alertbotd/alertbotd-webhook.c src/alertbotd/alertbotd-webhook.h \
 	src/alertbotd/alertbotd-policy.c src/alertbotd/alertbotd-policy.h \
