@@ -77,7 +77,7 @@ static void collect_sessions(struct metrics_registry *r, void *userdata)
         struct authd_manager *m = userdata;
         int64_t n;
 
-        if (sessions_count_active(m->redis, (int64_t)time(NULL), &n) >= 0)
+        if (sessions_count_active(m->daemon->redis, (int64_t)time(NULL), &n) >= 0)
                 metrics_gauge_set(m->active_sessions, (double)n);
 }
 
@@ -105,8 +105,7 @@ static int manager_init(struct daemon *d, void *userdata)
         int r;
 
         m->config = c;
-        m->pg = d->pg;
-        m->redis = d->redis;
+        m->daemon = d;
 
         r = load_jwt_key(m);
         if (r < 0)
@@ -114,8 +113,8 @@ static int manager_init(struct daemon *d, void *userdata)
         r = register_metrics(m, d->metrics);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up metrics: %m");
-        r = daemon_local_cache_new(&c->redis, m->redis, d->metrics, "sessions", SESSION_KEY_PREFIX,
-                                   &m->sessions_cache);
+        r = daemon_local_cache_new(&c->redis, m->daemon->redis, d->metrics, "sessions",
+                                   SESSION_KEY_PREFIX, &m->sessions_cache);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the local session cache: %m");
         r = jwt_cache_new(d->metrics, &m->token_cache);

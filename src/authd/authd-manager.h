@@ -25,8 +25,7 @@ struct authd_config {
 
 struct authd_manager {
         const struct authd_config *config;
-        struct pg_pool *pg;       /* the skeleton's */
-        struct redis_pool *redis; /* the skeleton's */
+        struct daemon *daemon; /* the dependencies the skeleton built */
         struct local_cache *sessions_cache;
         struct jwt_cache *token_cache; /* tokens that verified */
         struct password_hasher *hasher;

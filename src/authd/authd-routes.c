@@ -101,7 +101,7 @@ static void handle_register(struct http_request *req, void *userdata)
                 return;
         }
 
-        r = users_register(m->pg, m->hasher, username, password, &user_id);
+        r = users_register(m->daemon->pg, m->hasher, username, password, &user_id);
         if (r == -EEXIST) {
                 http_reply_error(req, 409, "username_taken", "Username is already taken");
                 return;
@@ -134,7 +134,7 @@ static void handle_login(struct http_request *req, void *userdata)
         if (decode_credentials(req, &body, &username, &password) < 0)
                 return;
 
-        r = users_authenticate(m->pg, m->hasher, username, password, &user_id);
+        r = users_authenticate(m->daemon->pg, m->hasher, username, password, &user_id);
         if (r == -EACCES || r == -EINVAL) {
                 metrics_counter_inc(m->logins_failure);
                 http_reply_add_header(req, "WWW-Authenticate", "Bearer");
@@ -148,7 +148,7 @@ static void handle_login(struct http_request *req, void *userdata)
         }
 
         now = now_seconds();
-        r = sessions_create(m->redis, user_id, ttl, now, session_id);
+        r = sessions_create(m->daemon->redis, user_id, ttl, now, session_id);
         if (r < 0) {
                 metrics_counter_inc(m->logins_error);
                 reply_failure(req, r, "redis");
@@ -193,7 +193,7 @@ static int authenticate(struct http_request *req, struct authd_manager *m,
                 r = jwt_hs256_verify_cached(m->token_cache, m->jwt_key, m->jwt_key_len, token,
                                             now_seconds(), ret_claims);
         if (r >= 0) {
-                r = sessions_check(m->redis, m->sessions_cache, ret_claims->session_id,
+                r = sessions_check(m->daemon->redis, m->sessions_cache, ret_claims->session_id,
                                    ret_claims->user_id);
                 if (r < 0 && r != -ENOENT) {
                         reply_failure(req, r, "redis");
@@ -233,7 +233,7 @@ static void handle_logout(struct http_request *req, void *userdata)
         if (authenticate(req, m, &claims) < 0)
                 return;
 
-        r = sessions_revoke(m->redis, m->sessions_cache, claims.session_id);
+        r = sessions_revoke(m->daemon->redis, m->sessions_cache, claims.session_id);
         if (r == -ENOENT) {
                 /* Revoked by a concurrent logout. */
                 http_reply_error(req, 401, "invalid_token", "Missing, invalid or revoked token");
@@ -253,12 +253,12 @@ static void handle_stats(struct http_request *req, void *userdata)
         int64_t sessions, users;
         int r;
 
-        r = sessions_count_active(m->redis, now_seconds(), &sessions);
+        r = sessions_count_active(m->daemon->redis, now_seconds(), &sessions);
         if (r < 0) {
                 reply_failure(req, r, "redis");
                 return;
         }
-        r = users_count(m->pg, &users);
+        r = users_count(m->daemon->pg, &users);
         if (r < 0) {
                 reply_failure(req, r, "postgres");
                 return;

@@ -100,9 +100,6 @@ static int manager_init(struct daemon *d, void *userdata)
 
         m->config = c;
         m->daemon = d;
-        m->pg = d->pg;
-        m->redis = d->redis;
-        m->auth = d->auth;
         atomic_store(&m->reservations_ttl_seconds, c->reservations_ttl_seconds);
         if (!inventory_role_name_is_valid(c->reservations_payment_role)) {
                 log_error("[reservations] payment_role \"%s\" is not a plain role name "
@@ -115,13 +112,13 @@ static int manager_init(struct daemon *d, void *userdata)
         if (r < 0)
                 return log_error_errno(r, "Failed to set up metrics: %m");
 
-        r = daemon_local_cache_new(&c->redis, m->redis, d->metrics, "catalog", CACHE_PREFIX,
+        r = daemon_local_cache_new(&c->redis, m->daemon->redis, d->metrics, "catalog", CACHE_PREFIX,
                                    &m->local_cache);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the local catalog cache: %m");
 
         struct cache_options cache_opts = {
-                .redis = m->redis,
+                .redis = m->daemon->redis,
                 .local = m->local_cache,
                 .prefix = CACHE_PREFIX,
                 .ttl_seconds = (unsigned)c->cache_ttl_seconds,
@@ -192,7 +189,7 @@ static void expire_reservations(struct inventoryd_manager *m)
                 size_t n = 0;
                 int r;
 
-                r = inventory_expire_due(m->pg, &expired, &ids, &n);
+                r = inventory_expire_due(m->daemon->pg, &expired, &ids, &n);
                 if (r < 0) {
                         log_warning_errno(r, "Returning the stock of expired reservations "
                                              "failed (will retry): %m");
@@ -221,7 +218,7 @@ static void grant_payment_role(struct inventoryd_manager *m)
         if (now < m->next_grant_usec)
                 return;
         m->next_grant_usec = now + GRANT_INTERVAL_USEC;
-        r = inventory_grant_payment_role(m->pg, role);
+        r = inventory_grant_payment_role(m->daemon->pg, role);
         if (r == -ENOENT) {
                 if (!m->payment_role_missing_logged)
                         log_info("PostgreSQL role %s does not exist (yet): charges cannot pay "

@@ -30,10 +30,7 @@ struct inventoryd_config {
 
 struct inventoryd_manager {
         const struct inventoryd_config *config;
-        struct daemon *daemon;
-        struct pg_pool *pg;       /* the skeleton's */
-        struct redis_pool *redis; /* the skeleton's */
-        struct auth_client *auth; /* the skeleton's */
+        struct daemon *daemon; /* the dependencies the skeleton built */
         struct cache *cache;
         struct local_cache *local_cache;
 

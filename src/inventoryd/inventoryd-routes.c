@@ -31,7 +31,7 @@ static int build_products(void *userdata, char **ret_value, size_t *ret_len)
 {
         struct inventoryd_manager *m = userdata;
 
-        return inventory_list_products_json(m->pg, ret_value, ret_len);
+        return inventory_list_products_json(m->daemon->pg, ret_value, ret_len);
 }
 
 struct product_build {
@@ -43,7 +43,7 @@ static int build_product(void *userdata, char **ret_value, size_t *ret_len)
 {
         struct product_build *b = userdata;
 
-        return inventory_get_product_json(b->manager->pg, b->id, ret_value, ret_len);
+        return inventory_get_product_json(b->manager->daemon->pg, b->id, ret_value, ret_len);
 }
 
 static void handle_products(struct http_request *req, void *userdata)
@@ -155,10 +155,10 @@ static void handle_reserve(struct http_request *req, void *userdata)
                 return;
         if (request_quantity(req, &quantity) < 0)
                 return;
-        if (auth_request_user(m->auth, req, &user_id) < 0)
+        if (auth_request_user(m->daemon->auth, req, &user_id) < 0)
                 return;
 
-        r = inventory_reserve(m->pg, id, user_id, quantity,
+        r = inventory_reserve(m->daemon->pg, id, user_id, quantity,
                               atomic_load(&m->reservations_ttl_seconds), &rv);
         if (r == -ENOENT) {
                 metrics_counter_inc(m->reservations_not_found);
@@ -200,13 +200,13 @@ static void handle_release(struct http_request *req, void *userdata)
         int64_t id, user_id, product_id;
         int r;
 
-        if (auth_request_user(m->auth, req, &user_id) < 0)
+        if (auth_request_user(m->daemon->auth, req, &user_id) < 0)
                 return;
         /* Not a number, not yours, not there and already ended look the
          * same. */
         r = inventory_parse_product_id(text ? text : "", &id);
         if (r >= 0)
-                r = inventory_release(m->pg, id, user_id, &product_id);
+                r = inventory_release(m->daemon->pg, id, user_id, &product_id);
         if (r == -EINVAL || r == -ERANGE || r == -ENOENT) {
                 http_reply_error(req, 404, "not_found", "No such reservation");
                 return;

@@ -78,7 +78,7 @@ static void collect_payments(struct metrics_registry *r, void *userdata)
 
         if (!atomic_load(&m->daemon->migrated))
                 return;
-        if (payments_stats(m->pg, &s) < 0)
+        if (payments_stats(m->daemon->pg, &s) < 0)
                 return; /* keep the last values; vigil_dependency_up tells why */
         metrics_gauge_set(m->revenue_dollars, (double)s.revenue_cents / 100.0);
         metrics_gauge_set(m->outbox_pending, (double)s.outbox_pending);
@@ -132,9 +132,6 @@ static int manager_init(struct daemon *d, void *userdata)
 
         m->config = c;
         m->daemon = d;
-        m->pg = d->pg;
-        m->auth = d->auth;
-        m->tracer = d->tracer;
         paymentd_processor_settings(c, &settings);
         processor_configure(&m->processor, &settings);
 
@@ -174,7 +171,7 @@ static void prune(struct paymentd_manager *m)
 
         if (now < m->next_prune_usec)
                 return;
-        r = payments_prune(m->pg, m->config->idempotency_retention_hours,
+        r = payments_prune(m->daemon->pg, m->config->idempotency_retention_hours,
                            m->config->outbox_retention_hours, PRUNE_BATCH, &deleted);
         if (r < 0) {
                 log_warning_errno(r, "Pruning old idempotency keys failed: %m");

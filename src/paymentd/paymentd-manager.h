@@ -31,10 +31,7 @@ struct paymentd_config {
 
 struct paymentd_manager {
         const struct paymentd_config *config;
-        struct daemon *daemon;
-        struct pg_pool *pg;                 /* the skeleton's */
-        struct auth_client *auth;           /* the skeleton's */
-        struct tracer *tracer;              /* the skeleton's */
+        struct daemon *daemon;              /* the dependencies the skeleton built */
         struct payment_processor processor; /* reloadable settings (atomics) */
         struct pg_pool *relay_pg;
         struct outbox_relay *relay;

@@ -143,11 +143,11 @@ static void finish_stored_error(struct http_request *req, struct paymentd_manage
 
         body = error_body(code, message, &len);
         if (!body) {
-                (void)payments_release(m->pg, claim);
+                (void)payments_release(m->daemon->pg, claim);
                 http_reply_error(req, 500, "internal", "Internal error");
                 return;
         }
-        r = payments_store_response(m->pg, claim, status, body, len);
+        r = payments_store_response(m->daemon->pg, claim, status, body, len);
         if (r == -ESTALE) {
                 http_reply_add_header(req, "Retry-After", "1");
                 http_reply_error(req, 409, "idempotency_key_in_progress",
@@ -155,7 +155,7 @@ static void finish_stored_error(struct http_request *req, struct paymentd_manage
                 return;
         }
         if (r < 0) {
-                (void)payments_release(m->pg, claim);
+                (void)payments_release(m->daemon->pg, claim);
                 reply_failure(req, r, "postgres");
                 return;
         }
@@ -182,7 +182,7 @@ static void finish_approved(struct http_request *req, struct paymentd_manager *m
         int r;
 
         current_trace(req, traceparent, &tracestate);
-        r = payments_complete(m->pg, claim, *traceparent ? traceparent : NULL, tracestate,
+        r = payments_complete(m->daemon->pg, claim, *traceparent ? traceparent : NULL, tracestate,
                               encode_created, &payment, &body, &len);
         if (r == -ESTALE) {
                 /* Only after a database stall longer than takeover_seconds:
@@ -201,7 +201,7 @@ static void finish_approved(struct http_request *req, struct paymentd_manager *m
         }
         if (r < 0) {
                 metrics_counter_inc(m->transactions_failed);
-                (void)payments_release(m->pg, claim);
+                (void)payments_release(m->daemon->pg, claim);
                 if (r == -ENOPKG)
                         reply_inventory_unavailable(req);
                 else
@@ -250,11 +250,11 @@ static int check_reservation(struct http_request *req, struct paymentd_manager *
         char state[PAYMENT_RESERVATION_STATE_MAX];
         int r;
 
-        r = payments_reservation_state(m->pg, claim->reservation_id, claim->user_id, state);
+        r = payments_reservation_state(m->daemon->pg, claim->reservation_id, claim->user_id, state);
         if (r >= 0 && strcmp(state, "held") == 0)
                 return 0;
 
-        (void)payments_release(m->pg, claim);
+        (void)payments_release(m->daemon->pg, claim);
         if (r == -ENOENT)
                 http_reply_error(req, 404, "not_found", "No such reservation");
         else if (r == -ENOPKG)
@@ -299,10 +299,10 @@ static void handle_charge(struct http_request *req, void *userdata)
                 return;
         if (decode_reservation_id(req, body, &reservation_id) < 0)
                 return;
-        if (auth_request_user(m->auth, req, &user_id) < 0)
+        if (auth_request_user(m->daemon->auth, req, &user_id) < 0)
                 return;
 
-        r = payments_claim(m->pg, user_id, key, cents, reservation_id,
+        r = payments_claim(m->daemon->pg, user_id, key, cents, reservation_id,
                            (unsigned)m->config->idempotency_takeover_seconds, &claim);
         if (r < 0) {
                 reply_failure(req, r, "postgres");
@@ -332,7 +332,7 @@ static void handle_charge(struct http_request *req, void *userdata)
         if (claim.claim.reservation_id > 0 && check_reservation(req, m, &claim.claim) < 0)
                 return;
 
-        switch (processor_charge(&m->processor, m->tracer, user_id, key, cents)) {
+        switch (processor_charge(&m->processor, m->daemon->tracer, user_id, key, cents)) {
         case PROCESSOR_APPROVED:
                 finish_approved(req, m, &claim.claim);
                 return;
@@ -343,7 +343,7 @@ static void handle_charge(struct http_request *req, void *userdata)
                 /* Transient: not stored. The key is released so that a
                  * retry with the same key can succeed. */
                 metrics_counter_inc(m->transactions_failed);
-                (void)payments_release(m->pg, &claim.claim);
+                (void)payments_release(m->daemon->pg, &claim.claim);
                 http_reply_unavailable(req, "processor_unavailable", "The payment processor");
                 return;
         }
@@ -357,12 +357,12 @@ static void handle_get_payment(struct http_request *req, void *userdata)
         int64_t id, user_id;
         int r;
 
-        if (auth_request_user(m->auth, req, &user_id) < 0)
+        if (auth_request_user(m->daemon->auth, req, &user_id) < 0)
                 return;
         /* Not a number, not yours and not there look the same. */
         r = payment_parse_id(http_request_param(req, "id"), &id);
         if (r >= 0)
-                r = payments_get(m->pg, id, user_id, &p);
+                r = payments_get(m->daemon->pg, id, user_id, &p);
         if (r == -EINVAL || r == -ENOENT) {
                 http_reply_error(req, 404, "not_found", "No such payment");
                 return;
