@@ -19,6 +19,7 @@ LIB_UNIT_TESTS = \
 	tests/unit/test-log \
 	tests/unit/test-sd \
 	tests/unit/test-conf \
+	tests/unit/test-daemon \
 	tests/unit/test-metrics \
 	tests/unit/test-trace \
 	tests/unit/test-json-util \
@@ -63,6 +64,7 @@ EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-loc
 tests_unit_test_log_SOURCES = tests/unit/test-log.c
 tests_unit_test_sd_SOURCES = tests/unit/test-sd.c
 tests_unit_test_conf_SOURCES = tests/unit/test-conf.c
+tests_unit_test_daemon_SOURCES = tests/unit/test-daemon.c
 tests_unit_test_metrics_SOURCES = tests/unit/test-metrics.c
 tests_unit_test_trace_SOURCES = tests/unit/test-trace.c
 tests_unit_test_json_util_SOURCES = tests/unit/test-json-util.c
@@ -85,6 +87,7 @@ tests_unit_test_amqp_LDADD = $(UNIT_LDADD)
 tests_unit_test_log_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_sd_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_conf_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_daemon_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_metrics_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_trace_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_json_util_CFLAGS = $(UNIT_CFLAGS)
@@ -102,6 +105,7 @@ tests_unit_test_local_cache_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_log_LDADD = $(UNIT_LDADD)
 tests_unit_test_sd_LDADD = $(UNIT_LDADD)
 tests_unit_test_conf_LDADD = $(UNIT_LDADD)
+tests_unit_test_daemon_LDADD = $(UNIT_LDADD)
 tests_unit_test_metrics_LDADD = $(UNIT_LDADD)
 tests_unit_test_trace_LDADD = $(UNIT_LDADD)
 tests_unit_test_json_util_LDADD = $(UNIT_LDADD)

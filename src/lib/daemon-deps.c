@@ -335,6 +335,29 @@ static void check_dependencies(struct daemon *d)
                 note_dependency(&d->redis_up, redis_pool_ping(d->redis) >= 0, "Redis", redis_down);
 }
 
+/* The STATUS= text after a check: "Serving" when ready and every one of
+ * the n dependencies is up, else "Degraded: postgres, redis unavailable"
+ * naming those down (or "Degraded: schema migration pending"). */
+static void format_status(char *buf, size_t size, bool ready, size_t n, const char *const *names,
+                          const bool *up)
+{
+        size_t len;
+
+        len = (size_t)snprintf(buf, size, "Degraded: ");
+        for (size_t i = 0; i < n && len < size; i++)
+                if (!up[i])
+                        len += (size_t)snprintf(buf + len, size - len, "%s%s",
+                                                len > strlen("Degraded: ") ? ", " : "", names[i]);
+        if (len >= size)
+                return;
+        if (len > strlen("Degraded: "))
+                snprintf(buf + len, size - len, " unavailable");
+        else if (ready)
+                snprintf(buf, size, "Serving");
+        else
+                snprintf(buf + len, size - len, "schema migration pending");
+}
+
 static void compose_status(struct daemon *d)
 {
         const char *names[STATUS_NAMES_MAX];
@@ -353,7 +376,7 @@ static void compose_status(struct daemon *d)
                 names[n] = d->ops->checks[i].name;
                 up[n++] = d->ops->checks[i].up(d->manager);
         }
-        daemon_format_status(d->status, sizeof(d->status), atomic_load(&d->migrated), n, names, up);
+        format_status(d->status, sizeof(d->status), atomic_load(&d->migrated), n, names, up);
 }
 
 bool daemon_tick(struct daemon *d)
@@ -382,26 +405,6 @@ const char *daemon_status(struct daemon *d)
         if (d->ops->manager_status)
                 return d->ops->manager_status(d->manager);
         return d->status;
-}
-
-void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const char *const *names,
-                          const bool *up)
-{
-        size_t len;
-
-        len = (size_t)snprintf(buf, size, "Degraded: ");
-        for (size_t i = 0; i < n && len < size; i++)
-                if (!up[i])
-                        len += (size_t)snprintf(buf + len, size - len, "%s%s",
-                                                len > strlen("Degraded: ") ? ", " : "", names[i]);
-        if (len >= size)
-                return;
-        if (len > strlen("Degraded: "))
-                snprintf(buf + len, size - len, " unavailable");
-        else if (ready)
-                snprintf(buf, size, "Serving");
-        else
-                snprintf(buf + len, size - len, "schema migration pending");
 }
 
 /* ---- stopping */

@@ -246,12 +246,6 @@ struct daemon_ops {
 /* Run the daemon; returns the process exit status. */
 int daemon_main(int argc, char **argv, const struct daemon_ops *ops);
 
-/* The STATUS= text after a check: "Serving" when ready and every one of
- * the n dependencies is up, else "Degraded: postgres, redis unavailable"
- * naming those down (or "Degraded: schema migration pending"). */
-void daemon_format_status(char *buf, size_t size, bool ready, size_t n, const char *const *names,
-                          const bool *up);
-
 /* A PostgreSQL pool from its config section; the postgres-password
  * credential (or password_file) is read here. Does not connect. */
 int daemon_pg_pool_new(const struct daemon_postgres_config *c, const char *application_name,
