@@ -12,7 +12,8 @@
 #
 # Caches (under $VIGIL_NSPAWN_CACHE, default /var/cache/vigil/nspawn):
 #   bookworm-base       debootstrap --variant=minbase (+ systemd, dbus)
-#   bookworm-platform   base + the distro services vigil runs on
+#   bookworm-platform   base + the distro services vigil runs on (built
+#                       again when PLATFORM_PKGS changes)
 # Machines live in $VIGIL_NSPAWN_DIR/NAME (default /var/tmp/vigil-nspawn): an
 # overlayfs over the platform cache when the kernel allows it, else a copy.
 #
@@ -31,6 +32,7 @@ BOOT_TIMEOUT=${VIGIL_NSPAWN_BOOT_TIMEOUT:-90}
 PLATFORM_PKGS=(
 	postgresql redis-server rabbitmq-server nginx-light
 	prometheus prometheus-alertmanager prometheus-node-exporter
+	prometheus-nginx-exporter prometheus-postgres-exporter prometheus-redis-exporter
 	polkitd curl python3 ca-certificates procps iproute2 less
 	libjwt0 libmicrohttpd12 libpq5 libhiredis0.14 librabbitmq4 libjson-c5
 	libcurl4 libinih1 libcrypt1 libsystemd0
@@ -93,7 +95,8 @@ create_base() {
 
 create_platform() {
 	local base=$CACHE/$SUITE-base plat=$CACHE/$SUITE-platform tmp
-	[ -f "$plat/.vigil-complete" ] && return 0
+	# A cache of another package list is built again.
+	[ "$(cat "$plat/.vigil-complete" 2>/dev/null)" = "${PLATFORM_PKGS[*]}" ] && return 0
 	create_base
 	tmp=$CACHE/.$SUITE-platform.tmp
 	rm -rf "$tmp"
@@ -111,7 +114,7 @@ create_platform() {
 	fi
 	rm -f "$tmp/usr/sbin/policy-rc.d"
 	rm -f "$tmp/etc/machine-id" && : >"$tmp/etc/machine-id"
-	touch "$tmp/.vigil-complete"
+	echo "${PLATFORM_PKGS[*]}" >"$tmp/.vigil-complete"
 	rm -rf "$plat"
 	mv "$tmp" "$plat"
 }
@@ -153,7 +156,7 @@ cmd_boot() {
 	valid_name "$name"
 	dir=$(machine_dir "$name")
 	plat=$CACHE/$SUITE-platform
-	[ -f "$plat/.vigil-complete" ] || create_platform
+	create_platform
 	if leader_pid "$name" >/dev/null 2>&1; then
 		die "machine $name is already running (stop it first)"
 	fi

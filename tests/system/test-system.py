@@ -8,6 +8,8 @@ apt and checks, against the running system, for all five daemons (authd,
 paymentd, inventoryd, notifyd, alertbotd):
 
   units       vigil.target and every vigil unit active, READY=1 sent (StatusText)
+  targets     every target of the shipped Prometheus configuration up (the
+              exporters, RabbitMQ's plugin); node_exporter counts restarts
   flows       register → login → verify → logout, charge (Idempotency-Key,
               replayed) → one notification row, products → reserve → release, all
               through the nginx gateway
@@ -73,7 +75,9 @@ PACKAGES = [pkg for pkg, _, _ in DAEMONS.values()]
 PORTS = {80: "nginx", 8001: "vigil-authd", 8002: "vigil-paymentd", 8003: "vigil-inventoryd",
          8004: "vigil-notifyd", 8005: "vigil-alertbotd", 5432: "PostgreSQL", 6379: "Redis",
          5672: "RabbitMQ", 9090: "Prometheus", 9093: "Alertmanager", 9094: "Alertmanager cluster",
-         9100: "node_exporter", 9099: "the escalation receiver"}
+         9100: "node_exporter", 9099: "the escalation receiver", 9113: "the nginx exporter",
+         9121: "the Redis exporter", 9187: "the PostgreSQL exporter", 15692: "RabbitMQ's metrics",
+         8081: "nginx stub_status"}
 DEADLINE = time.monotonic() + float(os.environ.get("VIGIL_SYSTEST_TIMEOUT", "1500"))
 # The alert bot's audit MESSAGE_IDs (docs/alertbot.md).
 MSG = {
@@ -233,6 +237,40 @@ def t_units():
     for d, (_, port, _) in DAEMONS.items():
         wait_until(f"{d} /ready 200", lambda port=port: status_of("GET", "/ready", port=port) == 200, 60, 0.5)
     return "; ".join(f"{u} \"{t}\"" for u, t in status.items())
+
+
+def prometheus_api(path):
+    conn = http.client.HTTPConnection("127.0.0.1", 9090, timeout=5)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())["data"]
+    finally:
+        conn.close()
+
+
+@test("monitoring: every target of the shipped Prometheus configuration is up; node_exporter counts restarts")
+def t_targets():
+    def all_up():
+        try:
+            active = prometheus_api("/api/v1/targets?state=active")["activeTargets"]
+        except (OSError, ValueError, KeyError):
+            return None
+        state["targets"] = active
+        return active if active and all(t["health"] == "up" for t in active) else None
+
+    try:
+        active = wait_until("every Prometheus target up", all_up, 120, 2)
+    except AssertionError:
+        down = [f"{t['labels'].get('job')} {t['scrapeUrl']}: {t['health']} {t.get('lastError', '')}"
+                for t in state.get("targets", []) if t["health"] != "up"]
+        raise AssertionError(f"{len(down)} of {len(state.get('targets', []))} targets not up: {down}")
+    jobs = sorted({t["labels"]["job"] for t in active})
+    for job in ("node", "postgres", "redis", "nginx", "rabbitmq", "rabbitmq-queues"):
+        assert job in jobs, f"no target of job {job}: {jobs}"
+    # The systemd collector runs with vigil's arguments (restarts counted).
+    restarts = prometheus_api('/api/v1/query?query=node_systemd_service_restart_total%7Bname%3D%22vigil-authd.service%22%7D')
+    assert restarts["result"], "node_systemd_service_restart_total{name=\"vigil-authd.service\"} missing"
+    return f"{len(active)}/{len(active)} targets up: {', '.join(jobs)}"
 
 
 def login(source="127.0.0.1"):
@@ -995,12 +1033,12 @@ def main():
             return 1
         log(f"# installed ({time.monotonic() - t0:.0f}s)")
         mexec("systemctl", "start", "vigil.target", timeout=120)
-        checks = [t_units, t_flows, t_gateway, t_journal, t_security, t_polkit, t_watchdog, t_outage,
+        checks = [t_units, t_targets, t_flows, t_gateway, t_journal, t_security, t_polkit, t_watchdog, t_outage,
                   t_socket, t_upgrade, t_alertbot_restart, t_alertbot_breaker, t_alertbot_refused,
                   t_remove_purge]
         only = [n for n in os.environ.get("VIGIL_SYSTEST_ONLY", "").split(",") if n]
         if only:
-            checks = [t for t in checks if t in (t_units, t_flows) or t.__name__.removeprefix("t_") in only]
+            checks = [t for t in checks if t in (t_units, t_targets, t_flows) or t.__name__.removeprefix("t_") in only]
         for t in checks:
             check_time()
             t()
