@@ -300,16 +300,7 @@ def setup(ctx):
         "VIGIL_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_S),
     })
     ctx.authd.start()
-    s = ctx.stack.env
-    with open(s["VIGIL_DEV_PG_PASSWORD_FILE_INVENTORY"], "rb") as f:
-        pg_password = f.read()
-    ctx.inv = harness.Daemon("inventoryd", credentials={"postgres-password": pg_password}, env={
-        "VIGIL_POSTGRES_DSN": s["VIGIL_DEV_PG_DSN_INVENTORY"],
-        "VIGIL_REDIS_ADDRESS": s["VIGIL_REDIS_ADDRESS"],
-        "VIGIL_TRACING_OTLP_ENDPOINT": "",
-    })
-    ctx.daemons.append(ctx.inv)
-    ctx.cleanup(ctx.inv.close)
+    ctx.inv = harness.new_inventoryd(ctx)
     ctx.inv.start()
     ctx.recorder = Recorder()
     ctx.cleanup(lambda: ctx.recorder.stop())
