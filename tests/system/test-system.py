@@ -19,6 +19,8 @@ paymentd, inventoryd, notifyd, alertbotd):
               every daemon, no secrets anywhere in the journal
   security    `systemd-analyze security` exposure ≤ 2.0 for every vigil service
   polkit      vigil-alertbot may RestartUnit the four allowlisted units and nothing else
+  grafana     stand-ins of Grafana's grafana, loki, promtail and tempo packages
+              (same names, units, users, conffiles) run vigil's configuration
   watchdog    SIGSTOP every daemon → each killed and restarted within
               WatchdogSec + TimeoutAbortSec + RestartSec
   outage      PostgreSQL stopped: no restart, /health 200, /ready 503 naming
@@ -50,6 +52,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -77,7 +80,7 @@ PORTS = {80: "nginx", 8001: "vigil-authd", 8002: "vigil-paymentd", 8003: "vigil-
          5672: "RabbitMQ", 9090: "Prometheus", 9093: "Alertmanager", 9094: "Alertmanager cluster",
          9100: "node_exporter", 9099: "the escalation receiver", 9113: "the nginx exporter",
          9121: "the Redis exporter", 9187: "the PostgreSQL exporter", 15692: "RabbitMQ's metrics",
-         8081: "nginx stub_status"}
+         8081: "nginx stub_status", 3000: "Grafana", 3100: "Loki", 3200: "Tempo", 9080: "Promtail"}
 DEADLINE = time.monotonic() + float(os.environ.get("VIGIL_SYSTEST_TIMEOUT", "1500"))
 # The alert bot's audit MESSAGE_IDs (docs/alertbot.md).
 MSG = {
@@ -462,6 +465,54 @@ def t_polkit():
     assert p.returncode != 0, "another vigil user may restart vigil-authd"
     return ("vigil-authd, vigil-inventoryd allowed; nginx, postgresql, dbus, vigil.target, "
             "vigil-alertbotd denied; vigil-payment denied")
+
+
+@test("Grafana stack: Grafana's grafana, loki, promtail and tempo packages (stand-ins) run vigil's configuration")
+def t_grafana_stack():
+    # STAND-INS: Grafana's packages are not in Debian and Grafana's APT
+    # repository cannot be reached here, so tests/system/grafana-standins.sh
+    # builds packages with their names, units, users, binaries and
+    # conffiles, around a program that records how it was started. What is
+    # under test is vigil-monitoring's wiring of them.
+    work = tempfile.mkdtemp(prefix="vigil-standins-")
+    try:
+        run([os.path.join(TOP, "tests", "system", "grafana-standins.sh"), work])
+        p = run([NSPAWN, "install-debs", MACHINE, work], check=False, timeout=300)
+        assert p.returncode == 0, f"installing the stand-ins: {p.stdout[-2000:]}{p.stderr[-2000:]}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    units = {"loki": 3100, "promtail": 9080, "tempo": 3200, "grafana-server": 3000}
+    got = {}
+    for unit, port in units.items():
+        wait_until(f"{unit}.service active", lambda unit=unit: show(f"{unit}.service", "ActiveState")["ActiveState"] == "active", 60)
+
+        def standin(port=port):
+            try:
+                s, b, _ = request("GET", "/standin", port=port)
+                return json.loads(b) if s == 200 else None
+            except (OSError, ValueError):
+                return None
+        got[unit] = wait_until(f"{unit} answering on :{port}", standin, 30, 0.5)
+    for tool in ("loki", "promtail", "tempo"):
+        r = got[tool]
+        assert r["user"] == tool, f"{tool} runs as {r['user']}"
+        assert r["config"] == f"/etc/{tool}/{tool}.yml", f"{tool} runs with {r['argv']}: not vigil's configuration"
+        assert r["config_readable"], f"{tool} cannot read {r['config']}: {r.get('config_error')}"
+        assert status_of("GET", "/ready", port=units[tool]) == 200, f"{tool} /ready"
+    pt = got["promtail"]
+    assert {"systemd-journal", "adm"} <= set(pt["groups"]), f"promtail's groups: {pt['groups']}"
+    assert pt["journal_readable"], "promtail cannot read the journal"
+    g = got["grafana-server"]
+    assert g["user"] == "grafana", f"grafana runs as {g['user']}"
+    assert g["provisioning"] == "/etc/grafana/provisioning", g["argv"]
+    assert {"prometheus", "loki", "tempo"} <= set(g["datasources"]), f"datasources: {g['datasources']}"
+    boards = g["dashboards"].get("/usr/share/vigil/grafana/dashboards", [])
+    assert len(boards) >= 5, f"dashboard provider paths: {g['dashboards']}"
+    # The packages' own conffiles are untouched.
+    for tool in ("loki", "promtail", "tempo"):
+        assert "stand-in" in mexec("cat", f"/etc/{tool}/config.yml").stdout, f"/etc/{tool}/config.yml was changed"
+    return (f"loki, promtail, tempo run /etc/<tool>/<tool>.yml as their users; promtail in "
+            f"{', '.join(pt['groups'])}; grafana provisions {', '.join(g['datasources'])} and {len(boards)} dashboards")
 
 
 @test("watchdog: SIGSTOP every daemon → killed and restarted within WatchdogSec + TimeoutAbortSec + RestartSec")
@@ -1033,7 +1084,7 @@ def main():
             return 1
         log(f"# installed ({time.monotonic() - t0:.0f}s)")
         mexec("systemctl", "start", "vigil.target", timeout=120)
-        checks = [t_units, t_targets, t_flows, t_gateway, t_journal, t_security, t_polkit, t_watchdog, t_outage,
+        checks = [t_units, t_targets, t_flows, t_gateway, t_journal, t_security, t_polkit, t_grafana_stack, t_watchdog, t_outage,
                   t_socket, t_upgrade, t_alertbot_restart, t_alertbot_breaker, t_alertbot_refused,
                   t_remove_purge]
         only = [n for n in os.environ.get("VIGIL_SYSTEST_ONLY", "").split(",") if n]
