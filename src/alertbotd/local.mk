@@ -9,7 +9,8 @@ src_alertbotd_libalertbotd_a_SOURCES = \
 	src/alertbotd/alertbotd-policy.c src/alertbotd/alertbotd-policy.h \
 	src/alertbotd/alertbotd-state.c src/alertbotd/alertbotd-state.h \
 	src/alertbotd/alertbotd-systemd.c src/alertbotd/alertbotd-systemd.h \
-	src/alertbotd/alertbotd-escalation.c src/alertbotd/alertbotd-escalation.h
+	src/alertbotd/alertbotd-escalation.c src/alertbotd/alertbotd-escalation.h \
+	src/alertbotd/alertbotd-notifications.c src/alertbotd/alertbotd-notifications.h
 
 sbin_PROGRAMS += src/alertbotd/vigil-alertbotd
 src_alertbotd_vigil_alertbotd_SOURCES = src/alertbotd/alertbotd.c
@@ -40,5 +41,5 @@ check_PROGRAMS += tests/integration/fake-systemd
 tests_integration_fake_systemd_SOURCES = tests/integration/fake-systemd.c
 tests_integration_fake_systemd_CFLAGS = $(VIGIL_CFLAGS)
 tests_integration_fake_systemd_LDADD = $(VIGIL_LIBS)
-TESTS += tests/integration/test-alertbotd-dbus.py
-EXTRA_DIST += tests/integration/test-alertbotd-dbus.py
+TESTS += tests/integration/test-alertbotd-dbus.py tests/integration/test-alertbotd-notify.py
+EXTRA_DIST += tests/integration/test-alertbotd-dbus.py tests/integration/test-alertbotd-notify.py
