@@ -285,17 +285,8 @@ def check_no_counter_threshold():
         assert not bad, f"{r['alert']}: counters used without rate()/increase(): {bad}"
 
 
-def duration_seconds(text):
-    """Seconds of a Prometheus duration such as 30s, 5m, 1h30m."""
-    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
-    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
-    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-    return sum(int(n) * unit[u] for n, u in parts)
-
-
-# A resolved alert must show as resolved within this long, wherever it is
-# sent (the bot's /incidents, its /notifications, a person's pager).
-RESOLVED_WITHIN = 5 * 60
+duration_seconds = obslib.duration_seconds
+RESOLVED_WITHIN = obslib.RESOLVED_WITHIN_SECONDS
 
 
 def check_alertmanager_config():
@@ -323,13 +314,11 @@ def check_alertmanager_config():
     root = cfg["route"]
 
     def walk(route, inherited):
-        timers = dict(inherited, **{k: route[k] for k in ("group_interval", "repeat_interval")
-                                    if k in route})
+        timers = dict(inherited, **{k: route[k] for k in obslib.AM_TIMER_DEFAULTS if k in route})
         yield route, timers
         for sub in route.get("routes", []):
             yield from walk(sub, timers)
-    defaults = {"group_interval": "5m", "repeat_interval": "4h"}  # Alertmanager's own
-    routes = list(walk(root, defaults))
+    routes = list(walk(root, obslib.AM_TIMER_DEFAULTS))
     for route, timers in routes:
         latency = evaluation + duration_seconds(timers["group_interval"])
         assert latency <= RESOLVED_WITHIN, (
