@@ -19,12 +19,16 @@ src_alertbotd_vigil_alertbotd_LDADD = src/alertbotd/libalertbotd.a $(VIGIL_LIBS)
 
 # Unit tests of its areas (no server needed).
 ALERTBOTD_UNIT_TESTS = \
+	tests/unit/test-alertbotd-notifications \
 	tests/unit/test-alertbotd-policy \
 	tests/unit/test-alertbotd-state \
 	tests/unit/test-alertbotd-webhook
 check_PROGRAMS += $(ALERTBOTD_UNIT_TESTS)
 TESTS += $(ALERTBOTD_UNIT_TESTS)
 
+tests_unit_test_alertbotd_notifications_SOURCES = tests/unit/test-alertbotd-notifications.c
+tests_unit_test_alertbotd_notifications_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/alertbotd
+tests_unit_test_alertbotd_notifications_LDADD = src/alertbotd/libalertbotd.a $(UNIT_LDADD)
 tests_unit_test_alertbotd_policy_SOURCES = tests/unit/test-alertbotd-policy.c
 tests_unit_test_alertbotd_policy_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/alertbotd
 tests_unit_test_alertbotd_policy_LDADD = src/alertbotd/libalertbotd.a $(UNIT_LDADD)
