@@ -526,8 +526,8 @@ static void manager_free(void *userdata)
         for (size_t i = 0; m->queue && i < m->queue_size; i++)
                 job_free(m->queue[i]);
         free(m->queue);
-        escalation_free(m->escalation);
         notifications_free(m->notifications);
+        escalation_free(m->escalation);
         state_free(m->scratch);
         state_free(m->state);
         policy_free(m->policy);
