@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "alertbotd-escalation.h"
+#include "alertbotd-notifications.h"
 #include "alertbotd-policy.h"
 #include "alertbotd-routes.h"
 #include "alertbotd-state.h"
@@ -45,9 +46,9 @@ const struct conf_key alertbotd_conf_table[] = {
                     "system, session, or a D-Bus address (unix:path=...) to reach systemd on"),
         CONF_INT("worker", "queue_size", "64", 1, 1024, struct alertbotd_config, worker_queue_size,
                  "Restarts waiting for the worker (more: 503, retried)"),
-        CONF_STRING("escalation", "url", "http://127.0.0.1:9099/escalate", 1024,
-                    struct alertbotd_config, escalation_url,
-                    "Webhook told when the bot will not or cannot heal; empty disables"),
+        CONF_STRING("escalation", "url", "", 1024, struct alertbotd_config, escalation_url,
+                    "Webhook told when the bot will not or cannot heal; empty: recorded on "
+                    "this host (journal, GET /notifications)"),
         CONF_STRING("escalation", "token_file", "", 4096, struct alertbotd_config,
                     escalation_token_file,
                     "Bearer token file when the escalation-token credential is absent"),
@@ -57,6 +58,10 @@ const struct conf_key alertbotd_conf_table[] = {
                  escalation_initial_backoff_ms, "First retry delay; doubles per attempt"),
         CONF_INT("escalation", "queue_size", "64", 1, 1024, struct alertbotd_config,
                  escalation_queue_size, "Escalations waiting to be sent (the oldest is dropped)"),
+        CONF_INT("notifications", "kept", "200", 1, NOTIFICATIONS_MAX_KEPT, struct alertbotd_config,
+                 notifications_kept,
+                 "Notifications (POST /notify, escalations without a url) listed by GET "
+                 "/notifications, newest first; each is also in the journal"),
 };
 const size_t alertbotd_conf_table_size = ELEMENTSOF(alertbotd_conf_table);
 
@@ -196,20 +201,15 @@ static struct json_object *alert_json(const struct webhook_alert *a)
         return o;
 }
 
-/* Send {"alert","actions","results"} for an incident. Takes a reference
- * on alert. Call with the lock held (reads the incident). */
+/* Send {"alert","actions","results"} for an incident, or record it on the
+ * host without [escalation] url. Takes a reference on alert. Call with the
+ * lock held (reads the incident). */
 static void escalate(struct alertbotd_manager *m, struct json_object *alert,
                      const struct state_incident *inc, struct json_object *result)
 {
         _cleanup_(json_object_putp) struct json_object *body = json_object_new_object();
         struct json_object *actions = json_object_new_array(), *results = json_object_new_array();
 
-        if (!m->escalation) {
-                json_object_put(actions);
-                json_object_put(results);
-                json_object_put(result);
-                return;
-        }
         if (!body || !actions || !results) {
                 json_object_put(actions);
                 json_object_put(results);
@@ -236,6 +236,10 @@ static void escalate(struct alertbotd_manager *m, struct json_object *alert,
         json_object_object_add(body, "actions", actions);
         json_object_object_add(body, "results", results);
         json_object_object_add(body, "source", json_object_new_string(alertbotd_ops.name));
+        if (!m->escalation) {
+                (void)notifications_record_escalation(m->notifications, body);
+                return;
+        }
         if (escalation_submit(m->escalation, body) < 0)
                 log_error_errno(ENOMEM, "Cannot escalate: out of memory");
 }
@@ -522,6 +526,7 @@ static void manager_free(void *userdata)
         for (size_t i = 0; m->queue && i < m->queue_size; i++)
                 job_free(m->queue[i]);
         free(m->queue);
+        notifications_free(m->notifications);
         escalation_free(m->escalation);
         state_free(m->scratch);
         state_free(m->state);
@@ -690,9 +695,12 @@ static int manager_new(const void *config, void **ret)
                         goto fail;
                 }
         } else {
-                log_warning("[escalation] url is empty: refusals and failed remediations are "
-                            "only logged");
+                log_info("[escalation] url is empty: refusals and failed remediations are "
+                         "recorded on this host (journal, GET /notifications)");
         }
+        r = notifications_new((size_t)c->notifications_kept, m->metrics, &m->notifications);
+        if (r < 0)
+                goto fail_oom;
 
         *ret = m;
         return 0;

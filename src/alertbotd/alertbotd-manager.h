@@ -1,7 +1,8 @@
 /* vigil-alertbotd's manager: owns the configuration, the metrics registry,
  * the tracer, the secrets, the policy, the durable state, the remediation
- * worker, the escalation sender and the HTTP server, created in that order
- * and torn down in reverse.
+ * worker, the escalation sender (or, without [escalation] url, the list
+ * of notifications recorded on the host, which POST /notify also feeds)
+ * and the HTTP server, created in that order and torn down in reverse.
  *
  * Flow: the webhook route decodes a payload and hands it to
  * alertbotd_handle_webhook(), which decides every alert under the lock
@@ -41,6 +42,7 @@ struct alertbotd_config {
         int64_t escalation_max_attempts;
         int64_t escalation_initial_backoff_ms;
         int64_t escalation_queue_size;
+        int64_t notifications_kept;
 };
 
 struct remediation_job;
@@ -51,7 +53,8 @@ struct alertbotd_manager {
         struct tracer *tracer;
         char *webhook_token;
         char *escalation_token;
-        struct escalation *escalation;
+        struct escalation *escalation;       /* NULL: escalations go to notifications */
+        struct notifications *notifications; /* POST /notify, GET /notifications */
         struct http_server *http;
 
         /* Guards everything below up to the worker's fields. */

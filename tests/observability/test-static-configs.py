@@ -285,21 +285,56 @@ def check_no_counter_threshold():
         assert not bad, f"{r['alert']}: counters used without rate()/increase(): {bad}"
 
 
+duration_seconds = obslib.duration_seconds
+RESOLVED_WITHIN = obslib.RESOLVED_WITHIN_SECONDS
+
+
 def check_alertmanager_config():
     cfg = load("etc", "alertmanager", "alertmanager.yml")
     recv = {r["name"]: r for r in cfg["receivers"]}
-    bot = recv["alertbot"]["webhook_configs"][0]
-    assert bot["url"] == f"http://127.0.0.1:{PORTS['alertbot']}/webhook"
-    auth = bot["http_config"]["authorization"]
-    assert auth["credentials_file"] == "/etc/vigil/alertmanager/webhook-token"
-    assert auth.get("type", "Bearer") == "Bearer"
-    routes = {r["receiver"]: r for r in cfg["route"]["routes"]}
-    r = routes["alertbot"]
-    assert r["continue"] is True
-    for key in ("group_interval", "repeat_interval"):
-        m = re.fullmatch(r"(\d+)([mh])", r[key])
-        minutes = int(m.group(1)) * (60 if m.group(2) == "h" else 1)
-        assert minutes >= 60, f"alertbot route {key} {r[key]}: restarts would repeat too often"
+    bot_token = "/etc/vigil/alertmanager/webhook-token"
+    for name, path in (("alertbot", "webhook"), ("escalation", "notify"), ("tickets", "notify")):
+        hooks = recv[name]["webhook_configs"]
+        assert len(hooks) == 1, f"{name}: {len(hooks)} webhooks"
+        hook = hooks[0]
+        assert hook["url"] == f"http://127.0.0.1:{PORTS['alertbot']}/{path}", f"{name}: {hook['url']}"
+        auth = hook["http_config"]["authorization"]
+        assert auth["credentials_file"] == bot_token, f"{name}: {auth}"
+        assert auth.get("type", "Bearer") == "Bearer", f"{name}: {auth}"
+        assert hook.get("send_resolved") is True, f"{name}: resolved alerts not sent"
+        # The bot answers 400 to more alerts than its [webhook] max_alerts.
+        assert 1 <= hook.get("max_alerts", 0) <= 1000, f"{name}: max_alerts {hook.get('max_alerts')}"
+
+    # Resolved within 5 minutes: Prometheus sees the condition clear within
+    # one evaluation interval and sends the resolved alert at once;
+    # Alertmanager notifies it at the group's next flush, at most
+    # group_interval later. Routes inherit what they do not set.
+    prom = load("etc", "prometheus", "prometheus.yml")
+    evaluation = duration_seconds(prom["global"]["evaluation_interval"])
+    root = cfg["route"]
+
+    def walk(route, inherited):
+        timers = dict(inherited, **{k: route[k] for k in obslib.AM_TIMER_DEFAULTS if k in route})
+        yield route, timers
+        for sub in route.get("routes", []):
+            yield from walk(sub, timers)
+    routes = list(walk(root, obslib.AM_TIMER_DEFAULTS))
+    for route, timers in routes:
+        latency = evaluation + duration_seconds(timers["group_interval"])
+        assert latency <= RESOLVED_WITHIN, (
+            f"route {route.get('receiver')}: a resolved alert can take {latency} s to be notified "
+            f"(evaluation {evaluation} s + group_interval {timers['group_interval']}), "
+            f"more than {RESOLVED_WITHIN} s")
+    bot = [t for r, t in routes if r.get("receiver") == "alertbot"]
+    assert len(bot) == 1, f"{len(bot)} alertbot routes"
+    assert next(r for r, _ in routes if r.get("receiver") == "alertbot")["continue"] is True
+    # Firing alerts repeat slowly: the bot decides once per alert anyway,
+    # and a person is not re-paged every few minutes.
+    for route, timers in routes:
+        assert duration_seconds(timers["repeat_interval"]) >= 3600, (
+            f"route {route.get('receiver')}: repeat_interval {timers['repeat_interval']} under 1h")
+    assert duration_seconds(bot[0]["repeat_interval"]) >= 6 * 3600, \
+        f"alertbot route repeat_interval {bot[0]['repeat_interval']}: under 6h"
 
 
 def check_polkit_matches_allowlist():
@@ -339,7 +374,8 @@ def main():
     runner.check("grafana datasources: ports and trace/log/metric correlations", check_grafana_datasources)
     runner.check("alerts: severity, summary, description and an existing runbook", check_alert_metadata)
     runner.check("alerts: no threshold on a raw counter", check_no_counter_threshold)
-    runner.check("alertmanager: bot webhook with bearer token file, slow repeats", check_alertmanager_config)
+    runner.check("alertmanager: every receiver is the bot's (bearer token file), resolved within 5 min, "
+                 "slow repeats", check_alertmanager_config)
     runner.check("polkit rule: exactly the alert bot's allowlist", check_polkit_matches_allowlist)
     return runner.finish()
 

@@ -30,8 +30,10 @@ paymentd, inventoryd, notifyd, alertbotd):
               kept, every daemon restarted, 0 failed requests
   alertbot    Prometheus → Alertmanager → vigil-alertbotd → D-Bus restart of
               the failed unit, audit record, cooldown, circuit breaker and
-              escalation, allowlist refusal, polkit denial; fault → firing →
-              restart → ready timings printed
+              escalation, allowlist refusal, polkit denial; the page recorded
+              by the bot's /notify (GET /notifications, journal MESSAGE_ID),
+              firing then resolved; fault → firing → restart → ready timings
+              printed
   remove      `apt remove` keeps data and secrets, `apt purge` deletes them
 
 Exit status: 0 passed, 1 failed, 77 skipped (not root, no systemd-nspawn,
@@ -91,6 +93,9 @@ MSG = {
     "refused_allowlist": "ee06a8d952b040f38852d559d7f94fa7",
     "resolved": "2db92e48889241bbbaa31f40d68d21b1",
 }
+# Notifications the bot records on the host (POST /notify), docs/alertbot.md.
+NOTIFY_MSG = {"firing": "9ce3b8577a8c4d90bad16258fec98df9",
+              "resolved": "70cba75ecd174fc7b6ac1ae697f97c3c"}
 
 results = []
 
@@ -757,6 +762,9 @@ http.server.ThreadingHTTPServer(("127.0.0.1", 9099), H).serve_forever()
 '''
 ESCALATIONS = "/run/systest-escalations.jsonl"
 POLICY = "/etc/vigil/alertbot-policy.conf"
+# The bot's escalations go to the test's receiver on 9099 (shipped, the url
+# is empty and they are recorded on the host like pages and tickets).
+BOT_ESCALATION_DROPIN = "/etc/vigil/alertbotd.conf.d/zz-systest-escalation.conf"
 
 
 def prom_alerts():
@@ -806,6 +814,17 @@ def escalations():
     return recs
 
 
+def bot_notifications(alertname, service, status, receiver="escalation"):
+    """Entries of the bot's GET /notifications (newest first) for one alert."""
+    try:
+        s, b, _ = request("GET", "/notifications", port=8005)
+        entries = json.loads(b)["notifications"] if s == 200 else []
+    except (OSError, ValueError, KeyError):
+        return []
+    return [n for n in entries if n.get("alertname") == alertname and n.get("service") == service
+            and n.get("status") == status and n.get("receiver") == receiver]
+
+
 def set_policy(text):
     mwrite(POLICY, text)
     mexec("systemctl", "reload", "vigil-alertbotd.service")
@@ -844,6 +863,11 @@ def setup_alerting():
     mexec("systemctl", "start", "systest-dummy.service")
     mexec("systemd-run", "--unit=systest-escalation", "--quiet", "/usr/bin/python3",
           "/root/escalation-receiver.py", ESCALATIONS)
+    # [escalation] url is read at start (SIGHUP reloads only the policy).
+    mwrite(BOT_ESCALATION_DROPIN, "[escalation]\nurl = http://127.0.0.1:9099/escalate\n")
+    mexec("systemctl", "restart", "vigil-alertbotd.service", timeout=60)
+    wait_until("vigil-alertbotd ready with its escalation url",
+               lambda: status_of("GET", "/ready", port=8005) == 200, 30, 0.5)
     for port in (9090, 9093):
         wait_until(f"{port}/-/ready", lambda port=port: status_of("GET", "/-/ready", port=port) == 200, 60, 0.5)
     wait_until("the escalation receiver", lambda: status_of("POST", "/probe", body={}, port=9099) == 200, 20, 0.5)
@@ -900,9 +924,27 @@ def t_alertbot_restart():
     log("# alert bot timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
         + f" (stop took {t_stopped - t0:.1f}s; for: 6s, scrape/eval 2s, group_wait 1s)")
 
+    # The page itself (severity=page: the escalation receiver) lands where
+    # a person sees it: the bot's /notify records it in GET /notifications
+    # and in the journal with its MESSAGE_ID.
+    page = wait_until("the page in the bot's GET /notifications",
+                      lambda: bot_notifications("VigilDaemonDown", "inventory", "firing"), 60, 0.5)[0]
+    assert page["severity"] == "page" and page["fingerprint"], page
+    entries = [j for j in journal(f"MESSAGE_ID={NOTIFY_MSG['firing']}")
+               if j.get("ALERTNAME") == "VigilDaemonDown" and j.get("SERVICE") == "inventory"]
+    assert entries, "no journal entry for the page"
+    for field in ("RECEIVER", "SEVERITY", "STATUS", "SUMMARY", "STARTS_AT", "FINGERPRINT"):
+        assert field in entries[-1], f"the page's journal entry lacks {field}: {entries[-1]}"
+    assert entries[-1]["RECEIVER"] == "escalation" and entries[-1]["PRIORITY"] == "4", entries[-1]
+
     # A second incident of the same unit inside the cooldown: the alert
     # resolves, the daemon fails again, the bot skips it and says so.
     wait_audit("resolved", unit, 1, 60)
+    wait_until("the resolved page in the bot's GET /notifications",
+               lambda: bot_notifications("VigilDaemonDown", "inventory", "resolved"), 30, 0.5)
+    assert [j for j in journal(f"MESSAGE_ID={NOTIFY_MSG['resolved']}")
+            if j.get("ALERTNAME") == "VigilDaemonDown" and j.get("SERVICE") == "inventory"], \
+        "no journal entry for the resolved page"
     mexec("systemctl", "stop", "vigil-inventoryd.socket", unit, timeout=60)
     try:
         s = wait_audit("skipped_cooldown", unit, 1, 90)[-1]
@@ -911,7 +953,8 @@ def t_alertbot_restart():
     finally:
         mexec("systemctl", "start", "vigil-inventoryd.socket", unit, timeout=60)
     wait_until("inventoryd ready", lambda: status_of("GET", "/ready", port=8003) == 200, 30, 0.5)
-    return (f"acted RESULT={e['RESULT']} DURATION_MS={e['DURATION_MS']}; second incident skipped_cooldown; "
+    return (f"acted RESULT={e['RESULT']} DURATION_MS={e['DURATION_MS']}; page recorded firing then "
+            f"resolved (GET /notifications, journal); second incident skipped_cooldown; "
             + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
 
 
@@ -983,7 +1026,9 @@ def teardown_alerting():
     if not state.get("alerting"):
         return
     mexec("rm", "-f", "/etc/systemd/system/prometheus.service.d/zz-systest.conf",
-          "/etc/systemd/system/prometheus-alertmanager.service.d/zz-systest.conf", check=False)
+          "/etc/systemd/system/prometheus-alertmanager.service.d/zz-systest.conf",
+          BOT_ESCALATION_DROPIN, check=False)
+    mexec("rmdir", "--ignore-fail-on-non-empty", os.path.dirname(BOT_ESCALATION_DROPIN), check=False)
     mexec("systemctl", "stop", "systest-escalation.service", "systest-dummy.service", check=False)
     mexec("systemctl", "daemon-reload", check=False)
 
