@@ -93,7 +93,8 @@ def new_source():
 
 def setup(ctx):
     if not os.path.exists(gatewaylib.NGINX):
-        raise AssertionError(f"{gatewaylib.NGINX} not found (scripts/install-deps.sh installs nginx-light)")
+        raise AssertionError(f"{gatewaylib.NGINX} not found "
+                             "(scripts/install-deps.sh installs nginx-light)")
     ctx.upstream = StatusUpstream()
     ctx.cleanup(ctx.upstream.stop)
     port = ctx.upstream.port
@@ -134,7 +135,9 @@ def setup(ctx):
     check_eq(send("inventory", "PROPFIND", "/api/v1/inventory/products"), 501, "PROPFIND")
     check_eq(send("-", "GET", "/no/such/route", proxied=False), 404, "unknown route")
     # A User-Agent shaped like the fields after it must stay a User-Agent.
-    forged = 'x","service":"auth","method":"GET","status":200,"body_bytes_sent":0,"request_time":9.000,"upstream_addr":"","upstream_status":"","upstream_response_time":"","user_agent":"'
+    forged = ('x","service":"auth","method":"GET","status":200,"body_bytes_sent":0,'
+              '"request_time":9.000,"upstream_addr":"","upstream_status":"",'
+              '"upstream_response_time":"","user_agent":"')
     check_eq(send("-", "GET", "/api/v1/nothing", headers={"User-Agent": forged}, proxied=False),
              404, "forged User-Agent")
     # One client over its burst: the gateway answers 429 itself.

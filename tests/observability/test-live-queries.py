@@ -158,8 +158,8 @@ JOB_OF_METRIC = [
     (r"^slo:", "slo records"),
 ]
 JOB_ORDER = ("payment", "inventory", "notify", "alertbot", "auth", "gateway", "blackbox", "node",
-             "postgres", "redis", "nginx", "rabbitmq-queues", "rabbitmq", "tempo", "alerts (none firing)",
-             "slo records", "vigil daemons", "scrape health (up)")
+             "postgres", "redis", "nginx", "rabbitmq-queues", "rabbitmq", "tempo",
+             "alerts (none firing)", "slo records", "vigil daemons", "scrape health (up)")
 
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
             "unless", "bool", "offset", "inf", "nan"}
