@@ -8,8 +8,8 @@ status is provoked on purpose.
 
 What the gateway and mtail promise:
   - the access log names the service of every API request, the requests
-    nginx answers itself (429 of its rate limit) included, and "-" for
-    everything else;
+    nginx answers itself (429 of its rate limit, 408 of a header that never
+    ends) included, and "-" for everything else;
   - vigil_gateway_requests_total counts every answer by service, method
     (a method outside the standard ones is "other") and code, exactly;
   - vigil_gateway_rate_limited_total counts the 429s of the gateway's own
@@ -28,6 +28,7 @@ import http.server
 import json
 import os
 import re
+import socket
 import sys
 import threading
 
@@ -40,8 +41,11 @@ from harness import check, check_eq  # noqa: E402
 runner = harness.Runner("test-gateway-metrics")
 test = runner.test
 SKIP = 77
-# Sent from one client, more than the burst of 20 the gateway serves at once.
-BURST_REQUESTS = 40
+# Sent from one client, more than the burst of 20 the gateway serves at once
+# plus what its rate of 10/s lets through while they are sent: they take
+# far less than the 4 s that would let all of them through (the stub
+# answers at once).
+BURST_REQUESTS = 60
 
 
 class StatusUpstream:
@@ -54,6 +58,12 @@ class StatusUpstream:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                # Headers and body are two writes: without this, the body
+                # waits for the delayed ACK of the headers (40 ms).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def answer(self):
                 n = int(self.headers.get("Content-Length") or 0)
@@ -123,6 +133,13 @@ def setup(ctx):
         ctx.sent.append((hdrs.get("X-Request-Id"), service, status))
         return status
 
+    # A request whose header never ends: nginx gives up after its
+    # client_header_timeout (10 s) and logs a 408 before any phase ran.
+    stalled = socket.create_connection(("127.0.0.1", ctx.gw.port), timeout=30,
+                                       source_address=(new_source(), 0))
+    ctx.cleanup(stalled.close)
+    stalled.sendall(b"GET /api/v1/auth/verify HTTP/1.1\r\nHost: x\r\n")
+
     for _ in range(3):
         check_eq(send("auth", "POST", "/api/v1/auth/login", {"username": "u"}), 200, "login")
         check_eq(send("inventory", "GET", "/api/v1/inventory/products"), 200, "products")
@@ -152,6 +169,8 @@ def setup(ctx):
             check_eq(status, 200, "products in the burst")
             ctx.proxied["inventory"] += 1
     check(0 < ctx.limited < BURST_REQUESTS, f"{ctx.limited} of {BURST_REQUESTS} rate-limited")
+    check_eq(stalled.recv(1024), b"", "nginx closing the stalled request")
+    ctx.want[("auth", "GET", "408")] += 1
 
     total = sum(ctx.want.values())
 

@@ -376,7 +376,9 @@ def gateway_traffic(ctx, stop):
     sources = (f"127.0.9.{n}" for n in range(1, 255))
     limited = 0
     src = next(sources)
-    for _ in range(30):
+    # 60 requests from one client, far faster than its rate (10/s) can
+    # refill its burst of 20.
+    for _ in range(60):
         limited += gw.request("GET", "/api/v1/inventory/products", source=src)[0] == 429
     check(limited, "no request of the burst was rate-limited by the gateway")
     deadline = time.monotonic() + TRAFFIC_SECONDS
