@@ -33,6 +33,7 @@ PLATFORM_PKGS=(
 	postgresql redis-server rabbitmq-server nginx-light
 	prometheus prometheus-alertmanager prometheus-node-exporter
 	prometheus-nginx-exporter prometheus-postgres-exporter prometheus-redis-exporter
+	prometheus-blackbox-exporter mtail
 	polkitd curl python3 ca-certificates procps iproute2 less
 	libjwt0 libmicrohttpd12 libpq5 libhiredis0.14 librabbitmq4 libjson-c5
 	libcurl4 libinih1 libcrypt1 libsystemd0

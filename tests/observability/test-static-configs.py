@@ -4,8 +4,9 @@ here (Promtail, Loki, Tempo and Grafana are not Debian packages): every
 file parses, the keys each server needs are present, the ports agree with
 DESIGN.md section 1, the labels Promtail keeps are the agreed ones (never a
 trace id), the Grafana correlations point at the right datasources, and
-every alert -- Prometheus and Loki -- has a severity, summary, description
-and a runbook that exists."""
+every Prometheus alert has a severity, summary, description
+and a runbook that exists; the gateway's metrics (mtail) and probes
+(blackbox exporter) read the log and reach the routes the gateway has."""
 
 import glob
 import os
@@ -25,7 +26,7 @@ ETC = os.path.join(TOP, "etc")
 PORTS = {
     "auth": 8001, "payment": 8002, "inventory": 8003, "notify": 8004, "alertbot": 8005,
     "node": 9100, "postgres": 9187, "redis": 9121, "nginx": 9113, "rabbitmq": 15692,
-    "alertmanager": 9093, "prometheus": 9090,
+    "alertmanager": 9093, "prometheus": 9090, "gateway": 3903, "blackbox": 9115,
     "promtail": 9080, "loki": 3100, "tempo": 3200, "otlp-http": 4318, "grafana": 3000,
 }
 VIGIL_JOBS = ("auth", "payment", "inventory", "notify", "alertbot")
@@ -47,7 +48,7 @@ def port_of(url):
 def check_prometheus_scrape_config():
     cfg = load("etc", "prometheus", "prometheus.yml")
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-    for job in list(VIGIL_JOBS) + ["node", "postgres", "redis", "nginx", "rabbitmq",
+    for job in list(VIGIL_JOBS) + ["node", "postgres", "redis", "nginx", "gateway", "rabbitmq",
                                    "alertmanager", "prometheus"]:
         assert job in jobs, f"no scrape job {job}"
         targets = [t for sc in jobs[job]["static_configs"] for t in sc["targets"]]
@@ -126,45 +127,9 @@ def check_loki():
     hours = int(re.fullmatch(r"(\d+)h", period).group(1))
     assert hours >= 14 * 24, f"retention {period} shorter than 14 days"
     assert cfg["schema_config"]["configs"][0]["object_store"] == "filesystem"
-    assert port_of(cfg["ruler"]["alertmanager_url"]) == PORTS["alertmanager"]
-    assert cfg["ruler"]["storage"]["local"]["directory"] == "/etc/loki/rules"
-
-
-def logql_balanced(expr):
-    pairs = {")": "(", "]": "[", "}": "{"}
-    stack = []
-    in_str = False
-    prev = ""
-    for c in expr:
-        if c == '"' and prev != "\\":
-            in_str = not in_str
-        elif not in_str:
-            if c in "([{":
-                stack.append(c)
-            elif c in ")]}":
-                if not stack or stack.pop() != pairs[c]:
-                    return False
-        prev = c
-    return not stack and not in_str
-
-
-def check_loki_rules():
-    files = glob.glob(os.path.join(ETC, "loki", "rules", "fake", "*.yml"))
-    assert files, "no Loki rule files under etc/loki/rules/fake/"
-    n = 0
-    for path in files:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-        for g in doc["groups"]:
-            for r in g["rules"]:
-                e = r["expr"]
-                assert logql_balanced(e), f"{r.get('alert')}: unbalanced brackets or quotes"
-                assert re.search(r'\{job="vigil-gateway"\}', e), "must select the gateway stream"
-                for m in re.finditer(r"count_over_time\((.*?)\[(\d+[smhd])\]\)", e, re.S):
-                    assert m.group(1).strip().startswith("{"), "range aggregation without a selector"
-                assert "$" not in e
-                n += 1
-    assert n
+    # No LogQL alerts: every alert is a Prometheus rule (the gateway's come
+    # from mtail's metrics), so no ruler.
+    assert "ruler" not in cfg, "a Loki ruler without rules"
 
 
 def check_tempo():
@@ -214,16 +179,66 @@ def check_grafana_datasources():
 
 
 def all_alerts():
-    """(source, alert rule) of every Prometheus and Loki alerting rule."""
+    """(source, alert rule) of every alerting rule (all are Prometheus')."""
     out = []
     for name, rules in obslib.alert_rules().items():
         for r in rules:
             out.append(("prometheus", r))
-    for path in glob.glob(os.path.join(ETC, "loki", "rules", "fake", "*.yml")):
-        with open(path, encoding="utf-8") as f:
-            for g in yaml.safe_load(f)["groups"]:
-                out.extend(("loki", r) for r in g["rules"] if "alert" in r)
+    assert not glob.glob(os.path.join(ETC, "loki", "rules", "**", "*.yml"), recursive=True), \
+        "Loki rule files, but Loki runs no ruler"
     return out
+
+
+def default_file(*parts):
+    """The variables of a /etc/default file shipped in the tree."""
+    with open(os.path.join(ETC, *parts), encoding="utf-8") as f:
+        return dict(re.findall(r'^([A-Z_]+)="?([^"\n]*)"?$', f.read(), re.M))
+
+
+def gateway_access_log():
+    """The path of the gateway's vigil_json access log (the one log line of
+    the shipped nginx configuration)."""
+    logs = set()
+    for conf in glob.glob(os.path.join(ETC, "nginx", "**", "*.conf"), recursive=True):
+        with open(conf, encoding="utf-8") as f:
+            logs |= set(re.findall(r"^\s*access_log\s+(/\S+)\s+vigil_json", f.read(), re.M))
+    assert len(logs) == 1, logs
+    return logs.pop()
+
+
+def check_gateway_metrics_and_probes():
+    # mtail reads the log nginx writes, on the port Prometheus scrapes.
+    env = default_file("mtail", "mtail.default")
+    assert env["LOGS"] == gateway_access_log(), env
+    assert env["HOST"] == "127.0.0.1" and int(env["PORT"]) == PORTS["gateway"], env
+    assert os.path.isfile(os.path.join(ETC, "mtail", "vigil-gateway.mtail"))
+    # The blackbox exporter reads vigil's modules, on loopback only.
+    args = default_file("prometheus", "prometheus-blackbox-exporter.default")["ARGS"].split()
+    assert "--config.file=/etc/prometheus/vigil-blackbox.yml" in args, args
+    assert f"--web.listen-address=127.0.0.1:{PORTS['blackbox']}" in args, args
+    modules = load("etc", "prometheus", "vigil-blackbox.yml")["modules"]
+    cfg = load("etc", "prometheus", "prometheus.yml")
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "blackbox"]
+    assert job["metrics_path"] == "/probe"
+    relabel = {r["target_label"]: r for r in job["relabel_configs"]}
+    assert relabel["__address__"]["replacement"] == f"127.0.0.1:{PORTS['blackbox']}"
+    assert relabel["__param_target"]["source_labels"] == ["__address__"]
+    assert relabel["__param_module"]["source_labels"] == ["module"]
+    with open(os.path.join(ETC, "nginx", "vigil", "gateway-server.conf"), encoding="utf-8") as f:
+        routes = re.findall(r"^location ~ (\^/api/v1/\S+\$) \{", f.read(), re.M)
+    assert routes, "no API routes in gateway-server.conf"
+    probes = set()
+    for sc in job["static_configs"]:
+        (url,) = sc["targets"]
+        labels = sc["labels"]
+        probes.add(labels["probe"])
+        assert labels["module"] in modules, f"{url}: no module {labels['module']}"
+        assert modules[labels["module"]]["prober"] == "http"
+        u = urllib.parse.urlparse(url)
+        # Through the gateway's public port, to a route it proxies.
+        assert u.hostname == "127.0.0.1" and u.port is None and u.scheme == "http", url
+        assert any(re.fullmatch(r, u.path) for r in routes), f"{url}: no gateway route"
+    assert len(probes) == len(job["static_configs"]) >= 3, probes
 
 
 def check_alert_metadata():
@@ -367,8 +382,9 @@ def main():
                  check_prometheus_flags)
     runner.check("promtail: port 9080, journal as JSON, labels unit/priority/syslog_identifier/host only",
                  check_promtail)
-    runner.check("loki: port 3100, filesystem, retention >= 14d, ruler to Alertmanager", check_loki)
-    runner.check("loki rules: LogQL structurally sound", check_loki_rules)
+    runner.check("loki: port 3100, filesystem, retention >= 14d, no ruler", check_loki)
+    runner.check("gateway: mtail reads the access log, the blackbox probes reach gateway routes",
+                 check_gateway_metrics_and_probes)
     runner.check("tempo: 3200, OTLP/HTTP 4318, metrics generator remote-writes to Prometheus",
                  check_tempo)
     runner.check("grafana datasources: ports and trace/log/metric correlations", check_grafana_datasources)

@@ -82,7 +82,8 @@ PORTS = {80: "nginx", 8001: "vigil-authd", 8002: "vigil-paymentd", 8003: "vigil-
          5672: "RabbitMQ", 9090: "Prometheus", 9093: "Alertmanager", 9094: "Alertmanager cluster",
          9100: "node_exporter", 9099: "the escalation receiver", 9113: "the nginx exporter",
          9121: "the Redis exporter", 9187: "the PostgreSQL exporter", 15692: "RabbitMQ's metrics",
-         8081: "nginx stub_status", 3000: "Grafana", 3100: "Loki", 3200: "Tempo", 9080: "Promtail"}
+         8081: "nginx stub_status", 3903: "mtail", 9115: "the blackbox exporter", 3000: "Grafana",
+         3100: "Loki", 3200: "Tempo", 9080: "Promtail"}
 DEADLINE = time.monotonic() + float(os.environ.get("VIGIL_SYSTEST_TIMEOUT", "1500"))
 # The alert bot's audit MESSAGE_IDs (docs/alertbot.md).
 MSG = {
@@ -273,8 +274,21 @@ def t_targets():
                 for t in state.get("targets", []) if t["health"] != "up"]
         raise AssertionError(f"{len(down)} of {len(state.get('targets', []))} targets not up: {down}")
     jobs = sorted({t["labels"]["job"] for t in active})
-    for job in ("node", "postgres", "redis", "nginx", "rabbitmq", "rabbitmq-queues"):
+    for job in ("node", "postgres", "redis", "nginx", "rabbitmq", "rabbitmq-queues", "gateway",
+                "blackbox"):
         assert job in jobs, f"no target of job {job}: {jobs}"
+
+    # Every probe of the public API through the gateway succeeds (the
+    # daemons may still be starting: bounded wait).
+    def probes_ok():
+        r = prometheus_api("/api/v1/query?query=probe_success")["result"]
+        state["probes"] = {s["metric"].get("probe"): s["value"][1] for s in r}
+        return len(r) == 3 and all(s["value"][1] == "1" for s in r)
+
+    try:
+        wait_until("every blackbox probe succeeding", probes_ok, 120, 2)
+    except AssertionError:
+        raise AssertionError(f"probe_success by probe: {state.get('probes')}")
     # The systemd collector runs with vigil's arguments (restarts counted).
     restarts = prometheus_api('/api/v1/query?query=node_systemd_service_restart_total%7Bname%3D%22vigil-authd.service%22%7D')
     assert restarts["result"], "node_systemd_service_restart_total{name=\"vigil-authd.service\"} missing"
