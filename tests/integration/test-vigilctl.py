@@ -566,6 +566,21 @@ def test_hanging_prometheus_is_bounded_by_the_timeout(ctx):
     for c in got.values():
         check("no answer within 1 s" in c["detail"], c)
     check(seconds < 10, f"a hanging Prometheus held validate for {seconds:.1f} s (--timeout 1)")
+    # A request bound longer than the run's: the deadline gives the verdict.
+    with socket.socket() as s:
+        s.bind((harness.LOOPBACK, 0))
+        s.listen(16)
+        port = s.getsockname()[1]
+        args = [a if a != f"http://127.0.0.1:{ctx.prom_port}" else f"http://127.0.0.1:{port}"
+                for a in platform_args(ctx)]
+        r, seconds = vigilctl(ctx, "validate", "--json", "--timeout", "20", "--deadline", "3", *args)
+    check_eq(r.returncode, 1, f"exit status: {r.stderr}")
+    got = failed({c["check"]: c for c in json.loads(r.stdout)["checks"]})
+    check_eq(sorted(got), ["Prometheus targets up", "no alert firing",
+                           "rules loaded, no evaluation error"], "checks without a verdict")
+    for c in got.values():
+        check("no verdict within the 3 s deadline" in c["detail"], c)
+    check(seconds < 10, f"validate --deadline 3 took {seconds:.1f} s")
 
 
 @test

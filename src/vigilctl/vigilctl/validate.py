@@ -333,7 +333,7 @@ def check_units(cfg):
         fix = f"systemctl restart {svc}; journalctl -u {svc} -n 50 says why it stopped"
         if props.get("LoadState") != "loaded":
             out.append(Result("units", f"unit {svc}", FAIL, f"not loaded ({props.get('LoadState', '?')})",
-                              f"reinstall its package (apt-get install --reinstall vigil-{name.rstrip('d')}…)"))
+                              f"install its package ({'vigil-alertbot' if name == 'alertbotd' else 'vigil-' + name})"))
         elif props.get("ActiveState") == "active" and props.get("SubState") == "running":
             out.append(Result("units", f"unit {svc}", PASS,
                               state + (f": {status_text}" if status_text else "")))
@@ -859,9 +859,22 @@ def check_grafana(cfg):
     return Result("dashboards", name, PASS, f"healthy: {', '.join(good)}")
 
 
-CHECKS = (check_units, check_ready, check_flow, check_targets, check_rules, check_alerts,
-          check_receivers, check_alertbot, check_journal, check_spans, check_loki, check_tempo,
-          check_grafana)
+# Each check and what it is called when it gives no verdict of its own.
+CHECKS = {
+    check_units: ("units", "units"),
+    check_ready: ("units", "ready"),
+    check_flow: ("traffic", "flow through the gateway"),
+    check_targets: ("metrics", "Prometheus targets up"),
+    check_rules: ("alerting", "rules loaded, no evaluation error"),
+    check_alerts: ("alerting", "no alert firing"),
+    check_receivers: ("alerting", "Alertmanager receivers reachable"),
+    check_alertbot: ("alerting", "alert bot answers Alertmanager's token"),
+    check_journal: ("logs", "journal fields"),
+    check_spans: ("traces", "spans exported"),
+    check_loki: ("logs", "logs found in Loki"),
+    check_tempo: ("traces", "trace found in Tempo"),
+    check_grafana: ("dashboards", "Grafana datasources healthy"),
+}
 
 
 # --------------------------------------------------------------------------
@@ -872,7 +885,7 @@ def _timed(check, cfg):
     try:
         res = check(cfg)
     except Exception as e:  # pylint: disable=broad-except
-        res = Result("?", check.__name__[6:], FAIL, f"the check itself failed: {e!r}",
+        res = Result(*CHECKS[check], FAIL, f"the check itself failed: {e!r}",
                      "a bug in vigilctl: please report it with this line")
     res = res if isinstance(res, list) else [res]
     for r in res:
@@ -890,7 +903,7 @@ def run_checks(cfg):
             results[c] = f.result()
         else:
             cfg.flow_done.set()
-            results[c] = [Result("?", c.__name__[6:], FAIL,
+            results[c] = [Result(*CHECKS[c], FAIL,
                                  f"no verdict within the {cfg.args.deadline:g} s deadline",
                                  "what it talks to hangs: see the other checks")]
     pool.shutdown(wait=False, cancel_futures=True)
