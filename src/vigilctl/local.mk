@@ -1,11 +1,11 @@
 # vigilctl, the operator's front door (Python 3, standard library only):
 # the program in $(sbindir), its subcommands as the vigilctl package in
-# $(vigilctlmoduledir), its man page in section 8.
+# $(vigilctlmoduledir) (from src/vigilctl/modules/), its man page in section 8.
 vigilctlmoduledir = $(datadir)/vigilctl
 vigilctlpkgdir = $(vigilctlmoduledir)/vigilctl
 sbin_SCRIPTS = src/vigilctl/vigilctl
-dist_vigilctlpkg_DATA = src/vigilctl/vigilctl/__init__.py src/vigilctl/vigilctl/cli.py \
-	src/vigilctl/vigilctl/validate.py
+dist_vigilctlpkg_DATA = src/vigilctl/modules/vigilctl/__init__.py src/vigilctl/modules/vigilctl/cli.py \
+	src/vigilctl/modules/vigilctl/validate.py
 dist_man8_MANS = docs/man/vigilctl.8
 EXTRA_DIST += src/vigilctl/vigilctl.in
 CLEANFILES += src/vigilctl/vigilctl

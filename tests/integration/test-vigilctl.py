@@ -49,7 +49,7 @@ runner = harness.Runner("test-vigilctl")
 test = runner.test
 
 VIGILCTL = os.path.join(harness.TOP_BUILDDIR, "src", "vigilctl", "vigilctl")
-MODULES = os.path.join(harness.TOP_SRCDIR, "src", "vigilctl")
+MODULES = os.path.join(harness.TOP_SRCDIR, "src", "vigilctl", "modules")
 WEBHOOK_TOKEN = "webhook-token-" + os.urandom(12).hex()
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")

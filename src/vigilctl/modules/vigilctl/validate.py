@@ -525,7 +525,7 @@ def check_rules(cfg):
         names = "; ".join(f"{g}/{r.get('name', '?')}: {(r.get('lastError') or '')[:120]}" for g, r in bad)
         return Result("alerting", name, FAIL, f"{len(bad)} of {len(rules)} rules fail: {names}",
                       "fix the expression (promtool test rules), or the series it reads")
-    return Result("alerting", name, PASS, f"{len(rules)} rules in {len(groups)} groups, no error")
+    return Result("alerting", name, PASS, f"{len(rules)} rules in {len(groups)} group{'s' if len(groups) != 1 else ''}, no error")
 
 
 def check_alerts(cfg):
@@ -715,6 +715,9 @@ def check_journal(cfg):
         es = wait_for(found, min(5.0, cfg.args.deadline / 3)) or entries()
     except (OSError, subprocess.TimeoutExpired) as e:
         return Result("logs", name, FAIL, f"journalctl: {e}", "journalctl must be runnable (run as root)")
+    if not es and os.geteuid() != 0:
+        return Result("logs", name, SKIP, "cannot read the system journal: run as root "
+                      "(or in group systemd-journal)")
     if not es:
         return Result("logs", name, FAIL, "vigil-authd wrote no request record to the journal",
                       "[http] access_log = true in /etc/vigil/authd.conf; journalctl -u vigil-authd")
