@@ -525,7 +525,8 @@ def check_rules(cfg):
         names = "; ".join(f"{g}/{r.get('name', '?')}: {(r.get('lastError') or '')[:120]}" for g, r in bad)
         return Result("alerting", name, FAIL, f"{len(bad)} of {len(rules)} rules fail: {names}",
                       "fix the expression (promtool test rules), or the series it reads")
-    return Result("alerting", name, PASS, f"{len(rules)} rules in {len(groups)} group{'s' if len(groups) != 1 else ''}, no error")
+    plural = "s" if len(groups) != 1 else ""
+    return Result("alerting", name, PASS, f"{len(rules)} rules in {len(groups)} group{plural}, no error")
 
 
 def check_alerts(cfg):
