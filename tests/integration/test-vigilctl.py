@@ -15,7 +15,10 @@ reads a configuration directory shaped like /etc/vigil (<daemon>.conf with
 Asserted: the healthy platform passes (units and the journal are explicit
 skips here: systemd is not PID 1; Tempo, Loki and Grafana explicit skips:
 not installed), the synthetic user is created once and reused (no new row
-per run); then each break is named by the right check with exit status 1
+per run); with stand-ins for Tempo, Loki and Grafana (not packaged by
+Debian, not downloadable here: their HTTP APIs answered from the real spans
+and logs) their checks pass, and lost traces or a broken datasource are
+named; then each break is named by the right check with exit status 1
 and a fix, and --json gives the same verdicts as the text: a stopped
 daemon, a Prometheus target down, an alert firing, a rule failing to
 evaluate, an unreachable Alertmanager receiver, a wrong bot token. A hanging
@@ -26,6 +29,7 @@ Run by `make check`; by hand:
   top_builddir=/path/to/build python3 tests/integration/test-vigilctl.py [TEST...]
 """
 
+import base64
 import http.server
 import importlib.util
 import json
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -159,6 +164,104 @@ class TicketReceiver:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+class GrafanaStandIns:
+    """Stand-ins for Tempo, Loki and Grafana, which Debian does not package
+    and which cannot be downloaded here: just the HTTP APIs vigilctl reads,
+    answered from real data. Tempo's /api/traces/<id> from the spans the
+    daemons exported to the test's OTLP collector; Loki's query_range
+    ({unit="..."} |= "text") from authd's own log lines; Grafana's
+    /api/health, /api/datasources (basic auth) and each datasource's health
+    (Prometheus: the real one's /-/ready; Loki and Tempo: the stand-ins,
+    unless told to report them broken)."""
+
+    USER, PASSWORD = "admin", "stand-in-" + os.urandom(6).hex()
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.lose_traces = False
+        self.broken_datasource = None
+        stand = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status, doc):
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                port = self.server.server_address[1]
+                status, doc = stand.answer(port, self.path, self.headers.get("Authorization"))
+                self.reply(status, doc)
+
+        self.servers = {}
+        for name in ("tempo", "loki", "grafana"):
+            srv = http.server.ThreadingHTTPServer((harness.LOOPBACK, 0), Handler)
+            srv.daemon_threads = True
+            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+            self.servers[name] = srv
+        self.ports = {n: srv.server_address[1] for n, srv in self.servers.items()}
+
+    def args(self):
+        return [a for n in ("tempo", "loki", "grafana") for a in (f"--{n}", f"http://127.0.0.1:{self.ports[n]}")]
+
+    def answer(self, port, path, authorization):
+        url = urllib.parse.urlsplit(path)
+        if port == self.ports["tempo"]:
+            m = re.fullmatch(r"/api/traces/([0-9a-f]{32})", url.path)
+            if not m:
+                return 404, {"error": "not found"}
+            spans = [sp for sp in self.ctx.otlp.spans() if sp.get("traceId") == m.group(1)]
+            if not spans or self.lose_traces:
+                return 404, {"error": "trace not found"}
+            return 200, {"batches": [{"scopeSpans": [{"spans": spans}]}]}
+        if port == self.ports["loki"]:
+            if url.path != "/loki/api/v1/query_range":
+                return 404, {"error": "not found"}
+            query = urllib.parse.parse_qs(url.query)["query"][0]
+            m = re.fullmatch(r'\{unit="([^"]+)"\}(?: \|= "([^"]*)")?', query)
+            if not m:
+                return 400, {"error": f"stand-in cannot parse {query}"}
+            lines = []
+            if m.group(1) == "vigil-authd.service":
+                lines = [ln for ln in self.ctx.authd.log_text().splitlines() if (m.group(2) or "") in ln]
+            values = [[str(time.time_ns()), ln] for ln in lines[-5:]]
+            return 200, {"status": "success", "data": {"resultType": "streams", "result":
+                         [{"stream": {"unit": m.group(1)}, "values": values}] if values else []}}
+        # Grafana
+        if url.path == "/api/health":
+            return 200, {"database": "ok", "version": "stand-in"}
+        want = "Basic " + base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+        if authorization != want:
+            return 401, {"message": "Unauthorized"}
+        if url.path == "/api/datasources":
+            return 200, [{"uid": "prometheus", "name": "Prometheus"}, {"uid": "loki", "name": "Loki"},
+                         {"uid": "tempo", "name": "Tempo"}]
+        m = re.fullmatch(r"/api/datasources/uid/(\w+)/health", url.path)
+        if not m:
+            return 404, {"message": "Not found"}
+        uid = m.group(1)
+        if uid == self.broken_datasource:
+            return 400, {"status": "ERROR", "message": f"{uid}: connection refused (stand-in)"}
+        backend = self.ctx.prom_port if uid == "prometheus" else self.ports[uid]
+        try:
+            ok = socket.create_connection((harness.LOOPBACK, backend), timeout=2)
+            ok.close()
+        except OSError as e:
+            return 400, {"status": "ERROR", "message": str(e)}
+        return 200, {"status": "OK", "message": "Data source is working"}
+
+    def close(self):
+        for srv in self.servers.values():
+            srv.shutdown()
+            srv.server_close()
 
 
 class Process:
@@ -364,11 +467,12 @@ def platform_args(ctx):
             "--grafana", f"http://127.0.0.1:{closed}", "--systemd", "no"]
 
 
-def validate(ctx, want_rc, *extra):
-    """Run validate as text and as --json; assert both exit want_rc and give
-    the same verdict for every check. Returns {check: json entry}."""
-    text, t_text = vigilctl(ctx, "validate", *platform_args(ctx), *extra)
-    js, t_json = vigilctl(ctx, "validate", "--json", *platform_args(ctx), *extra)
+def validate(ctx, want_rc, *extra, env=None):
+    """Run validate as text and as --json (extra after the platform's
+    arguments, so they win); assert both exit want_rc and give the same
+    verdict for every check. Returns {check: json entry}."""
+    text, t_text = vigilctl(ctx, "validate", *platform_args(ctx), *extra, env=env)
+    js, t_json = vigilctl(ctx, "validate", "--json", *platform_args(ctx), *extra, env=env)
     DURATIONS.extend((t_text, t_json))
     print(f"  vigilctl validate: {t_text:.2f} s (text), {t_json:.2f} s (--json)")
     check_eq(text.returncode, want_rc, f"validate exit status; output:\n{text.stdout}{text.stderr}")
@@ -547,6 +651,43 @@ def test_wrong_bot_token_is_named(ctx):
         with open(ctx.am_token, "w", encoding="utf-8") as f:
             f.write(WEBHOOK_TOKEN + "\n")
     validate(ctx, 0)
+
+
+@test
+def test_tempo_loki_and_grafana_where_installed(ctx):
+    stand = GrafanaStandIns(ctx)
+    ctx.cleanup(stand.close)
+    auth = {"VIGILCTL_GRAFANA_AUTH": f"{stand.USER}:{stand.PASSWORD}"}
+    checks = validate(ctx, 0, *stand.args(), env=auth)
+    for name in ("trace found in Tempo", "logs found in Loki", "Grafana datasources healthy"):
+        check_eq(checks[name]["status"], "pass", f"{name}: {checks[name]}")
+    tid = re.search(r"trace ([0-9a-f]{32})", checks["flow through the gateway"]["detail"]).group(1)
+    check(tid in checks["trace found in Tempo"]["detail"], checks["trace found in Tempo"])
+    check(tid in checks["logs found in Loki"]["detail"], checks["logs found in Loki"])
+    check("Prometheus, Loki, Tempo" in checks["Grafana datasources healthy"]["detail"],
+          checks["Grafana datasources healthy"])
+
+    # Without a login, Grafana's datasources are an explicit skip.
+    checks = validate(ctx, 0, *stand.args())
+    check_eq(checks["Grafana datasources healthy"]["status"], "skip", checks["Grafana datasources healthy"])
+    check("VIGILCTL_GRAFANA_AUTH" in checks["Grafana datasources healthy"]["detail"],
+          checks["Grafana datasources healthy"])
+
+    # Traces lost on the way to Tempo (a short deadline bounds the wait for them).
+    stand.lose_traces = True
+    try:
+        checks = validate(ctx, 1, *stand.args(), "--deadline", "8", env=auth)
+        expect_only_failure(checks, ["trace found in Tempo"], "is not in Tempo after 4 s")
+    finally:
+        stand.lose_traces = False
+
+    # A datasource Grafana reports broken is named with Grafana's reason.
+    stand.broken_datasource = "loki"
+    try:
+        checks = validate(ctx, 1, *stand.args(), env=auth)
+        expect_only_failure(checks, ["Grafana datasources healthy"], "Loki (loki: connection refused")
+    finally:
+        stand.broken_datasource = None
 
 
 @test

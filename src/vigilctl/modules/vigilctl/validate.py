@@ -791,9 +791,10 @@ def check_tempo(cfg):
             return http("GET", f"{cfg.tempo}/api/traces/{tid}", cfg.timeout).status == 200
         except OSError:
             return False
-    if wait_for(found, min(10.0, cfg.args.deadline / 2)):
+    wait = min(10.0, cfg.args.deadline / 2)
+    if wait_for(found, wait):
         return Result("traces", name, PASS, f"trace {tid} of the flow is in Tempo")
-    return Result("traces", name, FAIL, f"trace {tid} of the flow is not in Tempo after 10 s",
+    return Result("traces", name, FAIL, f"trace {tid} of the flow is not in Tempo after {wait:g} s",
                   "spans are not reaching Tempo: see the spans check, journalctl -u tempo")
 
 
@@ -819,9 +820,10 @@ def check_loki(cfg):
             return r.status == 200 and any(s.get("values") for s in r.json()["data"]["result"])
         except (OSError, ValueError, KeyError):
             return False
-    if wait_for(found, min(10.0, cfg.args.deadline / 2)):
+    wait = min(10.0, cfg.args.deadline / 2)
+    if wait_for(found, wait):
         return Result("logs", name, PASS, f"Loki has {query}")
-    return Result("logs", name, FAIL, f"Loki has nothing for {query}",
+    return Result("logs", name, FAIL, f"Loki has nothing for {query} after {wait:g} s",
                   "is Promtail running and reading the journal? systemctl status promtail")
 
 
@@ -852,9 +854,17 @@ def check_grafana(cfg):
                           "check VIGILCTL_GRAFANA_AUTH")
         bad, good = [], []
         for ds in r.json():
-            h = http("GET", f"{cfg.grafana}/api/datasources/uid/{ds['uid']}/health", cfg.timeout, headers=auth)
-            (good if h.status == 200 else bad).append(f"{ds.get('name', ds['uid'])}"
-                                                      + ("" if h.status == 200 else f" ({h.status})"))
+            h = http("GET", f"{cfg.grafana}/api/datasources/uid/{ds['uid']}/health", cfg.timeout,
+                     headers=auth)
+            label = ds.get("name", ds["uid"])
+            if h.status == 200:
+                good.append(label)
+                continue
+            try:
+                why = h.json().get("message") or h.status
+            except ValueError:
+                why = h.status
+            bad.append(f"{label} ({why})")
     except (OSError, ValueError, KeyError) as e:
         return Result("dashboards", name, FAIL, f"{cfg.grafana}: {e}", "journalctl -u grafana-server")
     if bad:
