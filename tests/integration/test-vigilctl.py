@@ -18,7 +18,9 @@ not installed), the synthetic user is created once and reused (no new row
 per run); with stand-ins for Tempo, Loki and Grafana (not packaged by
 Debian, not downloadable here: their HTTP APIs answered from the real spans
 and logs) their checks pass, and lost traces or a broken datasource are
-named; then each break is named by the right check with exit status 1
+named; with stand-ins for systemctl and journalctl (answering from the
+test's processes and the daemons' own log fields) the unit and journal
+checks pass and a stopped unit is named; then each break is named by the right check with exit status 1
 and a fix, and --json gives the same verdicts as the text: a stopped
 daemon, a Prometheus target down, an alert firing, a rule failing to
 evaluate, an unreachable Alertmanager receiver, a wrong bot token. A hanging
@@ -688,6 +690,99 @@ def test_tempo_loki_and_grafana_where_installed(ctx):
         expect_only_failure(checks, ["Grafana datasources healthy"], "Loki (loki: connection refused")
     finally:
         stand.broken_datasource = None
+
+
+# Stand-ins for systemctl and journalctl (systemd is not PID 1 here; the
+# system test runs vigilctl against the real ones): `systemctl show` answers
+# from the test's daemon processes, `journalctl -u UNIT -o json` from the
+# daemon's own log, its logfmt fields as the journal fields the daemons send
+# under systemd (src/lib/log.c writes the same fields both ways).
+FAKE_SYSTEMD_TOOL = r"""#!/usr/bin/python3
+import json, os, re, sys
+units = json.load(open(os.environ["VIGILCTL_TEST_UNITS"]))
+args = sys.argv[1:]
+tool = os.path.basename(sys.argv[0])
+if tool == "systemctl":
+    assert args[0] == "show", args
+    names = [a for a in args[1:] if a.endswith(".service")]
+    props = [args[i + 1] for i, a in enumerate(args) if a == "-p"]
+    u = units.get(names[0])
+    alive = False
+    if u and u["pid"] > 0:
+        try:
+            os.kill(u["pid"], 0)
+            alive = True
+        except OSError:
+            pass
+    v = {"LoadState": "loaded" if u else "not-found",
+         "ActiveState": "active" if alive else "inactive",
+         "SubState": "running" if alive else "dead",
+         "StatusText": "stand-in: process %d" % u["pid"] if alive else ""}
+    for p in props:
+        print(v[p] if "--value" in args else "%s=%s" % (p, v[p]))
+elif tool == "journalctl":
+    unit = args[args.index("-u") + 1]
+    n = int(args[args.index("-n") + 1])
+    u = units.get(unit)
+    lines = open(u["log"], errors="replace").read().splitlines()[-n:] if u else []
+    for line in lines:
+        f = dict((k, v.strip('"')) for k, v in re.findall(r'(\w+)=("[^"]*"|\S+)', line))
+        if "msg" not in f:
+            continue
+        e = {"MESSAGE": f.pop("msg"), "_SYSTEMD_UNIT": unit}
+        f.pop("level", None)
+        e.update((k.upper(), v) for k, v in f.items())
+        print(json.dumps(e))
+"""
+
+
+def fake_systemd_tools(ctx):
+    """A directory with the stand-in systemctl and journalctl, and the
+    environment that puts them first on PATH."""
+    d = os.path.join(ctx.tmp, "fake-bin")
+    if not os.path.isdir(d):
+        os.mkdir(d)
+        for tool in ("systemctl", "journalctl"):
+            with open(os.path.join(d, tool), "w", encoding="utf-8") as f:
+                f.write(FAKE_SYSTEMD_TOOL)
+            os.chmod(os.path.join(d, tool), 0o755)
+    units = os.path.join(ctx.tmp, "units.json")
+    with open(units, "w", encoding="utf-8") as f:
+        json.dump({f"vigil-{d.name}.service": {"pid": d.proc.pid if d.alive() else 0, "log": d.log_path}
+                   for d in (ctx.authd, ctx.inventoryd, ctx.bot)}, f)
+    return {"PATH": d + os.pathsep + os.environ.get("PATH", ""), "VIGILCTL_TEST_UNITS": units}
+
+
+@test
+def test_units_and_journal_under_systemd(ctx):
+    args = [a for a in platform_args(ctx) if a not in ("--systemd", "no")] + ["--systemd", "yes"]
+
+    def run(env):
+        r, _ = vigilctl(ctx, "validate", "--json", *args, env=env)
+        return r.returncode, {c["check"]: c for c in json.loads(r.stdout)["checks"]}
+
+    rc, checks = run(fake_systemd_tools(ctx))
+    check_eq(rc, 0, f"exit status: {failed(checks)}")
+    for d in ("authd", "inventoryd", "alertbotd"):
+        c = checks[f"unit vigil-{d}.service"]
+        check_eq(c["status"], "pass", c)
+        check("active (running): stand-in: process" in c["detail"], c)
+    c = checks["journal fields"]
+    check_eq(c["status"], "pass", c)
+    check("request records of 3 daemons" in c["detail"], c)
+    tid = re.search(r"trace ([0-9a-f]{32})", checks["flow through the gateway"]["detail"]).group(1)
+    check(f"the flow's trace {tid} is in vigil-authd's" in c["detail"], c)
+
+    ctx.inventoryd.stop()
+    try:
+        rc, checks = run(fake_systemd_tools(ctx))
+        check_eq(rc, 1, "exit status with inventoryd stopped")
+        c = checks["unit vigil-inventoryd.service"]
+        check_eq(c["status"], "fail", c)
+        check("inactive (dead)" in c["detail"] and "systemctl restart vigil-inventoryd.service" in c["fix"], c)
+    finally:
+        ctx.inventoryd.start()
+        wait_healthy(ctx)
 
 
 @test

@@ -687,49 +687,58 @@ def check_alertbot(cfg):
 
 
 def check_journal(cfg):
+    """Every daemon's request records carry the structured fields; the
+    flow's trace is among vigil-authd's."""
     name = "journal fields"
     if not cfg.systemd:
         return Result("logs", name, SKIP, "not under systemd: the daemons log logfmt lines to stderr")
-    if not cfg.daemon("authd"):
-        return Result("logs", name, SKIP, "vigil-authd is not installed here")
     cfg.flow_done.wait(cfg.args.deadline)
     trace_id = cfg.flow_trace_id
 
-    def entries():
-        r = run_cmd(["journalctl", "-u", "vigil-authd.service", "-o", "json", "-n", "300",
+    def records(unit):
+        r = run_cmd(["journalctl", "-u", unit + ".service", "-o", "json", "-n", "200",
                      "--no-pager", "-q"], cfg.timeout)
         out = []
         for line in r.stdout.splitlines():
             try:
-                out.append(json.loads(line))
+                e = json.loads(line)
             except ValueError:
                 continue
-        return [e for e in out if "HTTP_ROUTE" in e]
+            if "HTTP_ROUTE" in e:
+                out.append(e)
+        return out
 
-    def found():
-        es = entries()
-        if trace_id:
-            return [e for e in es if e.get("TRACE_ID") == trace_id] and es
-        return es
+    def flow_logged():
+        return any(e.get("TRACE_ID") == trace_id for e in records("vigil-authd"))
 
     try:
-        es = wait_for(found, min(5.0, cfg.args.deadline / 3)) or entries()
+        has_flow = bool(trace_id and cfg.daemon("authd") and
+                        wait_for(flow_logged, min(5.0, cfg.args.deadline / 3)))
+        per_unit = {unit: records(unit) for _, unit, _, _, _ in cfg.daemons}
     except (OSError, subprocess.TimeoutExpired) as e:
         return Result("logs", name, FAIL, f"journalctl: {e}", "journalctl must be runnable (run as root)")
-    if not es and os.geteuid() != 0:
+    if not any(per_unit.values()) and os.geteuid() != 0:
         return Result("logs", name, SKIP, "cannot read the system journal: run as root "
                       "(or in group systemd-journal)")
-    if not es:
-        return Result("logs", name, FAIL, "vigil-authd wrote no request record to the journal",
-                      "[http] access_log = true in /etc/vigil/authd.conf; journalctl -u vigil-authd")
-    missing = [f for f in JOURNAL_FIELDS if not all(f in e for e in es[-20:])]
-    if missing:
-        return Result("logs", name, FAIL, f"request records lack {', '.join(missing)}",
+    silent = sorted(u for u, es in per_unit.items() if not es)
+    if len(silent) == len(per_unit):
+        return Result("logs", name, FAIL, "no vigil daemon wrote a request record to the journal",
+                      "[http] access_log = true in /etc/vigil/<daemon>.conf; journalctl -u 'vigil-*'")
+    lacking = {}
+    for unit, es in per_unit.items():
+        missing = [f for f in JOURNAL_FIELDS if not all(f in e for e in es[-20:])]
+        if es and missing:
+            lacking[unit] = missing
+    if lacking:
+        return Result("logs", name, FAIL,
+                      "; ".join(f"{u}'s request records lack {', '.join(m)}" for u, m in sorted(lacking.items())),
                       "is the daemon logging to stderr instead of the journal (VIGIL_LOG_TARGET)?")
-    mine = [e for e in es if trace_id and e.get("TRACE_ID") == trace_id]
-    return Result("logs", name, PASS,
-                  f"{', '.join(JOURNAL_FIELDS)} on vigil-authd's request records"
-                  + (f"; the flow's trace {trace_id} is there" if mine else ""))
+    detail = f"{', '.join(JOURNAL_FIELDS)} on the request records of {len(per_unit) - len(silent)} daemons"
+    if has_flow:
+        detail += f"; the flow's trace {trace_id} is in vigil-authd's"
+    if silent:
+        detail += f"; none yet from {', '.join(silent)}"
+    return Result("logs", name, PASS, detail)
 
 
 def _tracing_endpoints(cfg):
