@@ -9,7 +9,8 @@
 # host's network, so the gateway (:80) and Prometheus (:9090) answer on
 # localhost. Either way smoke requests go through the gateway (register →
 # login → charge → products → reserve → release; the charge's notification is looked
-# for in PostgreSQL) and the script prints where to look.
+# for in PostgreSQL), the script prints where to look, and it ends with
+# `vigilctl validate`, whose exit status is its own.
 #
 # scripts/platform-down.sh stops it. Run as root. VIGIL_PACKAGES=DIR installs
 # the packages already in DIR instead of building them. Grafana, Loki,
@@ -195,4 +196,12 @@ without Tempo the daemons' spans are dropped and counted
 (vigil_trace_spans_dropped_total). To add them later, put their .deb files
 in a directory and run: VIGIL_GRAFANA_DEBS=DIR scripts/platform-up.sh
 TEXT
+fi
+
+# Last, the whole install checked pillar by pillar (vigilctl(8)): its
+# verdict is this script's.
+echo
+note "checking the install: ${in}vigilctl validate"
+if ! run vigilctl validate; then
+	die "vigil is up, but vigilctl validate found the problems above (each FAIL line is followed by its fix)"
 fi

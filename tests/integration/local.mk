@@ -6,7 +6,8 @@ TESTS += \
 	tests/integration/test-authd-tracing.py \
 	tests/integration/test-authd-metrics.py \
 	tests/integration/test-gateway.py \
-	tests/integration/test-gateway-metrics.py
+	tests/integration/test-gateway-metrics.py \
+	tests/integration/test-vigilctl.py
 EXTRA_DIST += \
 	tests/integration/harness.py \
 	tests/integration/gatewaylib.py \
@@ -14,4 +15,5 @@ EXTRA_DIST += \
 	tests/integration/test-authd-tracing.py \
 	tests/integration/test-authd-metrics.py \
 	tests/integration/test-gateway.py \
-	tests/integration/test-gateway-metrics.py
+	tests/integration/test-gateway-metrics.py \
+	tests/integration/test-vigilctl.py
