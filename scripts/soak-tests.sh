@@ -53,17 +53,17 @@ while [ $# -gt 0 ]; do
 	--system) with_system=1 ;;
 	--system-only) system_only=1 ;;
 	--report)
-		[ $# -ge 2 ] && [ -n "$2" ] || usage
+		{ [ $# -ge 2 ] && [ -n "$2" ]; } || usage
 		report=$(abspath "$2")
 		shift
 		;;
 	--build)
-		[ $# -ge 2 ] && [ -n "$2" ] || usage
+		{ [ $# -ge 2 ] && [ -n "$2" ]; } || usage
 		build=$(abspath "$2")
 		shift
 		;;
 	--load-workers)
-		[ $# -ge 2 ] && is_count "$2" || die "--load-workers needs a count"
+		{ [ $# -ge 2 ] && is_count "$2"; } || die "--load-workers needs a count"
 		workers=$2
 		shift
 		;;
@@ -77,9 +77,9 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [ -n "$rounds" ] || usage
-is_count "$rounds" && [ "$rounds" -ge 1 ] && [ "$rounds" -le 1000 ] ||
+{ is_count "$rounds" && [ "$rounds" -ge 1 ] && [ "$rounds" -le 1000 ]; } ||
 	die "N must be a whole number from 1 to 1000, not '$rounds'"
-is_count "$round_timeout" && [ "$round_timeout" -ge 60 ] ||
+{ is_count "$round_timeout" && [ "$round_timeout" -ge 60 ]; } ||
 	die "SOAK_ROUND_TIMEOUT must be at least 60 seconds"
 
 # ---------------------------------------------------------------- the load
@@ -102,6 +102,7 @@ start_load() {
 	setsid stress-ng --cpu "$workers" --timeout "${round_timeout}s" --quiet </dev/null >/dev/null 2>&1 &
 	load_pid=$!
 }
+# shellcheck disable=SC2317 # runs from the trap
 on_exit() {
 	stop_load
 }
