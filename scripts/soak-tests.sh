@@ -4,7 +4,7 @@
 # stress-ng, keep the log of every test that failed, and print a summary.
 #
 # Usage: scripts/soak-tests.sh [--system | --system-only] [--report DIR]
-#                              [--build DIR] [--load-workers K] N
+#                              [--tests LIST] [--build DIR] [--load-workers K] N
 #   N               rounds (1..1000)
 #   --system        also run tests/system/test-system.py in each round (boots
 #                   systemd-nspawn machines: root, and nothing else may be
@@ -12,6 +12,8 @@
 #   --system-only   run only tests/system/test-system.py in each round
 #   --report DIR    where the failing tests' logs go (default
 #                   build/soak-report/<UTC time>)
+#   --tests LIST    run only these tests (as in TESTS=, e.g. to soak one
+#                   flaky test: --tests tests/unit/test-redis.sh)
 #   --build DIR     the build directory (default build/soak); two soaks at
 #                   once need two
 #   --load-workers K  stress-ng CPU workers (default: one per core; 0: no load)
@@ -34,11 +36,12 @@ round_timeout=${SOAK_ROUND_TIMEOUT:-3600}
 with_system=0
 system_only=0
 report=
+only_tests=
 workers=$(nproc)
 rounds=
 
 usage() {
-	sed -n '6,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '6,19p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 die() {
@@ -55,6 +58,11 @@ while [ $# -gt 0 ]; do
 	--report)
 		{ [ $# -ge 2 ] && [ -n "$2" ]; } || usage
 		report=$(abspath "$2")
+		shift
+		;;
+	--tests)
+		{ [ $# -ge 2 ] && [ -n "$2" ]; } || usage
+		only_tests=$2
 		shift
 		;;
 	--build)
@@ -125,8 +133,8 @@ echo "$prog: building in $build"
 make -s -C "$build" -j"$(nproc)" || die "build failed"
 make -s -C "$build" -j"$(nproc)" check TESTS= >/dev/null || die "building the check programs failed"
 
-tests=
-if [ $system_only -eq 0 ]; then
+tests=$only_tests
+if [ -z "$tests" ] && [ $system_only -eq 0 ]; then
 	tests=$(make -s -C "$build" print-soak-tests) || die "make print-soak-tests failed"
 fi
 if [ $with_system -eq 1 ] || [ $system_only -eq 1 ]; then
