@@ -22,8 +22,9 @@
 # round is one `make check TESTS="…"` with the list from `make
 # print-soak-tests`. The load is restarted for each round, bounded by time
 # (SOAK_ROUND_TIMEOUT seconds, default 3600, also the bound on one round)
-# and killed on any exit. Exits 0 when every round passed, 1 when one
-# failed, 2 on bad usage or a failed build.
+# and killed on any exit. A round is green when every test passed (a
+# skipped test counts against it: it did not run). Exits 0 when every
+# round was green, 1 when one was not, 2 on bad usage or a failed build.
 set -uo pipefail
 # Read to the end before running: editing the script (e.g. pulling a newer
 # one) during a long soak must not change the running one.
@@ -164,9 +165,11 @@ for k in $(seq "$rounds"); do
 	log=$build/test-suite.log
 	p=$(sed -n 's/^# PASS: *//p' "$log" 2>/dev/null | head -n1)
 	f=$(awk '/^# (FAIL|ERROR|XPASS):/ {n += $3} END {print n + 0}' "$log" 2>/dev/null)
+	sk=$(sed -n 's/^# SKIP: *//p' "$log" 2>/dev/null | head -n1)
 	cp "$log" "$report/round-$k-test-suite.log" 2>/dev/null || true
 	while IFS= read -r trs; do
-		grep -qE '^:test-result: (FAIL|ERROR|XPASS)' "$trs" || continue
+		# A skipped test did not run: the round proves nothing about it.
+		grep -qE '^:test-result: (FAIL|ERROR|XPASS|SKIP)' "$trs" || continue
 		name=${trs#"$build"/}
 		name=${name%.trs}
 		dest=$report/round-$k/$name.log
@@ -175,11 +178,11 @@ for k in $(seq "$rounds"); do
 		failures+=("$k:$name")
 	done < <(find "$build/tests" "$build/src" -name '*.trs' -newer "$report/.round-$k.start" 2>/dev/null |
 		sort)
-	line="round $k: ${p:-0} passed, ${f:-0} failed (${secs}s)"
-	if [ $rc -ne 0 ]; then
+	line="round $k: ${p:-0} passed, ${f:-0} failed, ${sk:-0} skipped (${secs}s)"
+	if [ $rc -ne 0 ] || [ "${sk:-0}" -ne 0 ]; then
 		failed_rounds=$((failed_rounds + 1))
 		[ $rc -eq 124 ] && line="$line, timed out after ${round_timeout}s"
-		[ "${f:-0}" -eq 0 ] && [ $rc -ne 124 ] && line="$line, make check exited $rc"
+		[ "${f:-0}" -eq 0 ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && line="$line, make check exited $rc"
 	fi
 	summary+=("$line")
 	echo "$prog: $line"
