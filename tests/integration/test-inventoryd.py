@@ -564,8 +564,17 @@ def test_redis_down_serves_from_postgres_and_degrades_readiness_then_recovers(ct
     set_stock(ctx, 2, 300)
     get_product(d, 2)
     before = scrape(d)
+    check_eq(harness.metric_value(before, "vigil_local_cache_active", cache="catalog"), 1,
+             "local cache on before the outage")
     ctx.stack.kill("redis")
     try:
+        # The local cache serves while its invalidation connection is up;
+        # its thread notices the loss (EOF, or two seconds of silence) in
+        # its own time, on a busy machine later than the next request.
+        # From then on every answer comes from PostgreSQL.
+        harness.wait_until(lambda: harness.metric_value(scrape(d), "vigil_local_cache_active",
+                                                        cache="catalog") == 0, 10,
+                           what="the local cache off after Redis died")
         for _ in range(20):
             r = d.get("/products")
             check_eq(r.status, 200, "GET /products without Redis")
