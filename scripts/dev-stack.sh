@@ -107,12 +107,18 @@ new_password() {
 	od -An -tx1 -N16 /dev/urandom | tr -d ' \n'
 }
 
-# True when process $1 exists and is not a zombie waiting to be reaped.
+# True when process $1 exists and is not a zombie waiting to be reaped. A
+# multi-threaded server (redis-server, beam) shows its main thread as a
+# zombie while its other threads are still exiting, and until the last one
+# is gone its sockets are open: it counts as alive while it has any thread
+# but the zombie one.
 pid_alive() {
-	local state
+	local state tasks
 	[ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
 	state=$(sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 0
-	[ "$state" != Z ]
+	[ "$state" != Z ] && return 0
+	tasks=$(find "/proc/$1/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+	[ "$tasks" -gt 1 ]
 }
 
 read_pid() {

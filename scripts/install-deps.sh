@@ -12,9 +12,11 @@ BUILD_PKGS=(
 )
 RUNTIME_PKGS=(
 	postgresql postgresql-contrib redis-server rabbitmq-server nginx-light
-	prometheus prometheus-alertmanager wrk curl python3 procps psmisc
+	prometheus prometheus-alertmanager prometheus-blackbox-exporter mtail
+	wrk curl python3 procps psmisc
 	iproute2 util-linux python3-prometheus-client python3-yaml
 	debhelper devscripts lintian rpm debootstrap systemd-container dbus-daemon
+	stress-ng
 )
 
 missing=()

@@ -12,14 +12,18 @@
 #
 # Caches (under $VIGIL_NSPAWN_CACHE, default /var/cache/vigil/nspawn):
 #   bookworm-base       debootstrap --variant=minbase (+ systemd, dbus)
-#   bookworm-platform   base + the distro services vigil runs on
+#   bookworm-platform   base + the distro services vigil runs on (built
+#                       again when PLATFORM_PKGS changes)
 # Machines live in $VIGIL_NSPAWN_DIR/NAME (default /var/tmp/vigil-nspawn): an
 # overlayfs over the platform cache when the kernel allows it, else a copy.
 #
 # The machine shares the host's network (no --private-network), so what it
 # serves on 127.0.0.1 is reachable from the host and apt inside it reaches
 # deb.debian.org. Its distro services are on their default ports.
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails under set -e says where, so a failed boot is never
+# a bare exit status.
+trap 'echo "${0##*/}: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
 
 CACHE=${VIGIL_NSPAWN_CACHE:-/var/cache/vigil/nspawn}
 RUNDIR=${VIGIL_NSPAWN_DIR:-/var/tmp/vigil-nspawn}
@@ -31,6 +35,8 @@ BOOT_TIMEOUT=${VIGIL_NSPAWN_BOOT_TIMEOUT:-90}
 PLATFORM_PKGS=(
 	postgresql redis-server rabbitmq-server nginx-light
 	prometheus prometheus-alertmanager prometheus-node-exporter
+	prometheus-nginx-exporter prometheus-postgres-exporter prometheus-redis-exporter
+	prometheus-blackbox-exporter mtail
 	polkitd curl python3 ca-certificates procps iproute2 less
 	libjwt0 libmicrohttpd12 libpq5 libhiredis0.14 librabbitmq4 libjson-c5
 	libcurl4 libinih1 libcrypt1 libsystemd0
@@ -93,7 +99,8 @@ create_base() {
 
 create_platform() {
 	local base=$CACHE/$SUITE-base plat=$CACHE/$SUITE-platform tmp
-	[ -f "$plat/.vigil-complete" ] && return 0
+	# A cache of another package list is built again.
+	[ "$(cat "$plat/.vigil-complete" 2>/dev/null)" = "${PLATFORM_PKGS[*]}" ] && return 0
 	create_base
 	tmp=$CACHE/.$SUITE-platform.tmp
 	rm -rf "$tmp"
@@ -111,7 +118,7 @@ create_platform() {
 	fi
 	rm -f "$tmp/usr/sbin/policy-rc.d"
 	rm -f "$tmp/etc/machine-id" && : >"$tmp/etc/machine-id"
-	touch "$tmp/.vigil-complete"
+	echo "${PLATFORM_PKGS[*]}" >"$tmp/.vigil-complete"
 	rm -rf "$plat"
 	mv "$tmp" "$plat"
 }
@@ -125,11 +132,35 @@ leader_pid() { # name → the machine's PID 1 as seen from the host
 	local dir pid child
 	dir=$(machine_dir "$1")
 	pid=$(cat "$dir/nspawn.pid" 2>/dev/null) || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
+	alive "$pid" || return 1
 	# systemd-nspawn's child is the container's init.
 	child=$(ps -o pid= --ppid "$pid" | head -n1 | tr -d ' ')
 	[ -n "$child" ] || return 1
 	echo "$child"
+}
+
+# True when process $1 exists and is not a zombie (PID 1 here may never
+# reap it).
+alive() {
+	[ -n "${1:-}" ] && [ -e "/proc/$1" ] &&
+		[ "$(sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]
+}
+
+# The process start time (in clock ticks since boot) of pid $1: with the
+# pid, it names one process, not whichever later reuses the pid.
+start_time() {
+	sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20
+}
+
+# The machine's init as recorded at boot, while it is still that process.
+recorded_leader() { # name
+	local dir pid start
+	dir=$(machine_dir "$1")
+	[ -s "$dir/leader.pid" ] || return 1
+	read -r pid start <"$dir/leader.pid" || return 1
+	# A zombie (its namespace already torn down) is gone for us.
+	{ alive "$pid" && [ -n "$start" ] && [ "$(start_time "$pid")" = "$start" ]; } || return 1
+	echo "$pid"
 }
 
 in_machine() { # name cmd…  (no tty, clean environment)
@@ -149,12 +180,12 @@ unmount_root() {
 }
 
 cmd_boot() {
-	local name=$1 dir plat pid state
+	local name=$1 dir plat pid state leader
 	valid_name "$name"
 	dir=$(machine_dir "$name")
 	plat=$CACHE/$SUITE-platform
-	[ -f "$plat/.vigil-complete" ] || create_platform
-	if leader_pid "$name" >/dev/null 2>&1; then
+	create_platform
+	if leader_pid "$name" >/dev/null 2>&1 || recorded_leader "$name" >/dev/null; then
 		die "machine $name is already running (stop it first)"
 	fi
 	unmount_root "$dir"
@@ -178,9 +209,15 @@ cmd_boot() {
 	# Booted when systemd says so (degraded is fine: nothing vigil-related
 	# has been installed yet).
 	for _ in $(seq 1 $((BOOT_TIMEOUT * 2))); do
-		if ! kill -0 "$pid" 2>/dev/null; then
+		if ! alive "$pid"; then
 			tail -n 40 "$dir/console.log" >&2
 			die "systemd-nspawn exited while booting $name"
+		fi
+		# Record the machine's init (PID 1 of its own namespace) as soon as
+		# it exists: stop kills it should systemd-nspawn be gone.
+		if [ ! -s "$dir/leader.pid" ] && leader=$(leader_pid "$name" 2>/dev/null) &&
+			grep -qE '^NSpid:[[:space:]]+[0-9]+[[:space:]]+1$' "/proc/$leader/status" 2>/dev/null; then
+			echo "$leader $(start_time "$leader")" >"$dir/leader.pid"
 		fi
 		state=$(in_machine "$name" systemctl is-system-running 2>/dev/null || true)
 		case $state in
@@ -229,22 +266,36 @@ cmd_status() {
 }
 
 cmd_stop() {
-	local name=$1 dir pid
+	local name=$1 dir pid leader
 	valid_name "$name"
 	dir=$(machine_dir "$name")
 	pid=$(cat "$dir/nspawn.pid" 2>/dev/null || true)
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+	alive "$pid" || pid=
+	# The machine's init recorded at boot: it outlives a systemd-nspawn that
+	# was killed (or lost), with every service of the machine running.
+	leader=$(recorded_leader "$name") || leader=
+	if [ -n "$pid" ] || [ -n "$leader" ]; then
 		note "stopping $name"
-		# SIGRTMIN+4 to the container's init is a clean poweroff.
-		in_machine "$name" systemctl poweroff --no-block >/dev/null 2>&1 || true
+		# SIGRTMIN+4 to the machine's init is a clean poweroff.
+		if [ -n "$leader" ]; then
+			kill -s RTMIN+4 "$leader" 2>/dev/null || true
+		else
+			(in_machine "$name" systemctl poweroff --no-block) >/dev/null 2>&1 || true
+		fi
 		for _ in $(seq 1 60); do
-			kill -0 "$pid" 2>/dev/null || break
+			alive "$pid" || alive "$leader" || break
 			sleep 0.5
 		done
-		if kill -0 "$pid" 2>/dev/null; then
+		if alive "$pid" || alive "$leader"; then
 			note "$name did not power off in 30s: killing it"
-			kill -KILL "$pid" 2>/dev/null || true
-			sleep 1
+			# SIGKILL to the init ends its whole PID namespace.
+			for p in $leader $pid; do
+				kill -KILL "$p" 2>/dev/null || true
+			done
+			for _ in $(seq 1 40); do
+				alive "$pid" || alive "$leader" || break
+				sleep 0.25
+			done
 		fi
 	fi
 	unmount_root "$dir"

@@ -9,10 +9,15 @@
 # host's network, so the gateway (:80) and Prometheus (:9090) answer on
 # localhost. Either way smoke requests go through the gateway (register →
 # login → charge → products → reserve → release; the charge's notification is looked
-# for in PostgreSQL) and the script prints where to look.
+# for in PostgreSQL), the script prints where to look, and it ends with
+# `vigilctl validate`, whose exit status is its own.
 #
 # scripts/platform-down.sh stops it. Run as root. VIGIL_PACKAGES=DIR installs
-# the packages already in DIR instead of building them.
+# the packages already in DIR instead of building them. Grafana, Loki,
+# Promtail and Tempo (Grafana's packages, not Debian's) come from
+# VIGIL_GRAFANA_DEBS=DIR (their .deb files) or Grafana's APT repository when
+# it answers (VIGIL_GRAFANA=off: neither); the script ends by saying what is
+# not installed and what that means.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +73,37 @@ else
 	fi
 	"$nspawn" install-debs "$machine" "$pkgs"
 fi
+
+# Grafana, Loki, Promtail and Tempo are Grafana's own packages, not in
+# Debian: from a directory of their .deb files (VIGIL_GRAFANA_DEBS=DIR, for
+# machines without internet access), else from Grafana's APT repository when
+# it answers (VIGIL_GRAFANA=off skips it). vigil-monitoring's drop-ins and
+# provisioning make them run vigil's configuration.
+grafana_stack=(grafana loki promtail tempo)
+if [ -n "${VIGIL_GRAFANA_DEBS:-}" ]; then
+	[ -d "$VIGIL_GRAFANA_DEBS" ] || die "VIGIL_GRAFANA_DEBS=$VIGIL_GRAFANA_DEBS is not a directory"
+	note "installing Grafana's packages from $VIGIL_GRAFANA_DEBS"
+	if [ $mode = host ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$VIGIL_GRAFANA_DEBS"/*.deb
+	else
+		"$nspawn" install-debs "$machine" "$VIGIL_GRAFANA_DEBS"
+	fi
+elif [ "${VIGIL_GRAFANA:-auto}" != off ] &&
+	run curl -fsS -m 10 -o /dev/null https://apt.grafana.com/gpg.key 2>/dev/null; then
+	note "installing Grafana's packages from Grafana's APT repository"
+	run sh -c 'mkdir -p /etc/apt/keyrings &&
+		curl -fsS -m 30 -o /etc/apt/keyrings/grafana.asc https://apt.grafana.com/gpg.key &&
+		echo "deb [signed-by=/etc/apt/keyrings/grafana.asc] https://apt.grafana.com stable main" \
+			>/etc/apt/sources.list.d/grafana.list &&
+		apt-get update -q &&
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"' sh "${grafana_stack[@]}" ||
+		note "installing Grafana's packages failed (see above)"
+fi
+grafana_missing=()
+for p in "${grafana_stack[@]}"; do
+	run dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+		grafana_missing+=("$p")
+done
 
 run systemctl start vigil.target
 # /ready is not exposed by the gateway: ask each daemon on its own port,
@@ -145,3 +181,27 @@ vigil is up under systemd $where. Where to look:
   hardening      ${in}systemd-analyze security vigil-alertbotd.service
 Stop it with: scripts/platform-down.sh
 TEXT
+if [ ${#grafana_missing[@]} -eq 0 ]; then
+	cat <<TEXT
+  Grafana        http://127.0.0.1:3000  (dashboards in the folder "vigil"; Loki :3100, Tempo :3200, Promtail :9080)
+TEXT
+else
+	cat <<TEXT
+
+Not installed: ${grafana_missing[*]} (Grafana's own packages: not in Debian;
+Grafana's APT repository did not answer and VIGIL_GRAFANA_DEBS is not set).
+What that means: no Grafana dashboards (query Prometheus on :9090 instead);
+without Loki and Promtail the logs stay in the journal (journalctl -u 'vigil-*');
+without Tempo the daemons' spans are dropped and counted
+(vigil_trace_spans_dropped_total). To add them later, put their .deb files
+in a directory and run: VIGIL_GRAFANA_DEBS=DIR scripts/platform-up.sh
+TEXT
+fi
+
+# Last, the whole install checked pillar by pillar (vigilctl(8)): its
+# verdict is this script's.
+echo
+note "checking the install: ${in}vigilctl validate"
+if ! run vigilctl validate; then
+	die "vigil is up, but vigilctl validate found the problems above (each FAIL line is followed by its fix)"
+fi

@@ -131,3 +131,11 @@ print-unit-tests:
 	@echo $(UNIT_TESTS)
 .PHONY: print-unit-tests
 include tests/observability/local.mk
+
+# What scripts/soak-tests.sh runs over and over: every test but the system
+# tests (which boot machines and build packages).
+print-soak-tests:
+	@for t in $(TESTS); do \
+		case ' $(SYSTEM_TESTS) ' in *" $$t "*) ;; *) printf '%s ' "$$t" ;; esac; \
+	done; echo
+.PHONY: print-soak-tests

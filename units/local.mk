@@ -55,7 +55,7 @@ uninstall-vigil-conf:
 # where the provider (grafana-provisioning/dashboards/vigil.yml) looks.
 # Missing directories are skipped.
 vigilgrafanadashboardsdir = $(datadir)/vigil/grafana/dashboards
-VIGIL_MONITORING_DIRS = prometheus alertmanager promtail loki tempo
+VIGIL_MONITORING_DIRS = prometheus alertmanager promtail loki tempo mtail
 install-gateway:
 	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx'
 	cp -R $(srcdir)/etc/nginx/. '$(DESTDIR)$(sysconfdir)/nginx/'

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "alertbotd-escalation.h"
+#include "alertbotd-notifications.h"
 #include "alertbotd-remediation.h"
 #include "alertbotd-policy.h"
 #include "alertbotd-routes.h"
@@ -46,9 +47,9 @@ const struct conf_key alertbotd_conf_table[] = {
                     "system, session, or a D-Bus address (unix:path=...) to reach systemd on"),
         CONF_INT("worker", "queue_size", "64", 1, 1024, struct alertbotd_config, worker_queue_size,
                  "Restarts waiting for the worker (more: 503, retried)"),
-        CONF_STRING("escalation", "url", "http://127.0.0.1:9099/escalate", 1024,
-                    struct alertbotd_config, escalation_url,
-                    "Webhook told when the bot will not or cannot heal; empty disables"),
+        CONF_STRING("escalation", "url", "", 1024, struct alertbotd_config, escalation_url,
+                    "Webhook told when the bot will not or cannot heal; empty: recorded on "
+                    "this host (journal, GET /notifications)"),
         CONF_STRING("escalation", "token_file", "", 4096, struct alertbotd_config,
                     escalation_token_file,
                     "Bearer token file when the escalation-token credential is absent"),
@@ -58,6 +59,10 @@ const struct conf_key alertbotd_conf_table[] = {
                  escalation_initial_backoff_ms, "First retry delay; doubles per attempt"),
         CONF_INT("escalation", "queue_size", "64", 1, 1024, struct alertbotd_config,
                  escalation_queue_size, "Escalations waiting to be sent (the oldest is dropped)"),
+        CONF_INT("notifications", "kept", "200", 1, NOTIFICATIONS_MAX_KEPT, struct alertbotd_config,
+                 notifications_kept,
+                 "Notifications (POST /notify, escalations without a url) listed by GET "
+                 "/notifications, newest first; each is also in the journal"),
 };
 const size_t alertbotd_conf_table_size = ELEMENTSOF(alertbotd_conf_table);
 
@@ -68,6 +73,7 @@ static void manager_done(void *userdata)
         struct alertbotd_manager *m = userdata;
 
         alertbotd_worker_done(m);
+        notifications_free(m->notifications);
         escalation_free(m->escalation);
         state_free(m->scratch);
         state_free(m->state);
@@ -190,9 +196,12 @@ static int manager_init(struct daemon *d, void *userdata)
                         return log_error_errno(r, "Failed to set up escalation to %s: %m",
                                                c->escalation_url);
         } else {
-                log_warning("[escalation] url is empty: refusals and failed remediations are "
-                            "only logged");
+                log_info("[escalation] url is empty: refusals and failed remediations are "
+                         "recorded on this host (journal, GET /notifications)");
         }
+        r = notifications_new((size_t)c->notifications_kept, d->metrics, &m->notifications);
+        if (r < 0)
+                return log_error_errno(r, "Out of memory");
 
         return 0;
 }

@@ -1,6 +1,8 @@
 /* vigil-alertbotd's manager: on the metrics registry and tracer the
  * skeleton built (daemon.h), it owns the secrets, the policy, the durable
- * state, its metrics, the escalation sender and the remediation worker,
+ * state, its metrics, the escalation sender (or, without [escalation] url,
+ * the list of notifications recorded on the host, which POST /notify also
+ * feeds) and the remediation worker,
  * created in that order and torn down in reverse. What it does with a
  * webhook is in alertbotd-remediation.h.
  *
@@ -34,6 +36,7 @@ struct alertbotd_config {
         int64_t escalation_max_attempts;
         int64_t escalation_initial_backoff_ms;
         int64_t escalation_queue_size;
+        int64_t notifications_kept;
 };
 
 struct remediation_job;
@@ -42,7 +45,8 @@ struct alertbotd_manager {
         const struct alertbotd_config *config;
         char *webhook_token;
         char *escalation_token;
-        struct escalation *escalation;
+        struct escalation *escalation;       /* NULL: escalations go to notifications */
+        struct notifications *notifications; /* POST /notify, GET /notifications */
 
         /* Guards everything below up to the worker's fields. */
         pthread_mutex_t lock;

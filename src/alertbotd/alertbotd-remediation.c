@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "alertbotd-escalation.h"
+#include "alertbotd-notifications.h"
 #include "alertbotd-policy.h"
 #include "alertbotd-state.h"
 #include "alertbotd-systemd.h"
@@ -152,20 +153,15 @@ static struct json_object *alert_json(const struct webhook_alert *a)
         return o;
 }
 
-/* Send {"alert","actions","results"} for an incident. Takes a reference
- * on alert. Call with the lock held (reads the incident). */
+/* Send {"alert","actions","results"} for an incident, or record it on the
+ * host without [escalation] url. Takes a reference on alert. Call with the
+ * lock held (reads the incident). */
 static void escalate(struct alertbotd_manager *m, struct json_object *alert,
                      const struct state_incident *inc, struct json_object *result)
 {
         _cleanup_(json_object_putp) struct json_object *body = json_object_new_object();
         struct json_object *actions = json_object_new_array(), *results = json_object_new_array();
 
-        if (!m->escalation) {
-                json_object_put(actions);
-                json_object_put(results);
-                json_object_put(result);
-                return;
-        }
         if (!body || !actions || !results) {
                 json_object_put(actions);
                 json_object_put(results);
@@ -192,6 +188,10 @@ static void escalate(struct alertbotd_manager *m, struct json_object *alert,
         json_object_object_add(body, "actions", actions);
         json_object_object_add(body, "results", results);
         json_object_object_add(body, "source", json_object_new_string(alertbotd_ops.name));
+        if (!m->escalation) {
+                (void)notifications_record_escalation(m->notifications, body);
+                return;
+        }
         if (escalation_submit(m->escalation, body) < 0)
                 log_error_errno(ENOMEM, "Cannot escalate: out of memory");
 }

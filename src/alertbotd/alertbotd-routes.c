@@ -4,6 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "alertbotd-notifications.h"
 #include "alertbotd-remediation.h"
 #include "alertbotd-webhook.h"
 #include "json-util.h"
@@ -21,12 +22,12 @@ static bool token_equal(const char *presented, const char *expected)
         return diff == 0;
 }
 
-static void handle_webhook(struct http_request *req, void *userdata)
+/* Authenticate and decode an Alertmanager payload (POST /webhook and
+ * POST /notify). Returns the payload, or NULL once the error is answered. */
+static struct webhook *read_payload(struct http_request *req, struct alertbotd_manager *m)
 {
-        struct alertbotd_manager *m = userdata;
-        _cleanup_(webhook_freep) struct webhook *w = NULL;
-        _cleanup_(json_object_putp) struct json_object *summary = NULL;
         _cleanup_free_ char *message = NULL;
+        struct webhook *w = NULL;
         const char *token = http_request_bearer(req), *ctype, *body, *code = NULL;
         size_t len;
         int r;
@@ -34,13 +35,13 @@ static void handle_webhook(struct http_request *req, void *userdata)
         if (!token || !token_equal(token, m->webhook_token)) {
                 http_reply_add_header(req, "WWW-Authenticate", "Bearer");
                 http_reply_error(req, 401, "unauthorized", "A valid bearer token is required");
-                return;
+                return NULL;
         }
         ctype = http_request_header(req, "Content-Type");
         if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
                 http_reply_error(req, 415, "unsupported_media_type",
                                  "The body must be application/json");
-                return;
+                return NULL;
         }
 
         body = http_request_body(req, &len);
@@ -48,19 +49,31 @@ static void handle_webhook(struct http_request *req, void *userdata)
         if (r == -ENOMEM) {
                 http_reply_add_header(req, "Retry-After", "1");
                 http_reply_error(req, 503, "busy", "Out of memory");
-                return;
+                return NULL;
         }
         if (r < 0) {
                 /* 4xx: Alertmanager does not retry what can never succeed. */
                 http_reply_error(req, 400, code, "%s", message ? message : "Invalid payload");
-                return;
+                return NULL;
         }
         if (w->n_alerts > (size_t)m->config->webhook_max_alerts) {
                 http_reply_error(req, 400, "too_many_alerts", "More than %" PRId64 " alerts",
                                  m->config->webhook_max_alerts);
-                return;
+                webhook_free(w);
+                return NULL;
         }
+        return w;
+}
 
+static void handle_webhook(struct http_request *req, void *userdata)
+{
+        struct alertbotd_manager *m = userdata;
+        _cleanup_(webhook_freep) struct webhook *w = read_payload(req, m);
+        _cleanup_(json_object_putp) struct json_object *summary = NULL;
+        int r;
+
+        if (!w)
+                return;
         r = alertbotd_handle_webhook(m, w, &summary);
         if (r == -EAGAIN) {
                 http_reply_add_header(req, "Retry-After", "5");
@@ -74,6 +87,40 @@ static void handle_webhook(struct http_request *req, void *userdata)
                 return;
         }
         http_reply_json(req, 200, summary);
+}
+
+/* Alertmanager's escalation and tickets receivers: every alert is logged
+ * and kept for GET /notifications. */
+static void handle_notify(struct http_request *req, void *userdata)
+{
+        struct alertbotd_manager *m = userdata;
+        _cleanup_(webhook_freep) struct webhook *w = read_payload(req, m);
+        _cleanup_(json_object_putp) struct json_object *o = NULL;
+        size_t n;
+
+        if (!w)
+                return;
+        n = notifications_record_webhook(m->notifications, w);
+        o = json_object_new_object();
+        if (!o) {
+                /* Recorded all the same: a retry would record it twice. */
+                http_reply_empty(req, 204);
+                return;
+        }
+        json_object_object_add(o, "recorded", json_object_new_int64((int64_t)n));
+        http_reply_json(req, 200, o);
+}
+
+static void handle_notifications(struct http_request *req, void *userdata)
+{
+        struct alertbotd_manager *m = userdata;
+        _cleanup_(json_object_putp) struct json_object *o = notifications_json(m->notifications);
+
+        if (!o) {
+                http_reply_error(req, 503, "busy", "Out of memory");
+                return;
+        }
+        http_reply_json(req, 200, o);
 }
 
 static void handle_incidents(struct http_request *req, void *userdata)
@@ -91,5 +138,7 @@ static void handle_incidents(struct http_request *req, void *userdata)
 const struct http_route alertbotd_routes[] = {
         {"POST", "/webhook", handle_webhook},
         {"GET", "/incidents", handle_incidents},
+        {"POST", "/notify", handle_notify},
+        {"GET", "/notifications", handle_notifications},
 };
 const size_t alertbotd_routes_count = ELEMENTSOF(alertbotd_routes);

@@ -54,7 +54,13 @@ int redis_pool_connect(struct redis_pool *p, redisContext **ret);
  * command_timeout_ms, or -EIO when the connection broke mid-command. After
  * a timeout or a break the connection is dropped and a new one made on
  * next use; an idle connection the server has closed is noticed before
- * use and replaced. ret may be NULL to discard the reply. -EINVAL for argc
+ * use and replaced. While the server is down a command fails with
+ * -ECONNREFUSED, or with -EIO when it went out on a pooled connection whose
+ * close had not reached the client yet (which one is a race: callers treat
+ * both as "Redis unreachable"); the broken connection is dropped, so once
+ * each connected slot has been tried only -ECONNREFUSED remains, and the
+ * first command after the server is back succeeds. ret may be NULL to
+ * discard the reply. -EINVAL for argc
  * outside 1..REDIS_MAX_ARGS. The span is named by the command ("GET") and
  * records db.system=redis, db.operation.name, server.address/port, and for
  * an error reply error.type = its first word. */

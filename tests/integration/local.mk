@@ -5,10 +5,15 @@ TESTS += \
 	tests/integration/test-authd.py \
 	tests/integration/test-authd-tracing.py \
 	tests/integration/test-authd-metrics.py \
-	tests/integration/test-gateway.py
+	tests/integration/test-gateway.py \
+	tests/integration/test-gateway-metrics.py \
+	tests/integration/test-vigilctl.py
 EXTRA_DIST += \
 	tests/integration/harness.py \
+	tests/integration/gatewaylib.py \
 	tests/integration/test-authd.py \
 	tests/integration/test-authd-tracing.py \
 	tests/integration/test-authd-metrics.py \
-	tests/integration/test-gateway.py
+	tests/integration/test-gateway.py \
+	tests/integration/test-gateway-metrics.py \
+	tests/integration/test-vigilctl.py

@@ -698,21 +698,27 @@ def test_cache_hit_ratio_after_warm_up_is_at_least_90_percent(ctx):
 @test
 def test_reload_changes_the_ttl_of_new_entries(ctx):
     d = ctx.inv
+
+    def reloads():
+        return d.log_text().count("Configuration reloaded")
+
+    before = reloads()
     with open(d.config, "w", encoding="utf-8") as f:
         f.write("[cache]\nttl_seconds = 5\njitter_percent = 0\n")
     try:
         d.proc.send_signal(signal.SIGHUP)
-        harness.wait_until(lambda: "Configuration reloaded" in d.log_text(), 10,
-                           what="the reload")
+        harness.wait_until(lambda: reloads() > before, 10, what="the reload")
         drop_cached(ctx, "inventory:product:2")
         get_product(d, 2)
         ttl = ctx.stack.redis("PTTL", "inventory:product:2")
         check(0 < ttl <= 5000, f"PTTL {ttl} after reloading ttl_seconds = 5")
     finally:
+        # The next tests expect the default TTL back: wait for that reload.
+        before = reloads()
         with open(d.config, "w", encoding="utf-8"):
             pass
         d.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        harness.wait_until(lambda: reloads() > before, 10, what="the reload back to defaults")
 
 
 @test
@@ -835,8 +841,17 @@ def test_redis_down_serves_from_postgres_and_degrades_readiness_then_recovers(ct
     check_eq(held.status, 200, "reserve before the outage")
     get_product(d, 2)
     before = scrape(d)
+    check_eq(harness.metric_value(before, "vigil_local_cache_active", cache="catalog"), 1,
+             "local cache on before the outage")
     ctx.stack.kill("redis")
     try:
+        # The local cache serves while its invalidation connection is up;
+        # its thread notices the loss (EOF, or two seconds of silence) in
+        # its own time, on a busy machine later than the next request.
+        # From then on every answer comes from PostgreSQL.
+        harness.wait_until(lambda: harness.metric_value(scrape(d), "vigil_local_cache_active",
+                                                        cache="catalog") == 0, 10,
+                           what="the local cache off after Redis died")
         for _ in range(20):
             r = d.get("/products")
             check_eq(r.status, 200, "GET /products without Redis")

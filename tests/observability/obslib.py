@@ -432,19 +432,57 @@ class WebhookReceiver:
         self.thread.join(5)
 
 
-def test_alertmanager_config(webhook, token_file, fast=True):
-    """The shipped alertmanager.yml with every receiver's URL pointed at
-    webhook (path kept), the token file replaced, and (fast) the timers cut
-    to seconds. Routes, matchers and inhibitions stay as shipped."""
+BOT_ADDRESS = "127.0.0.1:8005"  # vigil-alertbotd in the shipped alertmanager.yml
+
+# The contract of the shipped routing: a resolved alert shows as resolved
+# within this long, wherever it is sent (the bot's /incidents and
+# /notifications, a person's pager). test-static-configs.py checks the
+# timers against it; test-alert-e2e.py checks it, scaled, end to end.
+RESOLVED_WITHIN_SECONDS = 5 * 60
+
+# Alertmanager's own defaults, for routes that set none.
+AM_TIMER_DEFAULTS = {"group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h"}
+
+
+def duration_seconds(text):
+    """Seconds of a Prometheus duration such as 30s, 5m, 1h30m, 500ms."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return sum(int(n) * unit[u] for n, u in parts)
+
+
+def test_alertmanager_config(webhook, token_file, fast=True, bot_port=None, timer_scale=None):
+    """The shipped alertmanager.yml with the token file replaced and every
+    receiver's URL pointed at a test server, path kept: at bot_port (a
+    vigil-alertbotd started by the test) for the URLs of the bot, at
+    webhook for any other -- or for every URL when bot_port is None.
+    Timers: timer_scale (e.g. 1/60) scales every route's group_wait,
+    group_interval and repeat_interval (as inherited, so the shipped
+    timing contract is what is tested, only faster); else fast cuts them
+    to 1 s and 2 s. Routes, matchers and inhibitions stay as shipped."""
     with open(AM_CONFIG, encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
     for r in cfg["receivers"]:
         for w in r.get("webhook_configs", []):
-            w["url"] = webhook.url(urllib.parse.urlparse(w["url"]).path)
+            url = urllib.parse.urlparse(w["url"])
+            if bot_port is not None and url.netloc == BOT_ADDRESS:
+                w["url"] = f"http://127.0.0.1:{bot_port}{url.path}"
+            else:
+                w["url"] = webhook.url(url.path)
             auth = (w.get("http_config") or {}).get("authorization")
             if auth and "credentials_file" in auth:
                 auth["credentials_file"] = token_file
-    if fast:
+    if timer_scale is not None:
+        def scale(route, inherited):
+            timers = dict(inherited, **{k: route[k] for k in AM_TIMER_DEFAULTS if k in route})
+            for k, v in timers.items():
+                route[k] = f"{max(1, round(duration_seconds(v) * timer_scale * 1000))}ms"
+            for sub in route.get("routes", []):
+                scale(sub, timers)
+        scale(cfg["route"], AM_TIMER_DEFAULTS)
+    elif fast:
         def cut(route):
             route["group_wait"] = "1s"
             route["group_interval"] = "2s"

@@ -9,9 +9,11 @@ second while a bounded generator sends charges (a share of them declined,
 402, which must burn no budget). Errors are injected the way an operator
 would: [faults] error_ratio in paymentd's config file and SIGHUP. The page
 must go pending, then firing, reach the real Alertmanager (the shipped
-alertmanager.yml, its URLs pointed at a test webhook and its timers cut to
-seconds) and arrive at the escalation receiver -- and resolve the same way
-once error_ratio is 0 again. A second test posts alerts to a real
+alertmanager.yml, the bot's URLs pointed at a real vigil-alertbotd and its
+timers scaled by the same 1/60) and be recorded by the bot's POST /notify
+(receiver escalation, in GET /notifications and its log) -- and, once
+error_ratio is 0 again, show there as resolved within the scaled 5 minutes
+the shipped routing promises. A second test posts alerts to a real
 Alertmanager and checks the shipped inhibitions: a down database silences
 the dependency and SLO alerts of the services using it, and nothing else.
 """
@@ -37,6 +39,12 @@ runner = harness.Runner("test-alert-e2e", test_timeout=150)
 test = runner.test
 
 SCALE = "1/60"
+TIMER_SCALE = 1 / 60
+# The shipped promise, scaled: resolved within 5 s of Prometheus resolving
+# it, plus a second for polling Prometheus and the bot.
+RESOLVED_WITHIN = obslib.RESOLVED_WITHIN_SECONDS * TIMER_SCALE + 1
+NOTIFICATION_FIRING_ID = "9ce3b8577a8c4d90bad16258fec98df9"  # docs/alertbot.md
+NOTIFICATION_RESOLVED_ID = "70cba75ecd174fc7b6ac1ae697f97c3c"
 SLO = "payment-availability"
 ALERT = "VigilSLOBudgetBurnPage"
 # Charges: about 15/s, never longer than this in all.
@@ -106,9 +114,24 @@ def setup(ctx):
     ctx.token_file = os.path.join(ctx.tmp, "webhook-token")
     with open(ctx.token_file, "w", encoding="utf-8") as f:
         f.write(TOKEN + "\n")
+    # The real bot, where the shipped configuration sends every alert: its
+    # POST /webhook (remediation) and POST /notify (pages and tickets).
+    # Nothing here asks for a restart; no bus is reachable in any case.
+    state = os.path.join(ctx.tmp, "bot-state")
+    os.mkdir(state)
+    ctx.bot = harness.Daemon("alertbotd", env={
+        "VIGIL_POLICY_FILE": os.path.join(obslib.TOP_SRCDIR, "etc", "vigil", "alertbot-policy.conf"),
+        "VIGIL_STATE_DIRECTORY": state,
+        "VIGIL_SYSTEMD_BUS": f"unix:path={ctx.tmp}/no-bus",
+        "VIGIL_TRACING_OTLP_ENDPOINT": "",
+    }, credentials={"webhook-token": TOKEN})
+    ctx.cleanup(ctx.bot.close)
+    ctx.bot.start()
+    # Any URL not the bot's would go to this receiver: there is none.
     ctx.webhook = obslib.WebhookReceiver()
     ctx.cleanup(ctx.webhook.close)
-    ctx.am = obslib.Alertmanager(obslib.test_alertmanager_config(ctx.webhook, ctx.token_file))
+    ctx.am = obslib.Alertmanager(obslib.test_alertmanager_config(
+        ctx.webhook, ctx.token_file, bot_port=ctx.bot.port, timer_scale=TIMER_SCALE))
     ctx.cleanup(ctx.am.close)
     ctx.am.start()
 
@@ -148,20 +171,29 @@ def scalar(ctx, expr):
     return float(res[0]["value"][1]) if res else None
 
 
-def notifications(ctx, path, status=None):
-    out = []
-    for p, auth, body in ctx.webhook.notifications():
-        if p != path or not body:
-            continue
-        for a in body.get("alerts", []):
-            if a["labels"].get("alertname") == ALERT and a["labels"].get("slo") == SLO \
-                    and (status is None or a["status"] == status):
-                out.append((auth, body, a))
-    return out
+def recorded(ctx, status=None, receiver=None):
+    """The bot's GET /notifications entries of the page, newest first."""
+    r = ctx.bot.get("/notifications")
+    check(r.status == 200, f"GET /notifications: {r.status}")
+    return [n for n in r.body["notifications"]
+            if n["alertname"] == ALERT and n["service"] == "payment"
+            and (status is None or n["status"] == status)
+            and (receiver is None or n["receiver"] == receiver)]
+
+
+def bot_log_entries(ctx, message_id):
+    return [ln for ln in ctx.bot.log_text().splitlines()
+            if f"message_id={message_id}" in ln and f"alertname={ALERT}" in ln]
+
+
+def incidents_of_the_page(ctx):
+    r = ctx.bot.get("/incidents")
+    check(r.status == 200, f"GET /incidents: {r.status}")
+    return [i for i in r.body["incidents"] if i["alertname"] == ALERT]
 
 
 @test
-def test_burn_rate_alert_goes_pending_then_firing_and_reaches_the_webhook(ctx):
+def test_burn_rate_alert_goes_pending_then_firing_and_is_recorded_by_the_bot(ctx):
     # Healthy traffic first: the guard is satisfied, declines (402) are
     # counted as events and burn nothing.
     ctx.traffic.wait_for(402, 0, "a declined charge")
@@ -173,8 +205,7 @@ def test_burn_rate_alert_goes_pending_then_firing_and_reaches_the_webhook(ctx):
         return events is not None and events > 1 and ratio == 0 and declines
     obslib.wait_until(healthy, 60, interval=0.5, what="healthy traffic with declines recorded")
     check(prom_alert_state(ctx) is None, "alert active before any error")
-    check(not ctx.webhook.notifications(), f"notified before any error: "
-                                           f"{ctx.webhook.notifications()}")
+    check(not recorded(ctx), f"notified before any error: {recorded(ctx)}")
 
     before = ctx.traffic.snapshot()
     check(not [c for c in before if c >= 500], f"5xx before the fault was injected: {before}")
@@ -201,24 +232,28 @@ def test_burn_rate_alert_goes_pending_then_firing_and_reaches_the_webhook(ctx):
     check(first["pending"] < first["firing"], f"pending at {first['pending']} not before firing "
                                               f"at {first['firing']}")
 
-    got = obslib.wait_until(lambda: notifications(ctx, "/escalate", "firing"), 60, interval=0.2,
-                            what=f"{ALERT} at the escalation webhook")
-    _, body, alert = got[0]
-    check(body["receiver"] == "escalation", f"receiver {body['receiver']}")
-    check(alert["labels"]["severity"] == "page" and alert["labels"]["service"] == "payment",
-          f"labels {alert['labels']}")
-    check(alert["annotations"]["runbook_url"].endswith(f"/docs/runbooks/{ALERT}.md"),
-          f"annotations {alert['annotations']}")
-    print(f"  fault -> webhook in {time.time() - ctx.t_fault:.1f} s; polled states {states}; "
-          f"charges {ctx.traffic.snapshot()}")
-    # Not remediable: the bot's webhook never hears of it; a page is no ticket.
-    check(not notifications(ctx, "/webhook"), "an SLO page reached the alert bot")
-    check(not notifications(ctx, "/ticket"), "an SLO page reached the ticket receiver")
+    got = obslib.wait_until(lambda: recorded(ctx, "firing"), 60, interval=0.2,
+                            what=f"{ALERT} recorded by the bot's /notify")
+    n = got[-1]
+    check(n["receiver"] == "escalation", f"receiver {n['receiver']}")
+    check(n["severity"] == "page" and n["service"] == "payment", f"entry {n}")
+    check(n["summary"] and n["fingerprint"], f"entry {n}")
+    check(n["runbook_url"].endswith(f"/docs/runbooks/{ALERT}.md"), f"entry {n}")
+    logged = bot_log_entries(ctx, NOTIFICATION_FIRING_ID)
+    check(logged and "receiver=escalation" in logged[-1] and "level=warning" in logged[-1],
+          f"the bot's log entry: {logged}")
+    print(f"  fault -> recorded by the bot in {time.time() - ctx.t_fault:.1f} s; polled states "
+          f"{states}; charges {ctx.traffic.snapshot()}")
+    # Not remediable: no incident at the bot; a page is no ticket; no URL
+    # of the shipped configuration leads anywhere but the bot.
+    check(not incidents_of_the_page(ctx), "an SLO page reached the bot's remediation")
+    check(not recorded(ctx, receiver="tickets"), "an SLO page was recorded as a ticket")
+    check(not ctx.webhook.notifications(), f"sent elsewhere: {ctx.webhook.notifications()}")
 
 
 @test
-def test_burn_rate_alert_resolves_when_the_fault_is_removed(ctx):
-    check(notifications(ctx, "/escalate", "firing"), "needs the firing alert of the previous test")
+def test_burn_rate_alert_shows_resolved_at_the_bot_within_5_scaled_minutes(ctx):
+    check(recorded(ctx, "firing"), "needs the firing alert of the previous test")
     t0 = time.time()
     ps.reload(ctx.paymentd, paymentd_config(0))
     # Every charge answered after the reload succeeds (201) or is declined.
@@ -229,11 +264,18 @@ def test_burn_rate_alert_resolves_when_the_fault_is_removed(ctx):
     after = ctx.traffic.snapshot()
     check(after.get(503, 0) == before.get(503, 0),
           f"503s after error_ratio was set back to 0: {before} -> {after}")
-    obslib.wait_until(lambda: prom_alert_state(ctx) is None, 90, interval=0.5,
+    obslib.wait_until(lambda: prom_alert_state(ctx) is None, 90, interval=0.25,
                       what=f"{ALERT} resolved in Prometheus")
-    obslib.wait_until(lambda: notifications(ctx, "/escalate", "resolved"), 60, interval=0.2,
-                      what="the resolved notification at the escalation webhook")
-    print(f"  fault removed -> resolved at the webhook in {time.time() - t0:.1f} s; "
+    t_prom = time.time()
+    # Newest first: the page's latest entry says resolved.
+    obslib.wait_until(lambda: (lambda r: r and r[0]["status"] == "resolved")(recorded(ctx)),
+                      RESOLVED_WITHIN, interval=0.1,
+                      what=f"the bot's /notifications showing {ALERT} resolved within "
+                           f"{RESOLVED_WITHIN:.0f} s (5 min scaled) of Prometheus resolving it")
+    t_bot = time.time()
+    check(bot_log_entries(ctx, NOTIFICATION_RESOLVED_ID), "no resolved entry in the bot's log")
+    print(f"  fault removed -> resolved in Prometheus in {t_prom - t0:.1f} s -> at the bot "
+          f"{t_bot - t_prom:.1f} s later (at most {RESOLVED_WITHIN:.0f} s); "
           f"charges {ctx.traffic.snapshot()}")
     ctx.traffic.stop.set()
 
@@ -333,4 +375,5 @@ if __name__ == "__main__":
     if not (obslib.Prometheus.BINARY and obslib.Alertmanager.BINARY):
         print("SKIP: prometheus / prometheus-alertmanager not installed", file=sys.stderr)
         sys.exit(obslib.SKIP)
-    sys.exit(runner.main(setup, binaries=(harness.authd_binary(), ps.paymentd_binary())))
+    sys.exit(runner.main(setup, binaries=(harness.authd_binary(), ps.paymentd_binary(),
+                                          harness.daemon_binary("alertbotd"))))

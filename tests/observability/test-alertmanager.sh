@@ -1,7 +1,9 @@
 #!/bin/sh
-# amtool on the shipped alertmanager.yml: the config is valid and every
-# route sends the alerts it is meant for to the right receivers (with the
-# alert bot's route continuing to the paging/ticket routes).
+# amtool on the shipped alertmanager.yml: the config is valid, every route
+# sends the alerts it is meant for to the right receivers (with the alert
+# bot's route continuing to the paging/ticket routes), every receiver posts
+# to vigil-alertbotd (nothing points at a port where nobody listens), and
+# the commented email/Slack/PagerDuty examples are valid once uncommented.
 set -u
 top_srcdir=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 AMTOOL=${AMTOOL:-amtool}
@@ -50,6 +52,43 @@ route tickets alertname=VigilHostDiskWillFill severity=ticket
 # Anything unlabelled falls to the ticket queue, never to the bot.
 route tickets alertname=Unknown
 route tickets alertname=Unknown remediation=none
+
+# Every notification lands on the host: the bot's webhook, or its /notify
+# for pages and tickets (recorded in the journal and GET /notifications).
+urls=$(sed -n 's/^ *- url: *//p' "$cfg" | sort | uniq -c | sed 's/^ *//')
+if [ "$urls" = "2 http://127.0.0.1:8005/notify
+1 http://127.0.0.1:8005/webhook" ]; then
+	echo "PASS receivers: escalation and tickets post to the bot's /notify, alertbot to /webhook"
+	pass=$((pass + 1))
+else
+	echo "FAIL receivers: every URL must be the bot's /webhook or /notify (escalation and tickets); got:"
+	echo "$urls"
+	fail=$((fail + 1))
+fi
+
+# The commented destinations are examples an operator uncomments: they
+# must be valid as they stand (amtool refuses unknown keys).
+examples=$(mktemp)
+trap 'rm -f "$examples"' EXIT
+sed -E 's/^(    )# ((email|slack|pagerduty)_configs:|  )/\1\2/' "$cfg" >"$examples"
+n=0
+out=""
+for kind in email_configs slack_configs pagerduty_configs; do
+	if grep -q "^    $kind:" "$examples" && ! grep -q "^    $kind:" "$cfg"; then
+		n=$((n + 1))
+	else
+		echo "FAIL example: no commented $kind in a receiver"
+		fail=$((fail + 1))
+	fi
+done
+if [ "$n" -eq 3 ] && out=$("$AMTOOL" check-config "$examples" 2>&1); then
+	echo "PASS amtool check-config with the email, Slack and PagerDuty examples uncommented"
+	pass=$((pass + 1))
+else
+	echo "FAIL the commented examples, uncommented, are not a valid configuration"
+	echo "${out:-}"
+	fail=$((fail + 1))
+fi
 
 echo "test-alertmanager: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Every PromQL expression of every dashboard and every rule file, evaluated
 against a real Prometheus (Debian's) scraping the five live vigil daemons --
-authd, paymentd, inventoryd, notifyd, alertbotd -- and RabbitMQ's built-in
-prometheus plugin, on the dev stack (PostgreSQL, Redis, RabbitMQ), while a
-bounded traffic generator runs: register/login/verify on auth, charges
-(some declined) on payment, catalog reads and reservations on inventory,
-the payment events consumed by notify, a few alerts posted to the alert
-bot's webhook (dry run: it never touches systemd).
+authd, paymentd, inventoryd, notifyd, alertbotd -- RabbitMQ's built-in
+prometheus plugin, and the gateway's metrics and probes: the shipped nginx
+gateway in front of the daemons, the real mtail running the shipped
+program over its access log, and the real blackbox exporter probing the
+daemons through it with the shipped modules; on the dev stack (PostgreSQL,
+Redis, RabbitMQ), while a bounded traffic generator runs: register/login/
+verify on auth, charges (some declined) on payment, catalog reads and
+reservations on inventory, the payment events consumed by notify, a few
+alerts posted to the alert bot's webhook (dry run: it never touches
+systemd), and API requests through the gateway (one client over its rate
+limit).
 
 The scrape config is the shipped etc/prometheus/prometheus.yml with its
 targets pointed at the live daemons; the jobs of the exporters that are
@@ -21,6 +26,7 @@ Promises:
     list all of them;
   - every SLO's recording rules produce a series, and the inputs of every
     alert about the daemons (the expression before its threshold) exist;
+  - every probe of the public API through the gateway succeeds;
   - exemplars carrying trace_id reach Prometheus for auth and payment
     (OpenMetrics negotiated because exemplar storage is on), and their
     trace ids are traces the daemons exported.
@@ -32,9 +38,11 @@ firing are empty; they are listed, grouped by the job they belong to.
 import collections
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +50,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import yaml  # noqa: E402
 
+import gatewaylib  # noqa: E402
 import harness  # noqa: E402
 import obslib  # noqa: E402
 import paymentd_stack as ps  # noqa: E402
@@ -56,6 +65,8 @@ DAEMONS = ("auth", "payment", "inventory", "notify", "alertbot")
 API = {"auth", "payment", "inventory", "alertbot"}
 # Daemons with PostgreSQL/Redis/RabbitMQ/authd dependencies.
 WITH_DEPS = {"auth", "payment", "inventory", "notify"}
+GATEWAY_SERVICES = {"auth", "payment", "inventory"}
+PROBES = {"inventory-products", "auth-verify", "payment-charge"}
 SLOS = {"auth-availability", "auth-latency", "payment-availability", "payment-latency",
         "inventory-availability", "inventory-latency", "notify-freshness"}
 
@@ -79,6 +90,11 @@ PANELS = {
     ("vigil-overview", "CPU by daemon"): {"service": set(DAEMONS)},
     ("vigil-overview", "Resident memory by daemon"): {"service": set(DAEMONS)},
     ("vigil-overview", "Uptime by daemon"): {"service": set(DAEMONS)},
+    ("vigil-overview", "Gateway requests by service and code"): {"service": GATEWAY_SERVICES},
+    ("vigil-overview", "Gateway 5xx and rate-limited share"): ALL,
+    ("vigil-overview", "Gateway latency p95 by service"): {"service": GATEWAY_SERVICES},
+    ("vigil-overview", "User-facing availability (probes)"): {"probe": PROBES},
+    ("vigil-overview", "Probe results and duration"): {"probe": PROBES},
     ("vigil-slo", "SLO summary (30 days)"): {"slo": SLOS},
     ("vigil-slo", "Compliance (30 days)"): {"slo": SLOS},
     ("vigil-slo", "Error budget remaining"): {"slo": SLOS},
@@ -109,7 +125,8 @@ PANELS = {
     ("vigil-infrastructure", "File descriptors (daemons)"): {"service": set(DAEMONS)},
     ("vigil-infrastructure", "Scrape targets down"): ALL,
     ("vigil-infrastructure", "Failed units"): ALL,
-    ("vigil-infrastructure", "Exporters up"): {"job": {"rabbitmq", "prometheus"}},
+    ("vigil-infrastructure", "Exporters up"): {"job": {"rabbitmq", "prometheus", "gateway",
+                                                      "blackbox"}},
     ("vigil-infrastructure", "Queue depth"): ALL,
     ("vigil-infrastructure", "Dead-letter queues"): ALL,
     ("vigil-infrastructure", "Outbox"): {"service": {"payment"}},
@@ -118,7 +135,7 @@ PANELS = {
 }
 # Alerts whose inputs (the expression before its threshold) must exist.
 ALERT_INPUT_JOBS = set(DAEMONS) | {"vigil daemons", "rabbitmq", "rabbitmq-queues",
-                                   "scrape health (up)"}
+                                   "scrape health (up)", "gateway", "blackbox"}
 
 # Which job an expression belongs to, by the metrics it reads.
 JOB_OF_METRIC = [
@@ -127,6 +144,8 @@ JOB_OF_METRIC = [
     (r"^vigil_notify", "notify"),
     (r"^vigil_alertbot", "alertbot"),
     (r"^vigil_auth", "auth"),
+    (r"^vigil_gateway_", "gateway"),
+    (r"^probe_", "blackbox"),
     (r"^(vigil|process)_", "vigil daemons"),
     (r"^node_", "node"),
     (r"^pg_", "postgres"),
@@ -138,9 +157,9 @@ JOB_OF_METRIC = [
     (r"^ALERTS", "alerts (none firing)"),
     (r"^slo:", "slo records"),
 ]
-JOB_ORDER = ("payment", "inventory", "notify", "alertbot", "auth", "node", "postgres", "redis",
-             "nginx", "rabbitmq-queues", "rabbitmq", "tempo", "alerts (none firing)",
-             "slo records", "vigil daemons", "scrape health (up)")
+JOB_ORDER = ("payment", "inventory", "notify", "alertbot", "auth", "gateway", "blackbox", "node",
+             "postgres", "redis", "nginx", "rabbitmq-queues", "rabbitmq", "tempo",
+             "alerts (none firing)", "slo records", "vigil daemons", "scrape health (up)")
 
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
             "unless", "bool", "offset", "inf", "nan"}
@@ -349,12 +368,44 @@ def alertbot_traffic(ctx, stop):
         stop.wait(1)
 
 
+def gateway_traffic(ctx, stop):
+    """Bounded like auth_traffic: public API requests through the gateway,
+    each from its own loopback address (the blackbox probes come from
+    127.0.0.1), after one client's burst over the gateway's rate limit."""
+    gw = ctx.gw
+    sources = (f"127.0.9.{n}" for n in range(1, 255))
+    limited = 0
+    src = next(sources)
+    # 60 requests from one client, far faster than its rate (10/s) can
+    # refill its burst of 20.
+    for _ in range(60):
+        limited += gw.request("GET", "/api/v1/inventory/products", source=src)[0] == 429
+    check(limited, "no request of the burst was rate-limited by the gateway")
+    deadline = time.monotonic() + TRAFFIC_SECONDS
+    for i in range(TRAFFIC_ROUNDS):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        src = next(sources)
+        for method, path, body, want in (
+                ("GET", "/api/v1/inventory/products", None, 200),
+                ("GET", f"/api/v1/inventory/product/{1 + i % 5}", None, 200),
+                ("POST", "/api/v1/auth/login", {"username": "nobody", "password": "x"}, 401),
+                ("POST", "/api/v1/auth/verify", None, 401),
+                ("POST", "/api/v1/payment/charge", {"amount": 1}, 401),
+                ("GET", "/api/v1/no-such-service/x", None, 404)):
+            status = gw.request(method, path, body=body, source=src)[0]
+            check(status == want, f"gateway {method} {path}: {status}, want {want}")
+        stop.wait(0.2)
+
+
 # --------------------------------------------------------------------------
 
 def prometheus_config(ctx):
     """The shipped prometheus.yml: vigil's jobs and RabbitMQ's pointed at
-    the live servers, Prometheus at itself, the exporters that are not
-    running here dropped; everything scraped and evaluated every second."""
+    the live servers, Prometheus at itself, mtail and the blackbox exporter
+    at theirs, the probes' URLs at the test's gateway; the exporters that
+    are not running here dropped; everything scraped and evaluated every
+    second."""
     with open(os.path.join(obslib.PROM_DIR, "prometheus.yml"), encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
     amqp_prom = f"127.0.0.1:{ctx.stack.env['VIGIL_DEV_AMQP_PROMETHEUS_PORT']}"
@@ -367,10 +418,24 @@ def prometheus_config(ctx):
         "rabbitmq": amqp_prom,
         "rabbitmq-queues": amqp_prom,
         "prometheus": f"127.0.0.1:{ctx.prom_port}",
+        "gateway": f"127.0.0.1:{ctx.mtail.port}",
     }
     jobs = []
     for job in cfg["scrape_configs"]:
         name = job["job_name"]
+        if name == "blackbox":
+            # Every probe through the test's gateway (the shipped URLs name
+            # the gateway on :80), to the test's exporter.
+            for sc in job["static_configs"]:
+                sc["targets"] = [gatewaylib.substitute(
+                    t, "http://127.0.0.1/", f"http://127.0.0.1:{ctx.gw.port}/", 1,
+                    "blackbox target") for t in sc["targets"]]
+            (addr,) = [r for r in job["relabel_configs"] if r["target_label"] == "__address__"]
+            addr["replacement"] = f"127.0.0.1:{ctx.blackbox_port}"
+            job["scrape_interval"] = "1s"
+            job["scrape_timeout"] = "1s"
+            jobs.append(job)
+            continue
         if name not in live:
             ctx.dropped_jobs.append(name)
             continue
@@ -380,7 +445,7 @@ def prometheus_config(ctx):
         job["scrape_interval"] = "1s"
         job["scrape_timeout"] = "1s"
         jobs.append(job)
-    missing = set(live) - {j["job_name"] for j in jobs}
+    missing = (set(live) | {"blackbox"}) - {j["job_name"] for j in jobs}
     check(not missing, f"jobs missing from the shipped prometheus.yml: {missing}")
     cfg["scrape_configs"] = jobs
     cfg["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
@@ -407,6 +472,43 @@ def fast_rule_copies(tmp):
     return out
 
 
+def start_gateway(ctx):
+    """The shipped gateway in front of the daemons, mtail over its access
+    log, and the blackbox exporter with the shipped modules."""
+    ctx.gw = gatewaylib.Gateway({"auth": ctx.authd.port, "payment": ctx.paymentd.port,
+                                 "inventory": ctx.inventoryd.port}, None)
+    ctx.cleanup(ctx.gw.stop)
+    ctx.gw.start()
+    ctx.mtail = gatewaylib.Mtail(ctx.gw.access_log, ctx.gw.dir)
+    ctx.cleanup(ctx.mtail.stop)
+    ctx.mtail.start()
+    ctx.blackbox_port = obslib.free_port()
+    blackbox = obslib.find_binary("prometheus-blackbox-exporter", "blackbox_exporter")
+    check(blackbox, "prometheus-blackbox-exporter not installed (scripts/install-deps.sh)")
+    err = open(os.path.join(ctx.tmp, "blackbox.stderr"), "wb")  # noqa: SIM115
+    ctx.cleanup(err.close)
+    proc = subprocess.Popen(
+        [blackbox, "--config.file=" + os.path.join(obslib.PROM_DIR, "vigil-blackbox.yml"),
+         f"--web.listen-address=127.0.0.1:{ctx.blackbox_port}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    ctx.cleanup(stop)
+
+    def answers():
+        check(proc.poll() is None, "the blackbox exporter exited (see blackbox.stderr)")
+        with urllib.request.urlopen(f"http://127.0.0.1:{ctx.blackbox_port}/metrics",
+                                    timeout=2) as r:
+            return r.status == 200
+    obslib.wait_until(answers, 20, what="the blackbox exporter answering")
+
+
 def setup(ctx):
     if not obslib.Prometheus.BINARY:
         raise AssertionError("prometheus not installed")
@@ -422,6 +524,7 @@ def setup(ctx):
     check(ctx.stack.env.get("VIGIL_DEV_AMQP_PROMETHEUS_PORT"),
           "dev-stack.sh did not enable RabbitMQ's prometheus plugin")
     start_daemons(ctx)
+    start_gateway(ctx)
 
     ctx.dropped_jobs = []
     rules = fast_rule_copies(ctx.tmp)
@@ -440,7 +543,8 @@ def setup(ctx):
     ctx.cleanup(stop.set)
     threads = [threading.Thread(target=auth_traffic, args=(ctx.authd, stop), daemon=True),
                threading.Thread(target=shop_traffic, args=(ctx, stop), daemon=True),
-               threading.Thread(target=alertbot_traffic, args=(ctx, stop), daemon=True)]
+               threading.Thread(target=alertbot_traffic, args=(ctx, stop), daemon=True),
+               threading.Thread(target=gateway_traffic, args=(ctx, stop), daemon=True)]
     for t in threads:
         t.start()
     for t in threads:
@@ -457,10 +561,13 @@ def setup(ctx):
             ctx, 'sum by (job) (rate(vigil_http_requests_total{route!~"/health|/ready|/metrics"}'
                  '[1m]) > 0)')}
         notified = evaluate(ctx, "sum(rate(vigil_notify_lag_seconds_count[1m]) > 0)")
+        gateway = {s["metric"]["service"] for s in evaluate(
+            ctx, "sum by (service) (rate(vigil_gateway_requests_total[1m]) > 0)")}
         # notify-freshness is left to the tests, which say why it is missing.
         last.update(slos=SLOS - {"notify-freshness"} - slos, jobs=API - jobs,
-                    notified=bool(notified))
-        return not last["slos"] and not last["jobs"] and last["notified"]
+                    notified=bool(notified), gateway=GATEWAY_SERVICES - gateway)
+        return (not last["slos"] and not last["jobs"] and last["notified"]
+                and not last["gateway"])
     try:
         obslib.wait_until(settled, 60, interval=0.5,
                           what="every SLO's records, request rates and notifications present")
@@ -469,7 +576,8 @@ def setup(ctx):
               for s in evaluate(ctx, "avg_over_time(up[1m])")}
         raise AssertionError(f"{e}: SLOs without records {last.get('slos')}, jobs without "
                              f"requests {last.get('jobs')}, notifications "
-                             f"{last.get('notified')}; scrape success over 1m {up}") from None
+                             f"{last.get('notified')}, gateway services without requests "
+                             f"{last.get('gateway')}; scrape success over 1m {up}") from None
     time.sleep(3)  # the SLO groups run every 1 s and 2 s
 
 
@@ -623,6 +731,16 @@ def test_the_inputs_of_every_alert_about_vigil_exist(ctx):
     check(not problems, "alerts watching series that do not exist:\n  " + "\n  ".join(problems))
     print(f"  inputs present: {', '.join(checked)}")
     print(f"  not checked (exporters, or not a plain threshold): {', '.join(skipped)}")
+
+
+@test
+def test_every_probe_through_the_gateway_succeeds(ctx):
+    res = evaluate(ctx, 'probe_success{job="blackbox"}')
+    got = {s["metric"].get("probe"): s["value"][1] for s in res}
+    check(set(got) == PROBES, f"probes: {sorted(got)}, want {sorted(PROBES)}")
+    failing = {p: evaluate(ctx, f'probe_http_status_code{{probe="{p}"}}')
+               for p, v in got.items() if v != "1"}
+    check(not failing, f"probes failing (status codes): {failing}")
 
 
 @test

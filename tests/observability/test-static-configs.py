@@ -4,8 +4,9 @@ here (Promtail, Loki, Tempo and Grafana are not Debian packages): every
 file parses, the keys each server needs are present, the ports agree with
 DESIGN.md section 1, the labels Promtail keeps are the agreed ones (never a
 trace id), the Grafana correlations point at the right datasources, and
-every alert -- Prometheus and Loki -- has a severity, summary, description
-and a runbook that exists."""
+every Prometheus alert has a severity, summary, description
+and a runbook that exists; the gateway's metrics (mtail) and probes
+(blackbox exporter) read the log and reach the routes the gateway has."""
 
 import glob
 import os
@@ -25,7 +26,7 @@ ETC = os.path.join(TOP, "etc")
 PORTS = {
     "auth": 8001, "payment": 8002, "inventory": 8003, "notify": 8004, "alertbot": 8005,
     "node": 9100, "postgres": 9187, "redis": 9121, "nginx": 9113, "rabbitmq": 15692,
-    "alertmanager": 9093, "prometheus": 9090,
+    "alertmanager": 9093, "prometheus": 9090, "gateway": 3903, "blackbox": 9115,
     "promtail": 9080, "loki": 3100, "tempo": 3200, "otlp-http": 4318, "grafana": 3000,
 }
 VIGIL_JOBS = ("auth", "payment", "inventory", "notify", "alertbot")
@@ -47,7 +48,7 @@ def port_of(url):
 def check_prometheus_scrape_config():
     cfg = load("etc", "prometheus", "prometheus.yml")
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-    for job in list(VIGIL_JOBS) + ["node", "postgres", "redis", "nginx", "rabbitmq",
+    for job in list(VIGIL_JOBS) + ["node", "postgres", "redis", "nginx", "gateway", "rabbitmq",
                                    "alertmanager", "prometheus"]:
         assert job in jobs, f"no scrape job {job}"
         targets = [t for sc in jobs[job]["static_configs"] for t in sc["targets"]]
@@ -126,45 +127,9 @@ def check_loki():
     hours = int(re.fullmatch(r"(\d+)h", period).group(1))
     assert hours >= 14 * 24, f"retention {period} shorter than 14 days"
     assert cfg["schema_config"]["configs"][0]["object_store"] == "filesystem"
-    assert port_of(cfg["ruler"]["alertmanager_url"]) == PORTS["alertmanager"]
-    assert cfg["ruler"]["storage"]["local"]["directory"] == "/etc/loki/rules"
-
-
-def logql_balanced(expr):
-    pairs = {")": "(", "]": "[", "}": "{"}
-    stack = []
-    in_str = False
-    prev = ""
-    for c in expr:
-        if c == '"' and prev != "\\":
-            in_str = not in_str
-        elif not in_str:
-            if c in "([{":
-                stack.append(c)
-            elif c in ")]}":
-                if not stack or stack.pop() != pairs[c]:
-                    return False
-        prev = c
-    return not stack and not in_str
-
-
-def check_loki_rules():
-    files = glob.glob(os.path.join(ETC, "loki", "rules", "fake", "*.yml"))
-    assert files, "no Loki rule files under etc/loki/rules/fake/"
-    n = 0
-    for path in files:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-        for g in doc["groups"]:
-            for r in g["rules"]:
-                e = r["expr"]
-                assert logql_balanced(e), f"{r.get('alert')}: unbalanced brackets or quotes"
-                assert re.search(r'\{job="vigil-gateway"\}', e), "must select the gateway stream"
-                for m in re.finditer(r"count_over_time\((.*?)\[(\d+[smhd])\]\)", e, re.S):
-                    assert m.group(1).strip().startswith("{"), "range aggregation without a selector"
-                assert "$" not in e
-                n += 1
-    assert n
+    # No LogQL alerts: every alert is a Prometheus rule (the gateway's come
+    # from mtail's metrics), so no ruler.
+    assert "ruler" not in cfg, "a Loki ruler without rules"
 
 
 def check_tempo():
@@ -214,16 +179,66 @@ def check_grafana_datasources():
 
 
 def all_alerts():
-    """(source, alert rule) of every Prometheus and Loki alerting rule."""
+    """(source, alert rule) of every alerting rule (all are Prometheus')."""
     out = []
     for name, rules in obslib.alert_rules().items():
         for r in rules:
             out.append(("prometheus", r))
-    for path in glob.glob(os.path.join(ETC, "loki", "rules", "fake", "*.yml")):
-        with open(path, encoding="utf-8") as f:
-            for g in yaml.safe_load(f)["groups"]:
-                out.extend(("loki", r) for r in g["rules"] if "alert" in r)
+    assert not glob.glob(os.path.join(ETC, "loki", "rules", "**", "*.yml"), recursive=True), \
+        "Loki rule files, but Loki runs no ruler"
     return out
+
+
+def default_file(*parts):
+    """The variables of a /etc/default file shipped in the tree."""
+    with open(os.path.join(ETC, *parts), encoding="utf-8") as f:
+        return dict(re.findall(r'^([A-Z_]+)="?([^"\n]*)"?$', f.read(), re.M))
+
+
+def gateway_access_log():
+    """The path of the gateway's vigil_json access log (the one log line of
+    the shipped nginx configuration)."""
+    logs = set()
+    for conf in glob.glob(os.path.join(ETC, "nginx", "**", "*.conf"), recursive=True):
+        with open(conf, encoding="utf-8") as f:
+            logs |= set(re.findall(r"^\s*access_log\s+(/\S+)\s+vigil_json", f.read(), re.M))
+    assert len(logs) == 1, logs
+    return logs.pop()
+
+
+def check_gateway_metrics_and_probes():
+    # mtail reads the log nginx writes, on the port Prometheus scrapes.
+    env = default_file("mtail", "mtail.default")
+    assert env["LOGS"] == gateway_access_log(), env
+    assert env["HOST"] == "127.0.0.1" and int(env["PORT"]) == PORTS["gateway"], env
+    assert os.path.isfile(os.path.join(ETC, "mtail", "vigil-gateway.mtail"))
+    # The blackbox exporter reads vigil's modules, on loopback only.
+    args = default_file("prometheus", "prometheus-blackbox-exporter.default")["ARGS"].split()
+    assert "--config.file=/etc/prometheus/vigil-blackbox.yml" in args, args
+    assert f"--web.listen-address=127.0.0.1:{PORTS['blackbox']}" in args, args
+    modules = load("etc", "prometheus", "vigil-blackbox.yml")["modules"]
+    cfg = load("etc", "prometheus", "prometheus.yml")
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "blackbox"]
+    assert job["metrics_path"] == "/probe"
+    relabel = {r["target_label"]: r for r in job["relabel_configs"]}
+    assert relabel["__address__"]["replacement"] == f"127.0.0.1:{PORTS['blackbox']}"
+    assert relabel["__param_target"]["source_labels"] == ["__address__"]
+    assert relabel["__param_module"]["source_labels"] == ["module"]
+    with open(os.path.join(ETC, "nginx", "vigil", "gateway-server.conf"), encoding="utf-8") as f:
+        routes = re.findall(r"^location ~ (\^/api/v1/\S+\$) \{", f.read(), re.M)
+    assert routes, "no API routes in gateway-server.conf"
+    probes = set()
+    for sc in job["static_configs"]:
+        (url,) = sc["targets"]
+        labels = sc["labels"]
+        probes.add(labels["probe"])
+        assert labels["module"] in modules, f"{url}: no module {labels['module']}"
+        assert modules[labels["module"]]["prober"] == "http"
+        u = urllib.parse.urlparse(url)
+        # Through the gateway's public port, to a route it proxies.
+        assert u.hostname == "127.0.0.1" and u.port is None and u.scheme == "http", url
+        assert any(re.fullmatch(r, u.path) for r in routes), f"{url}: no gateway route"
+    assert len(probes) == len(job["static_configs"]) >= 3, probes
 
 
 def check_alert_metadata():
@@ -285,21 +300,56 @@ def check_no_counter_threshold():
         assert not bad, f"{r['alert']}: counters used without rate()/increase(): {bad}"
 
 
+duration_seconds = obslib.duration_seconds
+RESOLVED_WITHIN = obslib.RESOLVED_WITHIN_SECONDS
+
+
 def check_alertmanager_config():
     cfg = load("etc", "alertmanager", "alertmanager.yml")
     recv = {r["name"]: r for r in cfg["receivers"]}
-    bot = recv["alertbot"]["webhook_configs"][0]
-    assert bot["url"] == f"http://127.0.0.1:{PORTS['alertbot']}/webhook"
-    auth = bot["http_config"]["authorization"]
-    assert auth["credentials_file"] == "/etc/vigil/alertmanager/webhook-token"
-    assert auth.get("type", "Bearer") == "Bearer"
-    routes = {r["receiver"]: r for r in cfg["route"]["routes"]}
-    r = routes["alertbot"]
-    assert r["continue"] is True
-    for key in ("group_interval", "repeat_interval"):
-        m = re.fullmatch(r"(\d+)([mh])", r[key])
-        minutes = int(m.group(1)) * (60 if m.group(2) == "h" else 1)
-        assert minutes >= 60, f"alertbot route {key} {r[key]}: restarts would repeat too often"
+    bot_token = "/etc/vigil/alertmanager/webhook-token"
+    for name, path in (("alertbot", "webhook"), ("escalation", "notify"), ("tickets", "notify")):
+        hooks = recv[name]["webhook_configs"]
+        assert len(hooks) == 1, f"{name}: {len(hooks)} webhooks"
+        hook = hooks[0]
+        assert hook["url"] == f"http://127.0.0.1:{PORTS['alertbot']}/{path}", f"{name}: {hook['url']}"
+        auth = hook["http_config"]["authorization"]
+        assert auth["credentials_file"] == bot_token, f"{name}: {auth}"
+        assert auth.get("type", "Bearer") == "Bearer", f"{name}: {auth}"
+        assert hook.get("send_resolved") is True, f"{name}: resolved alerts not sent"
+        # The bot answers 400 to more alerts than its [webhook] max_alerts.
+        assert 1 <= hook.get("max_alerts", 0) <= 1000, f"{name}: max_alerts {hook.get('max_alerts')}"
+
+    # Resolved within 5 minutes: Prometheus sees the condition clear within
+    # one evaluation interval and sends the resolved alert at once;
+    # Alertmanager notifies it at the group's next flush, at most
+    # group_interval later. Routes inherit what they do not set.
+    prom = load("etc", "prometheus", "prometheus.yml")
+    evaluation = duration_seconds(prom["global"]["evaluation_interval"])
+    root = cfg["route"]
+
+    def walk(route, inherited):
+        timers = dict(inherited, **{k: route[k] for k in obslib.AM_TIMER_DEFAULTS if k in route})
+        yield route, timers
+        for sub in route.get("routes", []):
+            yield from walk(sub, timers)
+    routes = list(walk(root, obslib.AM_TIMER_DEFAULTS))
+    for route, timers in routes:
+        latency = evaluation + duration_seconds(timers["group_interval"])
+        assert latency <= RESOLVED_WITHIN, (
+            f"route {route.get('receiver')}: a resolved alert can take {latency} s to be notified "
+            f"(evaluation {evaluation} s + group_interval {timers['group_interval']}), "
+            f"more than {RESOLVED_WITHIN} s")
+    bot = [t for r, t in routes if r.get("receiver") == "alertbot"]
+    assert len(bot) == 1, f"{len(bot)} alertbot routes"
+    assert next(r for r, _ in routes if r.get("receiver") == "alertbot")["continue"] is True
+    # Firing alerts repeat slowly: the bot decides once per alert anyway,
+    # and a person is not re-paged every few minutes.
+    for route, timers in routes:
+        assert duration_seconds(timers["repeat_interval"]) >= 3600, (
+            f"route {route.get('receiver')}: repeat_interval {timers['repeat_interval']} under 1h")
+    assert duration_seconds(bot[0]["repeat_interval"]) >= 6 * 3600, \
+        f"alertbot route repeat_interval {bot[0]['repeat_interval']}: under 6h"
 
 
 def check_polkit_matches_allowlist():
@@ -332,14 +382,16 @@ def main():
                  check_prometheus_flags)
     runner.check("promtail: port 9080, journal as JSON, labels unit/priority/syslog_identifier/host only",
                  check_promtail)
-    runner.check("loki: port 3100, filesystem, retention >= 14d, ruler to Alertmanager", check_loki)
-    runner.check("loki rules: LogQL structurally sound", check_loki_rules)
+    runner.check("loki: port 3100, filesystem, retention >= 14d, no ruler", check_loki)
+    runner.check("gateway: mtail reads the access log, the blackbox probes reach gateway routes",
+                 check_gateway_metrics_and_probes)
     runner.check("tempo: 3200, OTLP/HTTP 4318, metrics generator remote-writes to Prometheus",
                  check_tempo)
     runner.check("grafana datasources: ports and trace/log/metric correlations", check_grafana_datasources)
     runner.check("alerts: severity, summary, description and an existing runbook", check_alert_metadata)
     runner.check("alerts: no threshold on a raw counter", check_no_counter_threshold)
-    runner.check("alertmanager: bot webhook with bearer token file, slow repeats", check_alertmanager_config)
+    runner.check("alertmanager: every receiver is the bot's (bearer token file), resolved within 5 min, "
+                 "slow repeats", check_alertmanager_config)
     runner.check("polkit rule: exactly the alert bot's allowlist", check_polkit_matches_allowlist)
     return runner.finish()
 

@@ -116,6 +116,29 @@ def check_paths(root):
     print(f"ok: {named} mentions of vigil's own paths checked")
 
 
+def check_vigilctl(root):
+    """The operator tool runs from the packages alone: its front door names
+    the modules' installed directory, which the packages ship whole."""
+    prog = os.path.join(root, "usr", "sbin", "vigilctl")
+    if not os.path.isfile(prog):
+        fail("no package ships /usr/sbin/vigilctl")
+        return
+    with open(prog) as f:
+        m = re.search(r'or "(/[^"]+)"\)', f.read())
+    moddir = m.group(1) if m else None
+    if not moddir or not os.path.isdir(root + moddir):
+        fail(f"/usr/sbin/vigilctl looks for its modules in {moddir}, which no package ships")
+        return
+    env = dict(os.environ, VIGILCTL_MODULES=root + moddir)
+    for args in (["--help"], ["validate", "--help"]):
+        r = subprocess.run([sys.executable, prog, *args], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, check=False)
+        if r.returncode != 0:
+            fail(f"vigilctl {' '.join(args)} from the packages exited {r.returncode}:\n{r.stdout}")
+        else:
+            print(f"ok: vigilctl {' '.join(args)} runs from the packages ({moddir})")
+
+
 def main():
     if subprocess.run(["git", "-C", TOP, "rev-parse", "--is-inside-work-tree"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
@@ -162,6 +185,7 @@ def main():
             run(["dpkg-deb", "-x", deb, root], work, log)
         check_units(root)
         check_paths(root)
+        check_vigilctl(root)
     finally:
         if os.environ.get("VIGIL_TEST_KEEP"):
             print(f"kept {work}")

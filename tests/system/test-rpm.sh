@@ -39,7 +39,7 @@ rpms=$(find "$work/RPMS" -name '*.rpm' | sort)
 echo "$rpms" | sed "s|$work/RPMS/||"
 fail=0
 for p in vigil vigil-common vigil-authd vigil-paymentd vigil-inventoryd vigil-notifyd vigil-alertbot \
-	vigil-gateway vigil-monitoring; do
+	vigil-gateway vigil-monitoring vigilctl; do
 	echo "$rpms" | grep -q "/$p-$version-" || { echo "FAIL: no $p package"; fail=1; }
 done
 # Every daemon subpackage: binary, units, conffile, and a %post that runs vigil-setup.
@@ -58,6 +58,10 @@ done
 alertbot=$(echo "$rpms" | grep "/vigil-alertbot-$version-" || true)
 rpm -qcp "$alertbot" 2>/dev/null | grep -qx /etc/vigil/alertbot-policy.conf ||
 	{ echo "FAIL: vigil-alertbot lacks the policy /etc/vigil/alertbot-policy.conf"; fail=1; }
+vigilctl=$(echo "$rpms" | grep "/vigilctl-$version-" || true)
+for f in /usr/sbin/vigilctl /usr/share/vigilctl/vigilctl/validate.py; do
+	rpm -qlp "$vigilctl" 2>/dev/null | grep -qx "$f" || { echo "FAIL: vigilctl lacks $f"; fail=1; }
+done
 grep -q '^PASS: tests/unit/test-jwt' "$work/rpmbuild.log" || { echo "FAIL: %check did not run the unit tests"; fail=1; }
 [ $fail -eq 0 ] && echo "PASS: rpmbuild built the split"
 exit $fail

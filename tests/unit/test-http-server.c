@@ -5,6 +5,7 @@
 #include <check.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -964,6 +965,27 @@ START_TEST(test_drain_waits_for_in_flight_request_and_health_reports_hung_handle
 }
 END_TEST
 
+/* Connections to 127.0.0.1:p the kernel holds for the listener to accept:
+ * the rx_queue of its LISTEN entry in /proc/net/tcp. */
+static unsigned accept_queue_len(uint16_t p)
+{
+        FILE *f = fopen("/proc/net/tcp", "re");
+        unsigned lport, state, txq, rxq, n = UINT_MAX;
+        char line[512];
+
+        ck_assert_ptr_nonnull(f);
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, " %*u: %*x:%x %*x:%*x %x %x:%x", &lport, &state, &txq, &rxq) ==
+                            4 &&
+                    lport == p && state == 0x0A /* TCP_LISTEN */) {
+                        n = rxq;
+                        break;
+                }
+        fclose(f);
+        ck_assert_msg(n != UINT_MAX, "no listener on port %u in /proc/net/tcp", p);
+        return n;
+}
+
 START_TEST(test_drain_waits_for_a_connection_accepted_before_it)
 {
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -982,7 +1004,13 @@ START_TEST(test_drain_waits_for_a_connection_accepted_before_it)
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        usleep(100000); /* accepted by the server */
+        /* Accepted by the server: the listener's accept queue is empty. A
+         * connection still in that queue is not the server's yet, and
+         * closing the listener resets it. */
+        for (int i = 0; accept_queue_len(port) != 0; i++) {
+                ck_assert_msg(i < 1000, "connection not accepted within 10 s");
+                usleep(10000);
+        }
 
         ck_assert_int_eq(pthread_create(&drain, NULL, drainer, &da), 0);
         usleep(100000);

@@ -50,6 +50,16 @@ static bool wait_until(bool (*cond)(void *), void *userdata, unsigned ms)
         return cond(userdata);
 }
 
+/* Let CLOCK_MONOTONIC pass t (a deadline of the code under test, not a
+ * guess at how long something takes). */
+static void sleep_until(uint64_t t)
+{
+        uint64_t now;
+
+        while ((now = now_usec(CLOCK_MONOTONIC)) < t)
+                usleep((useconds_t)(t - now));
+}
+
 static bool is_active(void *userdata)
 {
         return local_cache_is_active(userdata);
@@ -237,21 +247,30 @@ END_TEST
 START_TEST(test_values_expire)
 {
         _cleanup_(redis_pool_freep) struct redis_pool *p = pool();
-        _cleanup_(local_cache_freep) struct local_cache *c = cache_with(p, 50, 1 << 20, NULL);
+        const uint64_t max_age = 1000 * USEC_PER_MSEC;
+        _cleanup_(local_cache_freep) struct local_cache *c =
+                cache_with(p, max_age / USEC_PER_MSEC, 1 << 20, NULL);
         char key[128], early[128];
-        uint64_t ticket;
+        uint64_t ticket, before_fill, after_fill, early_expiry;
         char *v = NULL;
 
+        /* The deadlines are the contract's: a value younger than max_age
+         * is served and one past its expiry is not, however long this
+         * thread is kept off the CPU in between (a busy machine). */
         key_of(key, sizeof(key), "aging");
         key_of(early, sizeof(early), "early");
+        before_fill = now_usec(CLOCK_MONOTONIC);
         fill(c, key, "v");
+        after_fill = now_usec(CLOCK_MONOTONIC);
         ck_assert_int_eq(local_cache_get(c, early, &v, NULL, &ticket), -ENOENT);
         /* An expiry earlier than max_age wins. */
-        local_cache_put(c, early, "v", 1, ticket, now_usec(CLOCK_MONOTONIC) + 5000);
-        ck_assert(cached(c, key, "v"));
-        usleep(20 * 1000);
+        early_expiry = now_usec(CLOCK_MONOTONIC) + 5000;
+        local_cache_put(c, early, "v", 1, ticket, early_expiry);
+        ck_assert(cached(c, key, "v") || now_usec(CLOCK_MONOTONIC) - before_fill >= max_age);
+        sleep_until(early_expiry);
         ck_assert(!cached(c, early, "v"));
-        usleep(60 * 1000);
+        ck_assert(cached(c, key, "v") || now_usec(CLOCK_MONOTONIC) - before_fill >= max_age);
+        sleep_until(after_fill + max_age);
         ck_assert(!cached(c, key, "v"));
 }
 END_TEST

@@ -1,0 +1,1 @@
+"""vigil operator tool (vigilctl(8))."""

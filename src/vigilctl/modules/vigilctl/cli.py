@@ -1,0 +1,70 @@
+"""vigilctl's front door: one program, one subcommand per operator task.
+
+A subcommand is a module of this package listed in SUBCOMMANDS with:
+  SUMMARY                      one line for `vigilctl --help`
+  add_arguments(parser, paths) its options (argparse)
+  run(args, paths) -> int      0 all good, 1 a check failed, 2 usage or
+                               environment error (raise UsageError for 2)
+Adding one (fault, chaos, load, slo) is one module and one line here.
+"""
+
+import argparse
+import importlib
+import sys
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+# name -> module of this package, in the order `--help` lists them.
+SUBCOMMANDS = {
+    "validate": "vigilctl.validate",
+}
+
+
+class UsageError(Exception):
+    """A usage or environment error: reported on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _front_door(paths):
+    p = _Parser(
+        prog="vigilctl",
+        description="The vigil operator's front door.",
+        epilog="Exit status: 0 all good, 1 a check failed, 2 usage or environment error. "
+               "`vigilctl COMMAND --help` describes a command; see vigilctl(8).",
+    )
+    p.add_argument("--version", action="version", version=f"vigilctl {paths['version']}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    modules = {}
+    for name, modname in SUBCOMMANDS.items():
+        mod = importlib.import_module(modname)
+        sp = sub.add_parser(name, help=mod.SUMMARY, description=mod.DESCRIPTION,
+                            epilog=getattr(mod, "EPILOG", None),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(sp, paths)
+        modules[name] = mod
+    return p, modules
+
+
+def main(argv, paths):
+    parser, modules = _front_door(paths)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_usage(sys.stderr)
+        print("vigilctl: a command is required (vigilctl --help lists them)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return modules[args.command].run(args, paths)
+    except UsageError as e:
+        print(f"vigilctl {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"vigilctl {args.command}: interrupted", file=sys.stderr)
+        return 130
