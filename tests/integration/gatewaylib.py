@@ -34,11 +34,13 @@ def substitute(text, old, new, count, what):
     return text.replace(old, new)
 
 
-def render_gateway(directory, port, upstreams, status_port, listen6):
+def render_gateway(directory, port, upstreams, status_port, listen6, rate=None):
     """Write the shipped site and its two includes into directory with test
     ports (upstreams: service -> port), logs under directory/log, and an
-    nginx.conf around them as Debian's includes the site. Returns the path
-    of nginx.conf."""
+    nginx.conf around them as Debian's includes the site. rate (e.g.
+    "1000r/s") replaces the per-client request rate, for tests of something
+    other than the limiter that send more than a client may. Returns the
+    path of nginx.conf."""
     vigil = os.path.join(directory, "vigil")
     for d in ("vigil", "log", "tmp"):
         os.makedirs(os.path.join(directory, d), exist_ok=True)
@@ -58,6 +60,8 @@ def render_gateway(directory, port, upstreams, status_port, listen6):
                                f"server 127.0.0.1:{upstreams[svc]};", 2, "gateway-http.conf")
     http_conf = substitute(http_conf, "listen 127.0.0.1:8081;", f"listen 127.0.0.1:{status_port};",
                            1, "gateway-http.conf")
+    if rate:
+        http_conf = substitute(http_conf, "rate=10r/s;", f"rate={rate};", 1, "gateway-http.conf")
     write(os.path.join(vigil, "gateway-http.conf"), http_conf)
 
     server_conf = substitute(read("vigil", "gateway-server.conf"), "/var/log/nginx/",
@@ -99,12 +103,12 @@ class Gateway:
     """nginx running a rendered gateway on 127.0.0.1:port (and [::1] when
     IPv6 loopback works)."""
 
-    def __init__(self, upstreams, listen6):
+    def __init__(self, upstreams, listen6, rate=None):
         self.dir = harness._mkdtemp("vigil-gateway-")
         self.port = harness.free_port()
         self.status_port = harness.free_port()
         self.listen6 = listen6
-        self.conf = render_gateway(self.dir, self.port, upstreams, self.status_port, listen6)
+        self.conf = render_gateway(self.dir, self.port, upstreams, self.status_port, listen6, rate)
         self.access_log = os.path.join(self.dir, "log", "vigil-gateway.access.log")
         self.proc = None
 
