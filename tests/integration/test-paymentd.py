@@ -428,11 +428,19 @@ def test_outbox_is_drained_by_the_relay(ctx):
 # a charge that pays a reservation of vigil-inventoryd
 
 def inventoryd(ctx):
-    """One inventoryd for the reservation tests, started on first use (it
-    grants vigil_payment its two functions before it is ready)."""
+    """One inventoryd for the reservation tests, started on first use, once
+    it has granted vigil_payment its two functions: it does so at its first
+    check after the schema is migrated, which may come just after /ready
+    answers 200 (until then paymentd answers 503, to be retried)."""
     if getattr(ctx, "inventoryd", None) is None:
         ctx.inventoryd = harness.new_inventoryd(ctx)
         ctx.inventoryd.start()
+        granted = ("SELECT count(*) FILTER (WHERE has_function_privilege("
+                   "'vigil_payment', p.oid, 'EXECUTE')) FROM pg_proc p "
+                   "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'inventory' "
+                   "AND p.proname IN ('reservation_state', 'pay_reservation')")
+        harness.wait_until(lambda: ctx.stack.sql(granted) == "2", 15,
+                           what="inventoryd to grant vigil_payment the payment of reservations")
     return ctx.inventoryd
 
 
