@@ -781,15 +781,23 @@ def check_spans(cfg):
                   "exporter's errors")
 
 
+def not_answering(cfg, pillar, name, title, unit, url, meaning):
+    """None when one of Grafana's services answers at url; else FAIL when
+    its unit is installed, SKIP (saying what its absence means) when not."""
+    if answers(url, cfg.timeout):
+        return None
+    if unit_loaded(cfg, f"{unit}.service"):
+        return Result(pillar, name, FAIL, f"{title} is installed but {url} does not answer",
+                      f"systemctl restart {unit}; journalctl -u {unit} -n 50")
+    return Result(pillar, name, SKIP, f"{title} is not installed (nothing at {url}): {meaning}")
+
+
 def check_tempo(cfg):
     name = "trace found in Tempo"
-    if not answers(cfg.tempo, cfg.timeout):
-        if unit_loaded(cfg, "tempo.service"):
-            return Result("traces", name, FAIL, f"Tempo is installed but {cfg.tempo} does not answer",
-                          "systemctl restart tempo; journalctl -u tempo -n 50")
-        return Result("traces", name, SKIP,
-                      f"Tempo is not installed (nothing at {cfg.tempo}): traces are not kept; "
-                      "Grafana's trace links stay empty")
+    missing = not_answering(cfg, "traces", name, "Tempo", "tempo", cfg.tempo,
+                            "traces are not kept; Grafana's trace links stay empty")
+    if missing:
+        return missing
     cfg.flow_done.wait(cfg.args.deadline)
     tid = cfg.flow_trace_id
     if not tid:
@@ -809,13 +817,10 @@ def check_tempo(cfg):
 
 def check_loki(cfg):
     name = "logs found in Loki"
-    if not answers(cfg.loki, cfg.timeout):
-        if unit_loaded(cfg, "loki.service"):
-            return Result("logs", name, FAIL, f"Loki is installed but {cfg.loki} does not answer",
-                          "systemctl restart loki; journalctl -u loki -n 50")
-        return Result("logs", name, SKIP,
-                      f"Loki is not installed (nothing at {cfg.loki}): logs stay in the journal "
-                      "(journalctl -u 'vigil-*')")
+    missing = not_answering(cfg, "logs", name, "Loki", "loki", cfg.loki,
+                            "logs stay in the journal (journalctl -u 'vigil-*')")
+    if missing:
+        return missing
     cfg.flow_done.wait(cfg.args.deadline)
     tid = cfg.flow_trace_id
     query = '{unit="vigil-authd.service"}' + (f' |= "{tid}"' if tid else "")
