@@ -156,16 +156,7 @@ authd_pid=$!
 wait_for 60 answers_200 "$auth_url/ready" || die "authd is not ready after 60s"
 
 # The user whose token every reservation carries.
-user="bench_$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n')"
-password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-credentials="{\"username\":\"$user\",\"password\":\"$password\"}"
-status=$(http_status -X POST -H 'Content-Type: application/json' --data "$credentials" \
-        "$auth_url/register")
-[ "$status" = 201 ] || die "POST /register answered $status, not 201"
-body=$(curl -sf --max-time 10 -X POST -H 'Content-Type: application/json' \
-        --data "$credentials" "$auth_url/login") || die "POST /login failed"
-export BENCH_TOKEN
-BENCH_TOKEN=$(printf '%s' "$body" | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+bench_login "$auth_url"
 
 declare -a inventoryd_env
 bench_daemon_env inventoryd inventoryd_env

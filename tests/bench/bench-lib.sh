@@ -157,6 +157,22 @@ bench_start_nginx() {
                 die "nginx does not answer on 127.0.0.1:$nginx_port"
 }
 
+# bench_login AUTH_URL: register a new user with authd and export its
+# token as BENCH_TOKEN (the bearer token the Lua scripts send).
+bench_login() {
+	local user password credentials status body
+	user="bench_$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n')"
+	password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+	credentials="{\"username\":\"$user\",\"password\":\"$password\"}"
+	status=$(http_status -X POST -H 'Content-Type: application/json' --data "$credentials" \
+		"$1/register")
+	[ "$status" = 201 ] || die "POST /register answered $status, not 201"
+	body=$(curl -sf --max-time 10 -X POST -H 'Content-Type: application/json' \
+		--data "$credentials" "$1/login") || die "POST /login failed"
+	export BENCH_TOKEN
+	BENCH_TOKEN=$(printf '%s' "$body" | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+}
+
 # bench_daemon_env NAME ARRAY: sets ARRAY to an env(1) command that clears
 # what systemd hands a service (JOURNAL_STREAM, NOTIFY_SOCKET, LISTEN_*)
 # and sets what units/vigil-NAME.service.in sets with Environment=, so

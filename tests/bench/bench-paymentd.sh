@@ -134,16 +134,7 @@ bench_start_nginx
 
 # ------------------------------------------------------------- user, token
 
-user="bench_$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n')"
-password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-credentials="{\"username\":\"$user\",\"password\":\"$password\"}"
-status=$(http_status -X POST -H 'Content-Type: application/json' --data "$credentials" \
-        "$auth_url/register")
-[ "$status" = 201 ] || die "POST /register answered $status, not 201"
-body=$(curl -sf --max-time 10 -X POST -H 'Content-Type: application/json' \
-        --data "$credentials" "$auth_url/login") || die "POST /login failed"
-export BENCH_TOKEN
-BENCH_TOKEN=$(printf '%s' "$body" | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+bench_login "$auth_url"
 run_id=$(od -An -tx1 -N4 /dev/urandom | tr -d ' \n')
 
 # One charge per request, each with its own Idempotency-Key
