@@ -109,6 +109,14 @@ def test_documented_families_are_exposed(ctx):
           f"duration buckets for /login do not span 0.0005..10 s: {sorted(set(les))}")
 
 
+def samples_when(d, counted, what):
+    """The samples once counted(samples) holds: a request is counted when it
+    completes, just after its answer was sent, so a scrape right after the
+    answer may not see it yet. Exact assertions follow the wait."""
+    return harness.wait_until(lambda: (lambda s: s if counted(s) else None)(samples_of(d)), 10, interval=0.05,
+                              what=what)
+
+
 @test
 def test_requests_total_counts_by_route_method_and_code(ctx):
     d = ctx.authd
@@ -116,11 +124,18 @@ def test_requests_total_counts_by_route_method_and_code(ctx):
     for _ in range(3):
         d.post("/login", {"username": harness.unique_name("nobody"), "password": "whatever1"})
     d.post("/verify")
-    after = samples_of(d)
 
     def delta(**labels):
         return (harness.metric_value(after, "vigil_http_requests_total", **labels) -
                 harness.metric_value(before, "vigil_http_requests_total", **labels))
+
+    def counted(s):
+        n = (harness.metric_value(s, "vigil_http_requests_total", route="/login", method="POST", code="401") -
+             harness.metric_value(before, "vigil_http_requests_total", route="/login", method="POST", code="401"))
+        v = (harness.metric_value(s, "vigil_http_requests_total", route="/verify", method="POST", code="401") -
+             harness.metric_value(before, "vigil_http_requests_total", route="/verify", method="POST", code="401"))
+        return n >= 3 and v >= 1
+    after = samples_when(d, counted, "the four requests counted")
     check_eq(delta(route="/login", method="POST", code="401"), 3, "POST /login 401 delta")
     check_eq(delta(route="/verify", method="POST", code="401"), 1, "POST /verify 401 delta")
     check_eq(delta(route="/login", method="POST", code="200"), 0, "POST /login 200 delta")
@@ -160,7 +175,9 @@ def test_logins_total_counts_successes_and_failures(ctx):
     for _ in range(3):
         r = d.post("/login", {"username": name, "password": "not the password"})
         check_eq(r.status, 401, "wrong password")
-    after = samples_of(d)
+    after = samples_when(d, lambda s: sum(x.value for x in s if x.name == "vigil_auth_logins_total") -
+                         sum(x.value for x in before if x.name == "vigil_auth_logins_total") >= 5,
+                         "the five logins counted")
     results = {s.labels.get("result") for s in after if s.name == "vigil_auth_logins_total"}
 
     def delta(result):
