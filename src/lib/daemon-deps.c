@@ -18,6 +18,7 @@
 #define SECRET_MAX_SIZE 4096
 /* postgres, redis and the daemon's own checks */
 #define STATUS_NAMES_MAX 8
+#define AUTH_CHECK_INTERVAL_USEC (5 * USEC_PER_SEC)
 
 /* ---- building the dependencies from their config sections */
 
@@ -333,6 +334,14 @@ static void check_dependencies(struct daemon *d)
         }
         if (d->redis)
                 note_dependency(&d->redis_up, redis_pool_ping(d->redis) >= 0, "Redis", redis_down);
+        /* authd answers every check in its access log: every few ticks is
+         * enough to keep vigil_dependency_up{dependency="auth"} true when
+         * nothing else calls it. */
+        if (d->auth && now_usec(CLOCK_MONOTONIC) >= d->auth_next_check) {
+                note_dependency(&d->auth_up, auth_client_health(d->auth) >= 0, "vigil-authd",
+                                " (requests needing a user fail)");
+                d->auth_next_check = now_usec(CLOCK_MONOTONIC) + AUTH_CHECK_INTERVAL_USEC;
+        }
 }
 
 /* The STATUS= text after a check: "Serving" when ready and every one of
@@ -371,6 +380,10 @@ static void compose_status(struct daemon *d)
         if (d->redis) {
                 names[n] = "redis";
                 up[n++] = atomic_load(&d->redis_up);
+        }
+        if (d->auth) {
+                names[n] = "auth";
+                up[n++] = atomic_load(&d->auth_up);
         }
         for (size_t i = 0; i < d->ops->n_checks && n < STATUS_NAMES_MAX; i++) {
                 names[n] = d->ops->checks[i].name;

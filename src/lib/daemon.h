@@ -188,6 +188,8 @@ struct daemon {
         atomic_bool migrated; /* the schema is up to date (true when none) */
         atomic_bool postgres_up;
         atomic_bool redis_up;
+        atomic_bool auth_up;
+        uint64_t auth_next_check; /* CLOCK_MONOTONIC µs */
         char status[128];
 };
 

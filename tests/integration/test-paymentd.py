@@ -318,6 +318,23 @@ def test_auth_unreachable_is_503_and_not_ready(ctx):
     d.stop()
 
 
+@test
+def test_auth_is_checked_without_traffic(ctx):
+    """vigil_dependency_up{dependency="auth"} says authd is down with no
+    request at all (no charge, no /ready): the daemon checks it every few
+    seconds, so VigilDependencyDown can fire on an idle install."""
+    d = ps.new_paymentd(ctx, env={"VIGIL_AUTH_URL": f"http://127.0.0.1:{harness.closed_port()}"})
+    d.start(wait_ready=False)
+
+    def auth_gauge():
+        _, samples = ps.metrics(d)
+        found = [s for s in samples if s.name == "vigil_dependency_up" and s.labels.get("dependency") == "auth"]
+        return found[0] if found else None
+    harness.wait_until(lambda: (lambda s: s is not None and s.value == 0)(auth_gauge()), 30,
+                       what='vigil_dependency_up{dependency="auth"} 0 with no traffic')
+    d.stop()
+
+
 # --------------------------------------------------------------------------
 # crash recovery and retention
 
