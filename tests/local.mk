@@ -11,7 +11,10 @@ AM_TESTS_ENVIRONMENT = \
 	localstatedir='$(localstatedir)'; export localstatedir; \
 	CK_DEFAULT_TIMEOUT=60; export CK_DEFAULT_TIMEOUT;
 
-UNIT_CFLAGS = $(VIGIL_CFLAGS) $(CHECK_CFLAGS) -iquote $(top_srcdir)/tests/unit
+UNIT_CFLAGS = $(VIGIL_CFLAGS) $(CHECK_CFLAGS) -iquote $(top_srcdir)/tests/unit \
+	-iquote $(top_srcdir)/src/authd -iquote $(top_srcdir)/src/paymentd \
+	-iquote $(top_srcdir)/src/inventoryd -iquote $(top_srcdir)/src/notifyd \
+	-iquote $(top_srcdir)/src/alertbotd
 UNIT_LDADD = $(VIGIL_LIBS) $(CHECK_LIBS)
 
 # Library modules that need no server.
@@ -54,9 +57,34 @@ EXTRA_DIST += tests/unit/test-daemon-config.sh
 TESTS += tests/unit/test-vigil-setup.sh
 EXTRA_DIST += tests/unit/test-vigil-setup.sh
 
-tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
-tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS) -iquote $(top_srcdir)/src/authd
+# The other daemons' areas (not in UNIT_TESTS: scripts/test.sh does not run
+# them under ASan/UBSan).
+AREA_UNIT_TESTS = \
+	tests/unit/test-paymentd-payments \
+	tests/unit/test-paymentd-processor \
+	tests/unit/test-paymentd-outbox \
+	tests/unit/test-inventoryd-products \
+	tests/unit/test-inventoryd-cache \
+	tests/unit/test-notifyd-notifications \
+	tests/unit/test-alertbotd-notifications \
+	tests/unit/test-alertbotd-policy \
+	tests/unit/test-alertbotd-state \
+	tests/unit/test-alertbotd-webhook
+check_PROGRAMS += $(AREA_UNIT_TESTS)
+TESTS += $(AREA_UNIT_TESTS)
+
+# A daemon area's test links its daemon's library.
 tests_unit_test_authd_users_LDADD = src/authd/libauthd.a $(UNIT_LDADD)
+tests_unit_test_paymentd_payments_LDADD = src/paymentd/libpaymentd.a $(UNIT_LDADD)
+tests_unit_test_paymentd_processor_LDADD = src/paymentd/libpaymentd.a $(UNIT_LDADD)
+tests_unit_test_paymentd_outbox_LDADD = src/paymentd/libpaymentd.a $(UNIT_LDADD)
+tests_unit_test_inventoryd_products_LDADD = src/inventoryd/libinventoryd.a $(UNIT_LDADD)
+tests_unit_test_inventoryd_cache_LDADD = src/inventoryd/libinventoryd.a $(UNIT_LDADD)
+tests_unit_test_notifyd_notifications_LDADD = src/notifyd/libnotifyd.a $(UNIT_LDADD)
+tests_unit_test_alertbotd_notifications_LDADD = src/alertbotd/libalertbotd.a $(UNIT_LDADD)
+tests_unit_test_alertbotd_policy_LDADD = src/alertbotd/libalertbotd.a $(UNIT_LDADD)
+tests_unit_test_alertbotd_state_LDADD = src/alertbotd/libalertbotd.a $(UNIT_LDADD)
+tests_unit_test_alertbotd_webhook_LDADD = src/alertbotd/libalertbotd.a $(UNIT_LDADD)
 EXTRA_DIST += tests/unit/test-pg.sh tests/unit/test-redis.sh tests/unit/test-local-cache.sh \
 	tests/unit/test-amqp.sh tests/with-servers.sh \
 	tests/unit/otlp-sink.h
@@ -80,6 +108,17 @@ tests_unit_test_pg_SOURCES = tests/unit/test-pg.c
 tests_unit_test_redis_SOURCES = tests/unit/test-redis.c
 tests_unit_test_local_cache_SOURCES = tests/unit/test-local-cache.c
 tests_unit_test_amqp_SOURCES = tests/unit/test-amqp.c
+tests_unit_test_authd_users_SOURCES = tests/unit/test-authd-users.c
+tests_unit_test_paymentd_payments_SOURCES = tests/unit/test-paymentd-payments.c
+tests_unit_test_paymentd_processor_SOURCES = tests/unit/test-paymentd-processor.c
+tests_unit_test_paymentd_outbox_SOURCES = tests/unit/test-paymentd-outbox.c
+tests_unit_test_inventoryd_products_SOURCES = tests/unit/test-inventoryd-products.c
+tests_unit_test_inventoryd_cache_SOURCES = tests/unit/test-inventoryd-cache.c
+tests_unit_test_notifyd_notifications_SOURCES = tests/unit/test-notifyd-notifications.c
+tests_unit_test_alertbotd_notifications_SOURCES = tests/unit/test-alertbotd-notifications.c
+tests_unit_test_alertbotd_policy_SOURCES = tests/unit/test-alertbotd-policy.c
+tests_unit_test_alertbotd_state_SOURCES = tests/unit/test-alertbotd-state.c
+tests_unit_test_alertbotd_webhook_SOURCES = tests/unit/test-alertbotd-webhook.c
 tests_unit_test_amqp_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_amqp_LDADD = $(UNIT_LDADD)
 
@@ -102,6 +141,17 @@ tests_unit_test_utf8_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_pg_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_redis_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_local_cache_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_authd_users_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_paymentd_payments_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_paymentd_processor_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_paymentd_outbox_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_inventoryd_products_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_inventoryd_cache_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_notifyd_notifications_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_alertbotd_notifications_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_alertbotd_policy_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_alertbotd_state_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_alertbotd_webhook_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_log_LDADD = $(UNIT_LDADD)
 tests_unit_test_sd_LDADD = $(UNIT_LDADD)
 tests_unit_test_conf_LDADD = $(UNIT_LDADD)

@@ -14,6 +14,7 @@
 #include "json-util.h"
 #include "log.h"
 #include "metrics.h"
+#include "utf8.h"
 
 /* Sizes kept per field (bytes, without the NUL). */
 #define RECEIVER_MAX    128
@@ -50,21 +51,6 @@ struct notifications {
         size_t kept, next, count; /* next: where the newest goes */
         struct metric_family *total;
 };
-
-/* Copy src into dst (max + 1 bytes), cut at max bytes at a UTF-8
- * character boundary; NULL counts as "". */
-static void set_cut(char *dst, size_t max, const char *src)
-{
-        size_t len = src ? strlen(src) : 0;
-
-        if (len > max) {
-                len = max;
-                while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
-                        len--;
-        }
-        memcpy(dst, src ? src : "", len);
-        dst[len] = '\0';
-}
 
 static const char *bounded_receiver(const char *receiver)
 {
@@ -163,15 +149,15 @@ void notifications_record(struct notifications *n, const struct notification *x)
         e = &n->ring[n->next];
         e->received_at = (int64_t)time(NULL);
         e->firing = x->firing;
-        set_cut(e->receiver, RECEIVER_MAX, x->receiver);
-        set_cut(e->alertname, ALERTNAME_MAX, x->alertname);
-        set_cut(e->severity, SEVERITY_MAX, x->severity);
-        set_cut(e->service, SERVICE_MAX, x->service);
-        set_cut(e->summary, SUMMARY_MAX, x->summary);
-        set_cut(e->starts_at, TIMESTAMP_MAX, x->starts_at);
-        set_cut(e->fingerprint, FINGERPRINT_MAX, x->fingerprint);
-        set_cut(e->runbook_url, RUNBOOK_MAX, x->runbook_url);
-        set_cut(e->reason, REASON_MAX, x->reason);
+        utf8_copy_cut(e->receiver, RECEIVER_MAX, x->receiver);
+        utf8_copy_cut(e->alertname, ALERTNAME_MAX, x->alertname);
+        utf8_copy_cut(e->severity, SEVERITY_MAX, x->severity);
+        utf8_copy_cut(e->service, SERVICE_MAX, x->service);
+        utf8_copy_cut(e->summary, SUMMARY_MAX, x->summary);
+        utf8_copy_cut(e->starts_at, TIMESTAMP_MAX, x->starts_at);
+        utf8_copy_cut(e->fingerprint, FINGERPRINT_MAX, x->fingerprint);
+        utf8_copy_cut(e->runbook_url, RUNBOOK_MAX, x->runbook_url);
+        utf8_copy_cut(e->reason, REASON_MAX, x->reason);
         n->next = (n->next + 1) % n->kept;
         if (n->count < n->kept)
                 n->count++;

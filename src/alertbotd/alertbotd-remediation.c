@@ -171,18 +171,10 @@ static void escalate(struct alertbotd_manager *m, struct json_object *alert,
         }
         json_object_object_add(body, "alert", json_object_get(alert));
         for (size_t i = 0; inc && i < inc->n_actions; i++) {
-                const struct state_action *a = &inc->actions[i];
-                struct json_object *o = json_object_new_object();
+                struct json_object *o = state_action_json(&inc->actions[i]);
 
-                if (!o)
-                        continue;
-                json_object_object_add(o, "at", json_object_new_int64(a->at));
-                json_object_object_add(o, "decision", json_object_new_string(a->decision));
-                json_object_object_add(o, "action", json_object_new_string(a->action));
-                json_object_object_add(o, "unit", json_object_new_string(a->unit));
-                json_object_object_add(o, "result", json_object_new_string(a->result));
-                json_object_object_add(o, "duration_ms", json_object_new_int64(a->duration_ms));
-                json_object_array_add(actions, o);
+                if (o)
+                        json_object_array_add(actions, o);
         }
         json_object_array_add(results, result);
         json_object_object_add(body, "actions", actions);

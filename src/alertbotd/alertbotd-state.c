@@ -9,6 +9,7 @@
 
 #include "file.h"
 #include "json-util.h"
+#include "utf8.h"
 
 #define STATE_VERSION 1
 
@@ -42,21 +43,6 @@ int state_set_string(char *dst, size_t max, const char *src)
         memcpy(dst, src ? src : "", len);
         dst[len] = '\0';
         return 0;
-}
-
-/* Copy src into dst (max + 1 bytes), cut at max bytes (at a UTF-8 character
- * boundary). */
-static void set_cut(char *dst, size_t max, const char *src)
-{
-        size_t len = src ? strlen(src) : 0;
-
-        if (len > max) {
-                len = max;
-                while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
-                        len--;
-        }
-        memcpy(dst, src ? src : "", len);
-        dst[len] = '\0';
 }
 
 int state_dedup_key(const char *fingerprint, const char *starts_at, bool firing, char *key)
@@ -93,7 +79,7 @@ void state_dedup_add(struct alertbot_state *s, const char *key, int64_t now)
                 old = 1;
         remove_first(s->dedup, &s->n_dedup, sizeof(s->dedup[0]), old);
 
-        set_cut(s->dedup[s->n_dedup].key, STATE_KEY_MAX, key);
+        utf8_copy_cut(s->dedup[s->n_dedup].key, STATE_KEY_MAX, key);
         s->dedup[s->n_dedup].seen_at = now;
         s->n_dedup++;
 }
@@ -182,9 +168,9 @@ struct state_incident *state_incident_add(struct alertbot_state *s, const char *
         }
         inc = &s->incidents[s->n_incidents++];
         memset(inc, 0, sizeof(*inc));
-        set_cut(inc->fingerprint, STATE_FINGERPRINT_MAX, fingerprint);
-        set_cut(inc->starts_at, STATE_TIMESTAMP_MAX, starts_at);
-        set_cut(inc->alertname, STATE_ALERTNAME_MAX, alertname);
+        utf8_copy_cut(inc->fingerprint, STATE_FINGERPRINT_MAX, fingerprint);
+        utf8_copy_cut(inc->starts_at, STATE_TIMESTAMP_MAX, starts_at);
+        utf8_copy_cut(inc->alertname, STATE_ALERTNAME_MAX, alertname);
         inc->opened_at = now;
         return inc;
 }
@@ -200,10 +186,10 @@ struct state_action *state_incident_add_action(struct state_incident *inc, int64
         a = &inc->actions[inc->n_actions++];
         memset(a, 0, sizeof(*a));
         a->at = now;
-        set_cut(a->decision, STATE_WORD_MAX, decision);
-        set_cut(a->action, STATE_WORD_MAX, action);
-        set_cut(a->unit, STATE_UNIT_MAX, unit);
-        set_cut(a->result, STATE_WORD_MAX, result);
+        utf8_copy_cut(a->decision, STATE_WORD_MAX, decision);
+        utf8_copy_cut(a->action, STATE_WORD_MAX, action);
+        utf8_copy_cut(a->unit, STATE_UNIT_MAX, unit);
+        utf8_copy_cut(a->result, STATE_WORD_MAX, result);
         return a;
 }
 
@@ -241,7 +227,7 @@ static void add_int(struct json_object *o, const char *key, int64_t v)
         json_object_object_add(o, key, json_object_new_int64(v));
 }
 
-static struct json_object *action_json(const struct state_action *a)
+struct json_object *state_action_json(const struct state_action *a)
 {
         struct json_object *o = json_object_new_object();
 
@@ -274,7 +260,7 @@ static struct json_object *incident_json(const struct state_incident *inc)
         if (inc->resolved)
                 add_int(o, "resolved_at", inc->resolved_at);
         for (size_t i = 0; i < inc->n_actions; i++)
-                json_object_array_add(actions, action_json(&inc->actions[i]));
+                json_object_array_add(actions, state_action_json(&inc->actions[i]));
         json_object_object_add(o, "actions", actions);
         return o;
 }

@@ -148,6 +148,9 @@ int state_save(const struct alertbot_state *s, const char *directory);
 int state_load(struct alertbot_state *s, const char *directory);
 
 struct json_object;
+/* {"at","decision","action","unit","result","duration_ms"}, as GET
+ * /incidents and escalations show an action; NULL when out of memory. */
+struct json_object *state_action_json(const struct state_action *a);
 /* {"incidents":[…]} with at most limit incidents, newest first. */
 struct json_object *state_incidents_json(const struct alertbot_state *s, size_t limit);
 const char *breaker_state_to_string(enum breaker_state b);

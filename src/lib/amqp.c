@@ -207,7 +207,7 @@ static int property_dup(amqp_bytes_t b, char **ret)
         return *ret ? 0 : -ENOMEM;
 }
 
-static bool field_to_int(const amqp_field_value_t *v, int64_t *ret)
+bool amqp_field_int64(const amqp_field_value_t *v, int64_t *ret)
 {
         switch (v->kind) {
         case AMQP_FIELD_KIND_I8:
@@ -280,7 +280,7 @@ int amqp_delivery_read_properties(const amqp_basic_properties_t *p, struct amqp_
                         r = property_dup(e->value.value.bytes, &d->tracestate);
                         if (r < 0)
                                 return r;
-                } else if (key_is(e->key, AMQP_ATTEMPT_HEADER) && field_to_int(&e->value, &n)) {
+                } else if (key_is(e->key, AMQP_ATTEMPT_HEADER) && amqp_field_int64(&e->value, &n)) {
                         d->attempt = n >= 0 && n <= 1000000 ? (int)n : 0;
                 }
         }

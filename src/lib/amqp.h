@@ -192,6 +192,13 @@ struct amqp_basic_properties_t_;
 int amqp_delivery_read_properties(const struct amqp_basic_properties_t_ *p,
                                   struct amqp_delivery *d);
 
+/* The value of an AMQP table field of an integer kind (signed or unsigned,
+ * 8 to 64 bits), as amqp_delivery_read_properties() reads
+ * AMQP_ATTEMPT_HEADER: false for any other kind and for an unsigned value
+ * beyond INT64_MAX. */
+struct amqp_field_value_t_;
+bool amqp_field_int64(const struct amqp_field_value_t_ *v, int64_t *ret);
+
 /* basic.qos prefetch, then basic.consume with manual acks on queue.
  * Returns 0, -EINVAL (prefetch outside 1..AMQP_MAX_PREFETCH), -ENOTCONN,
  * -ENOENT for no such queue (the connection is then closed), or

@@ -1,9 +1,11 @@
-# libvigil: the internal library every daemon and test links.
+# libvigil: the internal library every daemon and test links. Every C file
+# compiles with its dependencies' flags (AM_CFLAGS; a target's own _CFLAGS
+# replace them, so they start with $(VIGIL_CFLAGS)), and a program without
+# its own _LDADD links libvigil (LDADD).
 noinst_LIBRARIES += src/lib/libvigil.a
 
-src_lib_libvigil_a_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS) $(PQ_CFLAGS) \
-	$(HIREDIS_CFLAGS) $(RABBITMQ_CFLAGS) $(JWT_CFLAGS) $(JSONC_CFLAGS) $(CURL_CFLAGS) \
-	$(SYSTEMD_CFLAGS) $(CRYPT_CFLAGS) $(INIH_CFLAGS)
+AM_CFLAGS += $(MHD_CFLAGS) $(PQ_CFLAGS) $(HIREDIS_CFLAGS) $(RABBITMQ_CFLAGS) $(JWT_CFLAGS) \
+	$(JSONC_CFLAGS) $(CURL_CFLAGS) $(SYSTEMD_CFLAGS) $(CRYPT_CFLAGS) $(INIH_CFLAGS)
 src_lib_libvigil_a_SOURCES = \
 	src/lib/macro.h \
 	src/lib/log.c src/lib/log.h \
@@ -38,4 +40,5 @@ src_lib_libvigil_a_SOURCES = \
 VIGIL_LIBS = src/lib/libvigil.a $(MHD_LIBS) $(PQ_LIBS) $(HIREDIS_LIBS) $(RABBITMQ_LIBS) \
 	$(JWT_LIBS) $(JSONC_LIBS) $(CURL_LIBS) $(SYSTEMD_LIBS) $(CRYPT_LIBS) \
 	$(INIH_LIBS) -lm
-VIGIL_CFLAGS = $(src_lib_libvigil_a_CFLAGS)
+LDADD = $(VIGIL_LIBS)
+VIGIL_CFLAGS = $(AM_CFLAGS)

@@ -108,3 +108,16 @@ size_t utf8_copy_bound(const char *s, size_t max, size_t replacement_len)
 
         return len > max / replacement_len ? max : replacement_len * len;
 }
+
+void utf8_copy_cut(char *dst, size_t max, const char *src)
+{
+        size_t len = src ? strlen(src) : 0;
+
+        if (len > max) {
+                len = max;
+                while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
+                        len--;
+        }
+        memcpy(dst, src ? src : "", len);
+        dst[len] = '\0';
+}

@@ -25,3 +25,9 @@ size_t utf8_copy(char *out, const char *s, size_t max, const char *replacement);
 /* The most utf8_copy(out, s, max, replacement) writes, for a replacement
  * of replacement_len bytes. */
 size_t utf8_copy_bound(const char *s, size_t max, size_t replacement_len);
+
+/* Copy src (NULL counts as "") into dst (max + 1 bytes), cut at max bytes
+ * between characters: continuation bytes at the cut are dropped with the
+ * character they belong to. Nothing is checked or replaced: for text that
+ * is well-formed already (a string json-c parsed). */
+void utf8_copy_cut(char *dst, size_t max, const char *src);

@@ -12,7 +12,9 @@
  * header frame), then the body.
  *
  * Promises checked: the delivery holds exactly what a reference reading of
- * the decoded properties (written here from amqp.h's contract) says; an
+ * the decoded properties (written here from amqp.h's contract; an integer
+ * header's value is read with amqp_field_int64(), which test-amqp checks
+ * kind by kind) says; an
  * accepted traceparent formats and parses back to itself; a refused event
  * leaves the output untouched; an accepted event has its fields in the
  * ranges of notifyd-notifications.h, a created_at that a reference RFC 3339
@@ -48,39 +50,6 @@ static bool key_is(amqp_bytes_t key, const char *name)
         return key.len == strlen(name) && memcmp(key.bytes, name, key.len) == 0;
 }
 
-/* An integer field's value, when it is one that fits int64_t. */
-static bool integer_value(const amqp_field_value_t *v, int64_t *ret)
-{
-        switch (v->kind) {
-        case AMQP_FIELD_KIND_I8:
-                *ret = v->value.i8;
-                return true;
-        case AMQP_FIELD_KIND_U8:
-                *ret = v->value.u8;
-                return true;
-        case AMQP_FIELD_KIND_I16:
-                *ret = v->value.i16;
-                return true;
-        case AMQP_FIELD_KIND_U16:
-                *ret = v->value.u16;
-                return true;
-        case AMQP_FIELD_KIND_I32:
-                *ret = v->value.i32;
-                return true;
-        case AMQP_FIELD_KIND_U32:
-                *ret = v->value.u32;
-                return true;
-        case AMQP_FIELD_KIND_I64:
-                *ret = v->value.i64;
-                return true;
-        case AMQP_FIELD_KIND_U64:
-                *ret = (int64_t)v->value.u64;
-                return v->value.u64 <= INT64_MAX;
-        default:
-                return false;
-        }
-}
-
 /* Check d against the contract of amqp_delivery_read_properties(). */
 static void check_delivery(const amqp_basic_properties_t *p, const struct amqp_delivery *d)
 {
@@ -113,7 +82,7 @@ static void check_delivery(const amqp_basic_properties_t *p, const struct amqp_d
                         if (string && key_is(e->key, "tracestate") && !tracestate &&
                             qualifies(e->value.value.bytes))
                                 tracestate = &e->value.value.bytes;
-                        if (key_is(e->key, AMQP_ATTEMPT_HEADER) && integer_value(&e->value, &n))
+                        if (key_is(e->key, AMQP_ATTEMPT_HEADER) && amqp_field_int64(&e->value, &n))
                                 attempt = n >= 0 && n <= 1000000 ? (int)n : 0;
                 }
         }

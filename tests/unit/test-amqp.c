@@ -2,8 +2,10 @@
  * tests/with-servers.sh (dev-stack.sh): topology, publisher confirms and
  * returns, consuming with acks and rejects, trace propagation, failures
  * and a broker restart. */
+#include <amqp.h>
 #include <check.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -398,6 +400,41 @@ START_TEST(test_spans_carry_messaging_attributes)
 }
 END_TEST
 
+START_TEST(test_field_int64_reads_every_integer_kind_that_fits)
+{
+        amqp_field_value_t v;
+        int64_t n = 42;
+
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I8, .value.i8 = -8};
+        ck_assert(amqp_field_int64(&v, &n) && n == -8);
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U8, .value.u8 = 200};
+        ck_assert(amqp_field_int64(&v, &n) && n == 200);
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I16, .value.i16 = -1600};
+        ck_assert(amqp_field_int64(&v, &n) && n == -1600);
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U16, .value.u16 = 65535};
+        ck_assert(amqp_field_int64(&v, &n) && n == 65535);
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32, .value.i32 = INT32_MIN};
+        ck_assert(amqp_field_int64(&v, &n) && n == INT32_MIN);
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U32, .value.u32 = UINT32_MAX};
+        ck_assert(amqp_field_int64(&v, &n) && n == UINT32_MAX);
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64, .value.i64 = INT64_MIN};
+        ck_assert(amqp_field_int64(&v, &n) && n == INT64_MIN);
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U64, .value.u64 = INT64_MAX};
+        ck_assert(amqp_field_int64(&v, &n) && n == INT64_MAX);
+
+        /* Beyond int64_t, and the kinds that are not integers. */
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U64, .value.u64 = (uint64_t)INT64_MAX + 1};
+        ck_assert(!amqp_field_int64(&v, &n));
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1};
+        ck_assert(!amqp_field_int64(&v, &n));
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F64, .value.f64 = 3.0};
+        ck_assert(!amqp_field_int64(&v, &n));
+        v = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                 .value.bytes = amqp_cstring_bytes("3")};
+        ck_assert(!amqp_field_int64(&v, &n));
+}
+END_TEST
+
 START_TEST(test_client_new_validates_its_options)
 {
         struct amqp_client *c = NULL;
@@ -538,6 +575,7 @@ static Suite *amqp_suite(void)
 
         tc = tcase_create("connection");
         tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_field_int64_reads_every_integer_kind_that_fits);
         tcase_add_test(tc, test_client_new_validates_its_options);
         tcase_add_test(tc, test_wrong_password_is_access_refused_and_never_in_the_error);
         tcase_add_test(tc, test_closed_port_is_connection_refused);

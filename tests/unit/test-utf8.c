@@ -134,6 +134,28 @@ START_TEST(test_copy_cuts_between_characters_and_replaces_malformed_bytes)
 }
 END_TEST
 
+START_TEST(test_copy_cut_drops_the_character_the_cut_falls_in)
+{
+        char out[8];
+
+        memset(out, 'x', sizeof(out));
+        utf8_copy_cut(out, 3, "ab\xC3\xA9"); /* the cut falls inside é */
+        ck_assert_str_eq(out, "ab");
+        utf8_copy_cut(out, 4, "ab\xC3\xA9");
+        ck_assert_str_eq(out, "ab\xC3\xA9");
+        utf8_copy_cut(out, 4, "a\xE2\x82\xAC"); /* € ends at the cut */
+        ck_assert_str_eq(out, "a\xE2\x82\xAC");
+        utf8_copy_cut(out, 3, "a\xE2\x82\xAC");
+        ck_assert_str_eq(out, "a");
+        utf8_copy_cut(out, 7, "abcdefghij");
+        ck_assert_str_eq(out, "abcdefg");
+        utf8_copy_cut(out, 7, NULL);
+        ck_assert_str_eq(out, "");
+        utf8_copy_cut(out, 0, "\xC3\xA9");
+        ck_assert_str_eq(out, "");
+}
+END_TEST
+
 static Suite *utf8_suite(void)
 {
         Suite *s = suite_create("utf8");
@@ -142,6 +164,7 @@ static Suite *utf8_suite(void)
         tcase_add_test(tc, test_sequence_length_agrees_with_a_decoder);
         tcase_add_test(tc, test_validity_holds_across_ascii_runs);
         tcase_add_test(tc, test_copy_cuts_between_characters_and_replaces_malformed_bytes);
+        tcase_add_test(tc, test_copy_cut_drops_the_character_the_cut_falls_in);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -792,14 +792,32 @@ def not_answering(cfg, pillar, name, title, unit, url, meaning):
     return Result(pillar, name, SKIP, f"{title} is not installed (nothing at {url}): {meaning}")
 
 
+def after_the_flow(cfg, pillar, name, title, unit, url, meaning):
+    """(not_answering()'s Result, None) at once when the service at url
+    does not answer; else (None, the flow's trace id or None) once the flow
+    through the gateway is done."""
+    missing = not_answering(cfg, pillar, name, title, unit, url, meaning)
+    if missing:
+        return missing, None
+    cfg.flow_done.wait(cfg.args.deadline)
+    return None, cfg.flow_trace_id
+
+
+def found_in_time(cfg, pillar, name, found, seen, unseen, fix):
+    """PASS (seen) once found() holds, asked for half the deadline (10 s at
+    most); FAIL (unseen, after how long, and fix) when it never does."""
+    wait = min(10.0, cfg.args.deadline / 2)
+    if wait_for(found, wait):
+        return Result(pillar, name, PASS, seen)
+    return Result(pillar, name, FAIL, f"{unseen} after {wait:g} s", fix)
+
+
 def check_tempo(cfg):
     name = "trace found in Tempo"
-    missing = not_answering(cfg, "traces", name, "Tempo", "tempo", cfg.tempo,
-                            "traces are not kept; Grafana's trace links stay empty")
+    missing, tid = after_the_flow(cfg, "traces", name, "Tempo", "tempo", cfg.tempo,
+                                  "traces are not kept; Grafana's trace links stay empty")
     if missing:
         return missing
-    cfg.flow_done.wait(cfg.args.deadline)
-    tid = cfg.flow_trace_id
     if not tid:
         return Result("traces", name, SKIP, "the flow through the gateway produced no trace id")
 
@@ -808,21 +826,17 @@ def check_tempo(cfg):
             return http("GET", f"{cfg.tempo}/api/traces/{tid}", cfg.timeout).status == 200
         except OSError:
             return False
-    wait = min(10.0, cfg.args.deadline / 2)
-    if wait_for(found, wait):
-        return Result("traces", name, PASS, f"trace {tid} of the flow is in Tempo")
-    return Result("traces", name, FAIL, f"trace {tid} of the flow is not in Tempo after {wait:g} s",
-                  "spans are not reaching Tempo: see the spans check, journalctl -u tempo")
+    return found_in_time(cfg, "traces", name, found, f"trace {tid} of the flow is in Tempo",
+                         f"trace {tid} of the flow is not in Tempo",
+                         "spans are not reaching Tempo: see the spans check, journalctl -u tempo")
 
 
 def check_loki(cfg):
     name = "logs found in Loki"
-    missing = not_answering(cfg, "logs", name, "Loki", "loki", cfg.loki,
-                            "logs stay in the journal (journalctl -u 'vigil-*')")
+    missing, tid = after_the_flow(cfg, "logs", name, "Loki", "loki", cfg.loki,
+                                  "logs stay in the journal (journalctl -u 'vigil-*')")
     if missing:
         return missing
-    cfg.flow_done.wait(cfg.args.deadline)
-    tid = cfg.flow_trace_id
     query = '{unit="vigil-authd.service"}' + (f' |= "{tid}"' if tid else "")
     now = time.time()
     qs = urllib.parse.urlencode({"query": query, "start": int((now - 600) * 1e9),
@@ -834,11 +848,9 @@ def check_loki(cfg):
             return r.status == 200 and any(s.get("values") for s in r.json()["data"]["result"])
         except (OSError, ValueError, KeyError):
             return False
-    wait = min(10.0, cfg.args.deadline / 2)
-    if wait_for(found, wait):
-        return Result("logs", name, PASS, f"Loki has {query}")
-    return Result("logs", name, FAIL, f"Loki has nothing for {query} after {wait:g} s",
-                  "is Promtail running and reading the journal? systemctl status promtail")
+    return found_in_time(cfg, "logs", name, found, f"Loki has {query}",
+                         f"Loki has nothing for {query}",
+                         "is Promtail running and reading the journal? systemctl status promtail")
 
 
 def check_grafana(cfg):
