@@ -8,6 +8,8 @@
 #   nspawn-machine.sh copy-in NAME SRC DST copy a host file or directory in
 #   nspawn-machine.sh install-debs NAME DIR   install DIR/*.deb with apt
 #   nspawn-machine.sh status NAME          0 when running
+#   nspawn-machine.sh leader NAME          the machine's init as a host PID
+#                                          (for nsenter into one namespace)
 #   nspawn-machine.sh stop NAME            power off and remove the machine
 #
 # Caches (under $VIGIL_NSPAWN_CACHE, default /var/cache/vigil/nspawn):
@@ -54,7 +56,7 @@ note() {
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
 usage() {
-	sed -n '4,11p' "$0" >&2
+	sed -n '4,13p' "$0" >&2
 	exit 2
 }
 
@@ -312,6 +314,7 @@ exec) [ $# -ge 2 ] || usage; cmd_exec "$@" ;;
 copy-in) [ $# -eq 3 ] || usage; cmd_copy_in "$@" ;;
 install-debs) [ $# -eq 2 ] || usage; cmd_install_debs "$@" ;;
 status) [ $# -eq 1 ] || usage; cmd_status "$1" ;;
+leader) [ $# -eq 1 ] || usage; leader_pid "$1" || die "$1 is not running" ;;
 stop) [ $# -eq 1 ] || usage; cmd_stop "$1" ;;
 *) usage ;;
 esac
