@@ -78,6 +78,8 @@ static void reload(struct daemon *d, const char *path, bool required)
                 log_warning("Reload failed, keeping the running configuration");
         } else {
                 r = ops->manager_reload ? ops->manager_reload(d->manager, config) : 0;
+                if (r >= 0)
+                        r = daemon_apply_faults(d, config, false);
                 if (r < 0) {
                         log_warning_errno(r, "Reload refused (%m), keeping the running "
                                              "configuration");

@@ -22,6 +22,16 @@
 #define PRUNE_INTERVAL_USEC (60 * USEC_PER_SEC)
 #define PRUNE_BATCH         1000
 
+/* The charge applies [faults] error_ratio through its processor (503
+ * "processor_unavailable", counted as a failed transaction). */
+static const char *const faults_own_error_routes[] = {"/charge", NULL};
+
+static const struct faults_scope faults_scope = {
+        .routes = paymentd_routes,
+        .n_routes = &paymentd_routes_count,
+        .dependencies = (const char *const[]){"postgres", "auth", NULL},
+};
+
 const struct conf_key paymentd_conf_table[] = {
         DAEMON_CONF_KEYS(struct paymentd_config, "127.0.0.1:8002"),
         DAEMON_CONF_POSTGRES_KEYS(struct paymentd_config, postgres, "vigil_payment"),
@@ -33,11 +43,7 @@ const struct conf_key paymentd_conf_table[] = {
         CONF_DOUBLE("processor", "decline_ratio", "0.05", 0.0, 1.0, struct paymentd_config,
                     processor_decline_ratio,
                     "Share of charges declined, answered 402 (reloadable)"),
-        CONF_DOUBLE("faults", "error_ratio", "0", 0.0, 1.0, struct paymentd_config,
-                    faults_error_ratio,
-                    "Share of charges failing with an injected processor error, 503 (reloadable)"),
-        CONF_INT("faults", "latency_ms", "0", 0, PROCESSOR_MAX_LATENCY_MS, struct paymentd_config,
-                 faults_latency_ms, "Latency added to every charge (reloadable)"),
+        DAEMON_CONF_FAULTS_KEYS(struct paymentd_config, &faults_scope),
         CONF_INT("idempotency", "retention_hours", "48", 24, 24 * 366, struct paymentd_config,
                  idempotency_retention_hours, "How long a key and its response are kept"),
         CONF_INT("idempotency", "takeover_seconds", "60", 30, 3600, struct paymentd_config,
@@ -57,8 +63,12 @@ void paymentd_processor_settings(const struct paymentd_config *c, struct process
         *ret = (struct processor_settings){
                 .latency_ms = c->processor_latency_ms,
                 .decline_ratio = c->processor_decline_ratio,
-                .fault_latency_ms = c->faults_latency_ms,
-                .fault_error_ratio = c->faults_error_ratio,
+                /* [faults] latency_ms is added before the handler, by the
+                 * skeleton, as on every route. */
+                .fault_latency_ms = 0,
+                .fault_error_ratio = faults_routes_select(c->common.faults.routes, "/charge")
+                                             ? c->common.faults.error_ratio
+                                             : 0,
         };
 }
 
@@ -252,6 +262,7 @@ const struct daemon_ops paymentd_ops = {
                         .amqp = DAEMON_SECTION(struct paymentd_config, amqp),
                 },
         .checks = paymentd_checks,
+        .faults_own_error_routes = faults_own_error_routes,
         .n_checks = ELEMENTSOF(paymentd_checks),
         .routes = paymentd_routes,
         .n_routes = &paymentd_routes_count,

@@ -7,7 +7,8 @@ TESTS += \
 	tests/integration/test-authd-metrics.py \
 	tests/integration/test-gateway.py \
 	tests/integration/test-gateway-metrics.py \
-	tests/integration/test-vigilctl.py
+	tests/integration/test-vigilctl.py \
+	tests/integration/test-faults.py
 EXTRA_DIST += \
 	tests/integration/harness.py \
 	tests/integration/gatewaylib.py \
@@ -16,4 +17,5 @@ EXTRA_DIST += \
 	tests/integration/test-authd-metrics.py \
 	tests/integration/test-gateway.py \
 	tests/integration/test-gateway-metrics.py \
-	tests/integration/test-vigilctl.py
+	tests/integration/test-vigilctl.py \
+	tests/integration/test-faults.py
