@@ -273,6 +273,45 @@ def test_check_config_names_file_line_and_key_of_bad_faults(ctx):
     check("postgres, redis, auth" in r.stderr, f"the valid dependencies not listed: {r.stderr}")
 
 
+# --------------------------------------------------------------------------
+# hang_seconds and leak_kib_per_second
+
+@test
+def test_hang_seconds_holds_every_request_once_then_serves_again(ctx):
+    d = ctx.inv
+    apply(d, "hang_seconds = 2\n")
+    try:
+        harness.wait_until(lambda: "Hanging for 2 s" in d.log_text(), 15, what="the hang")
+        check_eq(fault_active(d, "hang_seconds"), 2, "vigil_fault_active{hang_seconds}")
+        # Held until the hang is over, /health included.
+        check_eq(d.get("/health").status, 200, "/health after the hang")
+        check("Hang of 2 s over" in d.log_text(), "/health answered during the hang")
+        # Once: the next requests are served at once.
+        check_eq(d.get("/ready").status, 200, "/ready after the hang")
+        check_eq(d.log_text().count("Hanging for"), 1, "hangs")
+    finally:
+        clear(d)
+
+
+@test
+def test_leak_kib_per_second_grows_resident_memory_and_clearing_frees_it(ctx):
+    d = ctx.inv
+
+    def leaked():
+        return harness.metric_value(scrape(d), "vigil_fault_leaked_bytes")
+
+    rss_before = harness.metric_value(scrape(d), "process_resident_memory_bytes")
+    apply(d, "leak_kib_per_second = 8192\n")
+    try:
+        harness.wait_until(lambda: leaked() >= 16 * 1024 * 1024, 30, what="16 MiB leaked")
+        rss = harness.metric_value(scrape(d), "process_resident_memory_bytes")
+        check(rss - rss_before >= 12 * 1024 * 1024,
+              f"resident memory grew by {(rss - rss_before) / 2**20:.1f} MiB only")
+    finally:
+        clear(d)
+    check_eq(leaked(), 0, "vigil_fault_leaked_bytes after clearing")
+
+
 if __name__ == "__main__":
     sys.exit(runner.main(setup, binaries=[harness.daemon_binary("authd"),
                                           harness.daemon_binary("inventoryd")]))
