@@ -8,7 +8,8 @@ TESTS += \
 	tests/integration/test-gateway.py \
 	tests/integration/test-gateway-metrics.py \
 	tests/integration/test-vigilctl.py \
-	tests/integration/test-faults.py
+	tests/integration/test-faults.py \
+	tests/integration/test-vigilctl-fault.py
 EXTRA_DIST += \
 	tests/integration/harness.py \
 	tests/integration/gatewaylib.py \
@@ -18,4 +19,5 @@ EXTRA_DIST += \
 	tests/integration/test-gateway.py \
 	tests/integration/test-gateway-metrics.py \
 	tests/integration/test-vigilctl.py \
-	tests/integration/test-faults.py
+	tests/integration/test-faults.py \
+	tests/integration/test-vigilctl-fault.py
