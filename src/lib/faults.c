@@ -42,7 +42,7 @@ struct faults {
         int64_t leak_kib_per_second;
         uint64_t leak_last_usec;
         uint64_t leak_carry_bytes; /* KiB·µs not yet taken, in bytes × 10^6 */
-        size_t leaked;
+        size_t leaked, leak_max;
         struct leak_chunk *leak;
 
         struct metric *active_error_ratio;
@@ -182,6 +182,7 @@ int faults_new(const struct faults_options *opts, struct faults **ret)
         if (f->rng == 0 && getrandom(&f->rng, sizeof(f->rng), GRND_NONBLOCK) != sizeof(f->rng))
                 f->rng = now_usec(CLOCK_REALTIME) ^ (uint64_t)getpid();
         f->own_error_routes = opts->own_error_routes;
+        f->leak_max = opts->leak_max_bytes ? opts->leak_max_bytes : FAULTS_LEAK_MAX_BYTES;
 
         if (opts->metrics) {
                 struct metric_family *active, *leaked;
@@ -335,12 +336,12 @@ size_t faults_leak_tick(struct faults *f)
         want = (size_t)(f->leak_carry_bytes / USEC_PER_SEC);
         f->leak_carry_bytes %= USEC_PER_SEC;
 
-        while (want > 0 && f->leaked < FAULTS_LEAK_MAX_BYTES) {
+        while (want > 0 && f->leaked < f->leak_max) {
                 size_t n = want < LEAK_CHUNK_MAX ? want : LEAK_CHUNK_MAX;
                 struct leak_chunk *c;
 
-                if (n > FAULTS_LEAK_MAX_BYTES - f->leaked)
-                        n = FAULTS_LEAK_MAX_BYTES - f->leaked;
+                if (n > f->leak_max - f->leaked)
+                        n = f->leak_max - f->leaked;
                 if (n < sizeof(*c))
                         break;
                 c = malloc(n);

@@ -101,6 +101,7 @@ struct faults_options {
          * charge, through its processor): faults_decide() never fails
          * them. NULL-terminated, may be NULL. */
         const char *const *own_error_routes;
+        size_t leak_max_bytes; /* 0: FAULTS_LEAK_MAX_BYTES */
 };
 
 int faults_new(const struct faults_options *opts, struct faults **ret);
@@ -124,5 +125,5 @@ bool faults_dependency_failed(struct faults *f, const char *dependency);
 unsigned faults_take_hang(struct faults *f);
 
 /* Grow the leak by leak_kib_per_second for the time since the last call
- * (bounded by FAULTS_LEAK_MAX_BYTES in all). Returns the bytes held. */
+ * (bounded by leak_max_bytes in all). Returns the bytes held. */
 size_t faults_leak_tick(struct faults *f);
