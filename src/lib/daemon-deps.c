@@ -175,6 +175,8 @@ int daemon_apply_faults(struct daemon *d, const void *config, bool at_start)
                 redis_pool_set_failed(d->redis, faults_dependency_failed(d->faults, "redis"));
         if (d->auth)
                 auth_client_set_failed(d->auth, faults_dependency_failed(d->faults, "auth"));
+        if (d->amqp)
+                amqp_client_set_failed(d->amqp, faults_dependency_failed(d->faults, "amqp"));
         if (c->error_ratio > 0 || c->latency_ms > 0 ||
             (c->fail_dependency && *c->fail_dependency) || c->hang_seconds > 0 ||
             c->leak_kib_per_second > 0)

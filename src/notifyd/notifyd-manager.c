@@ -17,7 +17,7 @@
 
 /* No API routes: [faults] error_ratio and latency_ms apply to the sends. */
 static const struct faults_scope faults_scope = {
-        .dependencies = (const char *const[]){"postgres", NULL},
+        .dependencies = (const char *const[]){"postgres", "amqp", NULL},
 };
 
 const struct conf_key notifyd_conf_table[] = {

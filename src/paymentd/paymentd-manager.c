@@ -29,7 +29,7 @@ static const char *const faults_own_error_routes[] = {"/charge", NULL};
 static const struct faults_scope faults_scope = {
         .routes = paymentd_routes,
         .n_routes = &paymentd_routes_count,
-        .dependencies = (const char *const[]){"postgres", "auth", NULL},
+        .dependencies = (const char *const[]){"postgres", "auth", "amqp", NULL},
 };
 
 const struct conf_key paymentd_conf_table[] = {
@@ -70,6 +70,13 @@ void paymentd_processor_settings(const struct paymentd_config *c, struct process
                                              ? c->common.faults.error_ratio
                                              : 0,
         };
+}
+
+/* [faults] fail_dependency = postgres fails the relay's own pool too. */
+static bool postgres_failed(const struct paymentd_config *c)
+{
+        return c->common.faults.fail_dependency &&
+               strcmp(c->common.faults.fail_dependency, "postgres") == 0;
 }
 
 static void manager_done(void *userdata)
@@ -158,6 +165,7 @@ static int manager_init(struct daemon *d, void *userdata)
         if (r < 0)
                 return log_error_errno(r, "Failed to set up PostgreSQL (postgres-password "
                                           "credential): %m");
+        pg_pool_set_failed(m->relay_pg, postgres_failed(c));
 
         struct outbox_relay_options relay = {
                 .pool = m->relay_pg,
@@ -227,6 +235,7 @@ static int manager_reload(void *userdata, const void *config)
         /* The processor and fault settings apply to the next charge; the
          * rest needs a restart, which socket activation makes lossless. */
         paymentd_processor_settings(c, &s);
+        pg_pool_set_failed(m->relay_pg, postgres_failed(c));
         processor_configure(&m->processor, &s);
         log_notice("Processor: latency %lld ms, decline ratio %g; faults: error ratio %g, "
                    "latency %lld ms",

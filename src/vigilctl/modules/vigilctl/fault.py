@@ -56,9 +56,9 @@ MAX_DURATION_S = 24 * 3600
 # faults_scope (src/<daemon>/<daemon>-manager.c).
 DEPENDENCIES = {
     "authd": ("postgres", "redis"),
-    "paymentd": ("postgres", "auth"),
+    "paymentd": ("postgres", "auth", "amqp"),
     "inventoryd": ("postgres", "redis", "auth"),
-    "notifyd": ("postgres",),
+    "notifyd": ("postgres", "amqp"),
     "alertbotd": (),
 }
 
