@@ -102,10 +102,11 @@ static bool hang(struct daemon *d, int sigfd, unsigned seconds, bool *ret_reload
 {
         uint64_t until = now_usec(CLOCK_MONOTONIC) + (uint64_t)seconds * USEC_PER_SEC;
 
+        /* Held first: a request sent after the line is held. */
+        http_server_hold(d->http, true);
         log_warning("Hanging for %u s on purpose ([faults] hang_seconds): no watchdog pings, "
                     "requests held",
                     seconds);
-        http_server_hold(d->http, seconds);
         for (;;) {
                 uint64_t now = now_usec(CLOCK_MONOTONIC);
                 struct pollfd pfd = {.fd = sigfd, .events = POLLIN};
@@ -121,13 +122,13 @@ static bool hang(struct daemon *d, int sigfd, unsigned seconds, bool *ret_reload
                         *ret_reload = true;
                         continue;
                 }
-                http_server_hold(d->http, 0);
+                http_server_hold(d->http, false);
                 log_info("Received %s while hanging, stopping", strsignal((int)si.ssi_signo));
                 return true;
         }
         /* Logged first: a request held until now sees the line. */
         log_notice("Hang of %u s over ([faults] hang_seconds)", seconds);
-        http_server_hold(d->http, 0);
+        http_server_hold(d->http, false);
         return false;
 }
 

@@ -96,7 +96,7 @@ struct http_server {
         unsigned headers_pending; /* of in_flight: request line read, headers not */
         struct http_request *head, *tail;
         bool draining;
-        uint64_t hold_until_usec; /* CLOCK_MONOTONIC; requests wait until then */
+        bool held; /* http_server_hold(): requests wait while set */
 };
 
 /* Queue a response whose body (malloc()ed, or NULL) is taken over in any

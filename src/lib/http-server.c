@@ -496,21 +496,28 @@ static bool request_append(struct http_request *req, const char *data, size_t si
 }
 
 /* Wait until until_usec (CLOCK_MONOTONIC), or less when a drain starts
- * or the server's hold ends first (hold: wait for the hold instead).
- * Returns false when a drain cut the wait short. */
+ * (hold: while the server is held instead). Returns false when a drain cut
+ * the wait short. */
 static bool wait_until(struct http_server *s, uint64_t until_usec, bool hold)
 {
         bool drained;
 
         pthread_mutex_lock(&s->lock);
         for (;;) {
-                uint64_t until = hold ? s->hold_until_usec : until_usec;
                 struct timespec deadline;
 
-                if (s->draining || now_usec(CLOCK_MONOTONIC) >= until)
+                if (s->draining)
                         break;
-                deadline.tv_sec = (time_t)(until / USEC_PER_SEC);
-                deadline.tv_nsec = (long)(until % USEC_PER_SEC) * 1000L;
+                if (hold) {
+                        if (!s->held)
+                                break;
+                        pthread_cond_wait(&s->idle, &s->lock);
+                        continue;
+                }
+                if (now_usec(CLOCK_MONOTONIC) >= until_usec)
+                        break;
+                deadline.tv_sec = (time_t)(until_usec / USEC_PER_SEC);
+                deadline.tv_nsec = (long)(until_usec % USEC_PER_SEC) * 1000L;
                 (void)pthread_cond_timedwait(&s->idle, &s->lock, &deadline);
         }
         drained = s->draining;
@@ -864,11 +871,10 @@ uint16_t http_server_port(const struct http_server *s)
         return s->daemon ? s->port : 0;
 }
 
-void http_server_hold(struct http_server *s, unsigned seconds)
+void http_server_hold(struct http_server *s, bool hold)
 {
         pthread_mutex_lock(&s->lock);
-        s->hold_until_usec =
-                seconds > 0 ? now_usec(CLOCK_MONOTONIC) + (uint64_t)seconds * USEC_PER_SEC : 0;
+        s->held = hold;
         pthread_cond_broadcast(&s->idle);
         pthread_mutex_unlock(&s->lock);
 }

@@ -146,9 +146,9 @@ uint16_t http_server_port(const struct http_server *s);
  * hung. */
 bool http_server_is_healthy(struct http_server *s, uint64_t max_request_usec);
 /* Hold every request (the built-in routes too) whose handler has not
- * started yet, until seconds from now: they are answered afterwards, or
- * closed by a drain. 0 releases them. Any thread. */
-void http_server_hold(struct http_server *s, unsigned seconds);
+ * started yet, until released (hold false): they are answered afterwards.
+ * A drain releases them too. Any thread. */
+void http_server_hold(struct http_server *s, bool hold);
 /* Stop accepting, let in-flight requests finish for up to timeout_ms, then
  * stop. Connections without a complete request header (silent ones, or a
  * header still arriving) are waited for only up to 1 s (a request already

@@ -1100,7 +1100,7 @@ START_TEST(test_hold_holds_even_health_until_released)
         struct resp r = {0};
         bool answered;
 
-        http_server_hold(server, 120);
+        http_server_hold(server, true);
         ck_assert_int_eq(pthread_create(&client, NULL, health_client, &r), 0);
         /* Not answered in 300 ms, while held. */
         usleep(300000);
@@ -1109,7 +1109,7 @@ START_TEST(test_hold_holds_even_health_until_released)
         pthread_mutex_unlock(&ctx.lock);
         ck_assert(!answered);
 
-        http_server_hold(server, 0);
+        http_server_hold(server, false);
         pthread_join(client, NULL);
         ck_assert_int_eq(r.status, 200);
         resp_done(&r);
