@@ -23,6 +23,7 @@ LIB_UNIT_TESTS = \
 	tests/unit/test-sd \
 	tests/unit/test-conf \
 	tests/unit/test-daemon \
+	tests/unit/test-faults \
 	tests/unit/test-metrics \
 	tests/unit/test-trace \
 	tests/unit/test-json-util \
@@ -93,6 +94,7 @@ tests_unit_test_log_SOURCES = tests/unit/test-log.c
 tests_unit_test_sd_SOURCES = tests/unit/test-sd.c
 tests_unit_test_conf_SOURCES = tests/unit/test-conf.c
 tests_unit_test_daemon_SOURCES = tests/unit/test-daemon.c
+tests_unit_test_faults_SOURCES = tests/unit/test-faults.c
 tests_unit_test_metrics_SOURCES = tests/unit/test-metrics.c
 tests_unit_test_trace_SOURCES = tests/unit/test-trace.c
 tests_unit_test_json_util_SOURCES = tests/unit/test-json-util.c
@@ -127,6 +129,7 @@ tests_unit_test_log_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_sd_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_conf_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_daemon_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_faults_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_metrics_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_trace_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_json_util_CFLAGS = $(UNIT_CFLAGS)
@@ -156,6 +159,7 @@ tests_unit_test_log_LDADD = $(UNIT_LDADD)
 tests_unit_test_sd_LDADD = $(UNIT_LDADD)
 tests_unit_test_conf_LDADD = $(UNIT_LDADD)
 tests_unit_test_daemon_LDADD = $(UNIT_LDADD)
+tests_unit_test_faults_LDADD = $(UNIT_LDADD)
 tests_unit_test_metrics_LDADD = $(UNIT_LDADD)
 tests_unit_test_trace_LDADD = $(UNIT_LDADD)
 tests_unit_test_json_util_LDADD = $(UNIT_LDADD)

@@ -26,6 +26,11 @@
 #define MAX_REQUEST_USEC (30 * USEC_PER_SEC)
 #define DRAIN_TIMEOUT_MS 10000
 
+static const struct faults_scope faults_scope = {
+        .routes = alertbotd_routes, .n_routes = &alertbotd_routes_count,
+        /* Nothing it depends on can be failed on purpose. */
+};
+
 const struct conf_key alertbotd_conf_table[] = {
         DAEMON_CONF_KEYS(struct alertbotd_config, "127.0.0.1:8005"),
         CONF_STRING("policy", "file", SYSCONFDIR "/vigil/alertbot-policy.conf", 4096,
@@ -63,6 +68,7 @@ const struct conf_key alertbotd_conf_table[] = {
                  notifications_kept,
                  "Notifications (POST /notify, escalations without a url) listed by GET "
                  "/notifications, newest first; each is also in the journal"),
+        DAEMON_CONF_FAULTS_KEYS(struct alertbotd_config, &faults_scope),
 };
 const size_t alertbotd_conf_table_size = ELEMENTSOF(alertbotd_conf_table);
 

@@ -18,6 +18,12 @@
 #define MAX_REQUEST_USEC (30 * USEC_PER_SEC)
 #define DRAIN_TIMEOUT_MS 10000
 
+static const struct faults_scope faults_scope = {
+        .routes = authd_routes,
+        .n_routes = &authd_routes_count,
+        .dependencies = (const char *const[]){"postgres", "redis", NULL},
+};
+
 const struct conf_key authd_conf_table[] = {
         DAEMON_CONF_KEYS(struct authd_config, "127.0.0.1:8001"),
         DAEMON_CONF_POSTGRES_KEYS(struct authd_config, postgres, "vigil_auth"),
@@ -32,6 +38,7 @@ const struct conf_key authd_conf_table[] = {
                  hash_queue_timeout_ms, "How long a login waits for a hashing slot before 503"),
         CONF_INT("password", "cost", "0", 0, 11, struct authd_config, hash_cost,
                  "yescrypt cost for new hashes (0: libxcrypt's default)"),
+        DAEMON_CONF_FAULTS_KEYS(struct authd_config, &faults_scope),
 };
 const size_t authd_conf_table_size = ELEMENTSOF(authd_conf_table);
 

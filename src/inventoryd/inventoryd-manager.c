@@ -22,6 +22,12 @@
 #define SWEEP_BATCHES_MAX   10
 #define GRANT_INTERVAL_USEC (60 * USEC_PER_SEC)
 
+static const struct faults_scope faults_scope = {
+        .routes = inventoryd_routes,
+        .n_routes = &inventoryd_routes_count,
+        .dependencies = (const char *const[]){"postgres", "redis", "auth", NULL},
+};
+
 const struct conf_key inventoryd_conf_table[] = {
         DAEMON_CONF_KEYS(struct inventoryd_config, "127.0.0.1:8003"),
         DAEMON_CONF_POSTGRES_KEYS(struct inventoryd_config, postgres, "vigil_inventory"),
@@ -44,6 +50,7 @@ const struct conf_key inventoryd_conf_table[] = {
         CONF_STRING("reservations", "payment_role", "vigil_payment", INVENTORY_ROLE_NAME_MAX,
                     struct inventoryd_config, reservations_payment_role,
                     "PostgreSQL role of vigil-paymentd, allowed to pay reservations"),
+        DAEMON_CONF_FAULTS_KEYS(struct inventoryd_config, &faults_scope),
 };
 const size_t inventoryd_conf_table_size = ELEMENTSOF(inventoryd_conf_table);
 

@@ -86,6 +86,9 @@ int amqp_receive(struct amqp_client *c, unsigned timeout_ms, struct amqp_deliver
                 return -EINVAL;
         if (!c->conn)
                 return -ENOTCONN;
+        r = amqp_client_check_failed(c);
+        if (r < 0)
+                return r;
         if (!c->stash_head)
                 amqp_maybe_release_buffers(c->conn);
 

@@ -45,6 +45,7 @@ struct pending {
 struct amqp_client {
         amqp_connection_state_t conn;
         atomic_bool connected;
+        atomic_bool failed; /* amqp_client_set_failed() */
         uint64_t connection_id;
         uint64_t next_publish_tag;
         bool consuming;
@@ -85,6 +86,9 @@ void amqp_client_set_error(struct amqp_client *c, const char *format, ...) _prin
 /* Destroy the connection after a failure: its protocol state is no longer
  * known. */
 void amqp_client_teardown(struct amqp_client *c);
+/* 0, or while failed on purpose (amqp_client_set_failed()): drop the
+ * connection, if any, and return -ECONNRESET. For the owner thread. */
+int amqp_client_check_failed(struct amqp_client *c);
 /* Tear down after a library status; returns the errno for it. */
 int amqp_client_fail_status(struct amqp_client *c, int status, const char *what);
 /* The outcome of the last synchronous call (what names it in errors). */

@@ -150,6 +150,9 @@ int amqp_publish_batch(struct amqp_client *c, const struct amqp_message *msgs, s
         }
         if (!c->conn)
                 return -ENOTCONN;
+        r = amqp_client_check_failed(c);
+        if (r < 0)
+                return r;
         pending = calloc(n, sizeof(*pending));
         if (!pending)
                 return -ENOMEM;

@@ -91,6 +91,20 @@ void amqp_client_teardown(struct amqp_client *c)
         dependency_metrics_set_up(&c->dependencies, "amqp", false);
 }
 
+int amqp_client_check_failed(struct amqp_client *c)
+{
+        if (!atomic_load(&c->failed))
+                return 0;
+        amqp_client_set_error(c, "failed on purpose by [faults] fail_dependency");
+        amqp_client_teardown(c);
+        return -ECONNRESET;
+}
+
+void amqp_client_set_failed(struct amqp_client *c, bool failed)
+{
+        atomic_store(&c->failed, failed);
+}
+
 /* A library status of a call on an open connection: a timeout or anything
  * else, which means the connection is gone. */
 int amqp_client_fail_status(struct amqp_client *c, int status, const char *what)
@@ -678,6 +692,8 @@ int amqp_client_connect(struct amqp_client *c)
 
         if (!c)
                 return -EINVAL;
+        if (amqp_client_check_failed(c) < 0)
+                return -ECONNREFUSED;
         if (c->conn)
                 return 0;
         start = now_usec(CLOCK_MONOTONIC);
@@ -721,6 +737,9 @@ int amqp_client_keepalive(struct amqp_client *c)
 
         if (!c || !c->conn)
                 return -ENOTCONN;
+        r = amqp_client_check_failed(c);
+        if (r < 0)
+                return r;
         for (;;) {
                 /* A zero timeout still sends a heartbeat that is due. */
                 r = amqp_client_wait_frame(c, 0, &frame);

@@ -90,6 +90,10 @@ int amqp_client_connect(struct amqp_client *c);
 /* Close the connection cleanly (unacked deliveries go back to their queue).
  * A no-op when not connected. */
 void amqp_client_disconnect(struct amqp_client *c);
+/* While failed, connecting fails with -ECONNREFUSED and the owner's next
+ * receive, publish or keepalive drops the connection with -ECONNRESET, as
+ * when the broker is down: for [faults] fail_dependency. Any thread. */
+void amqp_client_set_failed(struct amqp_client *c, bool failed);
 /* Whether the last call left the connection up. Any thread. */
 bool amqp_client_is_connected(const struct amqp_client *c);
 /* "host:port/vhost: reason" of the last failure ("" when none) into buf;

@@ -50,6 +50,11 @@ void auth_client_free(struct auth_client *c)
         free(c);
 }
 
+void auth_client_set_failed(struct auth_client *c, bool failed)
+{
+        http_client_set_failed(c->http, failed);
+}
+
 int auth_client_verify(struct auth_client *c, const char *token, int64_t *ret_user_id)
 {
         _cleanup_free_ char *header = NULL;

@@ -9,6 +9,7 @@
  * Thread-safety: one struct auth_client is shared by all threads. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct http_request;
@@ -29,6 +30,8 @@ struct auth_client_options {
 /* Returns 0, or -EINVAL/-EEXIST/-ENOMEM as http_client_new(). */
 int auth_client_new(const struct auth_client_options *opts, struct auth_client **ret);
 void auth_client_free(struct auth_client *c); /* accepts NULL */
+/* Treat authd as down (http_client_set_failed()). Any thread. */
+void auth_client_set_failed(struct auth_client *c, bool failed);
 
 /* Ask authd whether token is a valid, unrevoked session. Returns 0 and the
  * user id; -EACCES when it is not (NULL, empty, longer than

@@ -233,6 +233,8 @@ static int apply_value(const struct conf_key *k, const char *value, void *config
                 if (n > string_max(k))
                         return refuse(msg, msg_size, "value too long (%zu bytes, at most %zu)", n,
                                       string_max(k));
+                if (k->check && n > 0 && k->check(value, k->check_data, msg, msg_size) < 0)
+                        return -EINVAL;
                 copy = strdup(value);
                 if (!copy)
                         return -ENOMEM;

@@ -27,23 +27,35 @@ struct conf_key {
         double min, max;
         size_t offset; /* of the field in the daemon's config struct */
         const char *help;
+        /* CONF_TYPE_STRING only, may be NULL: returns 0 when value (not
+         * empty) is acceptable, else -EINVAL with a message in msg (size
+         * bytes). check_data is passed along. */
+        int (*check)(const char *value, const void *check_data, char *msg, size_t size);
+        const void *check_data;
 };
 
 #define CONF_STRING(sect, name, def, maxlen, type, field, text)                                    \
         {                                                                                          \
-                sect, name, CONF_TYPE_STRING, def, 0, maxlen, offsetof(type, field), text          \
+                sect, name, CONF_TYPE_STRING, def, 0, maxlen, offsetof(type, field), text, NULL,   \
+                        NULL                                                                       \
+        }
+/* A string that check(value, data, …) must accept, when not empty. */
+#define CONF_STRING_CHECKED(sect, name, def, maxlen, type, field, text, check_fn, data)            \
+        {                                                                                          \
+                sect, name, CONF_TYPE_STRING, def, 0, maxlen, offsetof(type, field), text,         \
+                        check_fn, data                                                             \
         }
 #define CONF_INT(sect, name, def, lo, hi, type, field, text)                                       \
         {                                                                                          \
-                sect, name, CONF_TYPE_INT, def, lo, hi, offsetof(type, field), text                \
+                sect, name, CONF_TYPE_INT, def, lo, hi, offsetof(type, field), text, NULL, NULL    \
         }
 #define CONF_DOUBLE(sect, name, def, lo, hi, type, field, text)                                    \
         {                                                                                          \
-                sect, name, CONF_TYPE_DOUBLE, def, lo, hi, offsetof(type, field), text             \
+                sect, name, CONF_TYPE_DOUBLE, def, lo, hi, offsetof(type, field), text, NULL, NULL \
         }
 #define CONF_BOOL(sect, name, def, type, field, text)                                              \
         {                                                                                          \
-                sect, name, CONF_TYPE_BOOL, def, 0, 1, offsetof(type, field), text                 \
+                sect, name, CONF_TYPE_BOOL, def, 0, 1, offsetof(type, field), text, NULL, NULL     \
         }
 
 /* One problem found while loading, e.g.

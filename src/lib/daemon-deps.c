@@ -1,10 +1,12 @@
 #include "daemon-deps.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "amqp.h"
 #include "auth-client.h"
+#include "faults.h"
 #include "http-server.h"
 #include "local-cache.h"
 #include "log.h"
@@ -149,6 +151,42 @@ static int observability_new(struct daemon *d)
         if (r < 0)
                 return log_error_errno(r, "Failed to set up tracing to %s: %m",
                                        common->tracing_otlp_endpoint);
+
+        struct faults_options faults_opts = {
+                .metrics = d->metrics,
+                .own_error_routes = d->ops->faults_own_error_routes,
+        };
+        r = faults_new(&faults_opts, &d->faults);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up [faults]: %m");
+        return 0;
+}
+
+int daemon_apply_faults(struct daemon *d, const void *config, bool at_start)
+{
+        const struct faults_config *c = &((const struct daemon_config *)config)->faults;
+        int r;
+
+        r = faults_set(d->faults, c, at_start);
+        if (r < 0)
+                return r;
+        if (d->pg)
+                pg_pool_set_failed(d->pg, faults_dependency_failed(d->faults, "postgres"));
+        if (d->redis)
+                redis_pool_set_failed(d->redis, faults_dependency_failed(d->faults, "redis"));
+        if (d->auth)
+                auth_client_set_failed(d->auth, faults_dependency_failed(d->faults, "auth"));
+        if (d->amqp)
+                amqp_client_set_failed(d->amqp, faults_dependency_failed(d->faults, "amqp"));
+        if (c->error_ratio > 0 || c->latency_ms > 0 ||
+            (c->fail_dependency && *c->fail_dependency) || c->hang_seconds > 0 ||
+            c->leak_kib_per_second > 0)
+                log_warning("[faults] active: error_ratio %g, latency_ms %" PRId64
+                            ", routes \"%s\", fail_dependency \"%s\", hang_seconds %" PRId64
+                            ", leak_kib_per_second %" PRId64,
+                            c->error_ratio, c->latency_ms, c->routes ? c->routes : "",
+                            c->fail_dependency ? c->fail_dependency : "", c->hang_seconds,
+                            c->leak_kib_per_second);
         return 0;
 }
 
@@ -208,6 +246,9 @@ int daemon_dependencies_new(struct daemon *d)
                                                "(amqp-password credential): %m",
                                                c->url);
         }
+        r = daemon_apply_faults(d, d->config, true);
+        if (r < 0)
+                return log_error_errno(r, "Failed to apply [faults]: %m");
         return 0;
 }
 
@@ -251,6 +292,11 @@ static int ready(void *userdata, const char **ret_failing)
         return 0;
 }
 
+static void intercept(void *userdata, const char *route, unsigned *ret_delay_ms, bool *ret_fail)
+{
+        faults_decide(userdata, route, ret_delay_ms, ret_fail);
+}
+
 int daemon_serve(struct daemon *d)
 {
         const struct daemon_config *c = d->config;
@@ -269,6 +315,8 @@ int daemon_serve(struct daemon *d)
                 .header_timeout_s = (unsigned)c->http_header_timeout_seconds,
                 .connection_timeout_s = (unsigned)c->http_idle_timeout_seconds,
                 .access_log = c->http_access_log,
+                .intercept = intercept,
+                .intercept_userdata = d->faults,
         };
         const char *where;
         int fd = -1, r;
@@ -441,6 +489,8 @@ void daemon_teardown(struct daemon *d)
         auth_client_free(d->auth);
         redis_pool_free(d->redis);
         pg_pool_free(d->pg);
+        faults_free(d->faults);
+        d->faults = NULL;
         tracer_free(d->tracer);
         metrics_registry_free(d->metrics);
 }

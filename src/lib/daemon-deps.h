@@ -10,6 +10,9 @@
 /* Build the metrics registry, the tracer and the dependencies d->ops
  * declares, from d->config. Connects to nothing. */
 int daemon_dependencies_new(struct daemon *d);
+/* Apply config's [faults] (at_start: the configuration the daemon starts
+ * with). Returns 0 or -ENOMEM (nothing changed). */
+int daemon_apply_faults(struct daemon *d, const void *config, bool at_start);
 /* Serve HTTP on the socket systemd passed, else [http] listen: d->ops'
  * routes with d->manager as their userdata, /ready from the checks. */
 int daemon_serve(struct daemon *d);

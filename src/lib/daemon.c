@@ -9,6 +9,8 @@
 #include <sys/signalfd.h>
 
 #include "daemon-deps.h"
+#include "faults.h"
+#include "http-server.h"
 #include "log.h"
 #include "macro.h"
 #include "sd.h"
@@ -78,6 +80,8 @@ static void reload(struct daemon *d, const char *path, bool required)
                 log_warning("Reload failed, keeping the running configuration");
         } else {
                 r = ops->manager_reload ? ops->manager_reload(d->manager, config) : 0;
+                if (r >= 0)
+                        r = daemon_apply_faults(d, config, false);
                 if (r < 0) {
                         log_warning_errno(r, "Reload refused (%m), keeping the running "
                                              "configuration");
@@ -88,6 +92,44 @@ static void reload(struct daemon *d, const char *path, bool required)
                 free_config(ops, config);
         }
         sd_daemon_notify_ready(NULL);
+}
+
+/* [faults] hang_seconds: hold every request and send no watchdog ping for
+ * seconds, as a hung main loop would (systemd's watchdog is expected to
+ * kill the daemon). Signals still end it: returns true when SIGTERM or
+ * SIGINT arrived, and sets *ret_reload for a SIGHUP, applied afterwards. */
+static bool hang(struct daemon *d, int sigfd, unsigned seconds, bool *ret_reload)
+{
+        uint64_t until = now_usec(CLOCK_MONOTONIC) + (uint64_t)seconds * USEC_PER_SEC;
+
+        /* Held first: a request sent after the line is held. */
+        http_server_hold(d->http, true);
+        log_warning("Hanging for %u s on purpose ([faults] hang_seconds): no watchdog pings, "
+                    "requests held",
+                    seconds);
+        for (;;) {
+                uint64_t now = now_usec(CLOCK_MONOTONIC);
+                struct pollfd pfd = {.fd = sigfd, .events = POLLIN};
+                struct signalfd_siginfo si;
+
+                if (now >= until)
+                        break;
+                if (poll(&pfd, 1, (int)((until - now + USEC_PER_MSEC - 1) / USEC_PER_MSEC)) <= 0)
+                        continue;
+                if (read(sigfd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+                        continue;
+                if (si.ssi_signo == SIGHUP) {
+                        *ret_reload = true;
+                        continue;
+                }
+                http_server_hold(d->http, false);
+                log_info("Received %s while hanging, stopping", strsignal((int)si.ssi_signo));
+                return true;
+        }
+        /* Logged first: a request held until now sees the line. */
+        log_notice("Hang of %u s over ([faults] hang_seconds)", seconds);
+        http_server_hold(d->http, false);
+        return false;
 }
 
 /* The main loop: signals through a signalfd, periodic ticks, and watchdog
@@ -125,6 +167,17 @@ static int run_loop(struct daemon *d, int sigfd, const char *path, bool required
                                 }
                         }
                 }
+
+                for (unsigned s = faults_take_hang(d->faults); s > 0;
+                     s = faults_take_hang(d->faults)) {
+                        bool reload_pending = false;
+
+                        if (hang(d, sigfd, s, &reload_pending))
+                                return 0;
+                        if (reload_pending)
+                                reload(d, path, required);
+                }
+                (void)faults_leak_tick(d->faults);
 
                 if (daemon_tick(d))
                         sd_daemon_watchdog_ping();

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "faults.h"
 #include "macro.h"
 
 struct http_route;
@@ -49,6 +50,7 @@ struct daemon_config {
         char *tracing_otlp_endpoint;
         double tracing_sample_ratio;
         char *log_level;
+        struct faults_config faults; /* DAEMON_CONF_FAULTS_KEYS */
 };
 
 #define DAEMON_CONF_KEYS(type, default_listen)                                                     \
@@ -184,6 +186,7 @@ struct daemon {
         struct auth_client *auth;
         struct amqp_client *amqp;
         struct http_server *http;
+        struct faults *faults; /* [faults], applied by the skeleton */
 
         atomic_bool migrated; /* the schema is up to date (true when none) */
         atomic_bool postgres_up;
@@ -209,6 +212,9 @@ struct daemon_ops {
         struct daemon_dependencies dependencies;
         const struct daemon_check *checks;
         size_t n_checks;
+        /* Routes whose handler applies [faults] error_ratio itself (see
+         * faults_options); NULL-terminated, may be NULL. */
+        const char *const *faults_own_error_routes;
 
         /* The HTTP API (besides /health, /ready and /metrics); handlers get
          * the manager as userdata. */

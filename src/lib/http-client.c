@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "dependency-metrics.h"
@@ -38,6 +39,7 @@ struct http_client {
 
         struct metric_family *requests_total; /* NULL: metrics off */
         struct dependency_metrics dependency;
+        atomic_bool failed; /* http_client_set_failed() */
 
         pthread_mutex_t lock;
         CURL **idle;
@@ -198,6 +200,11 @@ int http_client_new(const struct http_client_options *opts, struct http_client *
 fail:
         http_client_free(c);
         return r;
+}
+
+void http_client_set_failed(struct http_client *c, bool failed)
+{
+        atomic_store(&c->failed, failed);
 }
 
 void http_client_free(struct http_client *c)
@@ -457,6 +464,12 @@ int http_client_request(struct http_client *c, const char *method, const char *p
         r = build_headers(headers, span_context(span), &list);
         if (r < 0) {
                 error_type = "out_of_memory";
+                goto finish;
+        }
+
+        if (atomic_load(&c->failed)) {
+                r = -ECONNREFUSED;
+                error_type = "fault_injected";
                 goto finish;
         }
 

@@ -15,6 +15,7 @@
  * registry: the first client creates it, the others find it. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define HTTP_CLIENT_MAX_PATH 4096 /* bytes of the path (and query) of one request */
@@ -47,6 +48,10 @@ struct http_client_response {
 int http_client_new(const struct http_client_options *opts, struct http_client **ret);
 /* Accepts NULL. No request may be running. */
 void http_client_free(struct http_client *c);
+/* While failed, every request fails at once with -ECONNREFUSED, recorded
+ * as an error (vigil_dependency_up 0), as when the peer is down: for
+ * [faults] fail_dependency. Any thread. */
+void http_client_set_failed(struct http_client *c, bool failed);
 
 /* Perform one request to base_url + path. headers is NULL or a
  * NULL-terminated list of "Name: value" lines. Returns 0 with *ret filled

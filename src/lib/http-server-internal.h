@@ -21,6 +21,7 @@ struct route {
         char *path; /* the template, also the route label */
         http_handler_fn handler;
         struct http_route_template template;
+        bool builtin; /* /health, /ready, /metrics */
 };
 
 struct reply_header {
@@ -73,6 +74,8 @@ struct http_server {
         void *ready_userdata;
         void *userdata;
         bool access_log;
+        http_intercept_fn intercept;
+        void *intercept_userdata;
 
         struct route *routes;
         size_t n_routes;
@@ -93,6 +96,7 @@ struct http_server {
         unsigned headers_pending; /* of in_flight: request line read, headers not */
         struct http_request *head, *tail;
         bool draining;
+        bool held; /* http_server_hold(): requests wait while set */
 };
 
 /* Queue a response whose body (malloc()ed, or NULL) is taken over in any

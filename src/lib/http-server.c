@@ -495,6 +495,58 @@ static bool request_append(struct http_request *req, const char *data, size_t si
         return true;
 }
 
+/* Wait until until_usec (CLOCK_MONOTONIC), or less when a drain starts
+ * (hold: while the server is held instead). Returns false when a drain cut
+ * the wait short. */
+static bool wait_until(struct http_server *s, uint64_t until_usec, bool hold)
+{
+        bool drained;
+
+        pthread_mutex_lock(&s->lock);
+        for (;;) {
+                struct timespec deadline;
+
+                if (s->draining)
+                        break;
+                if (hold) {
+                        if (!s->held)
+                                break;
+                        pthread_cond_wait(&s->idle, &s->lock);
+                        continue;
+                }
+                if (now_usec(CLOCK_MONOTONIC) >= until_usec)
+                        break;
+                deadline.tv_sec = (time_t)(until_usec / USEC_PER_SEC);
+                deadline.tv_nsec = (long)(until_usec % USEC_PER_SEC) * 1000L;
+                (void)pthread_cond_timedwait(&s->idle, &s->lock, &deadline);
+        }
+        drained = s->draining;
+        pthread_mutex_unlock(&s->lock);
+        return !drained;
+}
+
+/* The intercept's answer for a program route: its delay, then a 503 or
+ * nothing. Returns true when it replied. */
+static bool request_intercept(struct http_request *req)
+{
+        struct http_server *s = req->server;
+        unsigned delay_ms = 0;
+        bool fail = false;
+
+        if (!s->intercept || req->route->builtin)
+                return false;
+        s->intercept(s->intercept_userdata, req->route->path, &delay_ms, &fail);
+        if (delay_ms > 0 &&
+            !wait_until(s, now_usec(CLOCK_MONOTONIC) + (uint64_t)delay_ms * USEC_PER_MSEC, false))
+                fail = true;
+        if (!fail)
+                return false;
+        (void)http_reply_add_header(req, "Retry-After", "1");
+        (void)http_reply_error(req, 503, "unavailable",
+                               "The service is unavailable (injected fault)");
+        return true;
+}
+
 static void request_dispatch(struct http_request *req)
 {
         struct http_server *s = req->server;
@@ -505,6 +557,9 @@ static void request_dispatch(struct http_request *req)
                                        "The request body exceeds %zu bytes", s->max_body);
                 return;
         }
+        (void)wait_until(s, 0, true);
+        if (request_intercept(req))
+                return;
 
         prev = trace_set_current(req->span);
 
@@ -621,6 +676,8 @@ int http_server_new(const struct http_server_options *opts, const struct http_ro
         s->userdata = opts->userdata;
         s->ready_userdata = opts->ready_userdata ? opts->ready_userdata : opts->userdata;
         s->access_log = opts->access_log;
+        s->intercept = opts->intercept;
+        s->intercept_userdata = opts->intercept_userdata;
 
         pthread_mutex_init(&s->lock, NULL);
         pthread_condattr_init(&attr);
@@ -653,6 +710,7 @@ int http_server_new(const struct http_server_options *opts, const struct http_ro
                 }
                 s->n_routes++;
                 dst->handler = src->handler;
+                dst->builtin = i >= n_routes;
                 dst->method = strdup(src->method);
                 dst->path = strdup(src->path);
                 if (!dst->method || !dst->path) {
@@ -813,6 +871,14 @@ uint16_t http_server_port(const struct http_server *s)
         return s->daemon ? s->port : 0;
 }
 
+void http_server_hold(struct http_server *s, bool hold)
+{
+        pthread_mutex_lock(&s->lock);
+        s->held = hold;
+        pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->lock);
+}
+
 bool http_server_is_healthy(struct http_server *s, uint64_t max_request_usec)
 {
         uint64_t now = now_usec(CLOCK_MONOTONIC);
@@ -862,6 +928,8 @@ void http_server_drain(struct http_server *s, unsigned timeout_ms)
 
         pthread_mutex_lock(&s->lock);
         s->draining = true;
+        /* Wakes requests waiting in wait_until(). */
+        pthread_cond_broadcast(&s->idle);
         pthread_mutex_unlock(&s->lock);
 
         if (s->quiesced_fd < 0) {

@@ -83,6 +83,14 @@ struct http_route {
         http_handler_fn handler;
 };
 
+/* Called on a request's thread before the handler of one of the program's
+ * routes (never /health, /ready or /metrics), with its route template: sets
+ * a delay to wait first (not counted as handler time for
+ * http_server_is_healthy(); cut short by a drain) and whether to answer
+ * 503 "unavailable" instead of calling the handler. */
+typedef void (*http_intercept_fn)(void *userdata, const char *route, unsigned *ret_delay_ms,
+                                  bool *ret_fail);
+
 /* Readiness: return 0 when every dependency answers, else a negative errno
  * and the name of the first failing dependency in *ret_failing
  * ("postgres", "redis", …, a static string). */
@@ -109,6 +117,8 @@ struct http_server_options {
         bool access_log;                     /* log every request at LOG_INFO; false (the
                                               * zero value) logs none. 5xx responses are
                                               * logged at LOG_ERR either way. */
+        http_intercept_fn intercept;         /* may be NULL */
+        void *intercept_userdata;
 };
 
 /* Create a server (not yet listening). routes is copied. Registers the
@@ -135,6 +145,10 @@ uint16_t http_server_port(const struct http_server *s);
  * slow client does not count, so a client cannot make the server look
  * hung. */
 bool http_server_is_healthy(struct http_server *s, uint64_t max_request_usec);
+/* Hold every request (the built-in routes too) whose handler has not
+ * started yet, until released (hold false): they are answered afterwards.
+ * A drain releases them too. Any thread. */
+void http_server_hold(struct http_server *s, bool hold);
 /* Stop accepting, let in-flight requests finish for up to timeout_ms, then
  * stop. Connections without a complete request header (silent ones, or a
  * header still arriving) are waited for only up to 1 s (a request already

@@ -164,7 +164,10 @@ int local_cache_get(struct local_cache *c, const char *key, char **ret_value, si
         if (!c || !key)
                 return -ENOENT;
         len = strlen(key);
-        if (!atomic_load(&c->active) || len > LOCAL_CACHE_MAX_KEY) {
+        /* Redis failed on purpose ([faults] fail_dependency): miss, as
+         * the cache does when its connection is lost. */
+        if (!atomic_load(&c->active) || redis_pool_is_failed(c->redis) ||
+            len > LOCAL_CACHE_MAX_KEY) {
                 metrics_counter_inc(c->misses);
                 return -ENOENT;
         }

@@ -31,6 +31,7 @@ src_lib_libvigil_a_SOURCES = \
 	src/lib/jwt.c src/lib/jwt.h \
 	src/lib/password.c src/lib/password.h \
 	src/lib/dependency-metrics.c src/lib/dependency-metrics.h \
+	src/lib/faults.c src/lib/faults.h \
 	src/lib/daemon.c src/lib/daemon.h \
 	src/lib/daemon-deps.c src/lib/daemon-deps.h \
 	src/lib/amqp.c src/lib/amqp.h src/lib/amqp-internal.h \

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ struct pg_conn {
 
 struct pg_pool {
         struct slot_pool sp;
+        atomic_bool failed;         /* pg_pool_set_failed() */
         pthread_mutex_t error_lock; /* of last_error */
         struct pg_conn *slots;
         unsigned size;
@@ -340,6 +342,13 @@ int pg_pool_acquire(struct pg_pool *p, struct pg_conn **ret)
 
         if (!p || !ret)
                 return -EINVAL;
+        if (atomic_load(&p->failed)) {
+                pthread_mutex_lock(&p->error_lock);
+                snprintf(p->last_error, sizeof(p->last_error), "%s",
+                         "failed on purpose by [faults] fail_dependency");
+                pthread_mutex_unlock(&p->error_lock);
+                return -ECONNREFUSED;
+        }
 
         i = slot_pool_acquire(&p->sp, p->acquire_timeout_ms, &connections, p);
         if (i < 0)
@@ -567,6 +576,11 @@ void pg_pool_last_error(struct pg_pool *p, char *buf, size_t size)
         pthread_mutex_lock(&p->error_lock);
         snprintf(buf, size, "%s", p->last_error);
         pthread_mutex_unlock(&p->error_lock);
+}
+
+void pg_pool_set_failed(struct pg_pool *p, bool failed)
+{
+        atomic_store(&p->failed, failed);
 }
 
 int pg_pool_ping(struct pg_pool *p)

@@ -94,6 +94,9 @@ int pg_rollback(struct pg_conn *c);
  * vigil_dependency_up{dependency="postgres"} to the outcome. Returns 0 or
  * the negative errno of pg_pool_acquire()/pg_exec(). */
 int pg_pool_ping(struct pg_pool *p);
+/* While failed, pg_pool_acquire() fails at once with -ECONNREFUSED, as when
+ * the server is down: for [faults] fail_dependency. Any thread. */
+void pg_pool_set_failed(struct pg_pool *p, bool failed);
 
 struct pg_migration {
         int version; /* 1, 2, 3, … applied in order, each once */

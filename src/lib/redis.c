@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ struct slot {
 
 struct redis_pool {
         struct slot_pool sp;
+        atomic_bool failed; /* redis_pool_set_failed() */
         struct slot *slots;
         unsigned size;
         unsigned connect_timeout_ms;
@@ -233,8 +235,11 @@ int redis_pool_connect(struct redis_pool *p, redisContext **ret)
  * server closed it (CLIENT KILL, restart, idle timeout). */
 static int acquire(struct redis_pool *p, struct slot **ret)
 {
-        int i = slot_pool_acquire(&p->sp, p->acquire_timeout_ms, &connections, p);
+        int i;
 
+        if (atomic_load(&p->failed))
+                return -ECONNREFUSED;
+        i = slot_pool_acquire(&p->sp, p->acquire_timeout_ms, &connections, p);
         if (i < 0)
                 return i;
         *ret = &p->slots[i];
@@ -447,6 +452,16 @@ int redis_pipeline(struct redis_pool *p, size_t n, const char *const *const *cmd
         }
         memcpy(ret_replies, replies, n * sizeof(*replies));
         return 0;
+}
+
+void redis_pool_set_failed(struct redis_pool *p, bool failed)
+{
+        atomic_store(&p->failed, failed);
+}
+
+bool redis_pool_is_failed(struct redis_pool *p)
+{
+        return atomic_load(&p->failed);
 }
 
 int redis_pool_ping(struct redis_pool *p)

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "macro.h"
@@ -80,3 +81,7 @@ int redis_pipeline(struct redis_pool *p, size_t n, const char *const *const *cmd
  * vigil_dependency_up{dependency="redis"} to the outcome. Returns 0 or a
  * negative errno as redis_command_argv(), -EIO for an answer not PONG. */
 int redis_pool_ping(struct redis_pool *p);
+/* While failed, every command fails at once with -ECONNREFUSED, as when the
+ * server is down: for [faults] fail_dependency. Any thread. */
+void redis_pool_set_failed(struct redis_pool *p, bool failed);
+bool redis_pool_is_failed(struct redis_pool *p);

@@ -15,6 +15,11 @@
 #define MAX_REQUEST_USEC   (30 * USEC_PER_SEC)
 #define DRAIN_TIMEOUT_MS   10000
 
+/* No API routes: [faults] error_ratio and latency_ms apply to the sends. */
+static const struct faults_scope faults_scope = {
+        .dependencies = (const char *const[]){"postgres", "amqp", NULL},
+};
+
 const struct conf_key notifyd_conf_table[] = {
         DAEMON_CONF_KEYS(struct notifyd_config, "127.0.0.1:8004"),
         DAEMON_CONF_POSTGRES_KEYS(struct notifyd_config, postgres, "vigil_notify"),
@@ -26,10 +31,7 @@ const struct conf_key notifyd_conf_table[] = {
                  "retries of 1 s, 4 s, 16 s)"),
         CONF_INT("processor", "send_latency_ms", "5", 0, 60000, struct notifyd_config,
                  send_latency_ms, "Simulated time to send one notification (reloadable)"),
-        CONF_DOUBLE("faults", "error_ratio", "0.0", 0.0, 1.0, struct notifyd_config,
-                    fault_error_ratio, "Share of sends that fail on purpose (reloadable)"),
-        CONF_INT("faults", "latency_ms", "0", 0, 60000, struct notifyd_config, fault_latency_ms,
-                 "Latency added to every send on purpose (reloadable)"),
+        DAEMON_CONF_FAULTS_KEYS(struct notifyd_config, &faults_scope),
 };
 const size_t notifyd_conf_table_size = ELEMENTSOF(notifyd_conf_table);
 
@@ -69,8 +71,8 @@ static int manager_init(struct daemon *d, void *userdata)
                 .prefetch = (unsigned)c->prefetch,
                 .max_attempts = (unsigned)c->max_attempts,
                 .send_latency_ms = (unsigned)c->send_latency_ms,
-                .error_ratio = c->fault_error_ratio,
-                .fault_latency_ms = (unsigned)c->fault_latency_ms,
+                .error_ratio = c->common.faults.error_ratio,
+                .fault_latency_ms = (unsigned)c->common.faults.latency_ms,
         };
         r = notifyd_consumer_new(&opts, &m->consumer);
         if (r < 0)
@@ -121,9 +123,10 @@ static int manager_reload(void *userdata, const void *config)
         /* The simulated processor and the faults; the rest needs a
          * restart. */
         notifyd_consumer_set_processing(m->consumer, (unsigned)c->send_latency_ms,
-                                        c->fault_error_ratio, (unsigned)c->fault_latency_ms);
+                                        c->common.faults.error_ratio,
+                                        (unsigned)c->common.faults.latency_ms);
         log_info("Send latency %" PRId64 " ms, fault error ratio %g, fault latency %" PRId64 " ms",
-                 c->send_latency_ms, c->fault_error_ratio, c->fault_latency_ms);
+                 c->send_latency_ms, c->common.faults.error_ratio, c->common.faults.latency_ms);
         return 0;
 }
 

@@ -17,8 +17,6 @@ struct notifyd_config {
         int64_t prefetch;
         int64_t max_attempts;
         int64_t send_latency_ms;
-        double fault_error_ratio;
-        int64_t fault_latency_ms;
 };
 
 struct notifyd_manager {

@@ -22,6 +22,16 @@
 #define PRUNE_INTERVAL_USEC (60 * USEC_PER_SEC)
 #define PRUNE_BATCH         1000
 
+/* The charge applies [faults] error_ratio through its processor (503
+ * "processor_unavailable", counted as a failed transaction). */
+static const char *const faults_own_error_routes[] = {"/charge", NULL};
+
+static const struct faults_scope faults_scope = {
+        .routes = paymentd_routes,
+        .n_routes = &paymentd_routes_count,
+        .dependencies = (const char *const[]){"postgres", "auth", "amqp", NULL},
+};
+
 const struct conf_key paymentd_conf_table[] = {
         DAEMON_CONF_KEYS(struct paymentd_config, "127.0.0.1:8002"),
         DAEMON_CONF_POSTGRES_KEYS(struct paymentd_config, postgres, "vigil_payment"),
@@ -33,11 +43,7 @@ const struct conf_key paymentd_conf_table[] = {
         CONF_DOUBLE("processor", "decline_ratio", "0.05", 0.0, 1.0, struct paymentd_config,
                     processor_decline_ratio,
                     "Share of charges declined, answered 402 (reloadable)"),
-        CONF_DOUBLE("faults", "error_ratio", "0", 0.0, 1.0, struct paymentd_config,
-                    faults_error_ratio,
-                    "Share of charges failing with an injected processor error, 503 (reloadable)"),
-        CONF_INT("faults", "latency_ms", "0", 0, PROCESSOR_MAX_LATENCY_MS, struct paymentd_config,
-                 faults_latency_ms, "Latency added to every charge (reloadable)"),
+        DAEMON_CONF_FAULTS_KEYS(struct paymentd_config, &faults_scope),
         CONF_INT("idempotency", "retention_hours", "48", 24, 24 * 366, struct paymentd_config,
                  idempotency_retention_hours, "How long a key and its response are kept"),
         CONF_INT("idempotency", "takeover_seconds", "60", 30, 3600, struct paymentd_config,
@@ -57,9 +63,20 @@ void paymentd_processor_settings(const struct paymentd_config *c, struct process
         *ret = (struct processor_settings){
                 .latency_ms = c->processor_latency_ms,
                 .decline_ratio = c->processor_decline_ratio,
-                .fault_latency_ms = c->faults_latency_ms,
-                .fault_error_ratio = c->faults_error_ratio,
+                /* [faults] latency_ms is added before the handler, by the
+                 * skeleton, as on every route. */
+                .fault_latency_ms = 0,
+                .fault_error_ratio = faults_routes_select(c->common.faults.routes, "/charge")
+                                             ? c->common.faults.error_ratio
+                                             : 0,
         };
+}
+
+/* [faults] fail_dependency = postgres fails the relay's own pool too. */
+static bool postgres_failed(const struct paymentd_config *c)
+{
+        return c->common.faults.fail_dependency &&
+               strcmp(c->common.faults.fail_dependency, "postgres") == 0;
 }
 
 static void manager_done(void *userdata)
@@ -148,6 +165,7 @@ static int manager_init(struct daemon *d, void *userdata)
         if (r < 0)
                 return log_error_errno(r, "Failed to set up PostgreSQL (postgres-password "
                                           "credential): %m");
+        pg_pool_set_failed(m->relay_pg, postgres_failed(c));
 
         struct outbox_relay_options relay = {
                 .pool = m->relay_pg,
@@ -217,6 +235,7 @@ static int manager_reload(void *userdata, const void *config)
         /* The processor and fault settings apply to the next charge; the
          * rest needs a restart, which socket activation makes lossless. */
         paymentd_processor_settings(c, &s);
+        pg_pool_set_failed(m->relay_pg, postgres_failed(c));
         processor_configure(&m->processor, &s);
         log_notice("Processor: latency %lld ms, decline ratio %g; faults: error ratio %g, "
                    "latency %lld ms",
@@ -252,6 +271,7 @@ const struct daemon_ops paymentd_ops = {
                         .amqp = DAEMON_SECTION(struct paymentd_config, amqp),
                 },
         .checks = paymentd_checks,
+        .faults_own_error_routes = faults_own_error_routes,
         .n_checks = ELEMENTSOF(paymentd_checks),
         .routes = paymentd_routes,
         .n_routes = &paymentd_routes_count,

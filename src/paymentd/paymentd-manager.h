@@ -20,8 +20,6 @@ struct paymentd_config {
         struct daemon_auth_config auth;
         int64_t processor_latency_ms;
         double processor_decline_ratio;
-        double faults_error_ratio;
-        int64_t faults_latency_ms;
         int64_t idempotency_retention_hours;
         int64_t idempotency_takeover_seconds;
         int64_t outbox_batch_size;

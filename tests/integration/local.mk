@@ -7,7 +7,9 @@ TESTS += \
 	tests/integration/test-authd-metrics.py \
 	tests/integration/test-gateway.py \
 	tests/integration/test-gateway-metrics.py \
-	tests/integration/test-vigilctl.py
+	tests/integration/test-vigilctl.py \
+	tests/integration/test-faults.py \
+	tests/integration/test-vigilctl-fault.py
 EXTRA_DIST += \
 	tests/integration/harness.py \
 	tests/integration/gatewaylib.py \
@@ -16,7 +18,9 @@ EXTRA_DIST += \
 	tests/integration/test-authd-metrics.py \
 	tests/integration/test-gateway.py \
 	tests/integration/test-gateway-metrics.py \
-	tests/integration/test-vigilctl.py
+	tests/integration/test-vigilctl.py \
+	tests/integration/test-faults.py \
+	tests/integration/test-vigilctl-fault.py
 
 # paymentd (and the payment flow, with vigil-authd and vigil-notifyd),
 # inventoryd, notifyd with a small confirmed publisher (Python's standard

@@ -251,6 +251,27 @@ def test_failing_sends_retry_with_backoff_then_park_and_recover(ctx):
 
 
 @test
+def test_fail_dependency_amqp_stops_consuming_until_cleared(ctx):
+    reload_config(ctx, "[faults]\nfail_dependency = amqp\n")
+    try:
+        harness.wait_until(lambda: ready_body(ctx)[0] == 503, 30, interval=0.2,
+                           what="/ready 503 with amqp failed on purpose")
+        check_eq(ctx.notifyd.get("/ready").body.get("failing"), "amqp", "/ready names amqp")
+        check_eq(harness.metric_value(metrics(ctx), "vigil_dependency_up", dependency="amqp"),
+                 0, "vigil_dependency_up{amqp}")
+        check_eq(harness.metric_value(metrics(ctx), "vigil_fault_active",
+                                      fault="fail_dependency"), 1, "vigil_fault_active")
+        (pid,) = new_payments(ctx, 1)
+        publish(ctx, [event(pid)])
+    finally:
+        reload_config(ctx, "")
+    harness.wait_until(lambda: ready_body(ctx)[0] == 200, 60, interval=0.2,
+                       what="/ready 200 once amqp is no longer failed")
+    # The message waited in RabbitMQ and is processed once the consumer is back.
+    wait_all_notified(ctx, [pid], timeout=30)
+
+
+@test
 def test_postgres_outage_mid_stream_parks_nothing(ctx):
     dead_before = queue_count(ctx, DEAD)
     reload_config(ctx, "[processor]\nsend_latency_ms = 20\n")

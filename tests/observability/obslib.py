@@ -111,13 +111,17 @@ def is_prometheus(panel, target):
 
 
 def dashboard_exprs():
-    """[(dashboard uid, panel title, refId, expr)] of every PromQL target."""
+    """[(dashboard uid, panel title, refId, expr)] of every PromQL target,
+    annotations included (title "annotation: <name>", no refId)."""
     out = []
     for _, d in dashboards():
         for p in panels(d):
             for t in p.get("targets", []) or []:
                 if is_prometheus(p, t) and t.get("expr"):
                     out.append((d["uid"], p.get("title", ""), t.get("refId", ""), t["expr"]))
+        for a in d.get("annotations", {}).get("list", []):
+            if datasource_uid(a.get("datasource")) == "prometheus" and a.get("expr"):
+                out.append((d["uid"], f"annotation: {a.get('name', '')}", "", a["expr"]))
     return out
 
 

@@ -95,6 +95,7 @@ PANELS = {
     ("vigil-overview", "Gateway latency p95 by service"): {"service": GATEWAY_SERVICES},
     ("vigil-overview", "User-facing availability (probes)"): {"probe": PROBES},
     ("vigil-overview", "Probe results and duration"): {"probe": PROBES},
+    ("vigil-overview", "Faults injected ([faults], vigilctl fault)"): {"service": set(DAEMONS)},
     ("vigil-slo", "SLO summary (30 days)"): {"slo": SLOS},
     ("vigil-slo", "Compliance (30 days)"): {"slo": SLOS},
     ("vigil-slo", "Error budget remaining"): {"slo": SLOS},

@@ -965,6 +965,157 @@ START_TEST(test_drain_waits_for_in_flight_request_and_health_reports_hung_handle
 }
 END_TEST
 
+/* ---- the intercept ([faults]) and the hold ---- */
+
+struct intercept_state {
+        unsigned delay_ms;
+        bool fail;
+        unsigned calls;
+        char last_route[64];
+};
+
+static struct intercept_state intercepted;
+
+static void intercept(void *userdata, const char *route, unsigned *ret_delay_ms, bool *ret_fail)
+{
+        (void)userdata;
+        pthread_mutex_lock(&ctx.lock);
+        intercepted.calls++;
+        snprintf(intercepted.last_route, sizeof(intercepted.last_route), "%s", route);
+        *ret_delay_ms = intercepted.delay_ms;
+        *ret_fail = intercepted.fail;
+        pthread_cond_broadcast(&ctx.cond);
+        pthread_mutex_unlock(&ctx.lock);
+}
+
+static void setup_intercept(void)
+{
+        memset(&ctx, 0, sizeof(ctx));
+        memset(&intercepted, 0, sizeof(intercepted));
+        pthread_mutex_init(&ctx.lock, NULL);
+        pthread_cond_init(&ctx.cond, NULL);
+        log_set_max_level(LOG_CRIT);
+        start_server_with((struct http_server_options){
+                .listen = "127.0.0.1:0",
+                .listen_fd = -1,
+                .service_name = "vigil-test",
+                .ready = ready,
+                .userdata = &ctx,
+                .intercept = intercept,
+        });
+}
+
+START_TEST(test_intercept_fails_program_routes_only_and_counts_them)
+{
+        static const char *const builtins[] = {"/health", "/ready", "/metrics"};
+        struct resp r = {0};
+        char *text = NULL;
+        size_t len;
+
+        intercepted.fail = true;
+        get("/product/42", &r);
+        ck_assert_int_eq(r.status, 503);
+        ck_assert_str_eq(error_code(&r), "unavailable");
+        ck_assert(has_header(&r, "Retry-After: 1"));
+        resp_done(&r);
+        ck_assert_uint_eq(intercepted.calls, 1);
+        ck_assert_str_eq(intercepted.last_route, "/product/{id}");
+
+        for (size_t i = 0; i < ELEMENTSOF(builtins); i++) {
+                get(builtins[i], &r);
+                ck_assert_int_eq(r.status, 200);
+                resp_done(&r);
+        }
+        ck_assert_uint_eq(intercepted.calls, 1);
+
+        ck_assert_int_eq(metrics_render(registry, METRICS_FORMAT_PROMETHEUS, &text, &len), 0);
+        ck_assert_msg(strstr(text,
+                             "vigil_http_requests_total{route=\"/product/{id}\",method=\"GET\","
+                             "code=\"503\"} 1"),
+                      "%s", text);
+        free(text);
+
+        intercepted.fail = false;
+        get("/product/42", &r);
+        ck_assert_int_eq(r.status, 200);
+        resp_done(&r);
+}
+END_TEST
+
+static void *product_client(void *arg)
+{
+        struct resp *r = arg;
+
+        if (try_request("GET", "/product/7", NULL, NULL, 0, r) != CURLE_OK)
+                r->status = -1;
+        return NULL;
+}
+
+START_TEST(test_intercept_delay_is_no_hung_handler_and_a_drain_cuts_it_short)
+{
+        struct drain_args da = {.timeout_ms = 30000};
+        pthread_t client, drain;
+        struct resp r = {0}, health = {0};
+
+        intercepted.delay_ms = 120000;
+        ck_assert_int_eq(pthread_create(&client, NULL, product_client, &r), 0);
+        pthread_mutex_lock(&ctx.lock);
+        while (intercepted.calls == 0)
+                pthread_cond_wait(&ctx.cond, &ctx.lock);
+        pthread_mutex_unlock(&ctx.lock);
+
+        /* Delayed, not handled: /health answers and the server is healthy
+         * with the shortest allowance. */
+        get("/health", &health);
+        ck_assert_int_eq(health.status, 200);
+        resp_done(&health);
+        ck_assert(http_server_is_healthy(server, 1));
+
+        /* The drain wakes the delayed request, which is answered 503. */
+        ck_assert_int_eq(pthread_create(&drain, NULL, drainer, &da), 0);
+        pthread_join(client, NULL);
+        pthread_join(drain, NULL);
+        ck_assert_int_eq(r.status, 503);
+        ck_assert_str_eq(error_code(&r), "unavailable");
+        resp_done(&r);
+}
+END_TEST
+
+static void *health_client(void *arg)
+{
+        struct resp *r = arg;
+
+        if (try_request("GET", "/health", NULL, NULL, 0, r) != CURLE_OK)
+                r->status = -1;
+        pthread_mutex_lock(&ctx.lock);
+        ctx.calls++;
+        pthread_cond_broadcast(&ctx.cond);
+        pthread_mutex_unlock(&ctx.lock);
+        return NULL;
+}
+
+START_TEST(test_hold_holds_even_health_until_released)
+{
+        pthread_t client;
+        struct resp r = {0};
+        bool answered;
+
+        http_server_hold(server, true);
+        ck_assert_int_eq(pthread_create(&client, NULL, health_client, &r), 0);
+        /* Not answered in 300 ms, while held. */
+        usleep(300000);
+        pthread_mutex_lock(&ctx.lock);
+        answered = ctx.calls > 0;
+        pthread_mutex_unlock(&ctx.lock);
+        ck_assert(!answered);
+
+        http_server_hold(server, false);
+        pthread_join(client, NULL);
+        ck_assert_int_eq(r.status, 200);
+        resp_done(&r);
+}
+END_TEST
+
 /* Connections to 127.0.0.1:p the kernel holds for the listener to accept:
  * the rx_queue of its LISTEN entry in /proc/net/tcp. */
 static unsigned accept_queue_len(uint16_t p)
@@ -1449,6 +1600,14 @@ static Suite *http_server_suite(void)
         tcase_add_test(small, test_chunked_body_over_max_body_is_413);
         tcase_add_test(small, test_chunked_body_far_over_max_body_closes_connection);
         suite_add_tcase(s, small);
+
+        TCase *faults = tcase_create("intercept");
+        tcase_add_checked_fixture(faults, setup_intercept, teardown);
+        tcase_set_timeout(faults, 60);
+        tcase_add_test(faults, test_intercept_fails_program_routes_only_and_counts_them);
+        tcase_add_test(faults, test_intercept_delay_is_no_hung_handler_and_a_drain_cuts_it_short);
+        tcase_add_test(faults, test_hold_holds_even_health_until_released);
+        suite_add_tcase(s, faults);
         return s;
 }
 
