@@ -52,6 +52,9 @@ int log_get_max_level(void);
 /* "debug", "info", "notice", "warning", "err"/"error", "crit", "alert",
  * "emerg" (any case) → LOG_* priority, or -EINVAL (also for NULL). */
 int log_level_from_string(const char *s);
+/* The names log_level_from_string() takes, NULL-terminated: the choices of
+ * a [log] level key. */
+extern const char *const log_level_choices[];
 
 /* Log one entry. error, when non-zero, is an errno (sign ignored) that %m
  * expands to and that is added as ERRNO= (errno= on stderr); with error 0,
