@@ -53,13 +53,20 @@ uninstall-vigil-conf:
 # $(sysconfdir)/grafana/provisioning/, except the dashboards' JSON, which is
 # data, not configuration: it goes to $(datadir)/vigil/grafana/dashboards,
 # where the provider (grafana-provisioning/dashboards/vigil.yml) looks.
-# Missing directories are skipped.
+# Missing directories are skipped. The SLO file goes to
+# $(sysconfdir)/vigil/slos.yml and its generator to $(vigilexecdir)/slo-gen,
+# for `vigilctl slo` (the rules generated from it ship in etc/prometheus/rules).
 vigilgrafanadashboardsdir = $(datadir)/vigil/grafana/dashboards
 VIGIL_MONITORING_DIRS = prometheus alertmanager promtail loki tempo mtail
 install-gateway:
 	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx'
 	cp -R $(srcdir)/etc/nginx/. '$(DESTDIR)$(sysconfdir)/nginx/'
 install-monitoring:
+	@echo "  INSTALL  $(vigilexecdir)/slo-gen, $(vigilconfdir)/slos.yml"; \
+	$(MKDIR_P) '$(DESTDIR)$(vigilexecdir)' '$(DESTDIR)$(vigilconfdir)' && \
+	sed '1s|^#!.*|#!/usr/bin/python3|' $(srcdir)/scripts/slo-gen.py >'$(DESTDIR)$(vigilexecdir)/slo-gen' && \
+	chmod 755 '$(DESTDIR)$(vigilexecdir)/slo-gen' && \
+	$(INSTALL_DATA) $(srcdir)/slo/slos.yml '$(DESTDIR)$(vigilconfdir)/slos.yml'
 	@for d in $(VIGIL_MONITORING_DIRS); do \
 		[ -d "$(srcdir)/etc/$$d" ] || { echo "  SKIP     etc/$$d (not there yet)"; continue; }; \
 		echo "  INSTALL  $(sysconfdir)/$$d/"; \

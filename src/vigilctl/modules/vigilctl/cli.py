@@ -19,6 +19,7 @@ EXIT_USAGE = 2
 # name -> module of this package, in the order `--help` lists them.
 SUBCOMMANDS = {
     "validate": "vigilctl.validate",
+    "slo": "vigilctl.slo",
 }
 
 
