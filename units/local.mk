@@ -61,6 +61,7 @@ VIGIL_MONITORING_DIRS = prometheus alertmanager promtail loki tempo mtail
 install-gateway:
 	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx'
 	cp -R $(srcdir)/etc/nginx/. '$(DESTDIR)$(sysconfdir)/nginx/'
+	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx/vigil/rate-limit.d'
 install-monitoring:
 	@echo "  INSTALL  $(vigilexecdir)/slo-gen, $(vigilconfdir)/slos.yml"; \
 	$(MKDIR_P) '$(DESTDIR)$(vigilexecdir)' '$(DESTDIR)$(vigilconfdir)' && \
