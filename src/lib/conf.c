@@ -90,8 +90,9 @@ static void error_done(struct conf_error *e)
         free(e->message);
 }
 
-static int diagnostics_vadd(struct conf_diagnostics *diag, const char *file, unsigned line,
-                            const char *section, const char *key, const char *format, va_list ap)
+_printf_(6, 0) static int diagnostics_vadd(struct conf_diagnostics *diag, const char *file,
+                                           unsigned line, const char *section, const char *key,
+                                           const char *format, va_list ap)
 {
         struct conf_error e = {0}, *errors;
         bool oom = false;
