@@ -196,6 +196,17 @@ def check_renamed_slo_removes_its_old_file(tmp):
     assert "slo-notify-lag.yml" in e.rules_now()
 
 
+def check_unwritable_rules_dir_is_an_environment_error(tmp):
+    e = Env(tmp)
+    shutil.rmtree(e.rules)
+    with open(e.rules, "w", encoding="utf-8") as f:
+        f.write("not a directory\n")
+    r = e.vigilctl("apply")
+    expect(r, 2, "cannot write the rules in")
+    assert "Traceback" not in r.stderr, r.stderr
+    assert e.reloads() == [], "reloaded although nothing was written"
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     posts = []
 
@@ -241,6 +252,8 @@ def main():
             ("a failed reload puts the previous rules back",
              check_failed_reload_puts_the_previous_rules_back),
             ("a renamed SLO's old rule file is removed", check_renamed_slo_removes_its_old_file),
+            ("a rules directory that cannot be written: exit 2, no reload",
+             check_unwritable_rules_dir_is_an_environment_error),
             ("--reload URL posts to Prometheus's /-/reload", check_reload_by_url)):
         with obslib.tempdir("vigil-slo-") as tmp:
             runner.check(title, fn, tmp)

@@ -178,6 +178,15 @@ def _write(rules_dir, new, old):
             os.unlink(os.path.join(rules_dir, name))
 
 
+def _put_back(rules_dir, old, new):
+    """Undo a _write of new over old, as far as the directory lets us."""
+    try:
+        _write(rules_dir, old, new)
+    except OSError as e:
+        print(f"vigilctl slo: could not put the previous rules back in {rules_dir}: {e}",
+              file=sys.stderr)
+
+
 def _list(args):
     if not os.path.exists(args.generator):
         raise UsageError(f"the SLO generator {args.generator} is not installed "
@@ -232,13 +241,18 @@ def run(args, paths):
         if args.dry_run or not result["changes"]:
             return _report(args, result, EXIT_OK)
 
-        _write(args.rules_dir, new, old)
+        try:
+            _write(args.rules_dir, new, old)
+        except OSError as e:
+            _put_back(args.rules_dir, old, new)
+            raise UsageError(f"cannot write the rules in {args.rules_dir}: {e.strerror or e} "
+                             "(as root?); the previous rules are in place") from None
         ok, message = _reload(args)
         result["reload"] = {"ok": ok, "message": message}
         if not ok:
             # Prometheus still runs the previous rules: put them back so the
             # files say what it runs.
-            _write(args.rules_dir, old, new)
+            _put_back(args.rules_dir, old, new)
             result["error"] = f"{message}: the previous rules were put back"
             return _report(args, result, EXIT_FAILED)
         result["applied"] = True
