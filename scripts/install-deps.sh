@@ -16,7 +16,7 @@ RUNTIME_PKGS=(
 	wrk curl python3 procps psmisc
 	iproute2 util-linux python3-prometheus-client python3-yaml
 	debhelper devscripts lintian rpm debootstrap systemd-container dbus-daemon
-	stress-ng
+	stress-ng groff-base
 )
 
 missing=()

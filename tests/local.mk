@@ -50,9 +50,11 @@ DAEMON_UNIT_TESTS = \
 check_PROGRAMS += $(DAEMON_UNIT_TESTS)
 UNIT_TESTS = tests/fuzz/replay.sh $(LIB_UNIT_TESTS) tests/unit/test-pg.sh tests/unit/test-redis.sh \
 	tests/unit/test-local-cache.sh tests/unit/test-amqp.sh \
-	$(DAEMON_UNIT_TESTS) tests/unit/test-daemon-config.sh
+	$(DAEMON_UNIT_TESTS) tests/unit/test-daemon-config.sh tests/unit/test-units-reload.sh \
+	tests/unit/test-man-pages.sh tests/unit/test-api-doc.sh
 TESTS += $(UNIT_TESTS)
-EXTRA_DIST += tests/unit/test-daemon-config.sh
+EXTRA_DIST += tests/unit/test-daemon-config.sh tests/unit/test-units-reload.sh \
+	tests/unit/test-man-pages.sh tests/unit/test-api-doc.sh
 # What the packages run on install (units/vigil-setup), against a real
 # PostgreSQL as root: not a unit test of the package builds.
 TESTS += tests/unit/test-vigil-setup.sh

@@ -53,13 +53,28 @@ uninstall-vigil-conf:
 # $(sysconfdir)/grafana/provisioning/, except the dashboards' JSON, which is
 # data, not configuration: it goes to $(datadir)/vigil/grafana/dashboards,
 # where the provider (grafana-provisioning/dashboards/vigil.yml) looks.
-# Missing directories are skipped.
+# Missing directories are skipped. The documentation (docs/*.md and the
+# alerts' runbooks, docs/runbooks/*.md) goes to $(vigildocsdir), data that
+# minimal images which drop /usr/share/doc keep. The SLO file goes to
+# $(sysconfdir)/vigil/slos.yml and its generator to $(vigilexecdir)/slo-gen,
+# for `vigilctl slo` (the rules generated from it ship in etc/prometheus/rules).
 vigilgrafanadashboardsdir = $(datadir)/vigil/grafana/dashboards
+vigildocsdir = $(datadir)/vigil/docs
 VIGIL_MONITORING_DIRS = prometheus alertmanager promtail loki tempo mtail
 install-gateway:
 	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx'
 	cp -R $(srcdir)/etc/nginx/. '$(DESTDIR)$(sysconfdir)/nginx/'
+	$(MKDIR_P) '$(DESTDIR)$(sysconfdir)/nginx/vigil/rate-limit.d'
 install-monitoring:
+	@echo "  INSTALL  $(vigilexecdir)/slo-gen, $(vigilconfdir)/slos.yml"; \
+	$(MKDIR_P) '$(DESTDIR)$(vigilexecdir)' '$(DESTDIR)$(vigilconfdir)' && \
+	sed '1s|^#!.*|#!/usr/bin/python3|' $(srcdir)/scripts/slo-gen.py >'$(DESTDIR)$(vigilexecdir)/slo-gen' && \
+	chmod 755 '$(DESTDIR)$(vigilexecdir)/slo-gen' && \
+	$(INSTALL_DATA) $(srcdir)/slo/slos.yml '$(DESTDIR)$(vigilconfdir)/slos.yml'
+	@echo "  INSTALL  $(vigildocsdir)/, $(vigildocsdir)/runbooks/"; \
+	$(MKDIR_P) '$(DESTDIR)$(vigildocsdir)/runbooks' && \
+	$(INSTALL_DATA) $(srcdir)/docs/*.md '$(DESTDIR)$(vigildocsdir)/' && \
+	$(INSTALL_DATA) $(srcdir)/docs/runbooks/*.md '$(DESTDIR)$(vigildocsdir)/runbooks/'
 	@for d in $(VIGIL_MONITORING_DIRS); do \
 		[ -d "$(srcdir)/etc/$$d" ] || { echo "  SKIP     etc/$$d (not there yet)"; continue; }; \
 		echo "  INSTALL  $(sysconfdir)/$$d/"; \

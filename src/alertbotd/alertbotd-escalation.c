@@ -103,6 +103,8 @@ static bool deliver(struct escalation *e, const char *body)
                 http_client_response_done(&resp);
                 if (!retry || attempt == e->max_attempts)
                         break;
+                log_debug("Escalation: attempt %u of %u in %u ms", attempt + 1, e->max_attempts,
+                          backoff);
 
                 pthread_mutex_lock(&e->lock);
                 bool stopping = wait_stopping(e, backoff);

@@ -113,17 +113,33 @@ static int load_token(const char *credential, const char *file_key, const char *
         return 0;
 }
 
+/* Load the policy file, logging every problem in it. */
 static int load_policy(const char *path, struct policy **ret)
 {
-        _cleanup_free_ char *error = NULL;
+        struct conf_diagnostics diag = {0};
         int r;
 
-        r = policy_load_file(path, ret, &error);
-        if (r == -EINVAL && error)
-                return log_error_errno(r, "Invalid policy: %s", error);
+        r = policy_load_file(path, ret, &diag);
+        for (size_t i = 0; i < diag.n_errors; i++) {
+                _cleanup_free_ char *line = conf_error_format(&diag.errors[i]);
+
+                log_error("Invalid policy: %s", line ? line : diag.errors[i].message);
+        }
+        conf_diagnostics_done(&diag);
+        if (r == -EINVAL)
+                return r;
         if (r < 0)
                 return log_error_errno(r, "Failed to load the policy %s: %m", path);
         return 0;
+}
+
+/* --check-config: the policy file the configuration names is checked too. */
+static int check_config(const void *config)
+{
+        const struct alertbotd_config *c = config;
+        _cleanup_(policy_freep) struct policy *p = NULL;
+
+        return load_policy(c->policy_file, &p);
 }
 
 static bool state_writable(void *userdata)
@@ -292,6 +308,7 @@ const struct daemon_ops alertbotd_ops = {
         .max_body = WEBHOOK_MAX_BODY,
         .max_request_usec = MAX_REQUEST_USEC,
         .drain_timeout_ms = DRAIN_TIMEOUT_MS,
+        .check_config = check_config,
         .manager_size = sizeof(struct alertbotd_manager),
         .manager_init = manager_init,
         .manager_start = manager_start,

@@ -5,7 +5,6 @@
 #include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <ini.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,9 +12,8 @@
 #include <time.h>
 
 #include "alertbotd-webhook.h"
+#include "conf.h"
 #include "file.h"
-
-#define POLICY_MAX_LINE 190
 
 static const struct {
         const char *name;
@@ -96,22 +94,33 @@ int policy_new(struct policy **ret)
 
 struct loader {
         struct policy *policy;
-        char *error; /* the first problem */
+        struct conf_diagnostics *diag;
+        const char *file;
+        unsigned line;                         /* of the assignment being handled */
+        unsigned rule_lines[POLICY_MAX_RULES]; /* first line of each rule */
+        bool oom;
 };
 
-static int loader_fail(struct loader *l, const char *format, ...) _printf_(2, 3);
+/* Record a problem of the current line in [section] key. */
+static void fail(struct loader *l, const char *section, const char *key, const char *format, ...)
+        _printf_(4, 5);
 
-static int loader_fail(struct loader *l, const char *format, ...)
+static void fail(struct loader *l, const char *section, const char *key, const char *format, ...)
 {
+        _cleanup_free_ char *message = NULL;
         va_list ap;
+        int r;
 
-        if (!l->error) {
-                va_start(ap, format);
-                if (vasprintf(&l->error, format, ap) < 0)
-                        l->error = NULL;
-                va_end(ap);
+        va_start(ap, format);
+        r = vasprintf(&message, format, ap);
+        va_end(ap);
+        if (r < 0) {
+                message = NULL;
+                l->oom = true;
+                return;
         }
-        return 0; /* tells libinih this line is an error */
+        if (conf_diagnostics_add(l->diag, l->file, l->line, section, key, "%s", message) < 0)
+                l->oom = true;
 }
 
 static bool valid_unit_name(const char *unit)
@@ -140,7 +149,7 @@ static int parse_int(const char *value, int64_t min, int64_t max, int64_t *ret)
         return 0;
 }
 
-static int set_policy_key(struct loader *l, const char *name, const char *value)
+static void set_policy_key(struct loader *l, const char *name, const char *value)
 {
         static const struct {
                 const char *key;
@@ -164,81 +173,100 @@ static int set_policy_key(struct loader *l, const char *name, const char *value)
                 _cleanup_free_ char *copy = strdup(value);
                 char *save = NULL;
 
-                if (!copy)
-                        return loader_fail(l, "out of memory");
+                if (!copy) {
+                        l->oom = true;
+                        return;
+                }
                 for (char *w = strtok_r(copy, " \t,", &save); w;
                      w = strtok_r(NULL, " \t,", &save)) {
                         if (p->n_allowlist == POLICY_MAX_ALLOWLIST)
-                                return loader_fail(l, "[policy] allowlist: more than %d entries",
-                                                   POLICY_MAX_ALLOWLIST);
-                        if (strlen(w) > STATE_UNIT_MAX)
-                                return loader_fail(l, "[policy] allowlist: \"%s\" is too long", w);
+                                return fail(l, "policy", name, "more than %d entries",
+                                            POLICY_MAX_ALLOWLIST);
+                        if (strlen(w) > STATE_UNIT_MAX) {
+                                fail(l, "policy", name, "\"%s\" is too long", w);
+                                continue;
+                        }
                         /* Exact names, as the polkit rule lists them: a glob
                          * would also match units systemd must refuse. */
-                        if (!valid_unit_name(w))
-                                return loader_fail(
-                                        l,
-                                        "[policy] allowlist: \"%s\" is not a service unit name "
-                                        "(exact names only, no globs)",
-                                        w);
+                        if (!valid_unit_name(w)) {
+                                fail(l, "policy", name,
+                                     "\"%s\" is not a service unit name (exact names only, no "
+                                     "globs)",
+                                     w);
+                                continue;
+                        }
                         p->allowlist[p->n_allowlist] = strdup(w);
-                        if (!p->allowlist[p->n_allowlist])
-                                return loader_fail(l, "out of memory");
+                        if (!p->allowlist[p->n_allowlist]) {
+                                l->oom = true;
+                                return;
+                        }
                         p->n_allowlist++;
                 }
-                return 1;
+                return;
         }
         for (size_t i = 0; i < ELEMENTSOF(ints); i++) {
                 if (strcmp(name, ints[i].key) != 0)
                         continue;
                 if (parse_int(value, ints[i].min, ints[i].max,
                               (int64_t *)((char *)p + ints[i].offset)) < 0)
-                        return loader_fail(
-                                l, "[policy] %s: expected an integer in %" PRId64 "..%" PRId64,
-                                name, ints[i].min, ints[i].max);
-                return 1;
+                        fail(l, "policy", name, "expected an integer in %" PRId64 "..%" PRId64,
+                             ints[i].min, ints[i].max);
+                return;
         }
-        return loader_fail(l, "[policy] %s: unknown key", name);
+        fail(l, "policy", name, "unknown key");
 }
 
-static int set_string(struct loader *l, char **field, const char *section, const char *name,
-                      const char *value)
+static void set_string(struct loader *l, char **field, const char *section, const char *name,
+                       const char *value)
 {
         if (strlen(value) > POLICY_MAX_VALUE)
-                return loader_fail(l, "[%s] %s: longer than %d bytes", section, name,
-                                   POLICY_MAX_VALUE);
+                return fail(l, section, name, "longer than %d bytes", POLICY_MAX_VALUE);
         free(*field);
         *field = strdup(value);
-        return *field ? 1 : loader_fail(l, "out of memory");
+        if (!*field)
+                l->oom = true;
 }
 
-static int set_rule_key(struct loader *l, const char *section, const char *rule_name,
-                        const char *name, const char *value)
+static struct policy_rule *find_or_add_rule(struct loader *l, const char *section,
+                                            const char *rule_name)
 {
         struct policy *p = l->policy;
-        struct policy_rule *r = NULL;
+        struct policy_rule *r;
 
         for (size_t i = 0; i < p->n_rules; i++)
                 if (strcmp(p->rules[i].name, rule_name) == 0)
-                        r = &p->rules[i];
-        if (!r) {
-                if (p->n_rules == POLICY_MAX_RULES)
-                        return loader_fail(l, "more than %d rules", POLICY_MAX_RULES);
-                if (!*rule_name)
-                        return loader_fail(l, "[%s]: a rule needs a name", section);
-                r = &p->rules[p->n_rules];
-                r->name = strdup(rule_name);
-                if (!r->name)
-                        return loader_fail(l, "out of memory");
-                p->n_rules++;
+                        return &p->rules[i];
+        if (!*rule_name) {
+                fail(l, section, NULL, "a rule needs a name");
+                return NULL;
         }
+        if (p->n_rules == POLICY_MAX_RULES) {
+                fail(l, section, NULL, "more than %d rules", POLICY_MAX_RULES);
+                return NULL;
+        }
+        r = &p->rules[p->n_rules];
+        r->name = strdup(rule_name);
+        if (!r->name) {
+                l->oom = true;
+                return NULL;
+        }
+        l->rule_lines[p->n_rules] = l->line;
+        p->n_rules++;
+        return r;
+}
 
+static void set_rule_key(struct loader *l, const char *section, const char *rule_name,
+                         const char *name, const char *value)
+{
+        struct policy_rule *r = find_or_add_rule(l, section, rule_name);
+
+        if (!r)
+                return;
         if (strcmp(name, "alertname") == 0)
                 return set_string(l, &r->alertname, section, name, value);
         if (strcmp(name, "unit") == 0) {
                 if (!valid_unit_name(value))
-                        return loader_fail(l, "[%s] unit: \"%s\" is not a service unit name",
-                                           section, value);
+                        return fail(l, section, name, "\"%s\" is not a service unit name", value);
                 return set_string(l, &r->unit, section, name, value);
         }
         if (strcmp(name, "unit_label") == 0)
@@ -247,177 +275,162 @@ static int set_rule_key(struct loader *l, const char *section, const char *rule_
                 const char *hole = strstr(value, "{}");
 
                 if (!hole || strstr(hole + 2, "{}"))
-                        return loader_fail(l, "[%s] unit_format: needs exactly one \"{}\"",
-                                           section);
+                        return fail(l, section, name, "needs exactly one \"{}\"");
                 return set_string(l, &r->unit_format, section, name, value);
         }
         if (strcmp(name, "action") == 0) {
                 if (strcmp(value, "restart") != 0)
-                        return loader_fail(l, "[%s] action: only \"restart\" is supported",
-                                           section);
+                        return fail(l, section, name, "only \"restart\" is supported");
                 r->action = POLICY_ACTION_RESTART;
-                return 1;
+                return;
         }
         if (strcmp(name, "match") == 0) {
                 _cleanup_free_ char *copy = strdup(value);
                 char *save = NULL;
 
-                if (!copy)
-                        return loader_fail(l, "out of memory");
+                if (!copy) {
+                        l->oom = true;
+                        return;
+                }
                 for (char *w = strtok_r(copy, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
                         char *eq = strchr(w, '=');
 
                         if (!eq || eq == w)
-                                return loader_fail(l, "[%s] match: expected label=value pairs",
-                                                   section);
+                                return fail(l, section, name, "expected label=value pairs");
                         if (r->n_matches == POLICY_MAX_MATCHES)
-                                return loader_fail(l, "[%s] match: more than %d pairs", section,
-                                                   POLICY_MAX_MATCHES);
+                                return fail(l, section, name, "more than %d pairs",
+                                            POLICY_MAX_MATCHES);
                         *eq = '\0';
                         r->matches[r->n_matches].label = strdup(w);
                         r->matches[r->n_matches].value = strdup(eq + 1);
                         r->n_matches++;
                         if (!r->matches[r->n_matches - 1].label ||
-                            !r->matches[r->n_matches - 1].value)
-                                return loader_fail(l, "out of memory");
+                            !r->matches[r->n_matches - 1].value) {
+                                l->oom = true;
+                                return;
+                        }
                 }
-                return 1;
+                return;
         }
-        return loader_fail(l, "[%s] %s: unknown key", section, name);
+        fail(l, section, name, "unknown key");
 }
 
-static int set_unit_key(struct loader *l, const char *section, const char *unit, const char *name,
-                        const char *value)
+static void set_unit_key(struct loader *l, const char *section, const char *unit, const char *name,
+                         const char *value)
 {
         struct policy *p = l->policy;
         struct policy_unit *u = NULL;
 
         if (!valid_unit_name(unit))
-                return loader_fail(l, "[%s]: \"%s\" is not a service unit name", section, unit);
+                return fail(l, section, NULL, "\"%s\" is not a service unit name", unit);
         for (size_t i = 0; i < p->n_units; i++)
                 if (strcmp(p->units[i].name, unit) == 0)
                         u = &p->units[i];
         if (!u) {
                 if (p->n_units == POLICY_MAX_UNITS)
-                        return loader_fail(l, "more than %d [unit.*] sections", POLICY_MAX_UNITS);
+                        return fail(l, section, NULL, "more than %d [unit.*] sections",
+                                    POLICY_MAX_UNITS);
                 u = &p->units[p->n_units];
                 u->name = strdup(unit);
-                if (!u->name)
-                        return loader_fail(l, "out of memory");
+                if (!u->name) {
+                        l->oom = true;
+                        return;
+                }
                 p->n_units++;
         }
         if (strcmp(name, "ready_url") == 0) {
                 if (*value && strncmp(value, "http://", 7) != 0 &&
                     strncmp(value, "https://", 8) != 0)
-                        return loader_fail(l, "[%s] ready_url: expected an http:// URL", section);
+                        return fail(l, section, name, "expected an http:// URL");
                 if (!*value) {
                         free(u->ready_url);
                         u->ready_url = NULL;
-                        return 1;
+                        return;
                 }
                 return set_string(l, &u->ready_url, section, name, value);
         }
-        return loader_fail(l, "[%s] %s: unknown key", section, name);
+        fail(l, section, name, "unknown key");
 }
 
-static int handler(void *user, const char *section, const char *name, const char *value)
+static void handle_assignment(void *userdata, const char *file, unsigned line, const char *section,
+                              const char *name, const char *value)
 {
-        struct loader *l = user;
+        struct loader *l = userdata;
 
-        if (l->error)
-                return 0;
+        (void)file;
+        l->line = line;
         if (strcmp(section, "policy") == 0)
                 return set_policy_key(l, name, value);
         if (strncmp(section, "rule.", 5) == 0)
                 return set_rule_key(l, section, section + 5, name, value);
         if (strncmp(section, "unit.", 5) == 0)
                 return set_unit_key(l, section, section + 5, name, value);
-        return loader_fail(l, "[%s]: unknown section", section);
+        if (!*section)
+                return fail(l, NULL, name, "assignment outside of any [section]");
+        fail(l, section, name, "unknown section");
 }
 
-static int check_rules(struct loader *l)
+/* What the rules lack once the whole file is read, at their first line. */
+static void check_rules(struct loader *l)
 {
         struct policy *p = l->policy;
 
         for (size_t i = 0; i < p->n_rules; i++) {
                 struct policy_rule *r = &p->rules[i];
+                _cleanup_free_ char *section = NULL;
 
-                if (!r->unit == !r->unit_label) {
-                        loader_fail(l, "[rule.%s]: needs exactly one of unit and unit_label",
-                                    r->name);
-                        return -EINVAL;
+                if (asprintf(&section, "rule.%s", r->name) < 0) {
+                        section = NULL;
+                        l->oom = true;
+                        return;
                 }
-                if (r->unit_format && !r->unit_label) {
-                        loader_fail(l, "[rule.%s]: unit_format needs unit_label", r->name);
-                        return -EINVAL;
-                }
+                l->line = l->rule_lines[i];
+                if (!r->unit == !r->unit_label)
+                        fail(l, section, NULL, "needs exactly one of unit and unit_label");
+                if (r->unit_format && !r->unit_label)
+                        fail(l, section, NULL, "unit_format needs unit_label");
                 if (!r->alertname) {
                         r->alertname = strdup(r->name);
                         if (!r->alertname)
-                                return -ENOMEM;
+                                l->oom = true;
                 }
         }
-        return 0;
 }
 
-int policy_load_string(const char *name, const char *text, struct policy **ret, char **ret_error)
+static int load_buffer(const char *name, const char *text, size_t size, struct policy **ret,
+                       struct conf_diagnostics *diag)
 {
         _cleanup_(policy_freep) struct policy *p = NULL;
-        struct loader l = {};
-        unsigned line = 1;
+        struct conf_diagnostics own_diag = {0};
+        struct loader l = {.file = name, .diag = diag ? diag : &own_diag};
+        size_t n_found_before = l.diag->n_found;
         int r;
 
         r = policy_new(&p);
         if (r < 0)
                 return r;
-
-        /* libinih cuts long lines silently: refuse them instead. */
-        for (const char *s = text; *s;) {
-                const char *nl = strchr(s, '\n');
-                size_t len = nl ? (size_t)(nl - s) : strlen(s);
-
-                if (len > POLICY_MAX_LINE) {
-                        loader_fail(&l, "line longer than %d characters", POLICY_MAX_LINE);
-                        goto invalid;
-                }
-                if (!nl)
-                        break;
-                s = nl + 1;
-                line++;
-        }
-
         l.policy = p;
-        r = ini_parse_string(text, handler, &l);
-        if (r != 0 || l.error) {
-                line = r > 0 ? (unsigned)r : 0;
-                if (!l.error)
-                        loader_fail(&l, "syntax error");
-                goto invalid;
-        }
-        r = check_rules(&l);
-        if (r == -ENOMEM)
-                return r;
-        if (r < 0) {
-                line = 0;
-                goto invalid;
-        }
+
+        r = conf_parse_ini(name, text, size, POLICY_MAX_LINE, NULL, handle_assignment, &l, l.diag);
+        if (r >= 0 && !l.oom)
+                check_rules(&l);
+        conf_diagnostics_done(&own_diag);
+        if (r < 0 || l.oom)
+                return -ENOMEM;
+        if (l.diag->n_found > n_found_before)
+                return -EINVAL;
         *ret = TAKE_PTR(p);
         return 0;
-
-invalid:
-        if (ret_error) {
-                char *msg = NULL;
-
-                if (line > 0 ? asprintf(&msg, "%s:%u: %s", name, line, l.error ? l.error : "?") < 0
-                             : asprintf(&msg, "%s: %s", name, l.error ? l.error : "?") < 0)
-                        msg = NULL;
-                *ret_error = msg;
-        }
-        free(l.error);
-        return -EINVAL;
 }
 
-int policy_load_file(const char *path, struct policy **ret, char **ret_error)
+int policy_load_string(const char *name, const char *text, struct policy **ret,
+                       struct conf_diagnostics *diag)
+{
+        assert(text);
+        return load_buffer(name, text, strlen(text), ret, diag);
+}
+
+int policy_load_file(const char *path, struct policy **ret, struct conf_diagnostics *diag)
 {
         _cleanup_free_ char *text = NULL;
         size_t len = 0;
@@ -428,14 +441,8 @@ int policy_load_file(const char *path, struct policy **ret, char **ret_error)
                 return -EINVAL; /* as any other thing that is not a file */
         if (r < 0)
                 return r;
-        if (strlen(text) != len) {
-                if (ret_error && asprintf(ret_error, "%s: contains NUL bytes", path) < 0)
-                        *ret_error = NULL;
-                return -EINVAL;
-        }
-        return policy_load_string(path, text, ret, ret_error);
+        return load_buffer(path, text, len, ret, diag);
 }
-
 /* ---- what the policy says about a unit */
 
 bool policy_unit_allowed(const struct policy *p, const char *unit)

@@ -47,9 +47,11 @@
 #define POLICY_MAX_ALLOWLIST 64
 #define POLICY_MAX_UNITS     64 /* [unit.*] sections */
 #define POLICY_MAX_VALUE     1024
+#define POLICY_MAX_LINE      190  /* characters, newline excluded */
 #define POLICY_BUDGET_WINDOW 3600 /* seconds: the budget is per hour */
 
 struct webhook_alert;
+struct conf_diagnostics;
 
 enum policy_action {
         POLICY_ACTION_RESTART,
@@ -128,14 +130,15 @@ void policy_free(struct policy *p);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct policy *, policy_free)
 
 /* Load a policy file. Returns 0 and *ret, or -ENOENT, -EFBIG (larger than
- * POLICY_MAX_FILE_SIZE), -EINVAL for a problem described in *ret_error
- * ("path:line: message", malloc()ed, may be NULL on OOM; ret_error may be
- * NULL), -ENOMEM or another errno of reading. Unknown sections and keys,
- * out-of-range numbers, rules without a unit or unit_label, and more than
- * the limits are errors. */
-int policy_load_file(const char *path, struct policy **ret, char **ret_error);
+ * POLICY_MAX_FILE_SIZE), -EINVAL after recording every problem in diag
+ * (each with the file, its line, section and key; diag may be NULL),
+ * -ENOMEM or another errno of reading. Unknown sections and keys,
+ * out-of-range numbers, rules without a unit or unit_label, lines longer
+ * than POLICY_MAX_LINE and more than the limits are errors. */
+int policy_load_file(const char *path, struct policy **ret, struct conf_diagnostics *diag);
 /* The same from memory (NUL-terminated); name appears in errors. */
-int policy_load_string(const char *name, const char *text, struct policy **ret, char **ret_error);
+int policy_load_string(const char *name, const char *text, struct policy **ret,
+                       struct conf_diagnostics *diag);
 
 /* Whether unit is a well-formed unit name (letters, digits, ":-_.\@",
  * at most STATE_UNIT_MAX bytes, ending in ".service") on the allowlist,

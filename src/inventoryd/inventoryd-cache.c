@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "local-cache.h"
+#include "log.h"
 #include "redis.h"
 
 #define KEY_MAX          (CACHE_PREFIX_MAX + CACHE_NAME_MAX + 16)
@@ -294,6 +295,8 @@ static int rebuild(void *userdata, char **ret_value, size_t *ret_len)
                 return b->build(b->userdata, ret_value, ret_len);
 
         if (locked == 0) {
+                log_debug("Cache %s: another process is rebuilding it; waiting up to %u ms",
+                          b->name, c->wait_ms);
                 /* Another process rebuilds: poll for its value, briefly. */
                 for (unsigned waited = 0; waited < c->wait_ms; waited += POLL_INTERVAL_MS) {
                         struct timespec ts = {.tv_nsec = POLL_INTERVAL_MS * 1000000L};
@@ -340,6 +343,7 @@ int cache_get(struct cache *c, const char *name, cache_build_fn build, void *use
 
         format_key(key, c, "", name);
         if (local_cache_get(c->local, key, &value, &len, &ticket) >= 0) {
+                log_debug("Cache %s: hit in memory", name);
                 *ret_value = value;
                 *ret_len = len;
                 *ret_hit = true;
@@ -348,19 +352,33 @@ int cache_get(struct cache *c, const char *name, cache_build_fn build, void *use
         if (!bypassed(c)) {
                 r = read_value(c, name, &value, &len, b.gen);
                 if (r >= 0 && value) {
+                        log_debug("Cache %s: hit in Redis", name);
                         local_cache_put(c->local, key, value, len, ticket, 0);
                         *ret_value = value;
                         *ret_len = len;
                         *ret_hit = true;
                         return 0;
                 }
-        }
+                if (r < 0)
+                        log_debug("Cache %s: Redis failed (%s); reading the database", name,
+                                  strerror(-r));
+                else
+                        log_debug("Cache %s: miss", name);
+        } else
+                log_debug("Cache %s: Redis is bypassed after a failure; reading the database",
+                          name);
 
         /* Followers wait as long as the leader may legitimately take. */
         r = singleflight_do(c->flights, name, c->lock_ms + c->wait_ms, rebuild, &b, &value, &len,
                             &shared);
-        if (r < 0)
+        if (r < 0) {
+                log_debug("Cache %s: rebuilding failed: %s", name, strerror(-r));
                 return r;
+        }
+        log_debug("Cache %s: %s", name,
+                  shared  ? "took the value another request of this process rebuilt"
+                  : b.hit ? "took the value another process rebuilt"
+                          : "rebuilt from the database");
         /* Read after the ticket was taken: kept unless invalidated since. */
         local_cache_put(c->local, key, value, len, ticket, 0);
         *ret_value = value;

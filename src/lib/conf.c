@@ -43,16 +43,24 @@ struct loader {
         size_t n_keys;
         void *config;
         struct conf_diagnostics *diag;
-        size_t n_errors; /* counted even when not stored */
-        int hard_error;  /* first error that is not a plain -EINVAL */
+        size_t n_found_before; /* diag->n_found when this load started */
+        int hard_error;        /* first error that is not a plain -EINVAL */
+};
 
-        /* The buffer being parsed, and where the reader is. */
+/* One INI text being parsed by libinih through read_line(). */
+struct ini_reader {
         const char *file;
         const char *pos, *end;
         unsigned line;
+        size_t max_line;
+        const char *long_line_hint;
         bool expect_handler; /* the last line read was a key line */
         bool handler_called;
         unsigned last_error_line; /* last line with a syntax/reader error */
+        conf_ini_handler_t handler;
+        void *userdata;
+        struct conf_diagnostics *diag;
+        bool oom;
 };
 
 static void set_hard_error(struct loader *l, int r)
@@ -82,21 +90,19 @@ static void error_done(struct conf_error *e)
         free(e->message);
 }
 
-/* Record one error. section and key may be NULL (or "" for none). */
-_printf_(6, 7) static void record_error(struct loader *l, const char *file, unsigned line,
-                                        const char *section, const char *key, const char *format,
-                                        ...)
+_printf_(6, 0) static int diagnostics_vadd(struct conf_diagnostics *diag, const char *file,
+                                           unsigned line, const char *section, const char *key,
+                                           const char *format, va_list ap)
 {
         struct conf_error e = {0}, *errors;
         bool oom = false;
-        va_list ap;
-        int r;
 
-        l->n_errors++;
-        if (!l->diag || l->n_errors > CONF_MAX_ERRORS + 1)
-                return;
+        assert(diag);
+        diag->n_found++;
+        if (diag->n_errors > CONF_MAX_ERRORS)
+                return 0;
 
-        if (l->n_errors == CONF_MAX_ERRORS + 1) {
+        if (diag->n_errors == CONF_MAX_ERRORS) {
                 /* The last stored entry says that more were left out. */
                 e.message = strdup("too many errors, further ones not reported");
                 if (!e.message)
@@ -104,10 +110,7 @@ _printf_(6, 7) static void record_error(struct loader *l, const char *file, unsi
                 file = NULL;
                 line = 0;
         } else {
-                va_start(ap, format);
-                r = vasprintf(&e.message, format, ap);
-                va_end(ap);
-                if (r < 0) {
+                if (vasprintf(&e.message, format, ap) < 0) {
                         e.message = NULL;
                         oom = true;
                 }
@@ -118,15 +121,56 @@ _printf_(6, 7) static void record_error(struct loader *l, const char *file, unsi
         e.line = line;
 
         if (!oom) {
-                errors = reallocarray(l->diag->errors, l->diag->n_errors + 1, sizeof(*errors));
+                errors = reallocarray(diag->errors, diag->n_errors + 1, sizeof(*errors));
                 if (errors) {
-                        l->diag->errors = errors;
-                        l->diag->errors[l->diag->n_errors++] = e;
-                        return;
+                        diag->errors = errors;
+                        diag->errors[diag->n_errors++] = e;
+                        return 0;
                 }
         }
         error_done(&e);
-        set_hard_error(l, -ENOMEM);
+        return -ENOMEM;
+}
+
+int conf_diagnostics_add(struct conf_diagnostics *diag, const char *file, unsigned line,
+                         const char *section, const char *key, const char *format, ...)
+{
+        va_list ap;
+        int r;
+
+        va_start(ap, format);
+        r = diagnostics_vadd(diag, file, line, section, key, format, ap);
+        va_end(ap);
+        return r;
+}
+
+/* Record one error of this load. section and key may be NULL (or "" for
+ * none). */
+_printf_(6, 7) static void record_error(struct loader *l, const char *file, unsigned line,
+                                        const char *section, const char *key, const char *format,
+                                        ...)
+{
+        va_list ap;
+        int r;
+
+        va_start(ap, format);
+        r = diagnostics_vadd(l->diag, file, line, section, key, format, ap);
+        va_end(ap);
+        if (r < 0)
+                set_hard_error(l, r);
+}
+
+/* The same for the INI reader. */
+_printf_(3, 4) static void reader_error(struct ini_reader *ir, unsigned line, const char *format,
+                                        ...)
+{
+        va_list ap;
+
+        ir->last_error_line = line;
+        va_start(ap, format);
+        if (diagnostics_vadd(ir->diag, ir->file, line, NULL, NULL, format, ap) < 0)
+                ir->oom = true;
+        va_end(ap);
 }
 
 /* Describe value for an error message: quoted when short and printable,
@@ -214,6 +258,30 @@ static int _printf_(3, 4) refuse(char *msg, size_t msg_size, const char *format,
         return -EINVAL;
 }
 
+static bool choice_is_valid(const struct conf_key *k, const char *value)
+{
+        for (const char *const *c = k->choices; c && *c; c++)
+                if (strcasecmp(value, *c) == 0)
+                        return true;
+        return false;
+}
+
+/* "expected one of debug, info, …, got "loud"": every allowed value, so
+ * the operator need not look them up. */
+static int refuse_choice(const struct conf_key *k, const char *value, char *msg, size_t msg_size)
+{
+        char quoted[QUOTE_MAX + 3];
+        size_t n;
+
+        n = (size_t)snprintf(msg, msg_size, "expected one of");
+        for (const char *const *c = k->choices; c && *c && n < msg_size; c++)
+                n += (size_t)snprintf(msg + n, msg_size - n, "%s %s", c == k->choices ? "" : ",",
+                                      *c);
+        if (n < msg_size)
+                snprintf(msg + n, msg_size - n, ", got %s", quote_value(value, quoted));
+        return -EINVAL;
+}
+
 /* Parse value for k and store it in config. Returns 0, -ENOMEM, or
  * -EINVAL with a message in msg. */
 static int apply_value(const struct conf_key *k, const char *value, void *config, char *msg,
@@ -260,6 +328,19 @@ static int apply_value(const struct conf_key *k, const char *value, void *config
                                       k->max);
                 *(double *)field_of(k, config) = d;
                 return 0;
+        case CONF_TYPE_ENUM: {
+                char **field = field_of(k, config);
+                char *copy;
+
+                if (!choice_is_valid(k, value))
+                        return refuse_choice(k, value, msg, msg_size);
+                copy = strdup(value);
+                if (!copy)
+                        return -ENOMEM;
+                free(*field);
+                *field = copy;
+                return 0;
+        }
         case CONF_TYPE_BOOL:
                 if (parse_bool(value, &b) < 0)
                         return refuse(
@@ -304,6 +385,7 @@ static void apply_defaults(struct loader *l)
 
                 switch (k->type) {
                 case CONF_TYPE_STRING:
+                case CONF_TYPE_ENUM:
                         *(char **)field = NULL;
                         break;
                 case CONF_TYPE_INT:
@@ -345,46 +427,46 @@ static const struct conf_key *find_key(const struct loader *l, const char *secti
         return NULL;
 }
 
-/* libinih's handler: one "key = value" of the current buffer. Always
- * succeeds, errors are recorded here. */
-static int handle_assignment(void *user, const char *section, const char *name, const char *value)
+/* One "key = value" of a file being loaded. */
+static void handle_assignment(void *userdata, const char *file, unsigned line, const char *section,
+                              const char *name, const char *value)
 {
-        struct loader *l = user;
+        struct loader *l = userdata;
         const struct conf_key *k;
         bool section_known;
 
-        l->handler_called = true;
-        if (!name || !value)
-                return 1;
-
         if (!*section) {
-                record_error(l, l->file, l->line, NULL, name,
-                             "assignment outside of any [section]");
-                return 1;
+                record_error(l, file, line, NULL, name, "assignment outside of any [section]");
+                return;
         }
         k = find_key(l, section, name, &section_known);
         if (!k) {
-                record_error(l, l->file, l->line, section, name, "unknown %s",
+                record_error(l, file, line, section, name, "unknown %s",
                              section_known ? "key" : "section");
-                return 1;
+                return;
         }
-        assign(l, k, value, l->file, l->line, NULL);
+        assign(l, k, value, file, line, NULL);
+}
+
+/* libinih's handler: passes the assignment on with its line. Always
+ * succeeds: errors are recorded, and parsing goes on. */
+static int call_handler(void *user, const char *section, const char *name, const char *value)
+{
+        struct ini_reader *ir = user;
+
+        ir->handler_called = true;
+        if (name && value)
+                ir->handler(ir->userdata, ir->file, ir->line, section, name, value);
         return 1;
 }
 
-static void syntax_error(struct loader *l, unsigned line, const char *message)
-{
-        l->last_error_line = line;
-        record_error(l, l->file, line, NULL, NULL, "%s", message);
-}
-
 /* After libinih processed a key line, it must have called the handler. */
-static void check_key_line(struct loader *l)
+static void check_key_line(struct ini_reader *ir)
 {
-        if (l->expect_handler && !l->handler_called)
-                syntax_error(l, l->line, "expected \"key = value\" or \"[section]\"");
-        l->expect_handler = false;
-        l->handler_called = false;
+        if (ir->expect_handler && !ir->handler_called)
+                reader_error(ir, ir->line, "expected \"key = value\" or \"[section]\"");
+        ir->expect_handler = false;
+        ir->handler_called = false;
 }
 
 /* Mirrors libinih's rule for a section header: a ']' before any inline
@@ -409,24 +491,24 @@ static bool section_header_is_valid(const char *s)
  * so line numbers stay right. */
 static char *read_line(char *str, int num, void *stream)
 {
-        struct loader *l = stream;
+        struct ini_reader *ir = stream;
         const char *start, *eol, *next;
         size_t len, max;
 
-        check_key_line(l);
-        if (l->pos >= l->end || num < 3)
+        check_key_line(ir);
+        if (ir->pos >= ir->end || num < 3)
                 return NULL;
 
-        start = l->pos;
-        eol = memchr(start, '\n', (size_t)(l->end - start));
-        next = eol ? eol + 1 : l->end;
+        start = ir->pos;
+        eol = memchr(start, '\n', (size_t)(ir->end - start));
+        next = eol ? eol + 1 : ir->end;
         if (!eol)
-                eol = l->end;
-        l->pos = next;
-        l->line++;
+                eol = ir->end;
+        ir->pos = next;
+        ir->line++;
 
         /* A UTF-8 byte order mark, as libinih would skip it. */
-        if (l->line == 1 && eol - start >= 3 && memcmp(start, "\xEF\xBB\xBF", 3) == 0)
+        if (ir->line == 1 && eol - start >= 3 && memcmp(start, "\xEF\xBB\xBF", 3) == 0)
                 start += 3;
         while (start < eol && isspace((unsigned char)*start))
                 start++;
@@ -434,16 +516,13 @@ static char *read_line(char *str, int num, void *stream)
         if (len > 0 && start[len - 1] == '\r')
                 len--;
 
-        max = (size_t)num - 2 < CONF_MAX_LINE ? (size_t)num - 2 : CONF_MAX_LINE;
+        max = (size_t)num - 2 < ir->max_line ? (size_t)num - 2 : ir->max_line;
         if (memchr(start, '\0', len)) {
-                syntax_error(l, l->line, "line contains a NUL byte");
+                reader_error(ir, ir->line, "line contains a NUL byte");
                 len = 0;
         } else if (len > max) {
-                l->last_error_line = l->line;
-                record_error(l, l->file, l->line, NULL, NULL,
-                             "line too long (%zu characters, at most %zu); "
-                             "use the environment for longer values",
-                             len, max);
+                reader_error(ir, ir->line, "line too long (%zu characters, at most %zu)%s", len,
+                             max, ir->long_line_hint ? ir->long_line_hint : "");
                 len = 0;
         }
 
@@ -456,48 +535,70 @@ static char *read_line(char *str, int num, void *stream)
         else if (str[0] == '[') {
                 str[len] = '\0';
                 if (!section_header_is_valid(str))
-                        syntax_error(l, l->line, "expected \"[section]\"");
+                        reader_error(ir, ir->line, "expected \"[section]\"");
                 str[len] = '\n';
         } else
-                l->expect_handler = true;
+                ir->expect_handler = true;
 
         return str;
+}
+
+int conf_parse_ini(const char *name, const void *data, size_t size, size_t max_line,
+                   const char *long_line_hint, conf_ini_handler_t handler, void *userdata,
+                   struct conf_diagnostics *diag)
+{
+        struct ini_reader ir = {
+                .file = name,
+                .pos = data,
+                .end = (const char *)data + size,
+                .max_line = max_line,
+                .long_line_hint = long_line_hint,
+                .handler = handler,
+                .userdata = userdata,
+                .diag = diag,
+        };
+        int r;
+
+        assert(name);
+        assert(data || size == 0);
+        assert(handler);
+        assert(diag);
+
+        if (size > CONF_MAX_FILE_SIZE)
+                return conf_diagnostics_add(diag, name, 0, NULL, NULL,
+                                            "file too large (%zu bytes, at most %u)", size,
+                                            CONF_MAX_FILE_SIZE);
+        if (size == 0)
+                ir.pos = ir.end = "";
+
+        r = ini_parse_stream(read_line, &ir, call_handler, &ir);
+        check_key_line(&ir);
+        if (r == -2)
+                return -ENOMEM;
+        if (r > 0 && (unsigned)r != ir.last_error_line) {
+                /* Caught by libinih but not by the checks above. */
+                bool seen = false;
+
+                for (size_t i = 0; i < diag->n_errors; i++)
+                        if (diag->errors[i].line == (unsigned)r && diag->errors[i].file &&
+                            strcmp(diag->errors[i].file, name) == 0)
+                                seen = true;
+                if (!seen)
+                        reader_error(&ir, (unsigned)r, "syntax error");
+        }
+        return ir.oom ? -ENOMEM : 0;
 }
 
 static void parse_buffer(struct loader *l, const char *file, const char *data, size_t size)
 {
         int r;
 
-        l->file = file;
-        l->pos = data;
-        l->end = data + size;
-        l->line = 0;
-        l->expect_handler = l->handler_called = false;
-        l->last_error_line = 0;
-
-        if (size > CONF_MAX_FILE_SIZE) {
-                record_error(l, file, 0, NULL, NULL, "file too large (%zu bytes, at most %u)", size,
-                             CONF_MAX_FILE_SIZE);
-                return;
-        }
-
-        r = ini_parse_stream(read_line, l, handle_assignment, l);
-        check_key_line(l);
-        if (r == -2)
-                set_hard_error(l, -ENOMEM);
-        else if (r > 0 && (unsigned)r != l->last_error_line && l->diag) {
-                /* Caught by libinih but not by the checks above. */
-                bool seen = false;
-
-                for (size_t i = 0; i < l->diag->n_errors; i++)
-                        if (l->diag->errors[i].line == (unsigned)r && l->diag->errors[i].file &&
-                            strcmp(l->diag->errors[i].file, file) == 0)
-                                seen = true;
-                if (!seen)
-                        record_error(l, file, (unsigned)r, NULL, NULL, "syntax error");
-        }
+        r = conf_parse_ini(file, data, size, CONF_MAX_LINE,
+                           "; use the environment for longer values", handle_assignment, l,
+                           l->diag);
+        if (r < 0)
+                set_hard_error(l, r);
 }
-
 /* Load one file. Returns -ENOENT without recording anything when it does
  * not exist; any other problem is recorded. */
 static int load_file(struct loader *l, const char *path)
@@ -653,17 +754,20 @@ static void loader_start(struct loader *l, const struct conf_key *table, size_t 
                 .n_keys = n_keys,
                 .config = config,
                 .diag = diag,
+                .n_found_before = diag->n_found,
         };
         apply_defaults(l);
 }
 
 static int finish(struct loader *l, struct conf_diagnostics *own_diag)
 {
+        bool found = l->diag->n_found > l->n_found_before;
+
         if (own_diag)
                 conf_diagnostics_done(own_diag);
         if (l->hard_error < 0)
                 return l->hard_error;
-        return l->n_errors > 0 ? -EINVAL : 0;
+        return found ? -EINVAL : 0;
 }
 
 int conf_load(const struct conf_key *table, size_t n_keys, const char *path, bool required,
@@ -703,7 +807,7 @@ void conf_free(const struct conf_key *table, size_t n_keys, void *config)
         if (!config)
                 return;
         for (size_t i = 0; i < n_keys; i++) {
-                if (table[i].type != CONF_TYPE_STRING)
+                if (table[i].type != CONF_TYPE_STRING && table[i].type != CONF_TYPE_ENUM)
                         continue;
                 char **field = field_of(&table[i], config);
                 free(*field);
@@ -720,6 +824,7 @@ void conf_diagnostics_done(struct conf_diagnostics *diag)
         free(diag->errors);
         diag->errors = NULL;
         diag->n_errors = 0;
+        diag->n_found = 0;
 }
 
 char *conf_error_format(const struct conf_error *e)

@@ -12,11 +12,14 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "macro.h"
+
 enum conf_type {
         CONF_TYPE_STRING, /* char *, max length in .max (0: 4096) */
         CONF_TYPE_INT,    /* int64_t within [.min, .max] */
         CONF_TYPE_DOUBLE, /* double within [.min, .max] */
         CONF_TYPE_BOOL,   /* bool: true/false/yes/no/on/off/1/0 */
+        CONF_TYPE_ENUM,   /* char *: one of .choices (any case), stored as written */
 };
 
 struct conf_key {
@@ -32,30 +35,41 @@ struct conf_key {
          * bytes). check_data is passed along. */
         int (*check)(const char *value, const void *check_data, char *msg, size_t size);
         const void *check_data;
+        const char *const *choices; /* CONF_TYPE_ENUM: the allowed values, NULL-terminated */
 };
 
-#define CONF_STRING(sect, name, def, maxlen, type, field, text)                                    \
+#define CONF_STRING(sect, name, def, maxlen, struct_type, field, text)                             \
         {                                                                                          \
-                sect, name, CONF_TYPE_STRING, def, 0, maxlen, offsetof(type, field), text, NULL,   \
-                        NULL                                                                       \
+                .section = sect, .key = name, .type = CONF_TYPE_STRING, .default_value = def,      \
+                .max = maxlen, .offset = offsetof(struct_type, field), .help = text                \
         }
 /* A string that check(value, data, …) must accept, when not empty. */
-#define CONF_STRING_CHECKED(sect, name, def, maxlen, type, field, text, check_fn, data)            \
+#define CONF_STRING_CHECKED(sect, name, def, maxlen, struct_type, field, text, check_fn, data)     \
         {                                                                                          \
-                sect, name, CONF_TYPE_STRING, def, 0, maxlen, offsetof(type, field), text,         \
-                        check_fn, data                                                             \
+                .section = sect, .key = name, .type = CONF_TYPE_STRING, .default_value = def,      \
+                .max = maxlen, .offset = offsetof(struct_type, field), .help = text,               \
+                .check = check_fn, .check_data = data                                              \
         }
-#define CONF_INT(sect, name, def, lo, hi, type, field, text)                                       \
+#define CONF_INT(sect, name, def, lo, hi, struct_type, field, text)                                \
         {                                                                                          \
-                sect, name, CONF_TYPE_INT, def, lo, hi, offsetof(type, field), text, NULL, NULL    \
+                .section = sect, .key = name, .type = CONF_TYPE_INT, .default_value = def,         \
+                .min = lo, .max = hi, .offset = offsetof(struct_type, field), .help = text         \
         }
-#define CONF_DOUBLE(sect, name, def, lo, hi, type, field, text)                                    \
+#define CONF_DOUBLE(sect, name, def, lo, hi, struct_type, field, text)                             \
         {                                                                                          \
-                sect, name, CONF_TYPE_DOUBLE, def, lo, hi, offsetof(type, field), text, NULL, NULL \
+                .section = sect, .key = name, .type = CONF_TYPE_DOUBLE, .default_value = def,      \
+                .min = lo, .max = hi, .offset = offsetof(struct_type, field), .help = text         \
         }
-#define CONF_BOOL(sect, name, def, type, field, text)                                              \
+#define CONF_BOOL(sect, name, def, struct_type, field, text)                                       \
         {                                                                                          \
-                sect, name, CONF_TYPE_BOOL, def, 0, 1, offsetof(type, field), text, NULL, NULL     \
+                .section = sect, .key = name, .type = CONF_TYPE_BOOL, .default_value = def,        \
+                .max = 1, .offset = offsetof(struct_type, field), .help = text                     \
+        }
+/* values: a NULL-terminated array of the allowed values. */
+#define CONF_ENUM(sect, name, def, values, struct_type, field, text)                               \
+        {                                                                                          \
+                .section = sect, .key = name, .type = CONF_TYPE_ENUM, .default_value = def,        \
+                .offset = offsetof(struct_type, field), .help = text, .choices = values            \
         }
 
 /* One problem found while loading, e.g.
@@ -71,7 +85,8 @@ struct conf_error {
 
 struct conf_diagnostics {
         struct conf_error *errors;
-        size_t n_errors;
+        size_t n_errors; /* stored: at most CONF_MAX_ERRORS + 1 */
+        size_t n_found;  /* recorded, stored or not */
 };
 
 /* Limits on what one load reads. A longer line is an error (libinih would
@@ -114,6 +129,32 @@ int conf_load_buffer(const struct conf_key *table, size_t n_keys, const char *na
 /* Free the strings of a loaded config (not config itself). */
 void conf_free(const struct conf_key *table, size_t n_keys, void *config);
 void conf_diagnostics_done(struct conf_diagnostics *diag);
+/* Record one error in diag: file (NULL: none), line (0: none), section
+ * and key (NULL or "" for none) and a printf-style message. After
+ * CONF_MAX_ERRORS stored entries one last entry says that more were left
+ * out; later ones are only counted (n_found). Returns 0 or -ENOMEM. */
+int conf_diagnostics_add(struct conf_diagnostics *diag, const char *file, unsigned line,
+                         const char *section, const char *key, const char *format, ...)
+        _printf_(6, 7);
+
+/* Called for each "key = value" of an INI text, with the text's name and
+ * the line it is on. Problems it finds it records itself. */
+typedef void (*conf_ini_handler_t)(void *userdata, const char *file, unsigned line,
+                                   const char *section, const char *key, const char *value);
+
+/* Parse INI text (size bytes, need not be NUL-terminated) with libinih as
+ * conf_load() reads every file, calling handler for each assignment, and
+ * record every syntax error in diag with name and line: lines longer than
+ * max_line characters (long_line_hint, e.g. "; use …", is appended to that
+ * message; NULL: nothing), NUL bytes, lines that are neither a comment, a
+ * [section] nor key = value. Leading whitespace is dropped, so there are
+ * no continuation lines. Parsing always goes on to the end: compare
+ * diag->n_found before and after to know whether anything was wrong.
+ * Returns 0 or -ENOMEM. */
+int conf_parse_ini(const char *name, const void *data, size_t size, size_t max_line,
+                   const char *long_line_hint, conf_ini_handler_t handler, void *userdata,
+                   struct conf_diagnostics *diag);
+
 /* Format one error as "file:line: [section] key: message" into a malloc()ed
  * string ("file: message" when line is 0, section or key parts left out
  * when NULL). Returns NULL on allocation failure. */

@@ -15,18 +15,13 @@
 #include "macro.h"
 #include "sd.h"
 
-/* Load config from path into a zeroed struct of ops->config_size. On failure
- * every problem is logged and the struct is freed. */
-static int load_config(const struct daemon_ops *ops, const char *path, bool required, void **ret)
+/* Load path into config (zeroed, ops->config_size bytes), logging every
+ * problem with its file and line. The caller conf_free()s config. */
+static int load_config_into(const struct daemon_ops *ops, const char *path, bool required,
+                            void *config)
 {
-        _cleanup_free_ void *config = NULL;
         struct conf_diagnostics diag = {0};
-        const struct daemon_config *common;
         int r;
-
-        config = calloc(1, ops->config_size);
-        if (!config)
-                return log_error_errno(ENOMEM, "Out of memory");
 
         r = conf_load(ops->conf_table, ops->n_conf_keys, path, required, config, &diag);
         for (size_t i = 0; i < diag.n_errors; i++) {
@@ -38,12 +33,21 @@ static int load_config(const struct daemon_ops *ops, const char *path, bool requ
                 log_error("Configuration file %s not found", path);
         else if (r < 0 && r != -EINVAL)
                 log_error_errno(r, "Failed to load %s: %m", path);
+        return r;
+}
 
-        common = config;
-        if (r >= 0 && log_level_from_string(common->log_level) < 0) {
-                log_error("[log] level: unknown level \"%s\"", common->log_level);
-                r = -EINVAL;
-        }
+/* Load config from path into a zeroed struct of ops->config_size. On failure
+ * every problem is logged and the struct is freed. */
+static int load_config(const struct daemon_ops *ops, const char *path, bool required, void **ret)
+{
+        _cleanup_free_ void *config = NULL;
+        int r;
+
+        config = calloc(1, ops->config_size);
+        if (!config)
+                return log_error_errno(ENOMEM, "Out of memory");
+
+        r = load_config_into(ops, path, required, config);
         if (r < 0) {
                 conf_free(ops->conf_table, ops->n_conf_keys, config);
                 return r;
@@ -51,6 +55,29 @@ static int load_config(const struct daemon_ops *ops, const char *path, bool requ
 
         *ret = TAKE_PTR(config);
         return 0;
+}
+
+/* --check-config: every problem of the configuration and of what it names
+ * (ops->check_config), logged. A file with errors still names those other
+ * files (the bad values are left at their defaults): they are checked too,
+ * so that one run lists every problem. */
+static int check_config(const struct daemon_ops *ops, const char *path, bool required)
+{
+        _cleanup_free_ void *config = NULL;
+        int r, q;
+
+        config = calloc(1, ops->config_size);
+        if (!config)
+                return log_error_errno(ENOMEM, "Out of memory");
+
+        r = load_config_into(ops, path, required, config);
+        if ((r >= 0 || r == -EINVAL) && ops->check_config) {
+                q = ops->check_config(config);
+                if (r >= 0)
+                        r = q;
+        }
+        conf_free(ops->conf_table, ops->n_conf_keys, config);
+        return r;
 }
 
 static void free_config(const struct daemon_ops *ops, void *config)
@@ -276,14 +303,15 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
         log_open(ops->name);
         limit_heap_growth();
 
+        if (check_only) {
+                if (check_config(ops, path, required) < 0)
+                        return EXIT_FAILURE;
+                printf("%s: configuration OK\n", path);
+                return EXIT_SUCCESS;
+        }
         r = load_config(ops, path, required, &config);
         if (r < 0)
                 return EXIT_FAILURE;
-        if (check_only) {
-                printf("%s: configuration OK\n", path);
-                free_config(ops, config);
-                return EXIT_SUCCESS;
-        }
         apply_log_level(config);
 
         /* Before any thread exists, so all inherit the mask. */

@@ -24,6 +24,7 @@
 
 #include "conf.h"
 #include "faults.h"
+#include "log.h"
 #include "macro.h"
 
 struct http_route;
@@ -78,8 +79,8 @@ struct daemon_config {
                             "OTLP/HTTP traces endpoint; empty disables export"),                   \
                 CONF_DOUBLE("tracing", "sample_ratio", "1.0", 0.0, 1.0, type,                      \
                             common.tracing_sample_ratio, "Share of new traces that are recorded"), \
-                CONF_STRING("log", "level", "info", 16, type, common.log_level,                    \
-                            "debug, info, notice, warning, err, crit, alert or emerg")
+                CONF_ENUM("log", "level", "info", log_level_choices, type, common.log_level,       \
+                          "debug, info, notice, warning, err, crit, alert or emerg")
 
 struct daemon_postgres_config {
         char *dsn;
@@ -223,6 +224,12 @@ struct daemon_ops {
         size_t max_body;           /* 0: the HTTP server's default */
         uint64_t max_request_usec; /* a request running longer is hung */
         unsigned drain_timeout_ms; /* in-flight requests get this long at SIGTERM */
+
+        /* --check-config: check what the loaded configuration names besides
+         * its own keys (alertbotd's policy file), logging every problem
+         * with its file and line. Returns 0 or a negative errno. May be
+         * NULL. */
+        int (*check_config)(const void *config);
 
         /* The manager: manager_size zeroed bytes, filled by manager_init
          * once the dependencies exist (d->config is the daemon's config).

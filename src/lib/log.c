@@ -29,6 +29,10 @@ static const char *const level_names[] = {
         [LOG_INFO] = "info",   [LOG_DEBUG] = "debug",
 };
 
+const char *const log_level_choices[] = {
+        "debug", "info", "notice", "warning", "err", "error", "crit", "alert", "emerg", NULL,
+};
+
 static atomic_int max_level = LOG_INFO;
 static atomic_int target = LOG_TARGET_STDERR;
 static char identifier[LOG_IDENTIFIER_MAX + 1];

@@ -52,6 +52,9 @@ int log_get_max_level(void);
 /* "debug", "info", "notice", "warning", "err"/"error", "crit", "alert",
  * "emerg" (any case) → LOG_* priority, or -EINVAL (also for NULL). */
 int log_level_from_string(const char *s);
+/* The names log_level_from_string() takes, NULL-terminated: the choices of
+ * a [log] level key. */
+extern const char *const log_level_choices[];
 
 /* Log one entry. error, when non-zero, is an errno (sign ignored) that %m
  * expands to and that is added as ERRNO= (errno= on stderr); with error 0,
@@ -67,10 +70,18 @@ int log_fields(int priority, int error, const struct log_field *fields, size_t n
                const char *format, ...) _printf_(5, 6);
 
 #define log_full_errno(prio, error, ...) log_fields((prio), (error), NULL, 0, __VA_ARGS__)
-#define log_debug(...)                   log_full_errno(LOG_DEBUG, 0, __VA_ARGS__)
-#define log_info(...)                    log_full_errno(LOG_INFO, 0, __VA_ARGS__)
-#define log_notice(...)                  log_full_errno(LOG_NOTICE, 0, __VA_ARGS__)
-#define log_warning(...)                 log_full_errno(LOG_WARNING, 0, __VA_ARGS__)
-#define log_error(...)                   log_full_errno(LOG_ERR, 0, __VA_ARGS__)
-#define log_warning_errno(error, ...)    log_full_errno(LOG_WARNING, (error), __VA_ARGS__)
-#define log_error_errno(error, ...)      log_full_errno(LOG_ERR, (error), __VA_ARGS__)
+/* Whether debug entries are wanted: one relaxed atomic load. */
+#define log_debug_enabled() (log_get_max_level() >= LOG_DEBUG)
+/* Debug entries cost nothing when the level is above debug: the arguments
+ * are not even evaluated. A statement, not an expression. */
+#define log_debug(...)                                                                             \
+        do {                                                                                       \
+                if (log_debug_enabled())                                                           \
+                        log_full_errno(LOG_DEBUG, 0, __VA_ARGS__);                                 \
+        } while (0)
+#define log_info(...)                 log_full_errno(LOG_INFO, 0, __VA_ARGS__)
+#define log_notice(...)               log_full_errno(LOG_NOTICE, 0, __VA_ARGS__)
+#define log_warning(...)              log_full_errno(LOG_WARNING, 0, __VA_ARGS__)
+#define log_error(...)                log_full_errno(LOG_ERR, 0, __VA_ARGS__)
+#define log_warning_errno(error, ...) log_full_errno(LOG_WARNING, (error), __VA_ARGS__)
+#define log_error_errno(error, ...)   log_full_errno(LOG_ERR, (error), __VA_ARGS__)

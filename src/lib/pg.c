@@ -138,7 +138,7 @@ int pg_pool_new(const struct pg_pool_options *opts, struct pg_pool **ret)
                 return -ENOMEM;
         for (unsigned i = 0; i < p->size; i++)
                 p->slots[i].pool = p;
-        r = slot_pool_init(&p->sp, p->size);
+        r = slot_pool_init(&p->sp, "postgres", p->size);
         if (r < 0)
                 return r;
 

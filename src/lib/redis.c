@@ -162,7 +162,7 @@ int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **re
         p->slots = calloc(p->size, sizeof(*p->slots));
         if (!p->slots)
                 return -ENOMEM;
-        r = slot_pool_init(&p->sp, p->size);
+        r = slot_pool_init(&p->sp, "redis", p->size);
         if (r < 0)
                 return r;
         r = parse_address(p, opts->address);

@@ -17,10 +17,12 @@ struct slot_pool {
         pthread_cond_t cond;
         bool *in_use;
         unsigned size;
+        const char *name; /* "postgres": in debug log entries */
 };
 
-/* Returns 0 or -ENOMEM. */
-int slot_pool_init(struct slot_pool *sp, unsigned size);
+/* Returns 0 or -ENOMEM. name (a static string) names the pool in debug
+ * log entries: waits for a free slot, connections replaced. */
+int slot_pool_init(struct slot_pool *sp, const char *name, unsigned size);
 void slot_pool_done(struct slot_pool *sp); /* after a failed or no init too, if zeroed */
 
 /* Lend a free slot, preferring one for which connected(i, userdata) is

@@ -207,6 +207,7 @@ static bool back_off(struct notifyd_consumer *c)
         ms = ms * 3 / 4 + (unsigned)(c->random_state % (ms / 2 + 1));
         c->backoff_ms = c->backoff_ms * 2 > NOTIFYD_BACKOFF_MAX_MS ? NOTIFYD_BACKOFF_MAX_MS
                                                                    : c->backoff_ms * 2;
+        log_debug("Consumer: trying again in %u ms", ms);
         return sleep_unless_stopped(c, ms);
 }
 
@@ -293,6 +294,12 @@ static enum outcome settle_ack(struct notifyd_consumer *c, const struct amqp_del
 {
         int r = amqp_ack(c->amqp, d);
 
+        if (r < 0)
+                log_debug("Consumer: ack of message %s failed (%s); it will be redelivered",
+                          d->message_id ?: "(no id)", strerror(-r));
+        else
+                log_debug("Consumer: acknowledged message %s", d->message_id ?: "(no id)");
+
         /* A failed ack is redelivered later: a duplicate, a no-op. */
         return r < 0 ? OUTCOME_BROKEN : OUTCOME_SETTLED;
 }
@@ -335,6 +342,8 @@ static enum outcome retry(struct notifyd_consumer *c, const struct amqp_delivery
                 return park(c, d, reason);
         }
         snprintf(queue, sizeof(queue), "vigil.notify.retry.%u", n);
+        log_debug("Consumer: message %s failed attempt %d of %u; republishing to %s", d->message_id,
+                  d->attempt + 1, c->max_attempts, queue);
         r = republish(c, d, queue, (int)n, reason);
         if (r < 0) {
                 log_warning_errno(r,
@@ -370,6 +379,9 @@ static enum outcome handle(struct notifyd_consumer *c, const struct amqp_deliver
                 double lag = (double)now_usec(CLOCK_REALTIME) / USEC_PER_SEC - (double)d->timestamp;
                 metrics_histogram_observe(c->lag, lag > 0 ? lag : 0, span_context(d->span));
         }
+        log_debug("Consumer: received message %s from %s (attempt %d, %zu bytes%s)",
+                  d->message_id ?: "(no id)", d->routing_key ?: "?", d->attempt + 1, d->body_size,
+                  d->redelivered ? ", redelivered" : "");
 
         if (d->body_too_large) {
                 /* Not held in memory: the queue's dead-letter policy parks

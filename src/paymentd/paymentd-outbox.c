@@ -114,6 +114,15 @@ static bool drain_notifications(PGconn *pq)
         return any;
 }
 
+/* Sleep the backoff of the attempt-th consecutive failure of what. */
+static void back_off(struct outbox_relay *r, const char *what, unsigned attempt)
+{
+        unsigned ms = outbox_backoff_ms(attempt, jitter_draw());
+
+        log_debug("Outbox relay: retrying %s in %u ms (failure %u in a row)", what, ms, attempt);
+        (void)sleep_or_stop(r, ms);
+}
+
 /* Wait for a NOTIFY, stop, or the poll interval. Returns 1 when notified,
  * 0 on timeout, -ECANCELED on stop, -ECONNRESET when the connection broke. */
 static int wait_for_work(struct outbox_relay *r, struct pg_conn *conn)
@@ -199,8 +208,11 @@ static int relay_round(struct outbox_relay *r, struct pg_conn *conn, size_t *ret
         if (n == 0) {
                 rc = pg_commit(conn);
                 *ret_failed = 0;
+                log_debug("Outbox relay: no unpublished events");
                 return rc < 0 ? rc : 0;
         }
+        log_debug("Outbox relay: locked %zu unpublished events, from id %s; publishing", n,
+                  PQgetvalue(res, 0, 0));
 
         msgs = calloc(n, sizeof(*msgs));
         results = calloc(n, sizeof(*results));
@@ -269,6 +281,9 @@ static int relay_round(struct outbox_relay *r, struct pg_conn *conn, size_t *ret
         if (rc < 0)
                 return rc;
 
+        log_debug("Outbox relay: %zu events confirmed by the broker and marked published %s, "
+                  "%zu not confirmed %s",
+                  n_acked, acked_ids, n_failed, failed_ids);
         *ret_failed = n_failed;
         return (int)n;
 }
@@ -332,8 +347,7 @@ static void *relay_thread(void *userdata)
                                 pg_pool_release(conn);
                                 conn = NULL;
                                 set_pg_up(r, false, rc);
-                                (void)sleep_or_stop(
-                                        r, outbox_backoff_ms(++pg_failures, jitter_draw()));
+                                back_off(r, "connecting to PostgreSQL", ++pg_failures);
                                 continue;
                         }
                         pg_failures = 0;
@@ -356,8 +370,7 @@ static void *relay_thread(void *userdata)
                         if (rc < 0) {
                                 amqp_client_disconnect(r->amqp);
                                 set_amqp_up(r, false, rc);
-                                (void)sleep_or_stop(
-                                        r, outbox_backoff_ms(++amqp_failures, jitter_draw()));
+                                back_off(r, "connecting to RabbitMQ", ++amqp_failures);
                                 continue;
                         }
                         amqp_failures = 0;
@@ -383,16 +396,14 @@ static void *relay_thread(void *userdata)
                                 pg_pool_release(conn);
                                 conn = NULL;
                         }
-                        (void)sleep_or_stop(r,
-                                            outbox_backoff_ms(++publish_failures, jitter_draw()));
+                        back_off(r, "the round", ++publish_failures);
                         continue;
                 }
                 if (failed > 0) {
                         log_warning("Outbox relay: %zu of %d events not confirmed by the "
                                     "broker; retrying",
                                     failed, rc);
-                        (void)sleep_or_stop(r,
-                                            outbox_backoff_ms(++publish_failures, jitter_draw()));
+                        back_off(r, "the round", ++publish_failures);
                         continue;
                 }
                 publish_failures = 0;
@@ -400,6 +411,8 @@ static void *relay_thread(void *userdata)
                         continue; /* more are waiting */
 
                 rc = wait_for_work(r, conn);
+                if (rc > 0)
+                        log_debug("Outbox relay: woken by a NOTIFY on %s", PAYMENT_OUTBOX_CHANNEL);
                 if (rc == -ECONNRESET) {
                         set_pg_up(r, false, rc);
                         pg_pool_release(conn);

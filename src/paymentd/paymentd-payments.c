@@ -10,6 +10,7 @@
 
 #include "amqp.h"
 #include "json-util.h"
+#include "log.h"
 
 const struct pg_migration paymentd_migrations[] = {
         {
@@ -399,8 +400,12 @@ int payments_claim(struct pg_pool *pool, int64_t user_id, const char *key, int64
                             4, params, &res);
                 if (r < 0)
                         return r;
-                if (PQntuples(res) == 0)
+                if (PQntuples(res) == 0) {
+                        log_debug("Idempotency key of user %s vanished after its claim failed "
+                                  "(round %d of 3); claiming it again",
+                                  user, attempt + 1);
                         continue;
+                }
 
                 same_request = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
                 completed = strcmp(PQgetvalue(res, 0, 1), "t") == 0;

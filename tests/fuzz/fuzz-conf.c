@@ -24,6 +24,8 @@ struct fuzz_config {
         int64_t ttl;
 };
 
+static const char *const levels[] = {"debug", "info", "warning", NULL};
+
 static const struct conf_key table[] = {
         CONF_STRING("http", "listen", "127.0.0.1:8001", 256, struct fuzz_config, listen,
                     "Address and port to listen on"),
@@ -35,7 +37,7 @@ static const struct conf_key table[] = {
                     struct fuzz_config, endpoint, "OTLP/HTTP traces endpoint"),
         CONF_DOUBLE("tracing", "sample_ratio", "1.0", 0.0, 1.0, struct fuzz_config, sample_ratio,
                     "Share of new traces that are recorded"),
-        CONF_STRING("log", "level", "info", 16, struct fuzz_config, level, "Log level"),
+        CONF_ENUM("log", "level", "info", levels, struct fuzz_config, level, "Log level"),
         CONF_STRING("postgres", "dsn", NULL, 0, struct fuzz_config, dsn, "libpq DSN"),
         CONF_INT("cache", "ttl_seconds", "60", -9.2e18, 9.2e18, struct fuzz_config, ttl,
                  "Cache TTL"),

@@ -62,6 +62,10 @@ def render_gateway(directory, port, upstreams, status_port, listen6, rate=None):
                            1, "gateway-http.conf")
     if rate:
         http_conf = substitute(http_conf, "rate=10r/s;", f"rate={rate};", 1, "gateway-http.conf")
+    # The operator's rate classes: vigil/rate-limit.d/*.conf of the rendering.
+    os.makedirs(os.path.join(vigil, "rate-limit.d"), exist_ok=True)
+    http_conf = substitute(http_conf, "include /etc/nginx/vigil/rate-limit.d/",
+                           f"include {vigil}/rate-limit.d/", 1, "gateway-http.conf")
     write(os.path.join(vigil, "gateway-http.conf"), http_conf)
 
     server_conf = substitute(read("vigil", "gateway-server.conf"), "/var/log/nginx/",
@@ -103,12 +107,17 @@ class Gateway:
     """nginx running a rendered gateway on 127.0.0.1:port (and [::1] when
     IPv6 loopback works)."""
 
-    def __init__(self, upstreams, listen6, rate=None):
+    def __init__(self, upstreams, listen6, rate=None, rate_classes=None):
+        """rate_classes: text of a local rate-limit.d/50-test.conf."""
         self.dir = harness._mkdtemp("vigil-gateway-")
         self.port = harness.free_port()
         self.status_port = harness.free_port()
         self.listen6 = listen6
         self.conf = render_gateway(self.dir, self.port, upstreams, self.status_port, listen6, rate)
+        if rate_classes is not None:
+            with open(os.path.join(self.dir, "vigil", "rate-limit.d", "50-test.conf"), "w",
+                      encoding="utf-8") as f:
+                f.write(rate_classes)
         self.access_log = os.path.join(self.dir, "log", "vigil-gateway.access.log")
         self.proc = None
 

@@ -355,10 +355,13 @@ def test_gateway_keys_ipv6_clients_by_their_64(ctx):
     # The configuration: both limits count $vigil_client, the /64 of an
     # IPv6 address and the whole of an IPv4 one.
     dump = nginx_dump(ctx)
-    check(re.search(r"limit_req_zone \$vigil_client zone=vigil_per_ip:\S+ rate=10r/s;", dump),
-          "limit_req_zone is not keyed by $vigil_client")
-    check(re.search(r"limit_conn_zone \$vigil_client zone=vigil_conn_per_ip:", dump),
-          "limit_conn_zone is not keyed by $vigil_client")
+    check(re.search(r"limit_req_zone \$vigil_limit_standard zone=vigil_per_ip:\S+ rate=10r/s;",
+                    dump), "limit_req_zone is not keyed by $vigil_limit_standard")
+    check(re.search(r"limit_conn_zone \$vigil_limit_standard zone=vigil_conn_per_ip:", dump),
+          "limit_conn_zone is not keyed by $vigil_limit_standard")
+    check(re.search(r"map \$vigil_rate_class \$vigil_limit_standard \{[^}]*default +"
+                    r"\$vigil_client;", dump),
+          "the standard class is not keyed by $vigil_client")
     check(re.search(r"limit_conn vigil_conn_per_ip 20;", dump), "no limit_conn per client")
     check(re.search(r"map \$binary_remote_addr \$vigil_client", dump), "no /64 map")
 
@@ -387,6 +390,43 @@ def test_gateway_keys_ipv6_clients_by_their_64(ctx):
     check_eq(got["same_64"], 429, "fd00::2 (same /64) right after fd00::1 was limited")
     check(got["other_64"] != 429, f"fd00:0:0:1::1 (another /64) limited: {got}")
     check(got["other_ipv4"] != 429, f"another IPv4 address limited: {got}")
+
+
+@test
+def test_rate_classes_from_a_local_file_exempt_and_relax_sources(ctx):
+    """An operator's rate-limit.d/*.conf (no package owns it) puts a load
+    generator in class exempt and a partner in relaxed; everyone else keeps
+    the shipped 10 r/s with a burst of 20, and so does a source whose class
+    is misspelt. Upstreams closed: a 502 is an answer the limits let
+    through."""
+    closed = harness.closed_port()
+    gw = Gateway({"auth": closed, "payment": closed, "inventory": closed}, None,
+                 rate_classes="127.0.0.7 exempt;\n\"~^127\\.0\\.0\\.8$\" relaxed;\n"
+                              "127.0.0.10 exmept;\n")
+    try:
+        gw.start()
+        # Whatever nginx -T shows is what runs: the local file is included.
+        dump = gw.nginx("-T").stdout
+        check("127.0.0.7 exempt;" in dump, "the local rate-limit.d file is not included")
+
+        def statuses(source, n):
+            return [gw.request("GET", "/api/v1/inventory/products", source=source)[0]
+                    for _ in range(n)]
+        standard = statuses("127.0.0.9", 40)
+        check(429 in standard, f"a standard client was never limited in 40 requests: {standard}")
+        status, headers, body = gw.request("GET", "/api/v1/inventory/products", source="127.0.0.9")
+        if status == 429:  # still limited (the usual case: no time has passed)
+            check_eq((headers.get("Retry-After"), json_error_code(body, "429")), ("1", "rate_limited"),
+                     "the 429's Retry-After and error code")
+            request_id_of(headers, "429")
+        exempt = statuses("127.0.0.7", 60)
+        check(429 not in exempt, f"the exempt source was limited: {exempt}")
+        relaxed = statuses("127.0.0.8", 60)
+        check(429 not in relaxed, f"the relaxed source was limited within its burst: {relaxed}")
+        typo = statuses("127.0.0.10", 40)
+        check(429 in typo, f"a misspelt class exempted its source: {typo}")
+    finally:
+        gw.stop()
 
 
 def ipv6_probe():

@@ -211,6 +211,34 @@ def test_products_come_from_the_database_then_from_the_cache(ctx):
 
 
 @test
+def test_debug_log_shows_cache_and_pool_decisions_and_info_does_not(ctx):
+    """[log] level = debug: each cache decision and the pools' connections
+    are logged; at info (ctx.inv) the same reads log none of that."""
+    d = new_inventoryd(ctx, {"VIGIL_LOG_LEVEL": "debug"})
+    d.start()
+    ctx.stack.redis("DEL", "inventory:products")
+    start = len(d.log_text())
+    check_eq(d.get("/products").body.get("source"), "database", "debug: first read")
+    check_eq(d.get("/products").body.get("source"), "cache", "debug: second read")
+    log = d.log_text()
+    for line in ("Cache products: miss", "Cache products: rebuilt from the database",
+                 "Cache products: hit in "):
+        check(f'level=debug msg="{line}' in log[start:], f"debug log lacks {line!r}:\n"
+              f"{log[start:][-3000:]}")
+    for line in ("postgres pool: opened connection", "redis pool: opened connection"):
+        check(f'level=debug msg="{line}' in log, f"debug log lacks {line!r}")
+    d.stop()
+
+    start = len(ctx.inv.log_text())
+    drop_cached(ctx, "inventory:products")
+    check_eq(ctx.inv.get("/products").body.get("source"), "database", "info: first read")
+    check_eq(ctx.inv.get("/products").body.get("source"), "cache", "info: second read")
+    log = ctx.inv.log_text()[start:]
+    check("level=debug" not in log and "Cache products" not in log,
+          f"debug entries at level info:\n{log[-3000:]}")
+
+
+@test
 def test_cache_entries_get_a_jittered_ttl_around_30_seconds(ctx):
     ttls = []
     for pid in range(1, 6):

@@ -157,6 +157,55 @@ def test_a_charge_is_published_and_notified_in_its_trace(ctx):
 
 
 @test
+def test_debug_log_follows_the_relay_and_the_consumer_and_info_does_not(ctx):
+    """The harness runs both daemons at [log] level = debug: the relay's and
+    the consumer's steps for one charge are in their logs. Restarted at
+    info, the same flow logs none of them."""
+    daemons = [ctx.paymentd] + ([ctx.notifyd] if ctx.notifyd else [])
+    starts = [len(d.log_text()) for d in daemons]
+    r = ps.charge(ctx.paymentd, ctx.token, ps.unique_key(), amount=2.50)
+    check_eq(r.status, 201, "charge")
+    pid = r.json()["payment_id"]
+    wait_published(ctx, [pid], timeout=15)
+    expected = [(ctx.paymentd, ["Outbox relay: locked ", "confirmed by the broker and marked "
+                                "published"])]
+    if ctx.notifyd:
+        check_notified_once(ctx, [pid], timeout=15)
+        expected.append((ctx.notifyd, [f"Consumer: received message payment-{pid} ",
+                                       f"Consumer: acknowledged message payment-{pid}"]))
+
+    def logged(d, start, text):
+        return any(text in line for line in d.log_text()[start:].splitlines()
+                   if line.startswith("level=debug "))
+    for d, texts in expected:
+        start = starts[daemons.index(d)]
+        for text in texts:
+            # The ack's entry may follow the notification row by a moment.
+            harness.wait_until(lambda d=d, start=start, text=text: logged(d, start, text), 10,
+                               what=f"{d.name}'s debug entry {text!r}")
+
+    try:
+        for d in daemons:
+            d.extra_env["VIGIL_LOG_LEVEL"] = "info"
+            d.restart()
+        starts = [len(d.log_text()) for d in daemons]
+        r = ps.charge(ctx.paymentd, ctx.token, ps.unique_key(), amount=2.75)
+        check_eq(r.status, 201, "charge at info")
+        pid = r.json()["payment_id"]
+        wait_published(ctx, [pid], timeout=15)
+        if ctx.notifyd:
+            check_notified_once(ctx, [pid], timeout=15)
+        for d, start in zip(daemons, starts):
+            log = d.log_text()[start:]
+            check("level=debug" not in log, f"{d.name} logs debug entries at info:\n{log[-3000:]}")
+    finally:
+        for d in daemons:
+            d.extra_env.pop("VIGIL_LOG_LEVEL", None)
+            if d.alive():
+                d.restart()
+
+
+@test
 def test_every_charge_is_notified_exactly_once(ctx):
     ids = charge_many(ctx, 200)
     check_eq(len(ids), 200, "charges")

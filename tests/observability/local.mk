@@ -3,6 +3,7 @@
 # then evaluated against real Prometheus and Alertmanager scraping the daemons.
 OBSERVABILITY_TESTS = \
 	tests/observability/test-slo-generated.sh \
+	tests/observability/test-vigilctl-slo.py \
 	tests/observability/test-prometheus-rules.sh \
 	tests/observability/test-alertmanager.sh \
 	tests/observability/test-static-configs.py \

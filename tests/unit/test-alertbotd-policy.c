@@ -11,6 +11,8 @@
 #include "alertbotd-policy.h"
 #include "alertbotd-state.h"
 #include "alertbotd-webhook.h"
+#include "conf.h"
+#include "macro.h"
 
 #define T0 1700000000LL
 
@@ -41,12 +43,36 @@ static const char policy_text[] = "# test policy\n"
 static struct policy *policy;
 static struct alertbot_state *state;
 
+/* Load text, which must be refused; every error, formatted, one a line. */
+static char *errors_of(const char *name, const char *text)
+{
+        struct conf_diagnostics d = {0};
+        struct policy *p = NULL;
+        char *all = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&all, &size);
+
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(policy_load_string(name, text, &p, &d), -EINVAL);
+        ck_assert_ptr_null(p);
+        ck_assert_uint_gt(d.n_errors, 0);
+        for (size_t i = 0; i < d.n_errors; i++) {
+                _cleanup_free_ char *line = conf_error_format(&d.errors[i]);
+
+                ck_assert_ptr_nonnull(line);
+                fprintf(f, "%s\n", line);
+        }
+        fclose(f);
+        conf_diagnostics_done(&d);
+        return all;
+}
+
 static void setup(void)
 {
-        char *error = NULL;
+        struct conf_diagnostics d = {0};
 
-        ck_assert_int_eq(policy_load_string("test", policy_text, &policy, &error), 0);
-        ck_assert_ptr_null(error);
+        ck_assert_int_eq(policy_load_string("test", policy_text, &policy, &d), 0);
+        ck_assert_uint_eq(d.n_found, 0);
         ck_assert_int_eq(state_new(&state), 0);
 }
 
@@ -128,20 +154,15 @@ START_TEST(test_policy_errors_name_file_line_and_key)
                 {"[rule.X]\nunit = /etc/passwd\n", "p.conf:2: [rule.X] unit"},
                 {"[rule.X]\nunit_label = u\naction = stop\n", "only \"restart\""},
                 {"[rule.X]\nunit_label = u\nunit_format = vigil-d.service\n", "exactly one \"{}\""},
-                {"[weird]\nx = 1\n", "p.conf:2: [weird]: unknown section"},
+                {"[weird]\nx = 1\n", "p.conf:2: [weird] x: unknown section"},
                 {"[unit.vigil-authd.service]\nready_url = ftp://x/\n", "ready_url"},
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-                struct policy *p = NULL;
-                char *error = NULL;
+                _cleanup_free_ char *error = errors_of("p.conf", cases[i].text);
 
-                ck_assert_int_eq(policy_load_string("p.conf", cases[i].text, &p, &error), -EINVAL);
-                ck_assert_ptr_null(p);
-                ck_assert_ptr_nonnull(error);
                 ck_assert_msg(strstr(error, cases[i].want), "case %zu: \"%s\" lacks \"%s\"", i,
                               error, cases[i].want);
-                free(error);
         }
 }
 END_TEST
@@ -149,34 +170,45 @@ END_TEST
 START_TEST(test_policy_refuses_lines_libinih_would_cut)
 {
         char text[512];
-        struct policy *p = NULL;
-        char *error = NULL;
+        _cleanup_free_ char *error = NULL;
 
         snprintf(text, sizeof(text), "[policy]\nallowlist = %0300d\n", 0);
-        ck_assert_int_eq(policy_load_string("p.conf", text, &p, &error), -EINVAL);
-        ck_assert_ptr_nonnull(strstr(error, "longer than"));
-        free(error);
+        error = errors_of("p.conf", text);
+        ck_assert_msg(strstr(error, "p.conf:2: line too long"), "%s", error);
+}
+END_TEST
+
+START_TEST(test_policy_reports_every_error_with_file_and_line)
+{
+        _cleanup_free_ char *error = errors_of("p.conf", "[policy]\n"
+                                                         "cooldown = 5\n"
+                                                         "budget_per_hour = lots\n"
+                                                         "[rule.X]\n"
+                                                         "action = stop\n"
+                                                         "nonsense\n"
+                                                         "[unit.sshd]\n"
+                                                         "ready_url = http://x/\n");
+
+        ck_assert_str_eq(error, "p.conf:2: [policy] cooldown: unknown key\n"
+                                "p.conf:3: [policy] budget_per_hour: expected an integer in "
+                                "0..1000\n"
+                                "p.conf:5: [rule.X] action: only \"restart\" is supported\n"
+                                "p.conf:6: expected \"key = value\" or \"[section]\"\n"
+                                "p.conf:8: [unit.sshd] \"sshd\" is not a service unit name\n"
+                                "p.conf:5: [rule.X] needs exactly one of unit and unit_label\n");
 }
 END_TEST
 
 START_TEST(test_allowlist_refuses_globs_and_names_that_are_no_service)
 {
-        struct policy *p = NULL;
-        char *error = NULL;
+        _cleanup_free_ char *glob = NULL, *socket = NULL;
 
         /* A glob would match vigil-alertbotd.service and template instances,
          * which the polkit rule refuses: the file is refused instead. */
-        ck_assert_int_eq(
-                policy_load_string("p", "[policy]\nallowlist = vigil-*.service\n", &p, &error),
-                -EINVAL);
-        ck_assert_ptr_nonnull(strstr(error, "vigil-*.service"));
-        ck_assert_ptr_null(p);
-        free(error);
-        error = NULL;
-        ck_assert_int_eq(
-                policy_load_string("p", "[policy]\nallowlist = vigil-authd.socket\n", &p, &error),
-                -EINVAL);
-        free(error);
+        glob = errors_of("p", "[policy]\nallowlist = vigil-*.service\n");
+        ck_assert_ptr_nonnull(strstr(glob, "vigil-*.service"));
+        socket = errors_of("p", "[policy]\nallowlist = vigil-authd.socket\n");
+        ck_assert_ptr_nonnull(strstr(socket, "vigil-authd.socket"));
 }
 END_TEST
 
@@ -491,11 +523,13 @@ START_TEST(test_shipped_policy_file_is_valid_and_covers_the_restart_alerts)
 {
         const char *srcdir = getenv("top_srcdir");
         struct policy *p = NULL;
-        char path[4096], *error = NULL;
+        struct conf_diagnostics d = {0};
+        char path[4096];
         struct test_alert t;
 
         snprintf(path, sizeof(path), "%s/etc/vigil/alertbot-policy.conf", srcdir ? srcdir : ".");
-        ck_assert_msg(policy_load_file(path, &p, &error) == 0, "%s", error ? error : path);
+        ck_assert_msg(policy_load_file(path, &p, &d) == 0, "%s",
+                      d.n_errors > 0 ? d.errors[0].message : path);
         ck_assert(policy_unit_allowed(p, "vigil-authd.service"));
         ck_assert(policy_unit_allowed(p, "vigil-notifyd.service"));
         ck_assert(!policy_unit_allowed(p, "vigil-alertbotd.service"));
@@ -551,6 +585,7 @@ int main(void)
         tcase_add_checked_fixture(file, setup, teardown);
         tcase_add_test(file, test_policy_file_is_parsed);
         tcase_add_test(file, test_policy_errors_name_file_line_and_key);
+        tcase_add_test(file, test_policy_reports_every_error_with_file_and_line);
         tcase_add_test(file, test_policy_refuses_lines_libinih_would_cut);
         tcase_add_test(file, test_allowlist_refuses_globs_and_names_that_are_no_service);
         tcase_add_test(file, test_allowlist_matches_exact_names_only);

@@ -25,6 +25,9 @@ struct test_config {
         char *free_text;
 };
 
+static const char *const levels[] = {"debug", "info",  "notice", "warning", "err",
+                                     "crit",  "alert", "emerg",  NULL};
+
 static const struct conf_key table[] = {
         CONF_STRING("http", "listen", "127.0.0.1:8001", 32, struct test_config, listen,
                     "Address and port to listen on"),
@@ -36,7 +39,7 @@ static const struct conf_key table[] = {
                     "Share of traces recorded"),
         CONF_STRING("tracing", "otlp-endpoint", NULL, 0, struct test_config, endpoint,
                     "OTLP endpoint\nempty disables export"),
-        CONF_STRING("log", "level", "info", 16, struct test_config, level, "Log level"),
+        CONF_ENUM("log", "level", "info", levels, struct test_config, level, "Log level"),
         CONF_INT("cache", "ttl.seconds", "60", -5, 3600, struct test_config, ttl, NULL),
         CONF_STRING("misc", "text", "", 0, struct test_config, free_text, "Anything"),
 };
@@ -312,6 +315,8 @@ static const struct {
         {18, "tracing", "sample_ratio", "expected a finite number, got \"0.5x\""},
         {19, NULL, NULL, "expected \"[section]\""},
         {20, NULL, NULL, "line too long"},
+        {23, "log", "level",
+         "expected one of debug, info, notice, warning, err, crit, alert, emerg, got \"loud\""},
 };
 
 START_TEST(test_every_error_is_reported_with_file_line_and_key)
@@ -346,7 +351,8 @@ START_TEST(test_every_error_is_reported_with_file_line_and_key)
                                   "[broken\n"                                    /* 19 */
                                   "%s\n"                                         /* 20 */
                                   "[log]\n"                                      /* 21 */
-                                  "level = debug\n",                             /* 22 */
+                                  "level = debug\n"                              /* 22 */
+                                  "level = loud\n",                              /* 23 */
                                   long_line),
                          0);
         write_file("bad.conf", content);
@@ -383,6 +389,72 @@ START_TEST(test_every_error_is_reported_with_file_line_and_key)
 
         conf_diagnostics_done(&d);
         conf_free(table, ELEMENTSOF(table), &c);
+}
+END_TEST
+
+START_TEST(test_enum_takes_its_values_in_any_case_and_names_them_all_otherwise)
+{
+        struct test_config c;
+        struct conf_diagnostics d = {0};
+        _cleanup_free_ char *s = NULL;
+
+        write_file("a.conf", "[log]\nlevel = WARNING\n");
+        load("a.conf", true, &c, NULL, 0);
+        ck_assert_str_eq(c.level, "WARNING");
+        conf_free(table, ELEMENTSOF(table), &c);
+
+        /* From the environment too, and the file's value stays. */
+        setenv("VIGIL_LOG_LEVEL", "verbose", 1);
+        load("a.conf", true, &c, &d, -EINVAL);
+        unsetenv("VIGIL_LOG_LEVEL");
+        ck_assert_uint_eq(d.n_errors, 1);
+        s = conf_error_format(&d.errors[0]);
+        ck_assert_str_eq(s, "environment: [log] level: expected one of debug, info, notice, "
+                            "warning, err, crit, alert, emerg, got \"verbose\" (from "
+                            "$VIGIL_LOG_LEVEL)");
+        ck_assert_str_eq(c.level, "WARNING");
+        conf_diagnostics_done(&d);
+        conf_free(table, ELEMENTSOF(table), &c);
+}
+END_TEST
+
+struct seen_assignment {
+        unsigned line;
+        char text[64];
+};
+
+static void record_assignment(void *userdata, const char *file, unsigned line, const char *section,
+                              const char *key, const char *value)
+{
+        struct seen_assignment *seen = userdata;
+
+        ck_assert_str_eq(file, "x.ini");
+        for (; seen->line != 0; seen++)
+                ;
+        seen->line = line;
+        snprintf(seen->text, sizeof(seen->text), "[%s] %s=%s", section, key, value);
+}
+
+START_TEST(test_parse_ini_gives_each_assignment_its_line_and_every_syntax_error)
+{
+        static const char text[] = "# comment\n[a]\nx = 1\nnonsense\n\n  y = 2\n[b\nz = 3\n";
+        struct seen_assignment seen[8] = {0};
+        struct conf_diagnostics d = {0};
+
+        ck_assert_int_eq(
+                conf_parse_ini("x.ini", text, strlen(text), 100, NULL, record_assignment, seen, &d),
+                0);
+        ck_assert_uint_eq(seen[0].line, 3);
+        ck_assert_str_eq(seen[0].text, "[a] x=1");
+        ck_assert_uint_eq(seen[1].line, 6);
+        ck_assert_str_eq(seen[1].text, "[a] y=2");
+        ck_assert_uint_eq(seen[2].line, 8);
+        ck_assert_uint_eq(seen[3].line, 0);
+        ck_assert_uint_eq(d.n_found, 2);
+        ck_assert_uint_eq(d.errors[0].line, 4);
+        ck_assert_uint_eq(d.errors[1].line, 7);
+        ck_assert_ptr_nonnull(strstr(d.errors[1].message, "[section]"));
+        conf_diagnostics_done(&d);
 }
 END_TEST
 
@@ -741,6 +813,8 @@ static Suite *conf_suite(void)
         tc = tcase_create("errors");
         tcase_add_checked_fixture(tc, setup, teardown);
         tcase_add_test(tc, test_every_error_is_reported_with_file_line_and_key);
+        tcase_add_test(tc, test_enum_takes_its_values_in_any_case_and_names_them_all_otherwise);
+        tcase_add_test(tc, test_parse_ini_gives_each_assignment_its_line_and_every_syntax_error);
         tcase_add_test(tc, test_line_of_the_maximum_length_is_taken_whole);
         tcase_add_test(tc, test_errors_in_dropins_name_the_dropin);
         tcase_add_test(tc, test_error_count_is_capped);

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Every daemon's configuration surface: the shipped /etc/vigil file shows
 # every key at its default (it is exactly --dump-config), --check-config
-# accepts it and names file, line and key of every error in a bad one,
+# accepts it and names file, line and key of every error in a bad one
+# (enums with their allowed values; alertbotd's policy file too),
 # environment overrides are validated too, and a daemon missing a required
 # secret refuses to start, naming the credential.
 set -eu
@@ -12,6 +13,10 @@ set -eu
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
+# alertbotd's --check-config also reads the policy its config names: the
+# shipped one, not one installed on this machine.
+VIGIL_POLICY_FILE=$top_srcdir/etc/vigil/alertbot-policy.conf
+export VIGIL_POLICY_FILE
 fail() { echo "FAIL: $*"; failed=1; }
 
 # check NAME BAD-CONFIG "LINE:KEY …" ENV-ASSIGNMENT ENV-KEY CREDENTIAL
@@ -67,8 +72,8 @@ check() {
 	fi
 }
 
-check authd '[http]\nlisten = 127.0.0.1:8001\nbogus = 1\n[auth]\ntoken_ttl_seconds = ten\n' \
-	"3:bogus 5:token_ttl_seconds" VIGIL_HTTP_MAX_CONNECTIONS=0 max_connections jwt-key
+check authd '[http]\nlisten = 127.0.0.1:8001\nbogus = 1\n[auth]\ntoken_ttl_seconds = ten\n[log]\nlevel = loud\n' \
+	"3:bogus 5:token_ttl_seconds 7:level" VIGIL_HTTP_MAX_CONNECTIONS=0 max_connections jwt-key
 check paymentd '[processor]\ndecline_ratio = 1.5\n[idempotency]\nretention_hours = 23\n[faults]\nbogus = 1\n' \
 	"2:decline_ratio 4:retention_hours 6:bogus" VIGIL_FAULTS_ERROR_RATIO=2 error_ratio amqp-password
 check inventoryd '[cache]\nttl_seconds = 0\nbogus = 1\n' \
@@ -77,4 +82,31 @@ check notifyd '[consumer]\nprefetch = 0\nbogus = 1\n[faults]\nerror_ratio = 1.5\
 	"2:prefetch 3:bogus 5:error_ratio" VIGIL_CONSUMER_MAX_ATTEMPTS=5 max_attempts amqp-password
 check alertbotd '[webhook]\nmax_alerts = 0\nbogus = 1\n' \
 	"2:max_alerts 3:bogus" VIGIL_WEBHOOK_MAX_ALERTS=5000 max_alerts webhook-token
+# An enum names the values it takes.
+printf '[log]\nlevel = loud\n' >"$tmp/level.conf"
+if "$top_builddir/src/authd/vigil-authd" --config "$tmp/level.conf" --check-config >"$tmp/out" 2>&1; then
+	fail "authd: [log] level = loud accepted"
+elif grep -q 'level.conf:2: \[log\] level: expected one of debug, info, notice, warning, err, error, crit, alert, emerg, got \\"loud\\"' "$tmp/out"; then
+	echo "PASS: a bad [log] level names file, line and the allowed values"
+else
+	fail "bad [log] level not named with file, line and choices: $(cat "$tmp/out")"
+fi
+
+# alertbotd's --check-config checks the policy file its configuration
+# names, every error with file and line, even when the configuration
+# itself has errors too.
+printf '[policy]\nfile = %s/policy.conf\n[log]\nlevel = loud\n' "$tmp" >"$tmp/alertbotd.conf"
+printf '[policy]\ncooldown = 5\nbudget_per_hour = lots\n[rule.X]\naction = stop\n' >"$tmp/policy.conf"
+if env -u VIGIL_POLICY_FILE "$top_builddir/src/alertbotd/vigil-alertbotd" --config "$tmp/alertbotd.conf" \
+	--check-config >"$tmp/out" 2>&1; then
+	fail "alertbotd: bad policy accepted by --check-config"
+else
+	ok=1
+	for e in "alertbotd.conf:4: \[log\] level" "policy.conf:2: \[policy\] cooldown: unknown key" \
+		"policy.conf:3: \[policy\] budget_per_hour" "policy.conf:5: \[rule.X\] action" \
+		"policy.conf:5: \[rule.X\] needs exactly one of unit and unit_label"; do
+		grep -q "$e" "$tmp/out" || { fail "alertbotd: \"$e\" not reported: $(cat "$tmp/out")"; ok=0; }
+	done
+	[ $ok -eq 1 ] && echo "PASS: alertbotd: --check-config reports every error of the config and its policy"
+fi
 exit $failed

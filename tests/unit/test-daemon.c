@@ -1,6 +1,7 @@
 /* Unit tests for the daemon skeleton (daemon.h): a daemon with no
  * dependencies runs in a child process, its hooks write their names to a
- * pipe, and the test reads the order in which the skeleton ran them. */
+ * pipe, and the test reads the order in which the skeleton ran them; for
+ * SIGHUP, what it logged too. */
 #include <check.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -25,10 +26,16 @@ struct test_manager {
         int magic;
 };
 
-enum { FAIL_NONE, FAIL_INIT, FAIL_START };
+enum { FAIL_NONE, FAIL_INIT, FAIL_START, RELOAD_GOOD, RELOAD_BAD };
 
 static int events_fd = -1;
 static int fail_at = FAIL_NONE;
+static const char *config_path;
+
+/* What manager_start writes over the configuration before its SIGHUP. */
+static const char good_reload[] = "[http]\nlisten = 127.0.0.1:0\naccess_log = false\n"
+                                  "[tracing]\notlp_endpoint =\n[log]\nlevel = debug\n";
+static const char bad_reload[] = "[log]\nlevel = loud\n[http]\nmax_connections = 0\n";
 
 static void note(const char *event)
 {
@@ -56,6 +63,16 @@ static int manager_start(void *userdata)
         note("start");
         if (fail_at == FAIL_START)
                 return -EIO;
+        if (fail_at == RELOAD_GOOD || fail_at == RELOAD_BAD) {
+                const char *text = fail_at == RELOAD_GOOD ? good_reload : bad_reload;
+                FILE *f = fopen(config_path, "we");
+
+                ck_assert_ptr_nonnull(f);
+                ck_assert_int_ge(fputs(text, f), 0);
+                ck_assert_int_eq(fclose(f), 0);
+                /* The lower signal is read first: reload, then stop. */
+                raise(SIGHUP);
+        }
         /* Blocked by the skeleton: read by its loop, which then stops. */
         raise(SIGTERM);
         return 0;
@@ -66,6 +83,16 @@ static bool manager_tick(void *userdata)
         (void)userdata;
         note("tick");
         return true;
+}
+
+static int manager_reload(void *userdata, const void *config)
+{
+        const struct test_config *c = config;
+
+        (void)userdata;
+        ck_assert_str_eq(c->common.log_level, "debug");
+        note("reload");
+        return 0;
 }
 
 static void manager_stop(void *userdata)
@@ -93,13 +120,16 @@ static const struct daemon_ops test_ops = {
         .manager_init = manager_init,
         .manager_start = manager_start,
         .manager_tick = manager_tick,
+        .manager_reload = manager_reload,
         .manager_stop = manager_stop,
         .manager_done = manager_done,
 };
 
 /* Run the daemon in a child until it exits; its exit status, and the
- * hooks it ran in order in events ("init,tick,…,"). */
-static int run_daemon(int fail, char *events, size_t size)
+ * hooks it ran in order in events ("init,tick,…,"). What it logged goes to
+ * log_path when not NULL. */
+static int run_daemon_logging(int fail, char *events, size_t size, const char *log_path,
+                              char *ret_config_path, size_t config_path_size)
 {
         char path[] = "/tmp/vigil-test-daemon-XXXXXX";
         static const char conf[] = "[http]\nlisten = 127.0.0.1:0\naccess_log = false\n"
@@ -123,6 +153,14 @@ static int run_daemon(int fail, char *events, size_t size)
                 close(pipefd[0]);
                 events_fd = pipefd[1];
                 fail_at = fail;
+                config_path = path;
+                if (log_path) {
+                        int log_fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+                        if (log_fd < 0 || dup2(log_fd, STDERR_FILENO) < 0)
+                                _exit(99);
+                        setenv("VIGIL_LOG_TARGET", "stderr", 1);
+                }
                 _exit(daemon_main(3, argv, &test_ops));
         }
         close(pipefd[1]);
@@ -133,8 +171,29 @@ static int run_daemon(int fail, char *events, size_t size)
         close(pipefd[0]);
         ck_assert_int_eq(waitpid(pid, &status, 0), pid);
         unlink(path);
+        if (ret_config_path)
+                snprintf(ret_config_path, config_path_size, "%s", path);
         ck_assert(WIFEXITED(status));
         return WEXITSTATUS(status);
+}
+
+static int run_daemon(int fail, char *events, size_t size)
+{
+        return run_daemon_logging(fail, events, size, NULL, NULL, 0);
+}
+
+/* The whole of a small file, NUL-terminated, in buf. */
+static void read_log(const char *path, char *buf, size_t size)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n;
+
+        ck_assert_int_ge(fd, 0);
+        n = read(fd, buf, size - 1);
+        ck_assert_int_ge(n, 0);
+        buf[n] = '\0';
+        close(fd);
+        unlink(path);
 }
 
 START_TEST(test_hooks_run_in_order_and_are_undone_in_reverse)
@@ -168,6 +227,44 @@ START_TEST(test_failed_start_is_undone_without_stop_and_the_daemon_exits_1)
 }
 END_TEST
 
+START_TEST(test_sighup_with_a_good_config_applies_it)
+{
+        char events[512], log[8192], conf[64], log_path[] = "/tmp/vigil-test-daemon-log-XXXXXX";
+
+        close(mkstemp(log_path));
+        ck_assert_int_eq(run_daemon_logging(RELOAD_GOOD, events, sizeof(events), log_path, conf,
+                                            sizeof(conf)),
+                         EXIT_SUCCESS);
+        read_log(log_path, log, sizeof(log));
+        ck_assert_msg(strstr(events, "start,reload,"), "%s", events);
+        ck_assert_msg(strstr(log, "Configuration reloaded from"), "%s", log);
+}
+END_TEST
+
+START_TEST(test_sighup_with_a_bad_config_keeps_the_running_one_and_names_file_and_line)
+{
+        char events[512], log[8192], conf[64], want[128],
+                log_path[] = "/tmp/vigil-test-daemon-log-XXXXXX";
+
+        close(mkstemp(log_path));
+        ck_assert_int_eq(run_daemon_logging(RELOAD_BAD, events, sizeof(events), log_path, conf,
+                                            sizeof(conf)),
+                         EXIT_SUCCESS);
+        read_log(log_path, log, sizeof(log));
+        /* Not applied: the manager never saw it, and the daemon ran on. */
+        ck_assert_msg(!strstr(events, "reload"), "%s", events);
+        ck_assert_msg(strlen(events) >= 10 &&
+                              strcmp(events + strlen(events) - 10, "stop,done,") == 0,
+                      "%s", events);
+        snprintf(want, sizeof(want), "%s:2: [log] level: expected one of debug, info,", conf);
+        ck_assert_msg(strstr(log, want), "no \"%s\" in:\n%s", want, log);
+        snprintf(want, sizeof(want), "%s:4: [http] max_connections: 0 is out of range", conf);
+        ck_assert_msg(strstr(log, want), "no \"%s\" in:\n%s", want, log);
+        ck_assert_msg(strstr(log, "Reload failed, keeping the running configuration"), "%s", log);
+        ck_assert_msg(!strstr(log, "Configuration reloaded"), "%s", log);
+}
+END_TEST
+
 static Suite *daemon_suite(void)
 {
         Suite *s = suite_create("daemon");
@@ -176,6 +273,9 @@ static Suite *daemon_suite(void)
         tcase_add_test(tc, test_hooks_run_in_order_and_are_undone_in_reverse);
         tcase_add_test(tc, test_failed_init_is_undone_and_the_daemon_exits_1);
         tcase_add_test(tc, test_failed_start_is_undone_without_stop_and_the_daemon_exits_1);
+        tcase_add_test(tc, test_sighup_with_a_good_config_applies_it);
+        tcase_add_test(tc,
+                       test_sighup_with_a_bad_config_keeps_the_running_one_and_names_file_and_line);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -254,6 +254,28 @@ START_TEST(test_entries_below_the_max_level_are_dropped)
 }
 END_TEST
 
+static int evaluations;
+
+static int evaluated(void)
+{
+        return ++evaluations;
+}
+
+START_TEST(test_debug_entries_cost_nothing_above_debug)
+{
+        _cleanup_free_ char *out = NULL;
+
+        /* Not even the arguments are evaluated (nor formatted). */
+        log_debug("call %d", evaluated());
+        ck_assert_int_eq(evaluations, 0);
+        log_set_max_level(LOG_DEBUG);
+        log_debug("call %d", evaluated());
+        ck_assert_int_eq(evaluations, 1);
+        out = captured();
+        ck_assert_str_eq(out, "level=debug msg=\"call 1\"\n");
+}
+END_TEST
+
 static const struct {
         const char *name;
         int level;
@@ -427,6 +449,7 @@ static Suite *log_suite(void)
         tc = tcase_create("levels");
         tcase_add_checked_fixture(tc, setup, teardown);
         tcase_add_test(tc, test_entries_below_the_max_level_are_dropped);
+        tcase_add_test(tc, test_debug_entries_cost_nothing_above_debug);
         tcase_add_test(tc, test_level_from_string);
         suite_add_tcase(s, tc);
 

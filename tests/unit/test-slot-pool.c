@@ -1,11 +1,16 @@
 /* Unit tests for slot-pool: lending prefers connected slots, an empty pool
- * times out, and a slot given back wakes a waiter. */
+ * times out, a slot given back wakes a waiter, and waits are logged at
+ * debug level only. */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "macro.h"
 #include "slot-pool.h"
 
@@ -21,7 +26,7 @@ START_TEST(test_prefers_a_connected_slot)
 {
         struct slot_pool sp;
 
-        ck_assert_int_eq(slot_pool_init(&sp, 4), 0);
+        ck_assert_int_eq(slot_pool_init(&sp, "test", 4), 0);
         connected[0] = connected[1] = connected[3] = false;
         connected[2] = true;
         ck_assert_int_eq(slot_pool_take(&sp, 100, is_connected, NULL), 2);
@@ -38,7 +43,7 @@ START_TEST(test_an_empty_pool_times_out)
         struct slot_pool sp;
         uint64_t t0;
 
-        ck_assert_int_eq(slot_pool_init(&sp, 1), 0);
+        ck_assert_int_eq(slot_pool_init(&sp, "test", 1), 0);
         ck_assert_int_eq(slot_pool_take(&sp, 100, is_connected, NULL), 0);
         t0 = now_usec(CLOCK_MONOTONIC);
         ck_assert_int_eq(slot_pool_take(&sp, 50, is_connected, NULL), -ETIMEDOUT);
@@ -59,12 +64,91 @@ START_TEST(test_a_slot_given_back_wakes_a_waiter)
         struct slot_pool sp;
         pthread_t t;
 
-        ck_assert_int_eq(slot_pool_init(&sp, 1), 0);
+        ck_assert_int_eq(slot_pool_init(&sp, "test", 1), 0);
         ck_assert_int_eq(slot_pool_take(&sp, 100, is_connected, NULL), 0);
         ck_assert_int_eq(pthread_create(&t, NULL, give_later, &sp), 0);
         ck_assert_int_eq(slot_pool_take(&sp, 10000, is_connected, NULL), 0);
         pthread_join(t, NULL);
         slot_pool_done(&sp);
+}
+END_TEST
+
+static int capture_fd = -1;
+
+/* Everything written to stderr since the capture started, malloc()ed. */
+static char *captured(void)
+{
+        struct stat st;
+        char *out;
+
+        ck_assert_int_eq(fstat(capture_fd, &st), 0);
+        out = calloc(1, (size_t)st.st_size + 1);
+        ck_assert_ptr_nonnull(out);
+        ck_assert_int_eq(pread(capture_fd, out, (size_t)st.st_size, 0), st.st_size);
+        return out;
+}
+
+/* Give slot 0 back once the waiter said it waits (bounded: 10 s). */
+static void *give_when_waiting(void *userdata)
+{
+        for (int i = 0; i < 1000; i++) {
+                _cleanup_free_ char *out = captured();
+
+                if (strstr(out, "waiting up to 10000 ms"))
+                        break;
+                usleep(10 * 1000);
+        }
+        slot_pool_give(userdata, 0);
+        return NULL;
+}
+
+/* Take the only slot of a pool, wait for it while another thread gives it
+ * back, then time out on it; what the pool logged at level, malloc()ed. */
+static char *wait_logging_at(int level)
+{
+        char path[] = "/tmp/test-slot-pool-XXXXXX";
+        int saved = dup(STDERR_FILENO);
+        struct slot_pool sp;
+        pthread_t t;
+        char *out;
+
+        capture_fd = mkostemp(path, O_APPEND | O_CLOEXEC);
+        ck_assert_int_ge(capture_fd, 0);
+        unlink(path);
+        ck_assert_int_eq(dup2(capture_fd, STDERR_FILENO), STDERR_FILENO);
+        log_set_max_level(level);
+
+        ck_assert_int_eq(slot_pool_init(&sp, "test", 1), 0);
+        ck_assert_int_eq(slot_pool_take(&sp, 100, is_connected, NULL), 0);
+        ck_assert_int_eq(
+                pthread_create(&t, NULL, level == LOG_DEBUG ? give_when_waiting : give_later, &sp),
+                0);
+        ck_assert_int_eq(slot_pool_take(&sp, 10000, is_connected, NULL), 0);
+        pthread_join(t, NULL);
+        ck_assert_int_eq(slot_pool_take(&sp, 10, is_connected, NULL), -ETIMEDOUT);
+        slot_pool_done(&sp);
+
+        dup2(saved, STDERR_FILENO);
+        close(saved);
+        out = captured();
+        close(capture_fd);
+        return out;
+}
+
+START_TEST(test_waits_are_logged_at_debug_level_only)
+{
+        _cleanup_free_ char *debug = wait_logging_at(LOG_DEBUG);
+        _cleanup_free_ char *info = wait_logging_at(LOG_INFO);
+
+        ck_assert_msg(strstr(debug, "level=debug msg=\"test pool: all 1 connections are in use; "
+                                    "waiting up to 10000 ms\"\n"
+                                    "level=debug msg=\"test pool: got connection 0 after waiting "),
+                      "%s", debug);
+        ck_assert_msg(strstr(debug,
+                             "level=debug msg=\"test pool: no connection came free within 10 "
+                             "ms; giving up\""),
+                      "%s", debug);
+        ck_assert_str_eq(info, "");
 }
 END_TEST
 
@@ -78,6 +162,7 @@ int main(void)
         tcase_add_test(tc, test_prefers_a_connected_slot);
         tcase_add_test(tc, test_an_empty_pool_times_out);
         tcase_add_test(tc, test_a_slot_given_back_wakes_a_waiter);
+        tcase_add_test(tc, test_waits_are_logged_at_debug_level_only);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

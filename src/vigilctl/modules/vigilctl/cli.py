@@ -20,6 +20,7 @@ EXIT_USAGE = 2
 SUBCOMMANDS = {
     "validate": "vigilctl.validate",
     "fault": "vigilctl.fault",
+    "slo": "vigilctl.slo",
 }
 
 
