@@ -299,9 +299,9 @@ class Watch:
     """Polls Prometheus, Alertmanager and the bot's journal entries and
     advances every Expect it was given."""
 
-    def __init__(self):
+    def __init__(self, since=None):
         self.expects = []
-        self.since = machine_now()
+        self.since = since or machine_now()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -782,7 +782,8 @@ def t_alerts():
         setup_alerting()
         state["alerting"] = True
     token = login("127.0.3.2")
-    watch = Watch()
+    # The bot's notifications since the breaker check opened the breaker.
+    watch = Watch(since=state.get("breaker_opened"))
     done = []
     t0 = time.monotonic()
     # In this order: the SLO tickets resolve (their 6 h window is 6 min
