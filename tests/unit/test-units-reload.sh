@@ -45,9 +45,11 @@ reload() {
 	return 0
 }
 
-# A main process that SIGHUP ends (sleep's default action), bounded.
+# A main process that SIGHUP ends, bounded. Its handler is set, not left
+# to the default action: a SIGHUP ignored by whoever started the tests
+# (nohup) would be ignored by a plain sleep too.
 start_main() {
-	sleep 300 &
+	perl -e '$SIG{HUP} = sub { exit 0 }; sleep 300' &
 	main_pid=$!
 }
 
