@@ -440,16 +440,27 @@ def drill_slos(watch, token):
     slos = [(d, kind) for d in SLO_DAEMONS for kind in ("availability", "latency")]
     pages = [Expect("VigilSLOBudgetBurnPage", slo=f"{d}-{k}") for d, k in slos]
     tickets = [Expect("VigilSLOBudgetBurnTicket", slo=f"{d}-{k}") for d, k in slos]
-    with Traffic("slo", slo_traffic(token), 300, 0.01), Traffic("slo2", slo_traffic(token), 300, 0.01):
+    log(f"# drill error budget burn: {', '.join(map(str, pages + tickets))}")
+    traffic = [Traffic(f"slo{i}", slo_traffic(token), 600, 0.01) for i in range(6)]
+    for t in traffic:
+        t.__enter__()
+    try:
+        watch.add(*pages, *tickets)
+        set_faults("[faults]\nerror_ratio = 0.5\nlatency_ms = 300\n")
+        try:
+            watch.wait("the SLO pages fired and delivered", pages, "delivered", 120)
+            # The tickets' windows (1 d and 3 d, here 24 and 72 minutes)
+            # hold all the test's earlier traffic: the burn must outweigh it.
+            watch.wait("the SLO tickets fired (inhibited by their pages)", tickets, "fired", 300)
+        finally:
+            set_faults("")
+            watch.recovered(*pages, *tickets)
         # A page inhibits the ticket of its SLO: the ticket is delivered
         # once the page resolves, while the longer windows still burn.
-        drill(watch, "error budget burn", lambda: set_faults("[faults]\nerror_ratio = 0.5\nlatency_ms = 300\n"),
-              pages, lambda: set_faults(""), timeout=120)
-        for t in tickets:
-            t.t_wall = pages[0].t_wall
-        watch.add(*tickets)
-        watch.recovered(*tickets)
-        watch.wait("the SLO tickets once the pages resolve", tickets, "delivered", 150)
+        watch.wait("the SLO tickets delivered once the pages resolve", tickets, "delivered", 180)
+    finally:
+        for t in traffic:
+            t.__exit__()
     return pages + tickets
 
 
