@@ -10,7 +10,9 @@ Adding one (fault, chaos, load, slo) is one module and one line here.
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -34,6 +36,24 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
+
+
+def replace_file(path, text, prefix):
+    """Replace path with text (mode 0644): a temporary file beside it,
+    synced, then renamed over it, so a reader sees the old file or the new
+    one, never a part; nothing is left behind on failure."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 def _front_door(paths):
     p = _Parser(

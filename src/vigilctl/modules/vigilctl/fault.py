@@ -16,9 +16,8 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 
-from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError
+from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError, replace_file
 
 SUMMARY = "inject a fault into a daemon for a bounded time"
 DESCRIPTION = """\
@@ -253,18 +252,7 @@ def dropin_text(daemon, settings, now, ends):
 def write_atomically(path, text):
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vigilctl-fault.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_file(path, text, ".vigilctl-fault.")
 
 
 def read_dropin(path):

@@ -18,7 +18,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError
+from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError, replace_file
 
 SUMMARY = "list, check and apply the SLOs of /etc/vigil/slos.yml"
 DESCRIPTION = """\
@@ -162,17 +162,7 @@ def _write(rules_dir, new, old):
     """Put new in place (each file atomically), remove stale ones."""
     os.makedirs(rules_dir, exist_ok=True)
     for name, text in new.items():
-        path = os.path.join(rules_dir, name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=rules_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        replace_file(os.path.join(rules_dir, name), text, f".{name}.")
     for name in old:
         if name not in new:
             os.unlink(os.path.join(rules_dir, name))
