@@ -261,6 +261,10 @@ cmd_boot() {
 		ip link show "$VIGIL_NSPAWN_BRIDGE" >/dev/null 2>&1 || die "no bridge $VIGIL_NSPAWN_BRIDGE"
 		net=(--network-bridge="$VIGIL_NSPAWN_BRIDGE")
 		echo "$name" >"$dir/root/etc/hostname"
+		# As Debian's installer does: the hostname resolves (RabbitMQ's
+		# node name is rabbit@NAME).
+		printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$name" \
+			>"$dir/root/etc/hosts"
 		mkdir -p "$dir/root/etc/systemd/network" "$dir/root/etc/systemd/system/multi-user.target.wants"
 		{
 			printf '[Match]\nName=host0\n\n[Network]\nAddress=%s\n' "$VIGIL_NSPAWN_ADDRESS"
