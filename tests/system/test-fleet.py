@@ -28,6 +28,9 @@ play reports it). It checks:
               (reached from an app host); a daemon refused from an app
               host's neighbour (reached from the gateway)
   check-mode  site.yml --check --diff passes and changes nothing
+  upgrade     upgrade.yml (the same sources as version X+fleet1) under a
+              bounded load through the gateway: 0 failed requests, both
+              app hosts on the new version
   host-loss   app2 powered off under a bounded load through the gateway:
               the gateway keeps serving; failed requests reported; no POST
               sent to more than one app host (access log upstream_addr)
@@ -35,7 +38,8 @@ play reports it). It checks:
 Timings and figures are printed as "# ..." lines. Exit status: 0 passed,
 1 failed, 77 skipped (not root, a tool missing, no git work tree, or the
 bridge's name or subnet taken). VIGIL_FLEET_TEST=0 skips;
-VIGIL_FLEET_PACKAGES=DIR uses the packages in DIR instead of building them;
+VIGIL_FLEET_PACKAGES=DIR and VIGIL_FLEET_UPGRADE_PACKAGES=DIR (a newer
+version) use the packages in DIR instead of building them;
 VIGIL_FLEET_KEEP=1 keeps the machines after a failure (stop them with
 tests/system/test-fleet.py --down).
 Everything it creates (machines, bridge) is removed on every exit.
@@ -59,6 +63,8 @@ NSPAWN = os.path.join(TOP, "scripts", "nspawn-machine.sh")
 BUILD = os.path.join(TOP, "scripts", "build-packages.sh")
 ANSIBLE_DIR = os.path.join(TOP, "ansible")
 PKG_DIR = os.environ.get("VIGIL_FLEET_PACKAGES") or os.path.join(TOP, "build", "fleet-packages")
+# The same sources as a newer version, for upgrade.yml.
+UPGRADE_DIR = os.environ.get("VIGIL_FLEET_UPGRADE_PACKAGES") or os.path.join(TOP, "build", "fleet-packages-upgrade")
 BRIDGE = "vfleet0"
 HOST_ADDR = "10.77.0.1"
 PREFIX = 24
@@ -268,7 +274,9 @@ def playbook(name, *args, timeout=900):
     with open(os.path.join(state["tmp"], f"{name}{'-'.join(args)}.log".replace("/", "_")), "w") as f:
         f.write(p.stdout + p.stderr)
     if p.returncode != 0:
-        tail = "\n".join((p.stdout + p.stderr).splitlines()[-60:])
+        lines = (p.stdout + p.stderr).splitlines()
+        fatal = [ln[:1500] for ln in lines if ln.startswith(("fatal:", "failed:")) or "FAILED!" in ln and "RETRYING" not in ln]
+        tail = "\n".join(fatal + lines[-12:])
         raise RuntimeError(f"ansible-playbook {name} {' '.join(args)} failed ({p.returncode}) after {secs:.0f}s:\n{tail}")
     return secs, recap, p.stdout
 
@@ -486,6 +494,23 @@ def access_log_lines():
     return int(ssh("gw", "wc -l </var/log/nginx/vigil-gateway.access.log").stdout.strip())
 
 
+def t_upgrade():
+    """upgrade.yml under a bounded load: 0 failed requests, both app hosts
+    on the new version."""
+    new = run(["dpkg-deb", "-f", next(os.path.join(UPGRADE_DIR, f) for f in sorted(os.listdir(UPGRADE_DIR))
+                                      if f.startswith("vigil-authd_")), "Version"]).stdout.strip()
+    token = load_token()
+    with Load(token, max_seconds=600) as load:
+        wait_for("load under way", lambda: load.counts["POST"][0] >= 5, 30)
+        secs, recap, _ = playbook("upgrade.yml", "-e", f"vigil_packages_dir={UPGRADE_DIR}")
+    versions = {h: ssh(h, "dpkg-query -W -f '${Version}' vigil-authd").stdout.strip() for h in ("app1", "app2")}
+    failed = load.counts["GET"][1] + load.counts["POST"][1]
+    figure(f"upgrade.yml: {secs:.0f}s; under load {load.summary()}; failures {load.failures[:10]}; versions {versions}")
+    result("upgrade: rolling upgrade.yml under load, 0 failed requests", failed == 0 and load.counts["POST"][0] > 0,
+           f"{failed} failed")
+    result(f"upgrade: both app hosts run {new}", all(v == new for v in versions.values()), json.dumps(versions))
+
+
 def t_host_loss():
     token = load_token()
     since = access_log_lines()
@@ -510,7 +535,10 @@ def build_packages():
     if os.environ.get("VIGIL_FLEET_PACKAGES"):
         return
     t0 = time.monotonic()
+    base = run(["dpkg-parsechangelog", "-l", os.path.join(TOP, "debian", "changelog"), "-S", "Version"]).stdout.strip()
     run([BUILD, "--if-stale", "--no-check", "--no-lintian", "--out", PKG_DIR], timeout=1800, capture=False)
+    run([BUILD, "--if-stale", "--no-check", "--no-lintian", "--version", f"{base}+fleet1", "--out", UPGRADE_DIR],
+        timeout=1800, capture=False)
     figure(f"packages ready ({time.monotonic() - t0:.0f}s)")
 
 
@@ -563,7 +591,7 @@ def main():
         result("site.yml provisions the fleet", set(recap) == set(HOSTS) and all(r.get("failed") == 0 for r in recap.values()))
         result("site.yml reports what it did not install (Grafana stack off)", bool(not_installed),
                not_installed[0] if not_installed else "no report")
-        for t in (t_services, t_flows, t_targets, t_idempotent, t_check_mode, t_firewall, t_host_loss):
+        for t in (t_services, t_flows, t_targets, t_idempotent, t_check_mode, t_firewall, t_upgrade, t_host_loss):
             check_time()
             try:
                 t()
