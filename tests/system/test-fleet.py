@@ -31,6 +31,9 @@ play reports it). It checks:
   upgrade     upgrade.yml (the same sources as version X+fleet1) under a
               bounded load through the gateway: 0 failed requests, both
               app hosts on the new version
+  alerts      Alertmanager sends an alert labelled host=app2 to app2's bot
+              only; app1's bot refuses an alert about app2 (refused_host,
+              its audit record in app1's journal)
   host-loss   app2 powered off under a bounded load through the gateway:
               the gateway keeps serving; failed requests reported; no POST
               sent to more than one app host (access log upstream_addr)
@@ -511,6 +514,52 @@ def t_upgrade():
     result(f"upgrade: both app hosts run {new}", all(v == new for v in versions.values()), json.dumps(versions))
 
 
+MSG_REFUSED_HOST = "5b0f3d7e8a2c4e61b9d4a7c2e0f18b36"
+MSG_REFUSED_ALLOWLIST = "ee06a8d952b040f38852d559d7f94fa7"
+
+
+def journal_mentions(host, message_id, text):
+    out = ssh(host, f"journalctl -q -o json MESSAGE_ID={message_id}", check=False).stdout
+    return text in out
+
+
+def t_alerts():
+    """Alertmanager routes an alert to the bot of the host it names; a bot
+    refuses (audited) an alert about another host."""
+    probe = f"vigil-fleet-probe-{os.getpid()}.service"
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    labels = {"alertname": "VigilDaemonDown", "remediation": "restart", "severity": "page",
+              "host": "app2", "unit": probe, "service": "fleet"}
+    s, _ = http("POST", f"http://{HOSTS['data1'][1]}:9093/api/v2/alerts",
+                [{"labels": labels, "annotations": {"summary": "fleet test"}, "startsAt": now}])
+    if s != 200:
+        raise RuntimeError(f"Alertmanager answered {s}")
+    try:
+        wait_for("app2's bot deciding the alert", lambda: journal_mentions("app2", MSG_REFUSED_ALLOWLIST, probe), 90, 2)
+        routed = True
+    except RuntimeError:
+        routed = False
+    on_app1 = ssh("app1", "journalctl -q -o json -u vigil-alertbotd", check=False).stdout.count(probe)
+    result("alerts: Alertmanager sends an alert about app2 to app2's bot only", routed and on_app1 == 0,
+           f"app2 decided: {routed}, app1 records: {on_app1}")
+    # Straight to app1's bot (from the monitoring host, with Alertmanager's
+    # token): an alert about app2 is refused and audited.
+    fp = f"fleet{os.getpid():x}"
+    body = {"version": "4", "status": "firing", "receiver": "alertbot", "groupKey": "{}:{}", "groupLabels": {},
+            "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093", "truncatedAlerts": 0,
+            "alerts": [{"status": "firing", "labels": {**labels, "unit": "vigil-notifyd.service"},
+                        "annotations": {}, "startsAt": now, "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": fp}]}
+    p = ssh("data1", f"curl -sS -m 10 -H \"Authorization: Bearer $(cat /etc/vigil/alertmanager/webhook-token)\" "
+                     f"-H 'Content-Type: application/json' --data-binary @- http://{HOSTS['app1'][1]}:8005/webhook"
+                     f" <<'EOF'\n{json.dumps(body)}\nEOF", check=False)
+    audited = wait_for("app1's audit record", lambda: journal_mentions("app1", MSG_REFUSED_HOST, fp), 30, 1) \
+        if "refused_host" in p.stdout else False
+    restarted = ssh("app1", "journalctl -q -o json MESSAGE_ID=8fa5e36ef7934bd7ad1a5b385a4e81c8", check=False).stdout.count(fp)
+    result("alerts: app1's bot refuses an alert about app2 (refused_host, audited), restarts nothing",
+           bool(audited) and restarted == 0, p.stdout.strip()[:300])
+
+
 def t_host_loss():
     token = load_token()
     since = access_log_lines()
@@ -591,7 +640,8 @@ def main():
         result("site.yml provisions the fleet", set(recap) == set(HOSTS) and all(r.get("failed") == 0 for r in recap.values()))
         result("site.yml reports what it did not install (Grafana stack off)", bool(not_installed),
                not_installed[0] if not_installed else "no report")
-        for t in (t_services, t_flows, t_targets, t_idempotent, t_check_mode, t_firewall, t_upgrade, t_host_loss):
+        for t in (t_services, t_flows, t_targets, t_idempotent, t_check_mode, t_firewall, t_upgrade, t_alerts,
+                  t_host_loss):
             check_time()
             try:
                 t()
