@@ -417,8 +417,8 @@ def t_firewall():
     p = ssh("app1", f"PGCONNECT_TIMEOUT=3 psql -X -w -h {HOSTS['data1'][1]} -U vigil_auth -d vigil -c 'SELECT 1'", check=False)
     result("firewall: PostgreSQL asks an app host for the role's password (scram-sha-256)",
            p.returncode != 0 and "password" in (p.stderr or ""), (p.stderr or "").strip()[:200])
-    p = ssh("app1", f"timeout 3 bash -c 'exec 3<>/dev/tcp/{HOSTS['data1'][1]}/6379; printf \"PING\\r\\n\" >&3; head -c 200 <&3'",
-            check=False)
+    p = ssh("app1", f"timeout 3 bash -c 'exec 3<>/dev/tcp/{HOSTS['data1'][1]}/6379; printf \"PING\\r\\n\" >&3; "
+                    "read -r -t 2 line <&3; echo \"$line\"'", check=False)
     result("firewall: Redis refuses an unauthenticated client (default user off)", "NOAUTH" in p.stdout or "NOPERM" in p.stdout,
            p.stdout.strip()[:200])
 
@@ -544,7 +544,7 @@ def t_alerts():
            f"app2 decided: {routed}, app1 records: {on_app1}")
     # Straight to app1's bot (from the monitoring host, with Alertmanager's
     # token): an alert about app2 is refused and audited.
-    fp = f"fleet{os.getpid():x}"
+    fp = f"{os.getpid():x}{int(time.time()):x}"
     body = {"version": "4", "status": "firing", "receiver": "alertbot", "groupKey": "{}:{}", "groupLabels": {},
             "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093", "truncatedAlerts": 0,
             "alerts": [{"status": "firing", "labels": {**labels, "unit": "vigil-notifyd.service"},
