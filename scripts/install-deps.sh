@@ -17,6 +17,7 @@ RUNTIME_PKGS=(
 	iproute2 util-linux python3-prometheus-client python3-yaml
 	debhelper devscripts lintian rpm debootstrap systemd-container dbus-daemon
 	stress-ng groff-base
+	ansible ansible-lint yamllint openssh-client nftables
 )
 
 missing=()

@@ -16,12 +16,24 @@
 #   bookworm-base       debootstrap --variant=minbase (+ systemd, dbus)
 #   bookworm-platform   base + the distro services vigil runs on (built
 #                       again when PLATFORM_PKGS changes)
+#   bookworm-extra      platform + $VIGIL_NSPAWN_EXTRA_PKGS, with the units
+#                       in $VIGIL_NSPAWN_EXTRA_DISABLE disabled (only when
+#                       VIGIL_NSPAWN_EXTRA_PKGS is set: the fleet test's
+#                       tree, in its own cache; the platform list is
+#                       untouched, so the platform cache is not rebuilt)
 # Machines live in $VIGIL_NSPAWN_DIR/NAME (default /var/tmp/vigil-nspawn): an
-# overlayfs over the platform cache when the kernel allows it, else a copy.
+# overlayfs over the platform (or extra) cache when the kernel allows it,
+# else a copy.
 #
 # The machine shares the host's network (no --private-network), so what it
 # serves on 127.0.0.1 is reachable from the host and apt inside it reaches
 # deb.debian.org. Its distro services are on their default ports.
+#
+# With VIGIL_NSPAWN_BRIDGE=BRIDGE the machine gets its own network namespace
+# instead (--network-bridge=BRIDGE, an existing bridge): systemd-networkd in
+# it gives its host0 interface VIGIL_NSPAWN_ADDRESS (CIDR) with
+# VIGIL_NSPAWN_GATEWAY as its default route; VIGIL_NSPAWN_AUTHORIZED_KEYS
+# (a file) becomes root's authorized_keys, and the hostname is NAME.
 set -Eeuo pipefail
 # A command that fails under set -e says where, so a failed boot is never
 # a bare exit status.
@@ -43,6 +55,9 @@ PLATFORM_PKGS=(
 	libjwt0 libmicrohttpd12 libpq5 libhiredis0.14 librabbitmq4 libjson-c5
 	libcurl4 libinih1 libcrypt1 libsystemd0
 )
+
+EXTRA_PKGS=(${VIGIL_NSPAWN_EXTRA_PKGS:-})
+EXTRA_DISABLE=(${VIGIL_NSPAWN_EXTRA_DISABLE:-})
 
 prog=${0##*/}
 die() {
@@ -125,9 +140,48 @@ create_platform() {
 	mv "$tmp" "$plat"
 }
 
+# The tree machines boot from: the platform's, or the extra one.
+lower_tree() {
+	if [ ${#EXTRA_PKGS[@]} -gt 0 ]; then
+		echo "$CACHE/$SUITE-extra"
+	else
+		echo "$CACHE/$SUITE-platform"
+	fi
+}
+
+create_extra() {
+	local plat=$CACHE/$SUITE-platform extra=$CACHE/$SUITE-extra tmp stamp
+	[ ${#EXTRA_PKGS[@]} -gt 0 ] || return 0
+	create_platform
+	stamp="${PLATFORM_PKGS[*]} + ${EXTRA_PKGS[*]} - ${EXTRA_DISABLE[*]}"
+	[ "$(cat "$extra/.vigil-complete" 2>/dev/null)" = "$stamp" ] && return 0
+	tmp=$CACHE/.$SUITE-extra.tmp
+	rm -rf "$tmp"
+	note "installing ${EXTRA_PKGS[*]} into $extra (once)"
+	cp -a "$plat" "$tmp"
+	rm -f "$tmp/.vigil-complete"
+	printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
+	chmod 755 "$tmp/usr/sbin/policy-rc.d"
+	if ! chroot_run "$tmp" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends ${EXTRA_PKGS[*]} && apt-get clean" \
+		>"$CACHE/extra.log" 2>&1; then
+		tail -n 30 "$CACHE/extra.log" >&2
+		die "installing ${EXTRA_PKGS[*]} failed (log: $CACHE/extra.log)"
+	fi
+	if [ ${#EXTRA_DISABLE[@]} -gt 0 ]; then
+		chroot_run "$tmp" systemctl disable "${EXTRA_DISABLE[@]}" >>"$CACHE/extra.log" 2>&1 ||
+			die "systemctl disable ${EXTRA_DISABLE[*]} failed (log: $CACHE/extra.log)"
+	fi
+	rm -f "$tmp/usr/sbin/policy-rc.d"
+	rm -f "$tmp/etc/machine-id" && : >"$tmp/etc/machine-id"
+	echo "$stamp" >"$tmp/.vigil-complete"
+	rm -rf "$extra"
+	mv "$tmp" "$extra"
+}
+
 cmd_create() {
 	create_platform
-	echo "$CACHE/$SUITE-platform"
+	create_extra
+	lower_tree
 }
 
 leader_pid() { # name → the machine's PID 1 as seen from the host
@@ -185,8 +239,9 @@ cmd_boot() {
 	local name=$1 dir plat pid state leader
 	valid_name "$name"
 	dir=$(machine_dir "$name")
-	plat=$CACHE/$SUITE-platform
+	plat=$(lower_tree)
 	create_platform
+	create_extra
 	if leader_pid "$name" >/dev/null 2>&1 || recorded_leader "$name" >/dev/null; then
 		die "machine $name is already running (stop it first)"
 	fi
@@ -202,9 +257,32 @@ cmd_boot() {
 		od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$dir/root/etc/machine-id"
 	# The host's network is shared; so is its resolver configuration.
 	cp -L /etc/resolv.conf "$dir/root/etc/resolv.conf" 2>/dev/null || true
+	net=()
+	if [ -n "${VIGIL_NSPAWN_BRIDGE:-}" ]; then
+		[ -n "${VIGIL_NSPAWN_ADDRESS:-}" ] || die "VIGIL_NSPAWN_BRIDGE needs VIGIL_NSPAWN_ADDRESS"
+		ip link show "$VIGIL_NSPAWN_BRIDGE" >/dev/null 2>&1 || die "no bridge $VIGIL_NSPAWN_BRIDGE"
+		net=(--network-bridge="$VIGIL_NSPAWN_BRIDGE")
+		echo "$name" >"$dir/root/etc/hostname"
+		# As Debian's installer does: the hostname resolves (RabbitMQ's
+		# node name is rabbit@NAME).
+		printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$name" \
+			>"$dir/root/etc/hosts"
+		mkdir -p "$dir/root/etc/systemd/network" "$dir/root/etc/systemd/system/multi-user.target.wants"
+		{
+			printf '[Match]\nName=host0\n\n[Network]\nAddress=%s\n' "$VIGIL_NSPAWN_ADDRESS"
+			[ -z "${VIGIL_NSPAWN_GATEWAY:-}" ] || printf 'Gateway=%s\n' "$VIGIL_NSPAWN_GATEWAY"
+			printf 'LinkLocalAddressing=no\n'
+		} >"$dir/root/etc/systemd/network/10-vigil-host0.network"
+		ln -sf /lib/systemd/system/systemd-networkd.service \
+			"$dir/root/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+		if [ -n "${VIGIL_NSPAWN_AUTHORIZED_KEYS:-}" ]; then
+			mkdir -p -m 0700 "$dir/root/root/.ssh"
+			install -m 0600 "$VIGIL_NSPAWN_AUTHORIZED_KEYS" "$dir/root/root/.ssh/authorized_keys"
+		fi
+	fi
 	note "booting $name"
 	setsid systemd-nspawn -q -D "$dir/root" -M "$name" --boot --register=no --keep-unit \
-		--console=read-only --resolv-conf=off --timezone=off \
+		--console=read-only --resolv-conf=off --timezone=off "${net[@]}" \
 		>"$dir/console.log" 2>&1 </dev/null &
 	pid=$!
 	echo "$pid" >"$dir/nspawn.pid"

@@ -201,6 +201,20 @@ void policy_decide(const struct policy *p, struct alertbot_state *s, const struc
                 inc = state_incident_add(s, a->fingerprint, a->starts_at, alertname, now);
         state_set_string(inc->unit, STATE_UNIT_MAX, d.unit);
 
+        /* A bot heals its own host only: an alert about another host (in
+         * a fleet, Alertmanager routes it to that host's bot) is refused
+         * before any rule, and audited. */
+        if (p->host) {
+                const char *host = webhook_alert_label(a, "host");
+
+                if (host && strcmp(host, p->host) != 0) {
+                        d.escalate = false;
+                        decided(&d, inc, DECISION_REFUSED_HOST, "the alert is about another host",
+                                now);
+                        goto done;
+                }
+        }
+
         if (!d.rule) {
                 decided(&d, inc, DECISION_UNMATCHED, "no rule for this alert", now);
                 goto done;

@@ -29,6 +29,7 @@ static const struct {
         [DECISION_DUPLICATE] = {"duplicate", "1554b0b6c8fa4baf9cca372d712731bc"},
         [DECISION_RESOLVED] = {"resolved", "2db92e48889241bbbaa31f40d68d21b1"},
         [DECISION_UNMATCHED] = {"unmatched", "fd07560df8274713a952f16a26f6d03c"},
+        [DECISION_REFUSED_HOST] = {"refused_host", "5b0f3d7e8a2c4e61b9d4a7c2e0f18b36"},
 };
 
 const char *decision_kind_to_string(enum decision_kind k)
@@ -63,6 +64,7 @@ void policy_free(struct policy *p)
 {
         if (!p)
                 return;
+        free(p->host);
         for (size_t i = 0; i < p->n_allowlist; i++)
                 free(p->allowlist[i]);
         for (size_t i = 0; i < p->n_rules; i++)
@@ -169,6 +171,15 @@ static void set_policy_key(struct loader *l, const char *name, const char *value
         };
         struct policy *p = l->policy;
 
+        if (strcmp(name, "host") == 0) {
+                if (!*value || strlen(value) > STATE_UNIT_MAX || strpbrk(value, " \t,\"\\"))
+                        return loader_fail(l, "[policy] host: expected a host name");
+                free(p->host);
+                p->host = strdup(value);
+                if (!p->host)
+                        return loader_fail(l, "out of memory");
+                return 1;
+        }
         if (strcmp(name, "allowlist") == 0) {
                 _cleanup_free_ char *copy = strdup(value);
                 char *save = NULL;

@@ -79,6 +79,9 @@ struct policy_unit {
 };
 
 struct policy {
+        /* The host this bot heals ([policy] host): an alert whose label
+         * host names another one is refused (refused_host). NULL: any. */
+        char *host;
         char *allowlist[POLICY_MAX_ALLOWLIST];
         size_t n_allowlist;
         int64_t cooldown_seconds;
@@ -104,7 +107,8 @@ enum decision_kind {
         DECISION_REFUSED_ALLOWLIST,
         DECISION_DUPLICATE,
         DECISION_RESOLVED,
-        DECISION_UNMATCHED, /* no rule for this alert */
+        DECISION_UNMATCHED,    /* no rule for this alert */
+        DECISION_REFUSED_HOST, /* about another host than [policy] host */
         _DECISION_MAX,
 };
 

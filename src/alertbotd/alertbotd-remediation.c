@@ -47,6 +47,7 @@ static int decision_priority(enum decision_kind k)
         case DECISION_SKIPPED_BREAKER:
         case DECISION_SKIPPED_BUDGET:
         case DECISION_REFUSED_ALLOWLIST:
+        case DECISION_REFUSED_HOST:
                 return LOG_WARNING;
         case DECISION_ACTED:
         case DECISION_DRY_RUN:
@@ -102,7 +103,7 @@ static void count_action(struct alertbotd_manager *m, enum decision_kind k, cons
         if (!*unit || !*action || k == DECISION_DUPLICATE || k == DECISION_RESOLVED ||
             k == DECISION_UNMATCHED)
                 return;
-        if (k == DECISION_REFUSED_ALLOWLIST)
+        if (k == DECISION_REFUSED_ALLOWLIST || k == DECISION_REFUSED_HOST)
                 unit = "other";
         metrics_counter_inc(metrics_child3(m->actions, unit, action, action_result(k)));
 }
@@ -458,7 +459,7 @@ int alertbotd_register_metrics(struct alertbotd_manager *m, struct metrics_regis
         m->actions = metrics_counter_new(metrics, "vigil_alertbot_actions_total",
                                          "Remediation decisions about a unit, by result "
                                          "(success, failure, skipped_*, dry_run, "
-                                         "refused_allowlist)",
+                                         "refused_allowlist, refused_host)",
                                          (const char *const[]){"unit", "action", "result", NULL});
         m->circuit_open = metrics_gauge_new(metrics, "vigil_alertbot_circuit_open",
                                             "1 while the unit's circuit breaker is open or "

@@ -70,8 +70,13 @@ static int redis_pool_from_config(const struct daemon_redis_config *c,
         if (r < 0)
                 return r;
 
+        if (c->username[0] && !password)
+                return log_error_errno(-EINVAL, "[redis] username is set but there is no password "
+                                                "(redis-password credential or password_file)");
+
         struct redis_pool_options opts = {
                 .address = c->address,
+                .username = c->username[0] ? c->username : NULL,
                 .password = password,
                 .size = (unsigned)c->pool_size,
                 .metrics = metrics,

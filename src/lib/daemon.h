@@ -98,6 +98,7 @@ struct daemon_postgres_config {
 
 struct daemon_redis_config {
         char *address;
+        char *username;
         char *password_file;
         int64_t pool_size;
         int64_t local_cache_max_age_ms;
@@ -107,6 +108,9 @@ struct daemon_redis_config {
 #define DAEMON_CONF_REDIS_KEYS(type, field)                                                        \
         CONF_STRING("redis", "address", "127.0.0.1:6379", 1024, type, field.address,               \
                     "host:port or unix:/path of the Redis server"),                                \
+                CONF_STRING("redis", "username", "", 256, type, field.username,                    \
+                            "ACL user to log in as (with the redis-password credential); empty: "  \
+                            "the default user"),                                                   \
                 CONF_STRING("redis", "password_file", "", 4096, type, field.password_file,         \
                             "Password file when the redis-password credential is absent"),         \
                 CONF_INT("redis", "pool_size", "32", 1, 256, type, field.pool_size,                \

@@ -45,6 +45,7 @@ struct redis_pool {
         char *host; /* or the socket path when unix */
         int port;
         bool unix_socket;
+        char *username;
         char *password;
         struct dependency_metrics metrics;
         struct tracer *tracer;
@@ -146,6 +147,10 @@ int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **re
                 return -EINVAL;
         if (opts->password && strnlen(opts->password, MAX_PASSWORD_LEN + 1) > MAX_PASSWORD_LEN)
                 return -EINVAL;
+        /* A user without a password could not log in: AUTH needs both. */
+        if (opts->username && (!opts->password || opts->username[0] == '\0' ||
+                               strnlen(opts->username, MAX_PASSWORD_LEN + 1) > MAX_PASSWORD_LEN))
+                return -EINVAL;
         if (opts->size > REDIS_POOL_MAX_SIZE || opts->connect_timeout_ms > MAX_TIMEOUT_MS ||
             opts->command_timeout_ms > MAX_TIMEOUT_MS || opts->acquire_timeout_ms > MAX_TIMEOUT_MS)
                 return -EINVAL;
@@ -173,6 +178,11 @@ int redis_pool_new(const struct redis_pool_options *opts, struct redis_pool **re
                 if (!p->password)
                         return -ENOMEM;
         }
+        if (opts->username) {
+                p->username = strdup(opts->username);
+                if (!p->username)
+                        return -ENOMEM;
+        }
         if (opts->metrics) {
                 r = dependency_metrics_get(opts->metrics, &p->metrics);
                 if (r < 0)
@@ -192,6 +202,7 @@ void redis_pool_free(struct redis_pool *p)
         slot_pool_done(&p->sp);
         free(p->slots);
         free(p->host);
+        free(p->username);
         erase_and_free(p->password);
         free(p);
 }
@@ -216,8 +227,10 @@ int redis_pool_connect(struct redis_pool *p, redisContext **ret)
                 return -ECONNREFUSED;
         }
         if (p->password) {
-                const char *argv[2] = {"AUTH", p->password};
-                redisReply *reply = redisCommandArgv(ctx, 2, argv, NULL);
+                /* AUTH username password (an ACL user), or AUTH password
+                 * (the default user). */
+                const char *argv[3] = {"AUTH", p->username ?: p->password, p->password};
+                redisReply *reply = redisCommandArgv(ctx, p->username ? 3 : 2, argv, NULL);
                 bool ok = reply && reply->type == REDIS_REPLY_STATUS;
 
                 if (reply)

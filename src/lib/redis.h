@@ -22,6 +22,7 @@ struct redis_pool;
 
 struct redis_pool_options {
         const char *address;         /* "127.0.0.1:6379" or "unix:/run/redis/redis.sock" */
+        const char *username;        /* ACL user (AUTH username password); NULL: the default user */
         const char *password;        /* NULL: no AUTH */
         unsigned size;               /* 0: 8; at most REDIS_POOL_MAX_SIZE */
         unsigned connect_timeout_ms; /* 0: 500 */

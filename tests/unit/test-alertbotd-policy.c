@@ -274,6 +274,44 @@ START_TEST(test_forced_unit_outside_allowlist_is_refused_and_escalated)
 }
 END_TEST
 
+START_TEST(test_alert_about_another_host_is_refused)
+{
+        _cleanup_(policy_freep) struct policy *p = NULL;
+        char *error = NULL;
+        struct test_alert t;
+        struct decision d;
+
+        ck_assert_int_eq(policy_load_string("p",
+                                            "[policy]\nhost = app1\n"
+                                            "allowlist = vigil-authd.service\n"
+                                            "[rule.VigilDaemonDown]\nunit_label = unit\n",
+                                            &p, &error),
+                         0);
+        ck_assert_str_eq(p->host, "app1");
+        make_alert(&t, true, "h1", "2024-01-01T00:00:00Z", "VigilDaemonDown", "unit",
+                   "vigil-authd.service", "host", "app2");
+        policy_decide(p, state, &t.a, 0, false, T0, &d);
+        ck_assert_int_eq(d.kind, DECISION_REFUSED_HOST);
+        ck_assert(!d.act);
+        ck_assert_str_eq(decision_kind_to_string(d.kind), "refused_host");
+        ck_assert_ptr_nonnull(decision_kind_message_id(d.kind));
+        /* Its own host, or no host label (one host): acted on. */
+        make_alert(&t, true, "h2", "2024-01-01T00:00:01Z", "VigilDaemonDown", "unit",
+                   "vigil-authd.service", "host", "app1");
+        policy_decide(p, state, &t.a, 0, false, T0, &d);
+        ck_assert_int_eq(d.kind, DECISION_ACTED);
+        /* The default policy (no host) acts on any host's alert. */
+        make_alert(&t, true, "h3", "2024-01-01T00:00:02Z", "VigilDaemonDown", "unit",
+                   "vigil-authd.service", "host", "app2");
+        policy_decide(policy, state, &t.a, 0, false, T0 + 10000, &d);
+        ck_assert_int_eq(d.kind, DECISION_ACTED);
+        /* A bad host name is refused when loading. */
+        policy_free(TAKE_PTR(p));
+        ck_assert_int_eq(policy_load_string("p", "[policy]\nhost = a b\n", &p, &error), -EINVAL);
+        free(error);
+}
+END_TEST
+
 START_TEST(test_unit_format_derives_the_unit_from_a_label)
 {
         struct test_alert t;
@@ -611,6 +649,7 @@ int main(void)
         tcase_add_test(tc, test_resolved_closes_the_incident_and_the_restart_counts_as_healed);
         tcase_add_test(tc, test_dry_run_decides_and_records_but_does_not_act);
         tcase_add_test(tc, test_unknown_alert_is_unmatched);
+        tcase_add_test(tc, test_alert_about_another_host_is_refused);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);

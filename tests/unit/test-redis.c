@@ -380,6 +380,48 @@ START_TEST(test_password_is_sent_with_auth)
 }
 END_TEST
 
+START_TEST(test_acl_user_logs_in_with_username_and_password)
+{
+        _cleanup_(redis_pool_freep) struct redis_pool *open = pool_with(1, 0, 0, NULL);
+        _cleanup_(redis_pool_freep) struct redis_pool *as_default = NULL, *wrong = NULL,
+                                                      *right = NULL, *bad = NULL;
+        struct redis_pool_options opts = {.address = address};
+        char user[64];
+
+        snprintf(user, sizeof(user), "vigil-test-%d", (int)getpid());
+        ck_assert_int_eq(redis_command_argv(open, 7,
+                                            (const char *[]){"ACL", "SETUSER", user, "on",
+                                                             ">s3cret", "~*", "+@all"},
+                                            NULL, NULL),
+                         0);
+        /* The user's password alone is the default user's: refused. */
+        opts.password = "s3cret";
+        ck_assert_int_eq(redis_pool_new(&opts, &as_default), 0);
+        opts.username = user;
+        opts.password = "nope";
+        ck_assert_int_eq(redis_pool_new(&opts, &wrong), 0);
+        opts.password = "s3cret";
+        ck_assert_int_eq(redis_pool_new(&opts, &right), 0);
+
+        ck_assert_int_eq(redis_pool_ping(wrong), -EACCES);
+        ck_assert_int_eq(redis_pool_ping(right), 0);
+        {
+                _cleanup_(freeReplyObjectp) redisReply *reply =
+                        command(right, 2, (const char *[]){"ACL", "WHOAMI"});
+                ck_assert_int_eq(reply->type, REDIS_REPLY_STRING);
+                ck_assert_str_eq(reply->str, user);
+        }
+        /* The default user has no password here: AUTH with one fails. */
+        ck_assert_int_eq(redis_pool_ping(as_default), -EACCES);
+        /* A user without a password is a configuration error. */
+        opts.password = NULL;
+        ck_assert_int_eq(redis_pool_new(&opts, &bad), -EINVAL);
+        ck_assert_int_eq(
+                redis_command_argv(open, 3, (const char *[]){"ACL", "DELUSER", user}, NULL, NULL),
+                0);
+}
+END_TEST
+
 START_TEST(test_spans_name_the_command_and_never_hold_arguments)
 {
         _cleanup_free_ char *bodies = NULL;
@@ -434,6 +476,7 @@ static Suite *redis_suite(void)
         tcase_add_test(tc, test_pipeline_runs_multi_exec_in_one_round_trip);
         tcase_add_test(tc, test_error_reply_is_returned_as_reply);
         tcase_add_test(tc, test_password_is_sent_with_auth);
+        tcase_add_test(tc, test_acl_user_logs_in_with_username_and_password);
         tcase_add_test(tc, test_spans_name_the_command_and_never_hold_arguments);
         suite_add_tcase(s, tc);
 
