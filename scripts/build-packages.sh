@@ -2,7 +2,7 @@
 # Build vigil's Debian packages from a clean copy of the tree.
 #
 #   build-packages.sh [--src DIR] [--out DIR] [--version VERSION] [--if-stale]
-#                     [--no-lintian] [--no-check]
+#                     [--no-lintian] [--no-check] [--no-dbgsym]
 #
 # The copy holds the source files scripts/list-sources.sh names (tracked and
 # untracked-unignored files, never a build product: the package build
@@ -13,7 +13,9 @@
 # --version builds the same tree as another version (a changelog entry is
 # added to the copy: used by the system test's upgrade check).
 # --if-stale does nothing when DIR already holds packages of these exact
-# sources (same content hash, same version).
+# sources (same content hash, same version, same options). Builds into one
+# DIR take turns (a lock in DIR), so tests running side by side build once.
+# --no-dbgsym leaves out the -dbgsym packages.
 set -euo pipefail
 
 # Run from `make check`, we inherit the outer make's command-line variables
@@ -28,6 +30,7 @@ version=
 if_stale=0
 lintian=1
 check=1
+dbgsym=1
 while [ $# -gt 0 ]; do
 	case $1 in
 	--src) top=$(cd "$2" && pwd); shift 2 ;;
@@ -36,7 +39,8 @@ while [ $# -gt 0 ]; do
 	--if-stale) if_stale=1; shift ;;
 	--no-lintian) lintian=0; shift ;;
 	--no-check) check=0; shift ;;
-	*) echo "usage: $0 [--src DIR] [--out DIR] [--version VERSION] [--if-stale] [--no-lintian] [--no-check]" >&2; exit 2 ;;
+	--no-dbgsym) dbgsym=0; shift ;;
+	*) echo "usage: $0 [--src DIR] [--out DIR] [--version VERSION] [--if-stale] [--no-lintian] [--no-check] [--no-dbgsym]" >&2; exit 2 ;;
 	esac
 done
 
@@ -52,9 +56,11 @@ list_sources() { "$here/list-sources.sh" "$top"; }
 
 hash=$(cd "$top" && list_sources | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 [ -n "$version" ] || version=$(cd "$top" && dpkg-parsechangelog -S Version)
-stamp="$hash $version"
+stamp="$hash $version check=$check lintian=$lintian dbgsym=$dbgsym"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+exec 9>"$out/.lock"
+flock 9
 if [ $if_stale -eq 1 ] && [ "$(cat "$out/.source-stamp" 2>/dev/null)" = "$stamp" ] &&
 	ls "$out"/*.deb >/dev/null 2>&1; then
 	note "packages in $out are up to date ($version)"
@@ -77,6 +83,7 @@ fi
 note "building $version in $src"
 opts=(-us -uc -b -j"$(nproc)")
 [ $check -eq 1 ] || export DEB_BUILD_OPTIONS="nocheck ${DEB_BUILD_OPTIONS:-}"
+[ $dbgsym -eq 1 ] || export DEB_BUILD_OPTIONS="noddebs ${DEB_BUILD_OPTIONS:-}"
 if ! (cd "$src" && dpkg-buildpackage "${opts[@]}") >"$work/build.log" 2>&1; then
 	tail -n 60 "$work/build.log" >&2
 	cp "$work/build.log" "$out/build.log"

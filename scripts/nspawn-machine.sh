@@ -178,9 +178,19 @@ create_extra() {
 	mv "$tmp" "$extra"
 }
 
+# The cached trees, built by one process at a time (the system test and the
+# fleet test share them); the lock is never held by a booted machine.
+create_trees() {
+	mkdir -p "$CACHE"
+	(
+		flock 9
+		create_platform
+		create_extra
+	) 9>"$CACHE/.lock"
+}
+
 cmd_create() {
-	create_platform
-	create_extra
+	create_trees
 	lower_tree
 }
 
@@ -240,8 +250,7 @@ cmd_boot() {
 	valid_name "$name"
 	dir=$(machine_dir "$name")
 	plat=$(lower_tree)
-	create_platform
-	create_extra
+	create_trees
 	if leader_pid "$name" >/dev/null 2>&1 || recorded_leader "$name" >/dev/null; then
 		die "machine $name is already running (stop it first)"
 	fi

@@ -76,6 +76,21 @@ def run(cmd, check=True, timeout=600, capture=True, input=None):
     return p
 
 
+def build_packages():
+    """The packages of this tree (PKG_DIR) and the same sources as a newer
+    version (UPGRADE_DIR), reused when up to date. The fleet test calls
+    this too: the builds take turns (build-packages.sh locks its output
+    directory), so tests running side by side build once."""
+    t0 = time.monotonic()
+    base = run(["dpkg-parsechangelog", "-l", os.path.join(TOP, "debian", "changelog"), "-S", "Version"]).stdout.strip()
+    log(f"# building packages {base} (reused when up to date)")
+    run([BUILD, "--if-stale", "--no-dbgsym", "--out", PKG_DIR], timeout=1800, capture=False)
+    log(f"# building the upgrade {base}+systest1")
+    run([BUILD, "--if-stale", "--no-dbgsym", "--no-check", "--no-lintian", "--version", f"{base}+systest1",
+         "--out", UPGRADE_DIR], timeout=1800, capture=False)
+    log(f"# packages ready ({time.monotonic() - t0:.0f}s)")
+
+
 def mexec(*args, check=True, timeout=300, input=None):
     return run([NSPAWN, "exec", MACHINE, *args], check=check, timeout=timeout, input=input)
 

@@ -76,8 +76,8 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from systest import (  # noqa: E402
     GATEWAY,
-    TOP, MACHINE, NSPAWN, BUILD, PKG_DIR, UPGRADE_DIR, PREBUILT, DAEMONS, PACKAGES, PORTS,
-    NOTIFY_MSG, results, log, skip, check_time, run, mexec, mwrite, show, vigil_units,
+    TOP, MACHINE, NSPAWN, PKG_DIR, UPGRADE_DIR, PREBUILT, DAEMONS, PACKAGES, PORTS,
+    NOTIFY_MSG, results, log, skip, check_time, run, build_packages, mexec, mwrite, show, vigil_units,
     vigil_services, service, wait_until, request, status_of, psql, journal, parse_usec, test, USER,
     PASSWORD, state, prometheus_api,
 )
@@ -852,21 +852,6 @@ def ports_taken():
         finally:
             s.close()
     return taken
-
-
-def build_packages():
-    t0 = time.monotonic()
-    base = run(["dpkg-parsechangelog", "-l", os.path.join(TOP, "debian", "changelog"), "-S", "Version"]).stdout.strip()
-    log(f"# building packages {base} (reused when up to date)")
-    run([BUILD, "--if-stale", "--out", PKG_DIR], timeout=1800, capture=False)
-    log(f"# building the upgrade {base}+systest1")
-    run([BUILD, "--if-stale", "--no-check", "--no-lintian", "--version", f"{base}+systest1",
-         "--out", UPGRADE_DIR], timeout=1800, capture=False)
-    for d in (PKG_DIR, UPGRADE_DIR):
-        for f in os.listdir(d):
-            if "-dbgsym_" in f:
-                os.unlink(os.path.join(d, f))
-    log(f"# packages ready ({time.monotonic() - t0:.0f}s)")
 
 
 def main():
