@@ -173,12 +173,12 @@ static void set_policy_key(struct loader *l, const char *name, const char *value
 
         if (strcmp(name, "host") == 0) {
                 if (!*value || strlen(value) > STATE_UNIT_MAX || strpbrk(value, " \t,\"\\"))
-                        return loader_fail(l, "[policy] host: expected a host name");
+                        return fail(l, "policy", name, "expected a host name");
                 free(p->host);
                 p->host = strdup(value);
                 if (!p->host)
-                        return loader_fail(l, "out of memory");
-                return 1;
+                        l->oom = true;
+                return;
         }
         if (strcmp(name, "allowlist") == 0) {
                 _cleanup_free_ char *copy = strdup(value);
