@@ -406,17 +406,16 @@ def start_units(*units):
 # --- the SLOs: injected faults on the three API daemons, traffic straight to them
 
 SLO_DAEMONS = {"auth": 8001, "payment": 8002, "inventory": 8003}
-FAULTS = "/etc/vigil/{}d.conf.d/zz-systest-faults.conf"
 
 
-def set_faults(text):
+def set_faults(*settings):
+    """`vigilctl fault` on the three daemons (bounded by its own timer), or
+    --clear with no settings."""
     for d in SLO_DAEMONS:
-        path = FAULTS.format(d)
-        if text:
-            mwrite(path, text)
+        if settings:
+            mexec("vigilctl", "fault", f"{d}d", *settings, "--for", "20m", timeout=60)
         else:
-            mexec("rm", "-f", path)
-    mexec("systemctl", "reload", *(f"vigil-{d}d.service" for d in SLO_DAEMONS), timeout=60)
+            mexec("vigilctl", "fault", f"{d}d", "--clear", timeout=60)
 
 
 def slo_traffic(token):
@@ -446,14 +445,14 @@ def drill_slos(watch, token):
         t.__enter__()
     try:
         watch.add(*pages, *tickets)
-        set_faults("[faults]\nerror_ratio = 0.5\nlatency_ms = 300\n")
+        set_faults("error_ratio=0.5", "latency_ms=300")
         try:
             watch.wait("the SLO pages fired and delivered", pages, "delivered", 120)
             # The tickets' windows (1 d and 3 d, here 24 and 72 minutes)
             # hold all the test's earlier traffic: the burn must outweigh it.
             watch.wait("the SLO tickets fired (inhibited by their pages)", tickets, "fired", 300)
         finally:
-            set_faults("")
+            set_faults()
             watch.recovered(*pages, *tickets)
         # A page inhibits the ticket of its SLO: the ticket is delivered
         # once the page resolves, while the longer windows still burn.

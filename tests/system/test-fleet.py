@@ -89,6 +89,8 @@ PROMETHEUS = f"http://{HOSTS['data1'][1]}:9090"
 # with an extra layer, a machine directory of their own.
 NSPAWN_ENV = {
     "VIGIL_NSPAWN_DIR": "/var/tmp/vigil-fleet",
+    # The tree must hold every package vigil's packages depend on (the
+    # machines have no archive): distro_depends() adds those.
     "VIGIL_NSPAWN_EXTRA_PKGS": "openssh-server nftables python3-apt",
     # Distro services start only where the play enables them (booting four
     # machines that each start PostgreSQL, RabbitMQ, Prometheus... would
@@ -594,6 +596,23 @@ def t_host_loss():
     result("host-loss: no POST sent to more than one app host", not twice, "; ".join(twice[:5]))
 
 
+def distro_depends(*dirs):
+    """The distro packages the .deb files in dirs depend on (the first of
+    each set of alternatives), vigil's own left out."""
+    names = set()
+    for d in dirs:
+        for f in sorted(os.listdir(d)):
+            if not f.endswith(".deb"):
+                continue
+            fields = run(["dpkg-deb", "-f", os.path.join(d, f), "Pre-Depends", "Depends"]).stdout
+            for line in fields.splitlines():
+                for dep in line.partition(":")[2].split(","):
+                    name = re.split(r"[\s(|:]", dep.strip(), maxsplit=1)[0]
+                    if name and not name.startswith("vigil"):
+                        names.add(name)
+    return sorted(names)
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--down":
         down()
@@ -631,6 +650,7 @@ def main():
     try:
         if not PREBUILT:
             build_packages()
+        NSPAWN_ENV["VIGIL_NSPAWN_EXTRA_PKGS"] += " " + " ".join(distro_depends(PKG_DIR, UPGRADE_DIR))
         state["tmp"] = tempfile.mkdtemp(prefix="vigil-fleet.")
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(state["tmp"], "id_ed25519")])
         t0 = time.monotonic()

@@ -20,6 +20,8 @@ paymentd, inventoryd, notifyd, alertbotd):
   validate    `vigilctl validate --json` passes on the healthy install (skips
               only for Tempo, Loki, Grafana: not installed), reuses its
               synthetic user, and names a stopped vigil-notifyd (exit 1)
+  fault       `vigilctl fault` sets a fault for 15 s (503 on its route,
+              vigil_fault_active) and its transient timer takes it away
   gateway     rate limit answered 429 with a JSON body; a new trace at the edge (X-Request-Id);
               /health /ready /metrics /stats 404 through it
   journald    structured fields (TRACE_ID, HTTP_ROUTE, HTTP_STATUS, …) from
@@ -287,6 +289,38 @@ def t_flows():
     assert s == 204, f"release: {s} {b2!r}"
     return (f"payment {pay['payment_id']} → notification; reserved product {pid} "
             f"(remaining {reserved['remaining']}), released")
+
+
+def fault_metric(port, key):
+    """inventoryd's vigil_fault_active{fault=KEY} from its own /metrics."""
+    _, body, _ = request("GET", "/metrics", port=port)
+    m = re.search(rf'^vigil_fault_active{{fault="{key}"}} (\S+)$', body.decode(), re.M)
+    assert m, f"vigil_fault_active{{fault={key!r}}} not exported"
+    return float(m.group(1))
+
+
+@test("vigilctl fault: a fault set for 15 s answers 503 on its route and shows in vigil_fault_active; "
+      "its transient timer takes it away with vigilctl long gone")
+def t_fault():
+    port = DAEMONS["inventoryd"][1]
+    dropin = "/etc/vigil/inventoryd.conf.d/50-vigilctl-fault.conf"
+    mexec("vigilctl", "fault", "inventoryd", "error_ratio=1", "routes=/products", "--for", "15s", timeout=60)
+    t_set = time.monotonic()
+    # vigilctl has exited: from here only its timer can take the fault away.
+    listed = json.loads(mexec("vigilctl", "fault", "--list", "--json").stdout)
+    assert "inventoryd" in json.dumps(listed), f"--list does not show it: {listed}"
+    wait_until("/products answering 503", lambda: status_of("GET", "/products", port=port) == 503, 10)
+    assert status_of("GET", "/product/1", port=port) == 200, "a route outside routes= failed too"
+    assert fault_metric(port, "error_ratio") == 1
+    wait_until("the timer removing the drop-in", lambda: mexec("test", "-e", dropin, check=False).returncode != 0,
+               60, 0.5)
+    wait_until("/products answering 200 again", lambda: status_of("GET", "/products", port=port) == 200, 30)
+    gone = time.monotonic() - t_set
+    assert fault_metric(port, "error_ratio") == 0
+    timers = mexec("systemctl", "list-timers", "--no-legend", "vigil-fault-clear-*").stdout.strip()
+    assert not timers, f"a clearing timer still armed: {timers}"
+    assert mexec("systemctl", "is-active", "vigil-inventoryd.service").stdout.strip() == "active"
+    return f"503 on /products only, vigil_fault_active 1 → 0, taken away by its timer {gone:.1f} s after it was set"
 
 
 @test("gateway: per-IP rate limit answers 429 with JSON; internal endpoints 404; a new trace per request reaches the journal")
@@ -891,7 +925,7 @@ def main():
             return 1
         log(f"# installed ({time.monotonic() - t0:.0f}s)")
         mexec("systemctl", "start", "vigil.target", timeout=120)
-        checks = [t_units, t_targets, t_flows, t_silent, t_validate, t_gateway, t_journal, t_security, t_polkit, t_grafana_stack,
+        checks = [t_units, t_targets, t_flows, t_silent, t_validate, t_fault, t_gateway, t_journal, t_security, t_polkit, t_grafana_stack,
                   t_watchdog, t_outage,
                   t_socket, t_upgrade, t_alertbot_restart, t_alertbot_breaker, t_alertbot_refused,
                   t_alerts,
