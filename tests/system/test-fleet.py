@@ -17,6 +17,7 @@ holds every distro package vigil needs, so the machines need no network
 beyond the bridge (vigil_apt_update=false) and the Grafana stack is off (the
 play reports it). It checks:
 
+  lint        ansible-lint --profile production and yamllint -s: nothing
   services    every service active on the right host, the other groups'
               distro services inactive
   flows       register → login → charge through the gateway, served by
@@ -130,9 +131,9 @@ def check_time():
         raise RuntimeError("the fleet test ran out of time")
 
 
-def run(cmd, check=True, timeout=600, env=None, input=None, capture=True):
+def run(cmd, check=True, timeout=600, env=None, input=None, capture=True, cwd=None):
     check_time()
-    p = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, input=input,
+    p = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, input=input, cwd=cwd,
                        env=None if env is None else {**os.environ, **env})
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{(p.stdout or '')[-3000:]}{(p.stderr or '')[-3000:]}")
@@ -596,6 +597,17 @@ def t_host_loss():
     result("host-loss: no POST sent to more than one app host", not twice, "; ".join(twice[:5]))
 
 
+def t_lint():
+    """ansible-lint (production profile) and yamllint (strict) on ansible/."""
+    lint = run(["ansible-lint", "--profile", "production", "--nocolor"], check=False, timeout=300,
+               env={"ANSIBLE_CONFIG": os.path.join(ANSIBLE_DIR, "ansible.cfg")}, cwd=ANSIBLE_DIR)
+    yaml = run(["yamllint", "-s", "."], check=False, timeout=120, cwd=ANSIBLE_DIR)
+    summary = (lint.stdout + lint.stderr).strip().splitlines()[-1:] or ["(no output)"]
+    result("lint: ansible-lint --profile production and yamllint -s report nothing",
+           lint.returncode == 0 and yaml.returncode == 0 and not yaml.stdout.strip(),
+           f"ansible-lint exit {lint.returncode}: {summary[0]}; yamllint exit {yaml.returncode} {yaml.stdout[-1500:]}")
+
+
 def distro_depends(*dirs):
     """The distro packages the .deb files in dirs depend on (the first of
     each set of alternatives), vigil's own left out."""
@@ -621,7 +633,8 @@ def main():
         skip("VIGIL_FLEET_TEST=0")
     if os.geteuid() != 0:
         skip("needs root (systemd-nspawn, a bridge)")
-    for tool in ("systemd-nspawn", "debootstrap", "nsenter", "ip", "ssh", "ssh-keygen", "ansible-playbook"):
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter", "ip", "ssh", "ssh-keygen", "ansible-playbook",
+                 "ansible-lint", "yamllint"):
         if not shutil.which(tool):
             skip(f"{tool} not installed (scripts/install-deps.sh installs it)")
     if not PREBUILT:
@@ -648,6 +661,7 @@ def main():
 
     t_start = time.monotonic()
     try:
+        t_lint()
         if not PREBUILT:
             build_packages()
         NSPAWN_ENV["VIGIL_NSPAWN_EXTRA_PKGS"] += " " + " ".join(distro_depends(PKG_DIR, UPGRADE_DIR))
