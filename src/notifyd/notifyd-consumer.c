@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "amqp.h"
+#include "daemon.h"
 #include "log.h"
 #include "macro.h"
 #include "metrics.h"
@@ -464,18 +465,10 @@ static int wait_for_postgres(struct notifyd_consumer *c)
         if (r < 0)
                 return r;
         if (!c->migrated) {
-                char error[256];
-
-                r = pg_migrate_with_error(c->pg, NOTIFYD_SCHEMA, notifyd_notifications_migrations,
-                                          notifyd_notifications_migrations_count, error,
-                                          sizeof(error));
-                if (r < 0) {
-                        log_warning_errno(r, "Schema migration not applied yet (%s); will retry",
-                                          error);
+                r = daemon_migrate(c->pg, &notifyd_schema);
+                if (r < 0)
                         return r;
-                }
                 c->migrated = true;
-                log_info("Schema %s is up to date", NOTIFYD_SCHEMA);
         }
         return 0;
 }
