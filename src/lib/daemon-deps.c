@@ -462,16 +462,11 @@ bool daemon_tick(struct daemon *d)
                 progress = ops->manager_tick(d->manager);
         if (watch)
                 compose_status(d);
+        if (ops->manager_status)
+                ops->manager_status(d->manager, d->status, sizeof(d->status));
         trace_set_current(previous);
         span_end(quiet);
         return http_server_is_healthy(d->http, ops->max_request_usec) && progress;
-}
-
-const char *daemon_status(struct daemon *d)
-{
-        if (d->ops->manager_status)
-                return d->ops->manager_status(d->manager);
-        return d->status;
 }
 
 /* ---- stopping */

@@ -248,9 +248,10 @@ struct daemon_ops {
          * manager is not making progress, which stops the watchdog pings.
          * May be NULL. */
         bool (*manager_tick)(void *manager);
-        /* The daemon's own STATUS= ("Consuming …"); NULL: the skeleton's
-         * "Serving" or "Degraded: postgres, redis unavailable". */
-        const char *(*manager_status)(void *manager);
+        /* Write the daemon's own STATUS= ("Consuming …") into status,
+         * after each tick; NULL: the skeleton's "Serving" or "Degraded:
+         * postgres, redis unavailable". */
+        void (*manager_status)(void *manager, char *status, size_t size);
         /* Apply the reloadable settings of a freshly loaded config (which
          * is freed after the call: copy what you keep). May be NULL. */
         int (*manager_reload)(void *manager, const void *config);
