@@ -68,10 +68,33 @@ unsigned notifyd_retry_queue_for(unsigned attempt, unsigned max_attempts)
         return attempt + 1;
 }
 
+/* The consumer's metrics; -EEXIST when they are registered already. */
+static int register_metrics(struct notifyd_consumer *c, struct metrics_registry *metrics)
+{
+        struct metric_family *processed, *dead, *lag;
+
+        processed = metrics_counter_new(metrics, "vigil_notify_processed_total",
+                                        "Payment events handled, by result",
+                                        (const char *const[]){"result", NULL});
+        dead = metrics_counter_new(metrics, "vigil_notify_dead_lettered_total",
+                                   "Messages parked in vigil.notify.dead", NULL);
+        lag = metrics_histogram_new(metrics, "vigil_notify_lag_seconds",
+                                    "Time from the payment's commit to its processing", NULL,
+                                    lag_buckets, ELEMENTSOF(lag_buckets));
+        if (!processed || !dead || !lag)
+                return -EEXIST;
+        c->processed = metrics_child1(processed, "processed");
+        c->duplicate = metrics_child1(processed, "duplicate");
+        c->dead_lettered = metrics_child1(processed, "dead_lettered");
+        c->retried = metrics_child1(processed, "retried");
+        c->dead_total = metrics_child(dead, NULL);
+        c->lag = metrics_child(lag, NULL);
+        return 0;
+}
+
 int notifyd_consumer_new(const struct notifyd_consumer_options *opts, struct notifyd_consumer **ret)
 {
         struct notifyd_consumer *c;
-        struct metric_family *processed, *dead, *lag;
         pthread_condattr_t attr;
 
         if (!opts || !opts->amqp || !opts->pg || opts->prefetch < 1 ||
@@ -106,25 +129,9 @@ int notifyd_consumer_new(const struct notifyd_consumer_options *opts, struct not
         pthread_cond_init(&c->cond, &attr);
         pthread_condattr_destroy(&attr);
 
-        if (opts->metrics) {
-                processed = metrics_counter_new(opts->metrics, "vigil_notify_processed_total",
-                                                "Payment events handled, by result",
-                                                (const char *const[]){"result", NULL});
-                dead = metrics_counter_new(opts->metrics, "vigil_notify_dead_lettered_total",
-                                           "Messages parked in vigil.notify.dead", NULL);
-                lag = metrics_histogram_new(opts->metrics, "vigil_notify_lag_seconds",
-                                            "Time from the payment's commit to its processing",
-                                            NULL, lag_buckets, ELEMENTSOF(lag_buckets));
-                if (!processed || !dead || !lag) {
-                        notifyd_consumer_free(c);
-                        return -EEXIST;
-                }
-                c->processed = metrics_child1(processed, "processed");
-                c->duplicate = metrics_child1(processed, "duplicate");
-                c->dead_lettered = metrics_child1(processed, "dead_lettered");
-                c->retried = metrics_child1(processed, "retried");
-                c->dead_total = metrics_child(dead, NULL);
-                c->lag = metrics_child(lag, NULL);
+        if (opts->metrics && register_metrics(c, opts->metrics) < 0) {
+                notifyd_consumer_free(c);
+                return -EEXIST;
         }
 
         *ret = c;
