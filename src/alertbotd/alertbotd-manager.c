@@ -241,25 +241,17 @@ static int manager_start(void *userdata)
         return 0;
 }
 
-static bool manager_tick(void *userdata)
+static void manager_status(void *userdata, char *status, size_t size)
 {
         struct alertbotd_manager *m = userdata;
 
         pthread_mutex_lock(&m->lock);
-        snprintf(m->status, sizeof(m->status), "%s%s; %zu restart%s queued%s",
+        snprintf(status, size, "%s%s; %zu restart%s queued%s",
                  atomic_load(&m->state_ok) ? "Serving" : "Degraded: state not writable",
                  m->dry_run ? " (dry run)" : "", m->queue_count + (m->worker_busy ? 1 : 0),
                  m->queue_count + (m->worker_busy ? 1 : 0) == 1 ? "" : "s",
                  m->worker_busy ? ", one running" : "");
         pthread_mutex_unlock(&m->lock);
-        return true;
-}
-
-static const char *manager_status(void *userdata)
-{
-        struct alertbotd_manager *m = userdata;
-
-        return m->status[0] ? m->status : "Serving";
 }
 
 /* SIGHUP: a new policy file and dry_run; on a bad policy keep the old one. */
@@ -312,7 +304,6 @@ const struct daemon_ops alertbotd_ops = {
         .manager_size = sizeof(struct alertbotd_manager),
         .manager_init = manager_init,
         .manager_start = manager_start,
-        .manager_tick = manager_tick,
         .manager_status = manager_status,
         .manager_reload = manager_reload,
         .manager_stop = manager_stop,

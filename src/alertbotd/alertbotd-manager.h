@@ -67,7 +67,6 @@ struct alertbotd_manager {
         struct metric_family *actions;      /* vigil_alertbot_actions_total */
         struct metric_family *circuit_open; /* vigil_alertbot_circuit_open */
         struct metric *decision_duration;   /* vigil_alertbot_decision_duration_seconds */
-        char status[128];
 };
 
 extern const struct daemon_ops alertbotd_ops;

@@ -65,15 +65,27 @@ static struct webhook *read_payload(struct http_request *req, struct alertbotd_m
         return w;
 }
 
-static void handle_webhook(struct http_request *req, void *userdata)
+typedef void payload_handler(struct http_request *req, struct alertbotd_manager *m,
+                             const struct webhook *w);
+
+/* The two receivers of Alertmanager's payload: read it once (answering a
+ * bad one) and hand it to handle. */
+static void serve_payload(struct http_request *req, void *userdata, payload_handler *handle)
 {
         struct alertbotd_manager *m = userdata;
         _cleanup_(webhook_freep) struct webhook *w = read_payload(req, m);
+
+        if (w)
+                handle(req, m, w);
+}
+
+/* The remediation receiver: every alert decided under the policy. */
+static void remediate(struct http_request *req, struct alertbotd_manager *m,
+                      const struct webhook *w)
+{
         _cleanup_(json_object_putp) struct json_object *summary = NULL;
         int r;
 
-        if (!w)
-                return;
         r = alertbotd_handle_webhook(m, w, &summary);
         if (r == -EAGAIN) {
                 http_reply_add_header(req, "Retry-After", "5");
@@ -89,17 +101,18 @@ static void handle_webhook(struct http_request *req, void *userdata)
         http_reply_json(req, 200, summary);
 }
 
+static void handle_webhook(struct http_request *req, void *userdata)
+{
+        serve_payload(req, userdata, remediate);
+}
+
 /* Alertmanager's escalation and tickets receivers: every alert is logged
  * and kept for GET /notifications. */
-static void handle_notify(struct http_request *req, void *userdata)
+static void record(struct http_request *req, struct alertbotd_manager *m, const struct webhook *w)
 {
-        struct alertbotd_manager *m = userdata;
-        _cleanup_(webhook_freep) struct webhook *w = read_payload(req, m);
         _cleanup_(json_object_putp) struct json_object *o = NULL;
         size_t n;
 
-        if (!w)
-                return;
         n = notifications_record_webhook(m->notifications, w);
         o = json_object_new_object();
         if (!o) {
@@ -111,11 +124,14 @@ static void handle_notify(struct http_request *req, void *userdata)
         http_reply_json(req, 200, o);
 }
 
-static void handle_notifications(struct http_request *req, void *userdata)
+static void handle_notify(struct http_request *req, void *userdata)
 {
-        struct alertbotd_manager *m = userdata;
-        _cleanup_(json_object_putp) struct json_object *o = notifications_json(m->notifications);
+        serve_payload(req, userdata, record);
+}
 
+/* A JSON document built for a GET, or 503 when there was no memory for it. */
+static void reply_json_or_busy(struct http_request *req, struct json_object *o)
+{
         if (!o) {
                 http_reply_error(req, 503, "busy", "Out of memory");
                 return;
@@ -123,16 +139,20 @@ static void handle_notifications(struct http_request *req, void *userdata)
         http_reply_json(req, 200, o);
 }
 
+static void handle_notifications(struct http_request *req, void *userdata)
+{
+        struct alertbotd_manager *m = userdata;
+        _cleanup_(json_object_putp) struct json_object *o = notifications_json(m->notifications);
+
+        reply_json_or_busy(req, o);
+}
+
 static void handle_incidents(struct http_request *req, void *userdata)
 {
         struct alertbotd_manager *m = userdata;
         _cleanup_(json_object_putp) struct json_object *o = alertbotd_incidents_json(m);
 
-        if (!o) {
-                http_reply_error(req, 503, "busy", "Out of memory");
-                return;
-        }
-        http_reply_json(req, 200, o);
+        reply_json_or_busy(req, o);
 }
 
 const struct http_route alertbotd_routes[] = {

@@ -146,9 +146,7 @@ const struct daemon_ops authd_ops = {
         .dependencies =
                 {
                         .postgres = DAEMON_SECTION(struct authd_config, postgres),
-                        .schema = AUTHD_SCHEMA,
-                        .migrations = authd_users_migrations,
-                        .n_migrations = &authd_users_migrations_count,
+                        .schema = &authd_schema,
                         .redis = DAEMON_SECTION(struct authd_config, redis),
                 },
         .routes = authd_routes,

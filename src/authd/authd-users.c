@@ -7,20 +7,17 @@
 
 #include "password.h"
 
-const struct pg_migration authd_users_migrations[] = {
-        {
-                .version = 1,
-                .name = "users",
-                .sql = "CREATE TABLE auth.users ("
-                       "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                       "  username text NOT NULL UNIQUE"
-                       "    CHECK (username ~ '^[A-Za-z0-9_.-]{3,64}$'),"
-                       "  password_hash text NOT NULL CHECK (password_hash LIKE '$y$%'),"
-                       "  created_at timestamptz NOT NULL DEFAULT now()"
-                       ")",
-        },
+static const struct pg_migration migrations[] = {
+        PG_MIGRATION(1, "users",
+                     "CREATE TABLE auth.users ("
+                     "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                     "  username text NOT NULL UNIQUE"
+                     "    CHECK (username ~ '^[A-Za-z0-9_.-]{3,64}$'),"
+                     "  password_hash text NOT NULL CHECK (password_hash LIKE '$y$%'),"
+                     "  created_at timestamptz NOT NULL DEFAULT now()"
+                     ")"),
 };
-const size_t authd_users_migrations_count = ELEMENTSOF(authd_users_migrations);
+const struct pg_schema authd_schema = PG_SCHEMA(AUTHD_SCHEMA, migrations);
 
 int users_validate_username(const char *username)
 {

@@ -15,8 +15,7 @@ struct password_hasher;
 #define USERNAME_MIN_LENGTH 3
 #define USERNAME_MAX_LENGTH 64
 
-extern const struct pg_migration authd_users_migrations[];
-extern const size_t authd_users_migrations_count;
+extern const struct pg_schema authd_schema;
 #define AUTHD_SCHEMA "auth"
 
 /* A username is 3..64 bytes of [A-Za-z0-9_.-]. Returns 0 or -EINVAL. */

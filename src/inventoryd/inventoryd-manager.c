@@ -283,9 +283,7 @@ const struct daemon_ops inventoryd_ops = {
         .dependencies =
                 {
                         .postgres = DAEMON_SECTION(struct inventoryd_config, postgres),
-                        .schema = INVENTORY_SCHEMA,
-                        .migrations = inventory_migrations,
-                        .n_migrations = &inventory_migrations_count,
+                        .schema = &inventory_schema,
                         .redis = DAEMON_SECTION(struct inventoryd_config, redis),
                         .redis_down = ": serving the catalog from PostgreSQL",
                         .auth = DAEMON_SECTION(struct inventoryd_config, auth),

@@ -32,8 +32,7 @@
 #define INVENTORY_CACHE_PRODUCTS         "products"
 #define INVENTORY_CACHE_PRODUCT_NAME_MAX 32
 
-extern const struct pg_migration inventory_migrations[];
-extern const size_t inventory_migrations_count;
+extern const struct pg_schema inventory_schema;
 
 /* Parse a product id from a path segment: decimal digits only (no sign,
  * space, leading '+' or zero), value 1..INT64_MAX. Returns 0, -EINVAL for

@@ -46,7 +46,7 @@
 /* Longest PostgreSQL role name (NAMEDATALEN - 1). */
 #define INVENTORY_ROLE_NAME_MAX 63
 
-/* Migration 2 of the inventory schema (see inventory_migrations). */
+/* Migration 2 of the inventory schema (see inventory_schema). */
 extern const char inventory_reservations_migration_sql[];
 
 struct reservation {

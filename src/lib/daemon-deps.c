@@ -19,7 +19,7 @@
 
 #define SECRET_MAX_SIZE 4096
 /* postgres, redis and the daemon's own checks */
-#define STATUS_NAMES_MAX 8
+#define STATUS_NAMES_MAX         8
 #define AUTH_CHECK_INTERVAL_USEC (5 * USEC_PER_SEC)
 
 /* ---- building the dependencies from their config sections */
@@ -353,25 +353,26 @@ static void note_dependency(atomic_bool *state, bool up, const char *what, const
                 log_warning("%s is unreachable%s", what, consequence ? consequence : "");
 }
 
-/* Bring the schema up to date unless it is; logs why (PostgreSQL's
- * message) when it cannot yet, for the next tick to retry. */
-static void migrate(struct daemon *d)
+/* Bring the schema up to date unless it is, for the next tick to retry
+ * when it cannot yet. */
+int daemon_migrate(struct pg_pool *pg, const struct pg_schema *schema)
 {
-        const struct daemon_dependencies *deps = &d->ops->dependencies;
         char error[256] = "";
         int r;
 
-        if (atomic_load(&d->migrated))
-                return;
-        r = pg_migrate_with_error(d->pg, deps->schema, deps->migrations, *deps->n_migrations, error,
+        r = pg_migrate_with_error(pg, schema->name, schema->migrations, schema->n_migrations, error,
                                   sizeof(error));
-        if (r < 0) {
-                log_warning_errno(r, "Schema migration not applied yet (%s); will retry",
-                                  *error ? error : "no detail");
-                return;
-        }
-        atomic_store(&d->migrated, true);
-        log_info("Schema %s is up to date", deps->schema);
+        if (r < 0)
+                return log_warning_errno(r, "Schema migration not applied yet (%s); will retry",
+                                         *error ? error : "no detail");
+        log_info("Schema %s is up to date", schema->name);
+        return 0;
+}
+
+static void migrate(struct daemon *d)
+{
+        if (!atomic_load(&d->migrated) && daemon_migrate(d->pg, d->ops->dependencies.schema) >= 0)
+                atomic_store(&d->migrated, true);
 }
 
 static void check_dependencies(struct daemon *d)
@@ -461,16 +462,11 @@ bool daemon_tick(struct daemon *d)
                 progress = ops->manager_tick(d->manager);
         if (watch)
                 compose_status(d);
+        if (ops->manager_status)
+                ops->manager_status(d->manager, d->status, sizeof(d->status));
         trace_set_current(previous);
         span_end(quiet);
         return http_server_is_healthy(d->http, ops->max_request_usec) && progress;
-}
-
-const char *daemon_status(struct daemon *d)
-{
-        if (d->ops->manager_status)
-                return d->ops->manager_status(d->manager);
-        return d->status;
 }
 
 /* ---- stopping */

@@ -18,11 +18,9 @@ int daemon_apply_faults(struct daemon *d, const void *config, bool at_start);
 int daemon_serve(struct daemon *d);
 /* One check: ping the dependencies (logging when one comes or goes),
  * migrate the schema once PostgreSQL answers, run the manager's tick and
- * compose STATUS=. Returns false when the daemon is not making progress
+ * compose STATUS= in d->status. Returns false when the daemon is not making progress
  * (a hung request, or the manager's tick said so). */
 bool daemon_tick(struct daemon *d);
-/* The STATUS= text after the last tick. */
-const char *daemon_status(struct daemon *d);
 /* Drain HTTP, then stop the manager's threads. */
 void daemon_stop(struct daemon *d);
 /* Free HTTP, the manager and the dependencies, in reverse of their

@@ -174,7 +174,6 @@ static int run_loop(struct daemon *d, int sigfd, const char *path, bool required
 
         for (;;) {
                 struct pollfd pfd = {.fd = sigfd, .events = POLLIN};
-                const char *status;
                 int r = poll(&pfd, 1, interval_ms);
 
                 if (r < 0 && errno != EINTR)
@@ -209,11 +208,10 @@ static int run_loop(struct daemon *d, int sigfd, const char *path, bool required
                 if (daemon_tick(d))
                         sd_daemon_watchdog_ping();
 
-                status = daemon_status(d);
-                if (status && (!last_status || strcmp(status, last_status) != 0)) {
-                        sd_daemon_notify_status("%s", status);
+                if (!last_status || strcmp(d->status, last_status) != 0) {
+                        sd_daemon_notify_status("%s", d->status);
                         free(last_status);
-                        last_status = strdup(status);
+                        last_status = strdup(d->status);
                 }
         }
 }
@@ -348,7 +346,7 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
                 return EXIT_FAILURE;
         }
 
-        sd_daemon_notify_ready(daemon_status(&d));
+        sd_daemon_notify_ready(d.status);
         log_info("%s %s started", ops->name, PACKAGE_VERSION);
 
         r = run_loop(&d, sigfd, path, required);

@@ -33,7 +33,7 @@ struct http_server_options;
 struct metrics_registry;
 struct tracer;
 struct pg_pool;
-struct pg_migration;
+struct pg_schema;
 struct redis_pool;
 struct local_cache;
 struct amqp_client;
@@ -156,9 +156,7 @@ struct daemon_dependencies {
         size_t postgres; /* struct daemon_postgres_config */
         /* Brought up to date under the advisory lock, retried every tick
          * until PostgreSQL answers; /ready fails until it is. NULL: none. */
-        const char *schema;
-        const struct pg_migration *migrations;
-        const size_t *n_migrations;
+        const struct pg_schema *schema;
         size_t redis;           /* struct daemon_redis_config */
         const char *redis_down; /* appended to "Redis is unreachable" */
         size_t auth;            /* struct daemon_auth_config: /ready checks authd */
@@ -250,9 +248,10 @@ struct daemon_ops {
          * manager is not making progress, which stops the watchdog pings.
          * May be NULL. */
         bool (*manager_tick)(void *manager);
-        /* The daemon's own STATUS= ("Consuming …"); NULL: the skeleton's
-         * "Serving" or "Degraded: postgres, redis unavailable". */
-        const char *(*manager_status)(void *manager);
+        /* Write the daemon's own STATUS= ("Consuming …") into status,
+         * after each tick; NULL: the skeleton's "Serving" or "Degraded:
+         * postgres, redis unavailable". */
+        void (*manager_status)(void *manager, char *status, size_t size);
         /* Apply the reloadable settings of a freshly loaded config (which
          * is freed after the call: copy what you keep). May be NULL. */
         int (*manager_reload)(void *manager, const void *config);
@@ -264,6 +263,11 @@ struct daemon_ops {
 
 /* Run the daemon; returns the process exit status. */
 int daemon_main(int argc, char **argv, const struct daemon_ops *ops);
+
+/* Bring schema up to date (pg_migrate()), logging that it is, or why it is
+ * not yet (PostgreSQL's message) for the caller to retry. Returns 0 or the
+ * negative errno of pg_migrate(). */
+int daemon_migrate(struct pg_pool *pg, const struct pg_schema *schema);
 
 /* A PostgreSQL pool from its config section; the postgres-password
  * credential (or password_file) is read here. Does not connect. */

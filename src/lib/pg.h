@@ -104,6 +104,27 @@ struct pg_migration {
         const char *sql; /* may hold several statements */
 };
 
+/* One entry of a migration table: PG_MIGRATION(1, "users", "CREATE TABLE …"). */
+#define PG_MIGRATION(migration_version, migration_name, migration_sql)                             \
+        {                                                                                          \
+                .version = (migration_version), .name = (migration_name), .sql = (migration_sql)   \
+        }
+
+/* A schema and the migrations that build it, declared once by the domain
+ * code that owns its tables: PG_SCHEMA("auth", table) over a static array
+ * of PG_MIGRATION entries. */
+struct pg_schema {
+        const char *name;
+        const struct pg_migration *migrations;
+        size_t n_migrations;
+};
+
+#define PG_SCHEMA(schema_name, migration_table)                                                    \
+        {                                                                                          \
+                .name = (schema_name), .migrations = (migration_table),                            \
+                .n_migrations = ELEMENTSOF(migration_table)                                        \
+        }
+
 /* Apply the migrations not yet recorded in <schema>.schema_migrations, each
  * in its own transaction, while holding a session advisory lock keyed on the
  * schema name so concurrent starters apply each exactly once. The schema

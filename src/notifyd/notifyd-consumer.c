@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "amqp.h"
+#include "daemon.h"
 #include "log.h"
 #include "macro.h"
 #include "metrics.h"
@@ -67,10 +68,33 @@ unsigned notifyd_retry_queue_for(unsigned attempt, unsigned max_attempts)
         return attempt + 1;
 }
 
+/* The consumer's metrics; -EEXIST when they are registered already. */
+static int register_metrics(struct notifyd_consumer *c, struct metrics_registry *metrics)
+{
+        struct metric_family *processed, *dead, *lag;
+
+        processed = metrics_counter_new(metrics, "vigil_notify_processed_total",
+                                        "Payment events handled, by result",
+                                        (const char *const[]){"result", NULL});
+        dead = metrics_counter_new(metrics, "vigil_notify_dead_lettered_total",
+                                   "Messages parked in vigil.notify.dead", NULL);
+        lag = metrics_histogram_new(metrics, "vigil_notify_lag_seconds",
+                                    "Time from the payment's commit to its processing", NULL,
+                                    lag_buckets, ELEMENTSOF(lag_buckets));
+        if (!processed || !dead || !lag)
+                return -EEXIST;
+        c->processed = metrics_child1(processed, "processed");
+        c->duplicate = metrics_child1(processed, "duplicate");
+        c->dead_lettered = metrics_child1(processed, "dead_lettered");
+        c->retried = metrics_child1(processed, "retried");
+        c->dead_total = metrics_child(dead, NULL);
+        c->lag = metrics_child(lag, NULL);
+        return 0;
+}
+
 int notifyd_consumer_new(const struct notifyd_consumer_options *opts, struct notifyd_consumer **ret)
 {
         struct notifyd_consumer *c;
-        struct metric_family *processed, *dead, *lag;
         pthread_condattr_t attr;
 
         if (!opts || !opts->amqp || !opts->pg || opts->prefetch < 1 ||
@@ -105,25 +129,9 @@ int notifyd_consumer_new(const struct notifyd_consumer_options *opts, struct not
         pthread_cond_init(&c->cond, &attr);
         pthread_condattr_destroy(&attr);
 
-        if (opts->metrics) {
-                processed = metrics_counter_new(opts->metrics, "vigil_notify_processed_total",
-                                                "Payment events handled, by result",
-                                                (const char *const[]){"result", NULL});
-                dead = metrics_counter_new(opts->metrics, "vigil_notify_dead_lettered_total",
-                                           "Messages parked in vigil.notify.dead", NULL);
-                lag = metrics_histogram_new(opts->metrics, "vigil_notify_lag_seconds",
-                                            "Time from the payment's commit to its processing",
-                                            NULL, lag_buckets, ELEMENTSOF(lag_buckets));
-                if (!processed || !dead || !lag) {
-                        notifyd_consumer_free(c);
-                        return -EEXIST;
-                }
-                c->processed = metrics_child1(processed, "processed");
-                c->duplicate = metrics_child1(processed, "duplicate");
-                c->dead_lettered = metrics_child1(processed, "dead_lettered");
-                c->retried = metrics_child1(processed, "retried");
-                c->dead_total = metrics_child(dead, NULL);
-                c->lag = metrics_child(lag, NULL);
+        if (opts->metrics && register_metrics(c, opts->metrics) < 0) {
+                notifyd_consumer_free(c);
+                return -EEXIST;
         }
 
         *ret = c;
@@ -464,18 +472,10 @@ static int wait_for_postgres(struct notifyd_consumer *c)
         if (r < 0)
                 return r;
         if (!c->migrated) {
-                char error[256];
-
-                r = pg_migrate_with_error(c->pg, NOTIFYD_SCHEMA, notifyd_notifications_migrations,
-                                          notifyd_notifications_migrations_count, error,
-                                          sizeof(error));
-                if (r < 0) {
-                        log_warning_errno(r, "Schema migration not applied yet (%s); will retry",
-                                          error);
+                r = daemon_migrate(c->pg, &notifyd_schema);
+                if (r < 0)
                         return r;
-                }
                 c->migrated = true;
-                log_info("Schema %s is up to date", NOTIFYD_SCHEMA);
         }
         return 0;
 }

@@ -62,8 +62,6 @@ static int manager_init(struct daemon *d, void *userdata)
         struct notifyd_manager *m = userdata;
         int r;
 
-        snprintf(m->status, sizeof(m->status), "Starting");
-
         struct notifyd_consumer_options opts = {
                 .amqp = d->amqp,
                 .pg = d->pg,
@@ -95,24 +93,23 @@ static int manager_start(void *userdata)
 static bool manager_tick(void *userdata)
 {
         struct notifyd_manager *m = userdata;
+
+        return notifyd_consumer_is_healthy(m->consumer, MAX_ITERATION_USEC);
+}
+
+static void manager_status(void *userdata, char *status, size_t size)
+{
+        struct notifyd_manager *m = userdata;
         bool pg_ok = notifyd_consumer_postgres_ok(m->consumer);
         bool amqp_ok = notifyd_consumer_amqp_ok(m->consumer);
 
         if (notifyd_consumer_is_consuming(m->consumer))
-                snprintf(m->status, sizeof(m->status), "Consuming %s", AMQP_NOTIFY_QUEUE);
+                snprintf(status, size, "Consuming %s", AMQP_NOTIFY_QUEUE);
         else
-                snprintf(m->status, sizeof(m->status), "Degraded: %s unavailable",
+                snprintf(status, size, "Degraded: %s unavailable",
                          !pg_ok     ? "postgres"
                          : !amqp_ok ? "amqp"
                                     : "consumer");
-        return notifyd_consumer_is_healthy(m->consumer, MAX_ITERATION_USEC);
-}
-
-static const char *manager_status(void *userdata)
-{
-        struct notifyd_manager *m = userdata;
-
-        return m->status;
 }
 
 static int manager_reload(void *userdata, const void *config)

@@ -21,7 +21,6 @@ struct notifyd_config {
 
 struct notifyd_manager {
         struct notifyd_consumer *consumer;
-        char status[128];
 };
 
 extern const struct daemon_ops notifyd_ops;

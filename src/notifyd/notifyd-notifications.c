@@ -9,32 +9,29 @@
 
 #define EVENT_MAX_DEPTH 4
 
-const struct pg_migration notifyd_notifications_migrations[] = {
-        {
-                .version = 1,
-                .name = "processed messages and notifications",
-                .sql = "CREATE TABLE notify.processed_messages ("
-                       "  message_id text PRIMARY KEY"
-                       "    CHECK (length(message_id) BETWEEN 1 AND 255),"
-                       "  processed_at timestamptz NOT NULL DEFAULT now()"
-                       ");"
-                       "CREATE TABLE notify.notifications ("
-                       "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                       "  message_id text NOT NULL UNIQUE"
-                       "    REFERENCES notify.processed_messages (message_id),"
-                       "  payment_id bigint NOT NULL CHECK (payment_id > 0),"
-                       "  user_id bigint NOT NULL CHECK (user_id > 0),"
-                       "  amount_cents bigint NOT NULL CHECK (amount_cents > 0),"
-                       "  status text NOT NULL,"
-                       "  channel text NOT NULL,"
-                       "  created_at timestamptz NOT NULL,"
-                       "  notified_at timestamptz NOT NULL DEFAULT now(),"
-                       "  trace_id text CHECK (trace_id ~ '^[0-9a-f]{32}$')"
-                       ");"
-                       "CREATE INDEX notifications_payment_id ON notify.notifications (payment_id)",
-        },
+static const struct pg_migration migrations[] = {
+        PG_MIGRATION(1, "processed messages and notifications",
+                     "CREATE TABLE notify.processed_messages ("
+                     "  message_id text PRIMARY KEY"
+                     "    CHECK (length(message_id) BETWEEN 1 AND 255),"
+                     "  processed_at timestamptz NOT NULL DEFAULT now()"
+                     ");"
+                     "CREATE TABLE notify.notifications ("
+                     "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                     "  message_id text NOT NULL UNIQUE"
+                     "    REFERENCES notify.processed_messages (message_id),"
+                     "  payment_id bigint NOT NULL CHECK (payment_id > 0),"
+                     "  user_id bigint NOT NULL CHECK (user_id > 0),"
+                     "  amount_cents bigint NOT NULL CHECK (amount_cents > 0),"
+                     "  status text NOT NULL,"
+                     "  channel text NOT NULL,"
+                     "  created_at timestamptz NOT NULL,"
+                     "  notified_at timestamptz NOT NULL DEFAULT now(),"
+                     "  trace_id text CHECK (trace_id ~ '^[0-9a-f]{32}$')"
+                     ");"
+                     "CREATE INDEX notifications_payment_id ON notify.notifications (payment_id)"),
 };
-const size_t notifyd_notifications_migrations_count = ELEMENTSOF(notifyd_notifications_migrations);
+const struct pg_schema notifyd_schema = PG_SCHEMA(NOTIFYD_SCHEMA, migrations);
 
 static bool digits(const char *s, size_t n, int min, int max, int *ret)
 {

@@ -13,8 +13,7 @@
 
 #include "pg.h"
 
-extern const struct pg_migration notifyd_notifications_migrations[];
-extern const size_t notifyd_notifications_migrations_count;
+extern const struct pg_schema notifyd_schema;
 #define NOTIFYD_SCHEMA "notify"
 
 #define PAYMENT_STATUS_MAX_LENGTH     32

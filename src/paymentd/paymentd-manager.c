@@ -264,9 +264,7 @@ const struct daemon_ops paymentd_ops = {
         .dependencies =
                 {
                         .postgres = DAEMON_SECTION(struct paymentd_config, postgres),
-                        .schema = PAYMENTD_SCHEMA,
-                        .migrations = paymentd_migrations,
-                        .n_migrations = &paymentd_migrations_count,
+                        .schema = &paymentd_schema,
                         .auth = DAEMON_SECTION(struct paymentd_config, auth),
                         .amqp = DAEMON_SECTION(struct paymentd_config, amqp),
                 },

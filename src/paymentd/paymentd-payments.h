@@ -39,8 +39,7 @@
 #include "pg.h"
 
 #define PAYMENTD_SCHEMA "payment"
-extern const struct pg_migration paymentd_migrations[];
-extern const size_t paymentd_migrations_count;
+extern const struct pg_schema paymentd_schema;
 
 #define PAYMENT_MAX_AMOUNT_CENTS   100000000LL /* $1 000 000 */
 #define PAYMENT_AMOUNT_TEXT_MAX    24          /* "1000000.00" and NUL, with room */

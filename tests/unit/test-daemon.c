@@ -4,10 +4,13 @@
  * SIGHUP, what it logged too. */
 #include <check.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -101,6 +104,14 @@ static void manager_stop(void *userdata)
         note("stop");
 }
 
+/* Its own STATUS=, in place of the skeleton's "Serving". */
+static void manager_status(void *userdata, char *status, size_t size)
+{
+        struct test_manager *m = userdata;
+
+        snprintf(status, size, "Testing, magic %d", m->magic);
+}
+
 static void manager_done(void *userdata)
 {
         struct test_manager *m = userdata;
@@ -120,6 +131,7 @@ static const struct daemon_ops test_ops = {
         .manager_init = manager_init,
         .manager_start = manager_start,
         .manager_tick = manager_tick,
+        .manager_status = manager_status,
         .manager_reload = manager_reload,
         .manager_stop = manager_stop,
         .manager_done = manager_done,
@@ -265,6 +277,39 @@ START_TEST(test_sighup_with_a_bad_config_keeps_the_running_one_and_names_file_an
 }
 END_TEST
 
+START_TEST(test_the_manager_status_is_what_systemd_is_told_at_ready)
+{
+        char dir[] = "/tmp/vigil-test-daemon-notify-XXXXXX", path[64], events[512],
+             message[512] = "";
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        struct pollfd p;
+        int fd;
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/notify", dir);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        /* This test's own process (Check forks one per test). */
+        ck_assert_int_eq(setenv("NOTIFY_SOCKET", path, 1), 0);
+
+        ck_assert_int_eq(run_daemon(FAIL_NONE, events, sizeof(events)), EXIT_SUCCESS);
+        /* The daemon has exited: every message it sent is queued. */
+        p = (struct pollfd){.fd = fd, .events = POLLIN};
+        while (!strstr(message, "READY=1") && poll(&p, 1, 0) == 1) {
+                ssize_t n = recv(fd, message, sizeof(message) - 1, 0);
+
+                ck_assert_int_ge(n, 0);
+                message[n] = '\0';
+        }
+        close(fd);
+        unlink(path);
+        rmdir(dir);
+        ck_assert_str_eq(message, "READY=1\nSTATUS=Testing, magic 42");
+}
+END_TEST
+
 static Suite *daemon_suite(void)
 {
         Suite *s = suite_create("daemon");
@@ -276,6 +321,7 @@ static Suite *daemon_suite(void)
         tcase_add_test(tc, test_sighup_with_a_good_config_applies_it);
         tcase_add_test(tc,
                        test_sighup_with_a_bad_config_keeps_the_running_one_and_names_file_and_line);
+        tcase_add_test(tc, test_the_manager_status_is_what_systemd_is_told_at_ready);
         suite_add_tcase(s, tc);
         return s;
 }

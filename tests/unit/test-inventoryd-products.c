@@ -93,9 +93,9 @@ START_TEST(test_reservation_states_change_only_from_held)
         /* Every way out of 'held' is conditional on it (the three
          * statements of inventoryd-reservations.c are checked live by the
          * integration tests); here, that the function paymentd calls is. */
-        ck_assert_int_ge(inventory_migrations_count, 2);
-        ck_assert_int_eq(inventory_migrations[1].version, 2);
-        ck_assert_ptr_eq(inventory_migrations[1].sql, sql);
+        ck_assert_int_ge(inventory_schema.n_migrations, 2);
+        ck_assert_int_eq(inventory_schema.migrations[1].version, 2);
+        ck_assert_ptr_eq(inventory_schema.migrations[1].sql, sql);
         ck_assert_ptr_nonnull(strstr(sql, "AND state = 'held'      AND expires_at > now()"));
         ck_assert_ptr_nonnull(strstr(sql, "SECURITY DEFINER"));
         ck_assert_ptr_nonnull(strstr(
@@ -130,16 +130,16 @@ START_TEST(test_first_migration_guards_stock_and_seeds_the_five_products)
                                "'4K Monitor'", "'Noise-Cancelling Headphones'"};
         const char *sql;
 
-        ck_assert_uint_ge(inventory_migrations_count, 1);
-        ck_assert_int_eq(inventory_migrations[0].version, 1);
-        sql = inventory_migrations[0].sql;
+        ck_assert_uint_ge(inventory_schema.n_migrations, 1);
+        ck_assert_int_eq(inventory_schema.migrations[0].version, 1);
+        sql = inventory_schema.migrations[0].sql;
         ck_assert_ptr_nonnull(strstr(sql, "stock integer NOT NULL CHECK (stock >= 0)"));
         ck_assert_ptr_nonnull(strstr(sql, "CHECK (price_cents >= 0)"));
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
                 ck_assert_msg(strstr(sql, names[i]), "%s not seeded", names[i]);
-        for (size_t i = 1; i < inventory_migrations_count; i++)
-                ck_assert_int_gt(inventory_migrations[i].version,
-                                 inventory_migrations[i - 1].version);
+        for (size_t i = 1; i < inventory_schema.n_migrations; i++)
+                ck_assert_int_gt(inventory_schema.migrations[i].version,
+                                 inventory_schema.migrations[i - 1].version);
 }
 END_TEST
 

@@ -246,16 +246,17 @@ START_TEST(test_migrations_create_the_tables_the_code_uses)
         const char *tables[] = {"payment.payments", "payment.idempotency_keys", "payment.outbox",
                                 "payment.revenue"};
 
-        ck_assert_uint_ge(paymentd_migrations_count, 1);
+        ck_assert_uint_ge(paymentd_schema.n_migrations, 1);
         for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
                 bool found = false;
 
-                for (size_t j = 0; j < paymentd_migrations_count; j++)
-                        found = found || strstr(paymentd_migrations[j].sql, tables[i]) != NULL;
+                for (size_t j = 0; j < paymentd_schema.n_migrations; j++)
+                        found = found ||
+                                strstr(paymentd_schema.migrations[j].sql, tables[i]) != NULL;
                 ck_assert_msg(found, "%s not created", tables[i]);
         }
-        for (size_t j = 0; j < paymentd_migrations_count; j++)
-                ck_assert_int_eq(paymentd_migrations[j].version, (int)j + 1);
+        for (size_t j = 0; j < paymentd_schema.n_migrations; j++)
+                ck_assert_int_eq(paymentd_schema.migrations[j].version, (int)j + 1);
 }
 END_TEST
 
