@@ -49,8 +49,9 @@ It creates what customers create: users named vigil-load-RUN-N, sessions,
 reservations and payments (and takes stock). Run it against a test
 installation."""
 EPILOG = """\
-DURATION is a time span: 90, 90s, 5m, 1h30m (at most 1h). THINK is
-MIN:MAX seconds (e.g. 0.5:1.5; 0:0 for none).
+DURATION is a time span: 90, 90s, 5m, 1h30m (at most 1h). --think-time is
+MIN:MAX seconds (e.g. 0.5:1.5; 0:0 for none). --host defaults to
+$VIGILCTL_GATEWAY, --locustfile to $VIGILCTL_LOCUSTFILE.
 
 Exit status: 0 the run completed with a failure ratio at most
 --max-failure-ratio and no answer from the rate limiter, 1 otherwise (or no
