@@ -294,7 +294,11 @@ def test_web_ui_is_served_on_loopback_while_the_run_goes(ctx):
                     return resp.status == 200 and b"locust" in resp.read().lower()
                 finally:
                     conn.close()
-            wait_until(page, 60, interval=0.2, what=f"Locust's web UI on 127.0.0.1:{port}")
+            # (Or vigilctl ended: no use waiting for a UI then.)
+            wait_until(lambda: proc.poll() is not None or page(), 60, interval=0.2,
+                       what=f"Locust's web UI on 127.0.0.1:{port}")
+            check(proc.poll() is None, f"vigilctl load --web exited {proc.returncode} before "
+                                       "its UI answered")
             addrs = listening(port)
             check(addrs and all(a == "0100007F" for a in addrs),
                   f"the web UI listens on {addrs} (hex), not only 127.0.0.1")
