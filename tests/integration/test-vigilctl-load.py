@@ -20,6 +20,8 @@ Asserted:
   count of them is the gateway's (the 429 lines of its access log), and for
   every step, Locust's count minus its 429s is what the daemon served;
 - --web serves Locust's UI on 127.0.0.1 only, while the bounded run goes;
+- SIGINT or SIGTERM to vigilctl stops Locust (no process left), prints the
+  figures so far and exits 130;
 - bad usage (--duration 0, --duration 10h, --users 0, …), Locust missing
   and no gateway exit 2 with a clear error and send no request.
 
@@ -31,6 +33,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -316,6 +319,58 @@ def test_web_ui_is_served_on_loopback_while_the_run_goes(ctx):
     check(seconds >= 5 + 3, f"ended after {seconds:.1f} s: before the run and the linger")
     check(stdout.rstrip().endswith("PASS") and re.search(r"^total +\d+ +0 ", stdout, re.M), stdout)
     check(not listening(port), "the web UI is still listening")
+
+
+def locust_processes(host):
+    """Pids of Locust processes loading host."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"locust" in argv and host.encode() in argv:
+            pids.append(int(pid))
+    return pids
+
+
+@test
+def test_interrupt_stops_locust_and_prints_the_run_so_far(ctx):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        host = url(ctx.allowed)
+        size = access_log_size(ctx.allowed)
+        with open(os.path.join(ctx.tmp, "int.out"), "w+", encoding="utf-8") as out, \
+                open(os.path.join(ctx.tmp, "int.err"), "w+", encoding="utf-8") as err:
+            proc = subprocess.Popen([VIGILCTL, "load", "--host", host, "--users", "2",
+                                     "--spawn-rate", "2", "--duration", "10m",
+                                     "--think-time", "0.1:0.3"],
+                                    env=env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            try:
+                wait_until(lambda: proc.poll() is not None or access_log_size(ctx.allowed) > size,
+                           60, interval=0.2, what="the load's first requests")
+                check(proc.poll() is None, f"vigilctl load ended: {proc.returncode}")
+                check(locust_processes(host), "no Locust process for the run")
+                t0 = time.monotonic()
+                proc.send_signal(sig)
+                rc = proc.wait(60)
+                seconds = time.monotonic() - t0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        what = f"vigilctl load after {signal.Signals(sig).name}"
+        check_eq(rc, 130, f"{what}: exit status; stdout:\n{stdout}\nstderr:\n{stderr}")
+        check(seconds < 45, f"{what} took {seconds:.1f} s to end")
+        check("interrupted: the figures are those of the run so far" in stderr, stderr)
+        m = re.search(r"^total +(\d+) +0 ", stdout, re.M)
+        check(m and int(m.group(1)) > 0, f"{what}: no figures:\n{stdout}")
+        check_eq(locust_processes(host), [], f"{what}: Locust left running")
 
 
 @test

@@ -56,7 +56,9 @@ $VIGILCTL_GATEWAY, --locustfile to $VIGILCTL_LOCUSTFILE.
 Exit status: 0 the run completed with a failure ratio at most
 --max-failure-ratio and no answer from the rate limiter, 1 otherwise (or no
 request made, or it did not end in its bound), 2 usage or environment error
-(Locust not installed, nothing answering at --host; nothing was started)."""
+(Locust not installed, nothing answering at --host; nothing was started),
+130 interrupted (Ctrl-C, SIGTERM, SIGHUP: Locust is stopped and the figures
+so far are printed)."""
 
 MAX_DURATION_S = 3600
 MAX_USERS = 1000
@@ -64,6 +66,7 @@ MAX_SPAWN_RATE = 1000.0
 MAX_LINGER_S = 3600
 STOP_TIMEOUT_S = 30        # users finish the task they are in (Locust --stop-timeout)
 STARTUP_ALLOWANCE_S = 60   # Locust's start before the run begins
+EXIT_INTERRUPTED = 130   # as the front door's own Ctrl-C
 STEPS = ("register", "login", "products", "product", "reserve", "charge", "payment")
 PACKAGE = "python3-locust"
 ALLOWLIST_DIR = "/etc/nginx/vigil/rate-limit.d"
@@ -324,6 +327,11 @@ def locust_command(opt, locustfile, tmp):
     return cmd
 
 
+def _interrupt(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt
+
+
 def _stop(proc, how=signal.SIGTERM, wait=15):
     if proc.poll() is None:
         proc.send_signal(how)
@@ -347,21 +355,28 @@ def run_locust(opt, locustfile, tmp):
     }, tmp)
     out = open(os.path.join(tmp, "locust.out"), "wb")  # noqa: SIM115 - closed below
     t0 = time.monotonic()
-    timed_out = False
+    ended = None  # why the run ended early: "bound" or "interrupted"
     try:
-        # Its own session: a Ctrl-C reaches vigilctl, which stops Locust
-        # itself (so the report is still written).
+        # Its own session: a Ctrl-C reaches vigilctl only, which stops
+        # Locust (SIGTERM: it still writes its report) and prints what was
+        # measured.
         proc = subprocess.Popen(locust_command(opt, locustfile, tmp), cwd=tmp, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
+        # SIGTERM and SIGHUP (a stopped unit, a closed terminal) as Ctrl-C:
+        # Locust, in a session of its own, would not get them.
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             proc.wait(opt.bound())
         except subprocess.TimeoutExpired:
-            timed_out = True
+            ended = "bound"
             _stop(proc)
         except KeyboardInterrupt:
+            ended = "interrupted"
             _stop(proc)
-            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
         out.close()
     seconds = time.monotonic() - t0
@@ -369,7 +384,7 @@ def run_locust(opt, locustfile, tmp):
     if os.path.exists(report_path):
         with open(report_path, encoding="utf-8") as f:
             report = json.load(f)
-    return report, proc.returncode, seconds, timed_out
+    return report, proc.returncode, seconds, ended
 
 
 def _log_tail(tmp, n=15):
@@ -398,22 +413,25 @@ def rate_limit_advice(opt, count, total):
             "and remove the file after the test (vigilctl(8), section load).")
 
 
-def build_document(opt, locustfile, report, status, seconds, timed_out, tmp):
+def build_document(opt, locustfile, report, status, seconds, ended, tmp):
     doc = {
         "command": "load", "host": opt.host, "users": opt.users, "spawn_rate": opt.spawn_rate,
         "duration_seconds": opt.duration, "think_time_seconds": list(opt.think), "seed": opt.seed,
         "products": opt.products or None, "locustfile": locustfile,
-        "web": f"http://{opt.web_host}:{opt.web_port}/" if opt.web else None,
+        "web": web_url(opt) if opt.web else None,
         "elapsed_seconds": round(seconds, 2), "bound_seconds": opt.bound(),
-        "timed_out": timed_out, "locust_exit_status": status,
+        "timed_out": ended == "bound", "interrupted": ended == "interrupted",
+        "locust_exit_status": status,
         "max_failure_ratio": opt.max_failure_ratio,
     }
     reasons = []
+    if ended == "interrupted":
+        reasons.append("interrupted: the figures are those of the run so far")
     if report is None:
         doc.update(completed=False, steps=[], total=None, errors=[], outcomes=None,
                    failure_ratio=None, rate_limited=None)
         reasons.append(f"Locust ended without a report (exit status {status}"
-                       f"{', stopped at its bound' if timed_out else ''}); its last lines:\n"
+                       f"{', stopped at its bound' if ended == 'bound' else ''}); its last lines:\n"
                        + _log_tail(tmp))
         doc.update(ok=False, reasons=reasons)
         return doc
@@ -428,7 +446,7 @@ def build_document(opt, locustfile, report, status, seconds, timed_out, tmp):
     total = report["total"]
     ratio = total["failures"] / total["requests"] if total["requests"] else None
     limited = report["outcomes"]["rate_limited"]
-    doc.update(completed=not timed_out, run_seconds=round(report["run_seconds"], 2), steps=steps,
+    doc.update(completed=ended is None, run_seconds=round(report["run_seconds"], 2), steps=steps,
                total=total, errors=report["errors"], outcomes=report["outcomes"],
                failure_ratio=ratio, locust_cpu_warning=report["locust_cpu_warning"],
                exceptions=report["exceptions"])
@@ -438,7 +456,7 @@ def build_document(opt, locustfile, report, status, seconds, timed_out, tmp):
         doc["rate_limited"] = {"count": limited, "source": source_address(opt),
                                "allowlist": ALLOWLIST_DIR, "message": advice}
         reasons.append(advice)
-    if timed_out:
+    if ended == "bound":
         reasons.append(f"the run did not end within its bound of {opt.bound()} s and was stopped")
     if not total["requests"]:
         reasons.append("no request was made: " + (_log_tail(tmp) or "see Locust's log"))
@@ -451,6 +469,11 @@ def build_document(opt, locustfile, report, status, seconds, timed_out, tmp):
             f"{x['count']} × {x['msg']}" for x in report["exceptions"][:3]))
     doc.update(ok=not reasons, reasons=reasons)
     return doc
+
+
+def web_url(opt):
+    host = f"[{opt.web_host}]" if ":" in opt.web_host else opt.web_host
+    return f"http://{host}:{opt.web_port}/"
 
 
 def _ms(v):
@@ -503,11 +526,11 @@ def run(args, paths):
         print(f"vigilctl load: {opt.users} users for {opt.duration} s against {opt.host} "
               f"(at most {opt.bound()} s)…", file=sys.stderr, flush=True)
         if opt.web:
-            print(f"vigilctl load: Locust's web UI: http://{opt.web_host}:{opt.web_port}/ "
+            print(f"vigilctl load: Locust's web UI: {web_url(opt)} "
                   f"(the run starts at once; the UI stays {opt.web_linger} s after it)",
                   file=sys.stderr, flush=True)
-        report, status, seconds, timed_out = run_locust(opt, locustfile, tmp)
-        doc = build_document(opt, locustfile, report, status, seconds, timed_out, tmp)
+        report, status, seconds, ended = run_locust(opt, locustfile, tmp)
+        doc = build_document(opt, locustfile, report, status, seconds, ended, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -519,4 +542,6 @@ def run(args, paths):
     sys.stdout.flush()
     for reason in doc["reasons"]:
         print(f"vigilctl load: {reason}", file=sys.stderr)
+    if doc["interrupted"]:
+        return EXIT_INTERRUPTED
     return EXIT_OK if doc["ok"] else EXIT_FAILED
