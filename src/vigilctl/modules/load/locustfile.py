@@ -271,7 +271,7 @@ class VigilUser(FastHttpUser):
         pay_id = doc["payment_id"]
         self.call("GET", f"/payment/payment/{pay_id}", "payment", (200,),
                   valid=lambda d: None if isinstance(d, dict) and d.get("payment_id") == pay_id
-                  else f"not the payment {pay_id} charged")
+                  else "not the payment charged")
 
 
 def _error_code_of(doc):
