@@ -13,7 +13,7 @@ BUILD_PKGS=(
 RUNTIME_PKGS=(
 	postgresql postgresql-contrib redis-server rabbitmq-server nginx-light
 	prometheus prometheus-alertmanager prometheus-blackbox-exporter mtail
-	wrk curl python3 procps psmisc
+	wrk curl python3 python3-locust procps psmisc
 	iproute2 util-linux python3-prometheus-client python3-yaml
 	debhelper devscripts lintian rpm debootstrap systemd-container dbus-daemon
 	stress-ng groff-base

@@ -6,7 +6,11 @@ vigilctlpkgdir = $(vigilctlmoduledir)/vigilctl
 sbin_SCRIPTS = src/vigilctl/vigilctl
 dist_vigilctlpkg_DATA = src/vigilctl/modules/vigilctl/__init__.py src/vigilctl/modules/vigilctl/cli.py \
 	src/vigilctl/modules/vigilctl/validate.py src/vigilctl/modules/vigilctl/fault.py \
-	src/vigilctl/modules/vigilctl/slo.py
+	src/vigilctl/modules/vigilctl/slo.py src/vigilctl/modules/vigilctl/load.py
+# The user flows `vigilctl load` runs with Locust: beside the package, not in
+# it (Locust puts the locustfile's directory on its sys.path).
+vigilctlloaddir = $(vigilctlmoduledir)/load
+dist_vigilctlload_DATA = src/vigilctl/modules/load/locustfile.py
 dist_man8_MANS = docs/man/vigilctl.8
 EXTRA_DIST += src/vigilctl/vigilctl.in
 CLEANFILES += src/vigilctl/vigilctl

@@ -129,8 +129,11 @@ def check_vigilctl(root):
     if not moddir or not os.path.isdir(root + moddir):
         fail(f"/usr/sbin/vigilctl looks for its modules in {moddir}, which no package ships")
         return
+    # `vigilctl load` runs the locustfile installed beside its package.
+    if not os.path.isfile(root + moddir + "/load/locustfile.py"):
+        fail(f"no package ships {moddir}/load/locustfile.py (vigilctl load)")
     env = dict(os.environ, VIGILCTL_MODULES=root + moddir)
-    for args in (["--help"], ["validate", "--help"]):
+    for args in (["--help"], ["validate", "--help"], ["load", "--help"]):
         r = subprocess.run([sys.executable, prog, *args], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, check=False)
         if r.returncode != 0:

@@ -59,9 +59,12 @@ alertbot=$(echo "$rpms" | grep "/vigil-alertbot-$version-" || true)
 rpm -qcp "$alertbot" 2>/dev/null | grep -qx /etc/vigil/alertbot-policy.conf ||
 	{ echo "FAIL: vigil-alertbot lacks the policy /etc/vigil/alertbot-policy.conf"; fail=1; }
 vigilctl=$(echo "$rpms" | grep "/vigilctl-$version-" || true)
-for f in /usr/sbin/vigilctl /usr/share/vigilctl/vigilctl/validate.py; do
+for f in /usr/sbin/vigilctl /usr/share/vigilctl/vigilctl/validate.py \
+	/usr/share/vigilctl/vigilctl/load.py /usr/share/vigilctl/load/locustfile.py; do
 	rpm -qlp "$vigilctl" 2>/dev/null | grep -qx "$f" || { echo "FAIL: vigilctl lacks $f"; fail=1; }
 done
+rpm -qp --recommends "$vigilctl" 2>/dev/null | grep -qx python3-locust ||
+	{ echo "FAIL: vigilctl does not recommend python3-locust (vigilctl load)"; fail=1; }
 grep -q '^PASS: tests/unit/test-jwt' "$work/rpmbuild.log" || { echo "FAIL: %check did not run the unit tests"; fail=1; }
 [ $fail -eq 0 ] && echo "PASS: rpmbuild built the split"
 exit $fail
