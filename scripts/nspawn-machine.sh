@@ -45,13 +45,15 @@ MIRROR=${VIGIL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 BOOT_TIMEOUT=${VIGIL_NSPAWN_BOOT_TIMEOUT:-90}
 # What vigil runs on, from Debian. polkitd (with its duktape JS engine)
-# evaluates the vigil polkit rule; curl and python3 drive tests inside.
+# evaluates the vigil polkit rule; curl and python3 drive tests inside;
+# python3-locust is what vigilctl recommends (for `vigilctl load`).
 PLATFORM_PKGS=(
 	postgresql redis-server rabbitmq-server nginx-light
 	prometheus prometheus-alertmanager prometheus-node-exporter
 	prometheus-nginx-exporter prometheus-postgres-exporter prometheus-redis-exporter
 	prometheus-blackbox-exporter mtail
 	polkitd curl python3 ca-certificates procps iproute2 less
+	python3-locust
 	libjwt0 libmicrohttpd12 libpq5 libhiredis0.14 librabbitmq4 libjson-c5
 	libcurl4 libinih1 libcrypt1 libsystemd0
 )

@@ -144,6 +144,17 @@ def request(method, path, body=None, headers=None, source="127.0.0.1", timeout=1
         conn.close()
 
 
+def metric_sum(port, name, **labels):
+    """The sum of name's samples carrying labels, from the daemon on port's
+    own /metrics; None when there is no such sample."""
+    _, body, _ = request("GET", "/metrics", port=port)
+    total = None
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def status_of(method, path, **kw):
     try:
         return request(method, path, **kw)[0]

@@ -22,6 +22,9 @@ paymentd, inventoryd, notifyd, alertbotd):
               synthetic user, and names a stopped vigil-notifyd (exit 1)
   fault       `vigilctl fault` sets a fault for 15 s (503 on its route,
               vigil_fault_active) and its transient timer takes it away
+  load        `vigilctl load` (Locust) for 10 s through the gateway with the
+              load source allowlisted: no failure, every step counted as
+              the daemons count it
   gateway     rate limit answered 429 with a JSON body; a new trace at the edge (X-Request-Id);
               /health /ready /metrics /stats 404 through it
   journald    structured fields (TRACE_ID, HTTP_ROUTE, HTTP_STATUS, …) from
@@ -81,7 +84,7 @@ from systest import (  # noqa: E402
     TOP, MACHINE, NSPAWN, PKG_DIR, UPGRADE_DIR, PREBUILT, DAEMONS, PACKAGES, PORTS,
     NOTIFY_MSG, results, log, skip, check_time, run, build_packages, mexec, mwrite, show, vigil_units,
     vigil_services, service, wait_until, request, status_of, psql, journal, parse_usec, test, USER,
-    PASSWORD, state, prometheus_api,
+    PASSWORD, state, prometheus_api, metric_sum,
 )
 from alerts import t_alerts, t_silent  # noqa: E402
 from alerting import (  # noqa: E402
@@ -291,14 +294,6 @@ def t_flows():
             f"(remaining {reserved['remaining']}), released")
 
 
-def fault_metric(port, key):
-    """inventoryd's vigil_fault_active{fault=KEY} from its own /metrics."""
-    _, body, _ = request("GET", "/metrics", port=port)
-    m = re.search(rf'^vigil_fault_active{{fault="{key}"}} (\S+)$', body.decode(), re.M)
-    assert m, f"vigil_fault_active{{fault={key!r}}} not exported"
-    return float(m.group(1))
-
-
 @test("vigilctl fault: a fault set for 15 s answers 503 on its route and shows in vigil_fault_active; "
       "its transient timer takes it away with vigilctl long gone")
 def t_fault():
@@ -311,16 +306,62 @@ def t_fault():
     assert "inventoryd" in json.dumps(listed), f"--list does not show it: {listed}"
     wait_until("/products answering 503", lambda: status_of("GET", "/products", port=port) == 503, 10)
     assert status_of("GET", "/product/1", port=port) == 200, "a route outside routes= failed too"
-    assert fault_metric(port, "error_ratio") == 1
+    assert metric_sum(port, "vigil_fault_active", fault="error_ratio") == 1
     wait_until("the timer removing the drop-in", lambda: mexec("test", "-e", dropin, check=False).returncode != 0,
                60, 0.5)
     wait_until("/products answering 200 again", lambda: status_of("GET", "/products", port=port) == 200, 30)
     gone = time.monotonic() - t_set
-    assert fault_metric(port, "error_ratio") == 0
+    assert metric_sum(port, "vigil_fault_active", fault="error_ratio") == 0
     timers = mexec("systemctl", "list-timers", "--no-legend", "vigil-fault-clear-*").stdout.strip()
     assert not timers, f"a clearing timer still armed: {timers}"
     assert mexec("systemctl", "is-active", "vigil-inventoryd.service").stdout.strip() == "active"
     return f"503 on /products only, vigil_fault_active 1 → 0, taken away by its timer {gone:.1f} s after it was set"
+
+
+# The steps of `vigilctl load`, and the daemon port and route that serve them.
+LOAD_ROUTES = {"register": (8001, "/register"), "login": (8001, "/login"), "product": (8003, "/product/{id}"),
+               "reserve": (8003, "/product/{id}/reserve"), "charge": (8002, "/charge"),
+               "payment": (8002, "/payment/{id}")}
+
+
+def load_counts():
+    counts = {step: metric_sum(port, "vigil_http_requests_total", route=route) or 0
+              for step, (port, route) in LOAD_ROUTES.items()}
+    for status in ("success", "declined"):
+        counts[f"charges {status}"] = metric_sum(8002, "vigil_payment_transactions_total", status=status) or 0
+    return counts
+
+
+@test("vigilctl load: a bounded Locust run of the user flows through the installed gateway, the load source "
+      "allowlisted in rate-limit.d: no failure, and every step counted as the daemons count it")
+def t_load():
+    allow = "/etc/nginx/vigil/rate-limit.d/50-systest-load.conf"
+    mwrite(allow, "127.0.0.1 exempt;\n")
+    mexec("sh", "-c", "nginx -t -q && systemctl reload nginx", timeout=60)
+    try:
+        before = load_counts()
+        p = mexec("vigilctl", "load", "--users", "5", "--duration", "10s", "--json", check=False, timeout=300)
+        after = load_counts()
+    finally:
+        mexec("rm", "-f", allow)
+        mexec("sh", "-c", "nginx -t -q && systemctl reload nginx", timeout=60)
+    assert p.returncode == 0, f"vigilctl load exited {p.returncode}: {p.stderr[-2000:]}"
+    doc = json.loads(p.stdout)
+    steps = {s["step"]: s for s in doc["steps"]}
+    # /products is left out: the blackbox exporter probes it too.
+    for step in LOAD_ROUTES:
+        assert step in steps and steps[step]["requests"] > 0, f"no {step} requests: {sorted(steps)}"
+        assert steps[step]["failures"] == 0, f"{step}: {steps[step]['failures']} failures ({doc['errors'][:5]})"
+        served = after[step] - before[step]
+        assert served == steps[step]["requests"], f"{step}: Locust sent {steps[step]['requests']}, the daemon counted {served}"
+    o = doc["outcomes"]
+    for key, status in (("charges_paid", "success"), ("charges_declined", "declined")):
+        counted = after[f"charges {status}"] - before[f"charges {status}"]
+        assert o[key] == counted, f"{key}: Locust {o[key]}, paymentd {counted}"
+    total = doc["total"]
+    return (f"{total['requests']} requests in {doc.get('run_seconds', 0):.0f} s, {total['failures']} failed, "
+            f"p95 {total['p95_ms']:.0f} ms; {o['charges_paid']} paid + {o['charges_declined']} declined charges "
+            "as paymentd counted them")
 
 
 @test("gateway: per-IP rate limit answers 429 with JSON; internal endpoints 404; a new trace per request reaches the journal")
@@ -925,7 +966,7 @@ def main():
             return 1
         log(f"# installed ({time.monotonic() - t0:.0f}s)")
         mexec("systemctl", "start", "vigil.target", timeout=120)
-        checks = [t_units, t_targets, t_flows, t_silent, t_validate, t_fault, t_gateway, t_journal, t_security, t_polkit, t_grafana_stack,
+        checks = [t_units, t_targets, t_flows, t_silent, t_validate, t_fault, t_load, t_gateway, t_journal, t_security, t_polkit, t_grafana_stack,
                   t_watchdog, t_outage,
                   t_socket, t_upgrade, t_alertbot_restart, t_alertbot_breaker, t_alertbot_refused,
                   t_alerts,
