@@ -21,6 +21,10 @@
  * up to this many sweep batches at once. */
 #define SWEEP_BATCHES_MAX   10
 #define GRANT_INTERVAL_USEC (60 * USEC_PER_SEC)
+/* While paymentd's role does not exist: its package creates it moments
+ * after this one is installed, and charges naming a reservation fail with
+ * 503 until it is granted. */
+#define GRANT_MISSING_ROLE_INTERVAL_USEC (2 * USEC_PER_SEC)
 
 static const struct faults_scope faults_scope = {
         .routes = inventoryd_routes,
@@ -214,8 +218,9 @@ static void expire_reservations(struct inventoryd_manager *m)
 }
 
 /* Let vigil-paymentd pay reservations (and nothing else here), once its
- * role exists; checked again every minute, so a role created later, or
- * dropped and created again, is granted without a restart. */
+ * role exists; checked again every minute (every 2 s while the role is
+ * missing), so a role created later, or dropped and created again, is
+ * granted without a restart. */
 static void grant_payment_role(struct inventoryd_manager *m)
 {
         const char *role = m->config->reservations_payment_role;
@@ -227,6 +232,7 @@ static void grant_payment_role(struct inventoryd_manager *m)
         m->next_grant_usec = now + GRANT_INTERVAL_USEC;
         r = inventory_grant_payment_role(m->daemon->pg, role);
         if (r == -ENOENT) {
+                m->next_grant_usec = now + GRANT_MISSING_ROLE_INTERVAL_USEC;
                 if (!m->payment_role_missing_logged)
                         log_info("PostgreSQL role %s does not exist (yet): charges cannot pay "
                                  "reservations until it does",

@@ -693,6 +693,28 @@ def test_upgrade_from_the_first_schema_version_keeps_the_catalog(ctx):
 
 
 @test
+def test_payment_role_created_after_start_is_granted_within_seconds(ctx):
+    """On a fresh install paymentd's package creates its role after
+    inventoryd has started: until inventoryd grants it, charges naming a
+    reservation fail with 503, so a missing role is looked for every 2 s,
+    not every minute."""
+    role = f"vigil_payment_late_{os.getpid()}"
+    granted = (f"SELECT has_function_privilege('{role}',"
+               " 'inventory.pay_reservation(bigint, bigint, bigint)', 'EXECUTE')")
+    sql(ctx, f"DROP ROLE IF EXISTS {role}")
+    with instances(ctx, 1, {"VIGIL_RESERVATIONS_PAYMENT_ROLE": role}) as (d,):
+        harness.wait_until(lambda: f"PostgreSQL role {role} does not exist" in d.log_text(), 15,
+                           what="inventoryd to find the role missing")
+        sql(ctx, f"CREATE ROLE {role}")
+        try:
+            t0 = time.monotonic()
+            harness.wait_until(lambda: sql(ctx, granted) == "t", 10, what=f"{role} to be granted pay_reservation")
+            print(f"# granted {time.monotonic() - t0:.1f} s after the role was created")
+        finally:
+            sql(ctx, f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@test
 def test_cache_hit_ratio_after_warm_up_is_at_least_90_percent(ctx):
     set_stock(ctx, 5, 100000)
     paths = ["/products"] + [f"/product/{i}" for i in range(1, 6)]
