@@ -6,7 +6,7 @@ vigilctlpkgdir = $(vigilctlmoduledir)/vigilctl
 sbin_SCRIPTS = src/vigilctl/vigilctl
 dist_vigilctlpkg_DATA = src/vigilctl/modules/vigilctl/__init__.py src/vigilctl/modules/vigilctl/cli.py \
 	src/vigilctl/modules/vigilctl/validate.py src/vigilctl/modules/vigilctl/fault.py \
-	src/vigilctl/modules/vigilctl/slo.py
+	src/vigilctl/modules/vigilctl/slo.py src/vigilctl/modules/vigilctl/chaos.py
 dist_man8_MANS = docs/man/vigilctl.8
 EXTRA_DIST += src/vigilctl/vigilctl.in
 CLEANFILES += src/vigilctl/vigilctl

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "validate": "vigilctl.validate",
     "fault": "vigilctl.fault",
     "slo": "vigilctl.slo",
+    "chaos": "vigilctl.chaos",
 }
 
 
