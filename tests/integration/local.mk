@@ -9,7 +9,8 @@ TESTS += \
 	tests/integration/test-gateway-metrics.py \
 	tests/integration/test-vigilctl.py \
 	tests/integration/test-faults.py \
-	tests/integration/test-vigilctl-fault.py
+	tests/integration/test-vigilctl-fault.py \
+	tests/integration/test-vigilctl-chaos.py
 EXTRA_DIST += \
 	tests/integration/harness.py \
 	tests/integration/gatewaylib.py \
@@ -20,7 +21,8 @@ EXTRA_DIST += \
 	tests/integration/test-gateway-metrics.py \
 	tests/integration/test-vigilctl.py \
 	tests/integration/test-faults.py \
-	tests/integration/test-vigilctl-fault.py
+	tests/integration/test-vigilctl-fault.py \
+	tests/integration/test-vigilctl-chaos.py
 
 # paymentd (and the payment flow, with vigil-authd and vigil-notifyd),
 # inventoryd, notifyd with a small confirmed publisher (Python's standard

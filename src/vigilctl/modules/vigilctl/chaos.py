@@ -101,8 +101,8 @@ def add_arguments(p, paths):
                    help="each drill's bound: every daemon ready again within it, from the "
                         "fault (default 180)")
     p.add_argument("--max-duration", type=float, default=1800.0, metavar="SECONDS",
-                   help="bound on the whole run; drills not started by then are skipped "
-                        "(default 1800)")
+                   help="bound on the whole run: no drill starts after it, and the one "
+                        "running is cut short at it (its drain excepted) (default 1800)")
     p.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait, after a drill, for its charges to be notified "
                         "(default 60)")
@@ -576,7 +576,7 @@ class Watcher:
             self.prom_error = None
             return alerts
         except (OSError, ValueError, KeyError) as e:
-            self.prom_error = str(e)
+            self.prom_error = f"Prometheus at {self.s.prometheus}: {e}"
             return None
 
     def prime(self):
@@ -865,6 +865,8 @@ def markdown(doc):
                      f"{ld.get('sent', 0)} / {ld.get('failed', 0)} | {acct} |")
     for name in doc.get("skipped", []):
         lines.append(f"| {name} | NO (not run: {doc.get('stopped') or 'the run deadline'}) | | | |")
+    if doc.get("stopped"):
+        lines += ["", f"Stopped: {doc['stopped']}."]
     lines += ["", f"{'All drills recovered' if doc['ok'] else 'NOT all drills recovered'}; "
                   f"{len(doc['restored'])} restoration steps run."]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""`vigilctl chaos` against the dev stack: PostgreSQL, Redis and RabbitMQ
+from scripts/dev-stack.sh, vigil-authd, -paymentd, -inventoryd and -notifyd
+from the build tree, behind the shipped nginx gateway (as test-vigilctl.py
+runs it). systemd is not PID 1 here, so systemctl and systemd-run are
+stand-ins that record every command (one JSON line each) and act on the
+test's processes as systemd would on the units: `kill --signal=SIG
+vigil-X.service` sends SIG to the daemon, and a supervisor thread starts a
+killed daemon again (Restart=on-failure).
+
+Asserted: --dry-run prints every drill's commands in order and touches
+nothing (no command, no user, no drop-in); kill -9 of notifyd under the
+load gives a report whose accounting is what the database holds (charges
+committed == notified, 0 lost, 0 duplicated) and says what it cannot know
+(no Prometheus here: alerts and the error budget are unknown, not zero);
+SIGTERM in the middle of a SIGSTOP drill runs the restoration (SIGCONT,
+the safety timer disarmed), the daemon runs again, and the exit is 1; bad
+usage and a broken environment exit 2 having run nothing. By hand:
+  top_builddir=/path/to/build python3 tests/integration/test-vigilctl-chaos.py [TEST...]
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gatewaylib  # noqa: E402
+import harness  # noqa: E402
+import paymentd_stack as ps  # noqa: E402
+from harness import check, check_eq  # noqa: E402
+
+runner = harness.Runner("test-vigilctl-chaos", test_timeout=300)
+test = runner.test
+
+VIGILCTL = os.path.join(harness.TOP_BUILDDIR, "src", "vigilctl", "vigilctl")
+MODULES = os.path.join(harness.TOP_SRCDIR, "src", "vigilctl", "modules")
+DAEMONS = ("authd", "paymentd", "inventoryd", "notifyd")
+
+FAKE_SYSTEMCTL = """#!/usr/bin/python3
+import json, os, signal, sys
+d = os.environ["FAKE_DIR"]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({"argv": ["systemctl"] + sys.argv[1:]}) + "\\n")
+args = sys.argv[1:]
+if args[:1] == ["kill"] and args[1].startswith("--signal="):
+    pidfile = os.path.join(d, args[2] + ".pid")
+    if os.path.exists(pidfile):
+        sig = getattr(signal, "SIG" + args[1].split("=", 1)[1])
+        try:
+            os.kill(int(open(pidfile).read()), sig)
+        except ProcessLookupError:
+            pass
+"""
+FAKE_SYSTEMD_RUN = """#!/usr/bin/python3
+import json, os, sys
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({"argv": ["systemd-run"] + sys.argv[1:]}) + "\\n")
+"""
+
+
+def setup(ctx):
+    if not os.path.exists(gatewaylib.NGINX) or not shutil.which("psql"):
+        print("SKIP: nginx or psql is not installed (scripts/install-deps.sh)")
+        sys.exit(harness.SKIP)
+    ctx.stack = harness.Stack(ps.SERVICES)
+    ctx.cleanup(ctx.stack.stop)
+    ctx.stack.start()
+    ctx.authd = harness.new_authd(ctx)
+    ctx.authd.start()
+    ctx.paymentd = ps.new_paymentd(ctx)
+    ctx.paymentd.start()
+    ctx.inventoryd = harness.new_inventoryd(ctx)
+    ctx.inventoryd.start()
+    s = ctx.stack.env
+    with open(s["VIGIL_DEV_PG_PASSWORD_FILE_NOTIFY"], "rb") as f:
+        pg_password = f.read()
+    with open(os.path.join(ctx.stack.dir, "secrets", "amqp-password"), encoding="utf-8") as f:
+        amqp_password = f.read().strip()
+    ctx.notifyd = harness.Daemon("notifyd", env={
+        "VIGIL_POSTGRES_DSN": s["VIGIL_DEV_PG_DSN_NOTIFY"],
+        "VIGIL_AMQP_URL": s["VIGIL_AMQP_URL"].replace(":" + amqp_password + "@", "@"),
+        "VIGIL_TRACING_OTLP_ENDPOINT": "", "VIGIL_PROCESSOR_SEND_LATENCY_MS": "1",
+    }, credentials={"postgres-password": pg_password, "amqp-password": amqp_password})
+    ctx.daemons.append(ctx.notifyd)
+    ctx.cleanup(ctx.notifyd.close)
+    ctx.notifyd.start()
+
+    # The load runs faster than the shipped 10 r/s per client: the rate is raised.
+    ctx.gateway = gatewaylib.Gateway({"auth": ctx.authd.port, "payment": ctx.paymentd.port,
+                                      "inventory": ctx.inventoryd.port}, None, rate="1000r/s")
+    ctx.cleanup(ctx.gateway.stop)
+    ctx.gateway.start()
+
+    ctx.tmp = tempfile.mkdtemp(prefix="vigil-chaos-")
+    ctx.cleanup(lambda: harness._rmtree(ctx.tmp))
+    ctx.etc = os.path.join(ctx.tmp, "etc-vigil")
+    os.mkdir(ctx.etc)
+    for name in DAEMONS:
+        with open(os.path.join(ctx.etc, f"{name}.conf"), "w", encoding="utf-8") as f:
+            f.write(f"[http]\nlisten = 127.0.0.1:{getattr(ctx, name).port}\n")
+    ctx.fake = os.path.join(ctx.tmp, "fake")
+    ctx.bin = os.path.join(ctx.fake, "bin")
+    os.makedirs(ctx.bin)
+    for name, text in (("systemctl", FAKE_SYSTEMCTL), ("systemd-run", FAKE_SYSTEMD_RUN)):
+        path = os.path.join(ctx.bin, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+    ctx.log = os.path.join(ctx.fake, "commands.log")
+    ctx.dsn = re.sub(r"\bdbname=\S+", "", s["VIGIL_TEST_PG_ADMIN_DSN"]) + " dbname=vigil"
+    write_pidfiles(ctx)
+
+    # systemd's Restart=on-failure: a killed daemon is started again.
+    ctx.supervising = threading.Event()
+    ctx.restarts = {n: 0 for n in DAEMONS}
+
+    def supervise():
+        while not ctx.supervising.wait(0.1):
+            for name in DAEMONS:
+                d = getattr(ctx, name)
+                if d.proc is not None and d.proc.poll() is not None:
+                    d.kill()
+                    d.start(wait_ready=False)
+                    ctx.restarts[name] += 1
+                    write_pidfiles(ctx)
+    t = threading.Thread(target=supervise, daemon=True)
+    t.start()
+    ctx.cleanup(ctx.supervising.set)
+
+
+def write_pidfiles(ctx):
+    for name in DAEMONS:
+        d = getattr(ctx, name)
+        if d.proc is not None:
+            with open(os.path.join(ctx.fake, f"vigil-{name}.service.pid"), "w",
+                      encoding="utf-8") as f:
+                f.write(str(d.proc.pid))
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+def env(ctx):
+    e = dict(os.environ)
+    e.update({"PATH": ctx.bin + os.pathsep + e.get("PATH", "/usr/bin:/bin"),
+              "VIGILCTL_MODULES": MODULES, "FAKE_DIR": ctx.fake, "FAKE_LOG": ctx.log})
+    return e
+
+
+def argv(ctx, *args):
+    return [VIGILCTL, "chaos", "--etc", ctx.etc,
+            "--gateway", f"http://127.0.0.1:{ctx.gateway.port}",
+            "--prometheus", f"http://127.0.0.1:{harness.closed_port()}",
+            "--database", ctx.dsn, *args]
+
+
+def vigilctl(ctx, *args, timeout=240):
+    t0 = time.monotonic()
+    r = subprocess.run(argv(ctx, *args), env=env(ctx), capture_output=True, text=True,
+                       timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    print(f"vigilctl chaos {' '.join(args)}: exit {r.returncode} in "
+          f"{time.monotonic() - t0:.1f} s", flush=True)
+    return r
+
+
+def commands(ctx):
+    if not os.path.exists(ctx.log):
+        return []
+    with open(ctx.log, encoding="utf-8") as f:
+        return [json.loads(line)["argv"] for line in f]
+
+
+def reset(ctx):
+    if os.path.exists(ctx.log):
+        os.unlink(ctx.log)
+
+
+def sql_int(ctx, query):
+    return int(ctx.stack.sql(query) or 0)
+
+
+def chaos_users(ctx):
+    return sql_int(ctx, "SELECT count(*) FROM auth.users WHERE username LIKE 'vigilctl-chaos-%'")
+
+
+def proc_state(pid):
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def all_ready(ctx):
+    for name in DAEMONS:
+        d = getattr(ctx, name)
+        try:
+            if d.proc is None or harness.request(d.port, "GET", "/ready", timeout=2).status != 200:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# tests
+
+@test
+def test_dry_run_prints_every_command_in_order_and_touches_nothing(ctx):
+    reset(ctx)
+    users = chaos_users(ctx)
+    pids = {n: getattr(ctx, n).proc.pid for n in DAEMONS}
+    r = vigilctl(ctx, "--dry-run")
+    check_eq(r.returncode, 0, f"--dry-run: {r.stderr}")
+    out = r.stdout
+    drills = re.findall(r"^\d+\. (\S+)$", out, re.M)
+    check_eq(drills, [f"kill-{d}" for d in DAEMONS] + ["stop-postgresql", "stop-redis", "stop-rabbitmq"]
+             + [f"hang-{d}" for d in DAEMONS] + ["fault-storm"], "the drills planned (default: all)")
+    for line in ("would run: systemctl kill --signal=KILL vigil-notifyd.service",
+                 "would run: systemctl stop rabbitmq-server.service",
+                 "would run: systemctl start rabbitmq-server.service   (restore; also on any exit)",
+                 "would run: systemctl kill --signal=STOP vigil-authd.service",
+                 "would run: systemctl kill --signal=CONT vigil-authd.service   (restore; also on any exit)",
+                 "would run: systemctl reload vigil-paymentd.service"):
+        check(line in out, f"the plan lacks {line!r}:\n{out}")
+    # Order: the safety timer before the stop, the stop before the start.
+    i_timer = out.index("--unit=vigil-chaos-restore-stop-redis")
+    i_stop = out.index("would run: systemctl stop redis-server.service")
+    i_start = out.index("would run: systemctl start redis-server.service")
+    check(i_timer < i_stop < i_start, "stop-redis: safety timer, stop, start out of order")
+    r = vigilctl(ctx, "--dry-run", "--json", "--drills", "stop-postgresql")
+    check_eq(r.returncode, 0, f"--dry-run --json: {r.stderr}")
+    doc = json.loads(r.stdout)
+    check_eq([d["drill"] for d in doc["drills"]], ["stop-postgresql"], "--json drills")
+    check_eq(doc["drills"][0]["restore"][0], "systemctl start postgresql.service", "the restore")
+    check_eq(commands(ctx), [], "commands run by --dry-run")
+    check_eq(chaos_users(ctx), users, "users registered by --dry-run")
+    check_eq({n: getattr(ctx, n).proc.pid for n in DAEMONS}, pids, "daemons restarted by --dry-run")
+    check(not any(e.endswith(".conf.d") for e in os.listdir(ctx.etc)), "a drop-in directory written")
+
+
+@test
+def test_kill_notifyd_report_accounts_what_the_database_holds(ctx):
+    reset(ctx)
+    restarts = ctx.restarts["notifyd"]
+    r = vigilctl(ctx, "--drills", "kill-notifyd", "--json", "--rate", "40", "--requests", "600",
+                 "--threads", "4", "--drill-timeout", "90", "--drain-timeout", "90")
+    check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
+    doc = json.loads(r.stdout)
+    print(json.dumps({k: v for k, v in doc["drills"][0].items() if k != "timeline"}, indent=1))
+    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    check_eq(ctx.restarts["notifyd"], restarts + 1, "notifyd killed and started again")
+    cmds = commands(ctx)
+    check(["systemctl", "kill", "--signal=KILL", "vigil-notifyd.service"] in cmds, f"commands: {cmds}")
+    check_eq(cmds[-1], ["systemctl", "start", "vigil-notifyd.service"], "the (no-op) restore last")
+    rep = doc["drills"][0]
+    check(rep["recovered"] and rep["ready_again_s"] is not None, "recovered")
+    check(rep["load"]["sent"] > 0 and rep["load"]["charges_committed_201"] > 0, f"load {rep['load']}")
+    # What the database holds for the drill's charges, asked independently.
+    mine = (f"p.user_id = {doc['user_id']} AND p.idempotency_key LIKE '{rep['key_prefix']}%'")
+    committed = sql_int(ctx, f"SELECT count(*) FROM payment.payments p WHERE {mine}")
+    notified = sql_int(ctx, "SELECT count(*) FROM notify.notifications n JOIN payment.payments p "
+                            f"ON p.id = n.payment_id WHERE {mine}")
+    check(committed > 0, "no charge committed")
+    check_eq(rep["charges"], {"committed": committed, "notified": notified, "lost": 0,
+                              "duplicated": 0, "committed_201": rep["load"]["charges_committed_201"]},
+             "the report's charges")
+    check_eq(committed, notified, "every committed charge notified exactly once")
+    # No Prometheus here: unknown, said so, never zero.
+    check(rep["alert_pending_s"] is None and "Prometheus" in rep["unknown"]["alert_pending"],
+          f"alert pending: {rep['unknown']}")
+    check(rep["error_budget"] is None and "error_budget" in rep["unknown"], "error budget")
+    check(doc["ok"], "the run is ok")
+
+
+@test
+def test_kill_paymentd_markdown_report(ctx):
+    reset(ctx)
+    r = vigilctl(ctx, "--drills", "kill-paymentd", "--rate", "30", "--requests", "300",
+                 "--drill-timeout", "90", "--drain-timeout", "90")
+    print(r.stdout)
+    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    out = r.stdout
+    check(out.startswith("# GameDay report"), "a markdown title")
+    check("## kill-paymentd: recovered" in out, "the drill's heading")
+    check("| alert firing | unknown |" in out, "the unknown alert")
+    check(re.search(r"\| charges lost / duplicated \| 0 / 0 \|", out), "0 lost, 0 duplicated")
+    m = re.search(r"\| charges committed / notified \| (\d+) / (\d+) ", out)
+    check(m and m.group(1) == m.group(2) and int(m.group(1)) > 0, "committed == notified > 0")
+    check(re.search(r"^\| kill-paymentd \| yes \|", out, re.M), "the summary row")
+
+
+@test
+def test_sigterm_mid_drill_restores_and_exits_non_zero(ctx):
+    reset(ctx)
+    harness.wait_until(lambda: all_ready(ctx), 60, what="every daemon ready")
+    pid = ctx.notifyd.proc.pid
+    p = subprocess.Popen(argv(ctx, "--drills", "hang-notifyd", "--hold", "100",
+                              "--drill-timeout", "150", "--rate", "10"),
+                         env=env(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        harness.wait_until(lambda: ["systemctl", "kill", "--signal=STOP", "vigil-notifyd.service"]
+                           in commands(ctx), 60, what="the SIGSTOP")
+        harness.wait_until(lambda: proc_state(pid) == "T", 10, what="notifyd stopped")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    print(err)
+    check(p.returncode not in (0, 2), f"exit {p.returncode}")
+    check_eq(p.returncode, 1, "exit status after SIGTERM")
+    cmds = commands(ctx)
+    stop = cmds.index(["systemctl", "kill", "--signal=STOP", "vigil-notifyd.service"])
+    after = cmds[stop + 1:]
+    for c in (["systemctl", "kill", "--signal=CONT", "vigil-notifyd.service"],
+              ["systemctl", "stop", "vigil-chaos-restore-hang-notifyd.timer",
+               "vigil-chaos-restore-hang-notifyd.service"]):
+        check(c in after, f"no {c} after the SIGSTOP: {after}")
+    armed = [c for c in cmds[:stop] if c[0] == "systemd-run"]
+    check(armed and armed[0][-4:] == ["systemctl", "kill", "--signal=CONT", "vigil-notifyd.service"],
+          f"the safety timer before the SIGSTOP: {armed}")
+    check("interrupted by SIGTERM" in err and "restore" in err, f"stderr: {err}")
+    check("interrupted by SIGTERM" in out, "the report says it was interrupted")
+    check(proc_state(pid) != "T", "notifyd is still stopped")
+    harness.wait_until(lambda: all_ready(ctx), 30, what="every daemon ready again")
+
+
+@test
+def test_bad_usage_and_environment_exit_2_touching_nothing(ctx):
+    reset(ctx)
+    users = chaos_users(ctx)
+    missing = os.path.join(ctx.tmp, "no-such-etc")
+    cases = (
+        (["--drills", "kill-sshd"], "unknown drill"),
+        (["--drills", "stop-nginx"], "unknown drill"),
+        (["--drills", "kill-alertbotd"], "not installed"),
+        (["--drills", "kill-authd,kill-authd"], "twice"),
+        (["--drills", ","], "at least one"),
+        (["--hold", "0"], "--hold"),
+        (["--hold", "nan"], "--hold"),
+        (["--hold", "30", "--drill-timeout", "20"], "longer than"),
+        (["--rate", "-1"], "--rate"),
+        (["--requests", "0"], "--requests"),
+        (["--url", "authd=ftp://x"], "--url"),
+        (["--gateway", "localhost"], "--gateway"),
+        (["--etc", missing], "does not exist"),
+        (["--bogus"], "unrecognized"),
+    )
+    for args, words in cases:
+        r = vigilctl(ctx, "--drills", "kill-notifyd", *args) if "--drills" not in args \
+            else vigilctl(ctx, *args)
+        check_eq(r.returncode, 2, f"{args}: {r.stdout} {r.stderr}")
+        check(words in r.stderr, f"{args}: error does not say {words!r}: {r.stderr!r}")
+    # The environment: checked before anything is touched.
+    closed = f"http://127.0.0.1:{harness.closed_port()}"
+    cmd = argv(ctx, "--drills", "kill-notifyd")
+    cmd[cmd.index("--gateway") + 1] = closed
+    r = subprocess.run(cmd, env=env(ctx), capture_output=True, text=True, timeout=60, check=False)
+    check_eq(r.returncode, 2, f"gateway down: {r.stderr}")
+    check("the gateway" in r.stderr, f"gateway down: {r.stderr}")
+    cmd = argv(ctx, "--drills", "kill-notifyd")
+    cmd[cmd.index("--database") + 1] = "host=/nonexistent dbname=vigil"
+    r = subprocess.run(cmd, env=env(ctx), capture_output=True, text=True, timeout=60, check=False)
+    check_eq(r.returncode, 2, f"database unreachable: {r.stderr}")
+    check("the database" in r.stderr, f"database unreachable: {r.stderr}")
+    check_eq(commands(ctx), [], "commands run")
+    check_eq(chaos_users(ctx), users, "users registered")
+
+
+if __name__ == "__main__":
+    sys.exit(runner.main(setup, binaries=[VIGILCTL] + [harness.daemon_binary(d) for d in DAEMONS]))
