@@ -13,6 +13,8 @@ nothing (no command, no user, no drop-in); kill -9 of notifyd under the
 load gives a report whose accounting is what the database holds (charges
 committed == notified, 0 lost, 0 duplicated) and says what it cannot know
 (no Prometheus here: alerts and the error budget are unknown, not zero);
+stop-rabbitmq (the dev stack's RabbitMQ killed and started again by the
+stand-in) likewise, with charges committed during the outage notified after;
 SIGTERM in the middle of a SIGSTOP drill runs the restoration (SIGCONT,
 the safety timer disarmed), the daemon runs again, and the exit is 1; bad
 usage and a broken environment exit 2 having run nothing. By hand:
@@ -58,6 +60,16 @@ if args[:1] == ["kill"] and args[1].startswith("--signal="):
             os.kill(int(open(pidfile).read()), sig)
         except ProcessLookupError:
             pass
+elif args[:1] in (["stop"], ["start"]) and args[1:] == ["rabbitmq-server.service"]:
+    # The dev stack's RabbitMQ, as systemd would stop and start the unit's.
+    import subprocess
+    what = ["kill", os.environ["FAKE_STACK"], "rabbitmq"] if args[0] == "stop" else \
+        ["start-one", os.environ["FAKE_STACK"], "rabbitmq"]
+    r = subprocess.run(["bash", os.environ["FAKE_DEV_STACK"]] + what, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=240)
+    if r.returncode:
+        sys.stderr.write(r.stderr.decode(errors="replace"))
+        sys.exit(1)
 """
 FAKE_SYSTEMD_RUN = """#!/usr/bin/python3
 import json, os, sys
@@ -151,7 +163,8 @@ def write_pidfiles(ctx):
 def env(ctx):
     e = dict(os.environ)
     e.update({"PATH": ctx.bin + os.pathsep + e.get("PATH", "/usr/bin:/bin"),
-              "VIGILCTL_MODULES": MODULES, "FAKE_DIR": ctx.fake, "FAKE_LOG": ctx.log})
+              "VIGILCTL_MODULES": MODULES, "FAKE_DIR": ctx.fake, "FAKE_LOG": ctx.log,
+              "FAKE_STACK": ctx.stack.dir, "FAKE_DEV_STACK": ctx.stack.script})
     return e
 
 
@@ -293,6 +306,33 @@ def test_kill_paymentd_markdown_report(ctx):
     m = re.search(r"\| charges committed / notified \| (\d+) / (\d+) ", out)
     check(m and m.group(1) == m.group(2) and int(m.group(1)) > 0, "committed == notified > 0")
     check(re.search(r"^\| kill-paymentd \| yes \|", out, re.M), "the summary row")
+
+
+@test
+def test_stop_rabbitmq_holds_charges_in_the_outbox_and_notifies_them_after(ctx):
+    reset(ctx)
+    r = vigilctl(ctx, "--drills", "stop-rabbitmq", "--json", "--hold", "4", "--rate", "20",
+                 "--requests", "2000", "--drill-timeout", "200", "--drain-timeout", "120")
+    check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
+    doc = json.loads(r.stdout)
+    rep = doc["drills"][0]
+    print(json.dumps({k: v for k, v in rep.items() if k != "unknown"}, indent=1))
+    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    cmds = commands(ctx)
+    stop = cmds.index(["systemctl", "stop", "rabbitmq-server.service"])
+    check(["systemctl", "start", "rabbitmq-server.service"] in cmds[stop + 1:], f"commands {cmds}")
+    check(rep["recovered"], "every daemon ready again")
+    mine = (f"p.user_id = {doc['user_id']} AND p.idempotency_key LIKE '{rep['key_prefix']}%'")
+    committed = sql_int(ctx, f"SELECT count(*) FROM payment.payments p WHERE {mine}")
+    notified = sql_int(ctx, "SELECT count(*) FROM notify.notifications n JOIN payment.payments p "
+                            f"ON p.id = n.payment_id WHERE {mine}")
+    # Charges committed while RabbitMQ was down: before it was started again.
+    during = sql_int(ctx, f"SELECT count(*) FROM payment.payments p WHERE {mine} AND "
+                          f"p.created_at < '{rep['started_at']}'::timestamptz + interval '4 s'")
+    check(during > 0, "no charge committed while RabbitMQ was down")
+    check_eq((rep["charges"]["committed"], rep["charges"]["notified"], rep["charges"]["lost"],
+              rep["charges"]["duplicated"]), (committed, notified, 0, 0), "the report's charges")
+    check_eq(committed, notified, "every committed charge notified exactly once")
 
 
 @test

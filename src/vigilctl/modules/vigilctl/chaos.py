@@ -715,9 +715,10 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
     a = settings.args
     inject, hold, restore = plan(drill, settings)
     rep = {"drill": drill, "timeline": [], "recovered": False, "unknown": {}}
+    events = []  # (monotonic time, what): the timeline, from the fault once known
 
-    def mark(what, t_mono, t0):
-        rep["timeline"].append({"at_s": round(t_mono - t0, 1), "event": what})
+    def mark(what):
+        events.append((time.monotonic(), what))
 
     if not all_ready(settings):
         rep["error"] = f"not every daemon was ready before the drill: {', '.join(not_ready(settings))}"
@@ -728,22 +729,27 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
     watcher = Watcher(settings, time.time())
     watcher.prime()
     load.start()
+    # The fault is the last step (kill, stop, SIGSTOP), or the first of
+    # the storm's faults; what comes before it prepares its undoing.
+    fault_at = 0 if drill == "fault-storm" else len(inject) - 1
     t0 = time.monotonic()
-    t0_wall = time.time()
-    watcher.t0 = t0_wall
-    rep["started_at"] = datetime.datetime.fromtimestamp(t0_wall, datetime.timezone.utc).isoformat()
     deadline = min(t0 + a.drill_timeout, run_deadline)
     watcher.start()
     try:
         restorer.register(drill, restore)  # before the fault: any exit undoes it
-        for step in inject:
+        for i, step in enumerate(inject):
+            if i == fault_at:
+                t0, watcher.t0 = time.monotonic(), time.time()
+                rep["started_at"] = datetime.datetime.fromtimestamp(
+                    watcher.t0, datetime.timezone.utc).isoformat()
+                deadline = min(t0 + a.drill_timeout, run_deadline)
             ok, cmd, detail = do_step(step, settings)
-            mark(f"{cmd}{'' if ok else ' FAILED: ' + detail}", time.monotonic(), t0)
+            mark(f"{cmd}{'' if ok else ' FAILED: ' + detail}")
             if not ok:
                 rep["error"] = f"{cmd}: {detail or 'failed'}"
                 break
         else:
-            mark("fault injected", time.monotonic(), t0)
+            mark("fault injected")
             if hold:
                 time.sleep(max(0.0, min(hold, deadline - time.monotonic())))
         if hold or "error" in rep:
@@ -751,15 +757,14 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
             # cleared; a killed daemon is systemd's to restart (its restore,
             # a no-op start, runs after the wait).
             restorer.restore("drill over")
-            mark("restored", time.monotonic(), t0)
+            mark("restored")
         if wait_until(lambda: all_ready(settings), deadline):
             rep["recovered"] = True
             rep["ready_again_s"] = round(time.monotonic() - t0, 1)
-            mark("every daemon ready again", time.monotonic(), t0)
+            mark("every daemon ready again")
         else:
             rep["not_ready"] = not_ready(settings)
-            mark(f"not ready within {a.drill_timeout:g} s: {', '.join(rep['not_ready'])}",
-                 time.monotonic(), t0)
+            mark(f"not ready within {a.drill_timeout:g} s: {', '.join(rep['not_ready'])}")
         restorer.restore("drill over")
         # The load runs on a moment after recovery, within the drill's bound.
         settle_end = min(time.monotonic() + 3.0, deadline)
@@ -768,6 +773,7 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
     finally:
         load.finish()
         watcher.finish()
+        rep["timeline"] = [{"at_s": round(t - t0, 1), "event": what} for t, what in events]
     t_end_wall = time.time()
     rep["duration_s"] = round(time.monotonic() - t0, 1)
     for name, v, why in (("alert_pending", watcher.pending, watcher.prom_error),
@@ -801,7 +807,7 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
         rep["charges"] = {"committed": committed, "notified": notified, "lost": lost,
                           "duplicated": duplicated + rep["load"]["keys_answered_twice"],
                           "committed_201": rep["load"]["charges_committed_201"]}
-    budget, why = budget_spent(settings, t0_wall, t_end_wall)
+    budget, why = budget_spent(settings, watcher.t0, t_end_wall)
     rep["error_budget"] = budget
     if budget is None:
         rep["unknown"]["error_budget"] = why
@@ -850,7 +856,7 @@ def markdown(doc):
             rows.append(("error budget spent", "unknown"))
         lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
         if rep["timeline"]:
-            lines += ["Timeline:", ""] + [f"- +{e['at_s']:g} s {e['event']}" for e in rep["timeline"]] + [""]
+            lines += ["Timeline:", ""] + [f"- {e['at_s']:+g} s {e['event']}" for e in rep["timeline"]] + [""]
         for k, why in rep.get("unknown", {}).items():
             lines.append(f"- unknown {k}: {why}")
         if rep.get("unknown"):
