@@ -2,19 +2,27 @@
 """`vigilctl chaos` against the dev stack: PostgreSQL, Redis and RabbitMQ
 from scripts/dev-stack.sh, vigil-authd, -paymentd, -inventoryd and -notifyd
 from the build tree, behind the shipped nginx gateway (as test-vigilctl.py
-runs it). systemd is not PID 1 here, so systemctl and systemd-run are
-stand-ins that record every command (one JSON line each) and act on the
-test's processes as systemd would on the units: `kill --signal=SIG
-vigil-X.service` sends SIG to the daemon, and a supervisor thread starts a
-killed daemon again (Restart=on-failure).
+runs it), and Debian's Prometheus scraping them (with the shipped payment
+availability SLO rules) for the drills that read it. systemd is not PID 1
+here, so systemctl and systemd-run are stand-ins that record every command
+(one JSON line each) and act on the test's processes as systemd would on
+the units: `kill --signal=SIG vigil-X.service` sends SIG to the daemon (a
+supervisor thread starts a killed daemon again, as Restart=on-failure),
+`reload` puts vigilctl's fault drop-in in the daemon's configuration and
+sends SIGHUP, `stop`/`start rabbitmq-server.service` kill and start the dev
+stack's RabbitMQ.
 
 Asserted: --dry-run prints every drill's commands in order and touches
 nothing (no command, no user, no drop-in); kill -9 of notifyd under the
 load gives a report whose accounting is what the database holds (charges
 committed == notified, 0 lost, 0 duplicated) and says what it cannot know
-(no Prometheus here: alerts and the error budget are unknown, not zero);
+(--prometheus pointing at nothing: alerts and the error budget are unknown,
+not zero);
 stop-rabbitmq (the dev stack's RabbitMQ killed and started again by the
 stand-in) likewise, with charges committed during the outage notified after;
+a SIGSTOPped notifyd makes the test's alert go pending then firing within
+the hold, timed from Prometheus; the fault storm fails requests, spends
+payment's error budget (> 0, from the SLO rules) and leaves no fault behind;
 SIGTERM in the middle of a SIGSTOP drill runs the restoration (SIGCONT,
 the safety timer disarmed), the daemon runs again, and the exit is 1; bad
 usage and a broken environment exit 2 having run nothing. By hand:
@@ -45,6 +53,16 @@ test = runner.test
 VIGILCTL = os.path.join(harness.TOP_BUILDDIR, "src", "vigilctl", "vigilctl")
 MODULES = os.path.join(harness.TOP_SRCDIR, "src", "vigilctl", "modules")
 DAEMONS = ("authd", "paymentd", "inventoryd", "notifyd")
+PROMETHEUS = shutil.which("prometheus")
+# A daemon not scraped for a second: an alert of the test's, quicker than
+# the shipped VigilDaemonDown (2 m).
+RULES = """groups:
+  - name: vigilctl-chaos-test
+    rules:
+      - alert: VigilChaosTestDown
+        expr: up{job="notify"} == 0
+        for: 1s
+"""
 
 FAKE_SYSTEMCTL = """#!/usr/bin/python3
 import json, os, signal, sys
@@ -60,6 +78,21 @@ if args[:1] == ["kill"] and args[1].startswith("--signal="):
             os.kill(int(open(pidfile).read()), sig)
         except ProcessLookupError:
             pass
+elif args[:1] == ["reload"]:
+    # ExecReload: the daemon rereads its configuration directory, which is
+    # the test's own: vigilctl's drop-in is put there, or taken away.
+    unit = args[1]
+    name = unit[len("vigil-"):-len(".service")]
+    src = os.path.join(os.environ["FAKE_ETC"], name + ".conf.d", "50-vigilctl-fault.conf")
+    dst_dir = open(os.path.join(d, unit + ".confdir")).read() + ".d"
+    dst = os.path.join(dst_dir, "50-vigilctl-fault.conf")
+    if os.path.exists(src):
+        os.makedirs(dst_dir, exist_ok=True)
+        with open(src) as f, open(dst, "w") as g:
+            g.write(f.read())
+    elif os.path.exists(dst):
+        os.unlink(dst)
+    os.kill(int(open(os.path.join(d, unit + ".pid")).read()), signal.SIGHUP)
 elif args[:1] in (["stop"], ["start"]) and args[1:] == ["rabbitmq-server.service"]:
     # The dev stack's RabbitMQ, as systemd would stop and start the unit's.
     import subprocess
@@ -79,8 +112,8 @@ with open(os.environ["FAKE_LOG"], "a") as f:
 
 
 def setup(ctx):
-    if not os.path.exists(gatewaylib.NGINX) or not shutil.which("psql"):
-        print("SKIP: nginx or psql is not installed (scripts/install-deps.sh)")
+    if not os.path.exists(gatewaylib.NGINX) or not shutil.which("psql") or not PROMETHEUS:
+        print("SKIP: nginx, psql or prometheus is not installed (scripts/install-deps.sh)")
         sys.exit(harness.SKIP)
     ctx.stack = harness.Stack(ps.SERVICES)
     ctx.cleanup(ctx.stack.stop)
@@ -148,6 +181,81 @@ def setup(ctx):
     ctx.cleanup(ctx.supervising.set)
 
 
+def start_prometheus(ctx):
+    """Debian's Prometheus scraping the four daemons every second, with the
+    shipped payment availability SLO rules and the test's alert."""
+    ctx.prom_port = harness.free_port()
+    rules = os.path.join(ctx.tmp, "rules.yml")
+    with open(rules, "w", encoding="utf-8") as f:
+        f.write(RULES)
+    # The shipped rules, their long-window group (the objective's) evaluated
+    # every second instead of every 2 minutes, so that it exists at once.
+    with open(os.path.join(harness.TOP_SRCDIR, "etc", "prometheus", "rules",
+                           "slo-payment-availability.yml"), encoding="utf-8") as f:
+        text = f.read()
+    check("  interval: 2m\n" in text, "the shipped SLO rules' long-window interval")
+    slo = os.path.join(ctx.tmp, "slo-payment-availability.yml")
+    with open(slo, "w", encoding="utf-8") as f:
+        f.write(text.replace("  interval: 2m\n", "  interval: 1s\n"))
+    conf = os.path.join(ctx.tmp, "prometheus.yml")
+    jobs = {"auth": ctx.authd, "payment": ctx.paymentd, "inventory": ctx.inventoryd,
+            "notify": ctx.notifyd}
+    with open(conf, "w", encoding="utf-8") as f:
+        f.write(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                f"  evaluation_interval: 1s\nrule_files: [{rules}, {slo}]\nscrape_configs:\n")
+        for job, d in jobs.items():
+            f.write(f"  - job_name: {job}\n    static_configs:\n"
+                    f"      - targets: [\"127.0.0.1:{d.port}\"]\n")
+    log = open(os.path.join(ctx.tmp, "prometheus.log"), "ab")
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={conf}",
+                             f"--storage.tsdb.path={ctx.tmp}/prom-data",
+                             f"--web.listen-address=127.0.0.1:{ctx.prom_port}", "--log.level=warn"],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            start_new_session=True, cwd=ctx.tmp)
+
+    def stop():
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        log.close()
+    ctx.cleanup(stop)
+
+    def up():
+        check(proc.poll() is None, f"prometheus exited {proc.returncode}")
+        try:
+            r = harness.request(ctx.prom_port, "GET", "/api/v1/targets?state=active", timeout=2)
+        except OSError:
+            return False
+        ts = r.body["data"]["activeTargets"] if r.status == 200 else []
+        return len(ts) == 4 and all(t["health"] == "up" for t in ts)
+    harness.wait_until(up, 60, interval=0.2, what="Prometheus scraping the four daemons")
+
+
+PAYMENT_SERIES = 'count(vigil_http_requests_total{job="payment"})'
+
+
+def prom_query(ctx, query):
+    import urllib.parse  # noqa: PLC0415
+    r = harness.request(ctx.prom_port, "GET", "/api/v1/query?" +
+                        urllib.parse.urlencode({"query": query}), timeout=5)
+    return r.body["data"]["result"] if r.status == 200 else r.status
+
+
+def wait_slo_series(ctx):
+    """Until Prometheus has evaluated payment's SLO ratio (which needs two
+    scrapes of paymentd's request counter): a request to paymentd each try."""
+    def evaluated():
+        harness.request(ctx.paymentd.port, "GET", "/payment/1", timeout=5)
+        return bool(prom_query(ctx, "slo:sli_error:ratio_rate5m") and
+                    prom_query(ctx, "slo:objective:ratio"))
+    harness.wait_until(evaluated, 60, interval=0.5, what="Prometheus evaluating the SLO rules "
+                       f"(payment's series: {prom_query(ctx, PAYMENT_SERIES)})")
+
+
 def write_pidfiles(ctx):
     for name in DAEMONS:
         d = getattr(ctx, name)
@@ -155,6 +263,9 @@ def write_pidfiles(ctx):
             with open(os.path.join(ctx.fake, f"vigil-{name}.service.pid"), "w",
                       encoding="utf-8") as f:
                 f.write(str(d.proc.pid))
+            with open(os.path.join(ctx.fake, f"vigil-{name}.service.confdir"), "w",
+                      encoding="utf-8") as f:
+                f.write(d.config)
 
 
 # --------------------------------------------------------------------------
@@ -164,7 +275,8 @@ def env(ctx):
     e = dict(os.environ)
     e.update({"PATH": ctx.bin + os.pathsep + e.get("PATH", "/usr/bin:/bin"),
               "VIGILCTL_MODULES": MODULES, "FAKE_DIR": ctx.fake, "FAKE_LOG": ctx.log,
-              "FAKE_STACK": ctx.stack.dir, "FAKE_DEV_STACK": ctx.stack.script})
+              "FAKE_STACK": ctx.stack.dir, "FAKE_DEV_STACK": ctx.stack.script,
+              "FAKE_ETC": ctx.etc})
     return e
 
 
@@ -333,6 +445,86 @@ def test_stop_rabbitmq_holds_charges_in_the_outbox_and_notifies_them_after(ctx):
     check_eq((rep["charges"]["committed"], rep["charges"]["notified"], rep["charges"]["lost"],
               rep["charges"]["duplicated"]), (committed, notified, 0, 0), "the report's charges")
     check_eq(committed, notified, "every committed charge notified exactly once")
+
+
+@test
+def test_hang_notifyd_times_the_alert_and_the_error_budget_from_prometheus(ctx):
+    reset(ctx)
+    if not getattr(ctx, "prom_port", None):
+        start_prometheus(ctx)
+    wait_slo_series(ctx)
+    cmd = argv(ctx, "--drills", "hang-notifyd", "--json", "--hold", "8", "--rate", "20",
+               "--drill-timeout", "90", "--drain-timeout", "90")
+    cmd[cmd.index("--prometheus") + 1] = f"http://127.0.0.1:{ctx.prom_port}"
+    r = subprocess.run(cmd, env=env(ctx), capture_output=True, text=True, timeout=240,
+                       check=False, stdin=subprocess.DEVNULL)
+    check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
+    rep = json.loads(r.stdout)["drills"][0]
+    print(json.dumps({k: v for k, v in rep.items() if k != "timeline"}, indent=1))
+    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    cmds = commands(ctx)
+    stop = cmds.index(["systemctl", "kill", "--signal=STOP", "vigil-notifyd.service"])
+    check_eq(cmds[stop + 1], ["systemctl", "kill", "--signal=CONT", "vigil-notifyd.service"],
+             "SIGCONT after the hold")
+    # The hung notifyd is not scraped: the test's alert goes pending, then
+    # fires (for: 1s), within the hold.
+    check_eq((rep["alert_pending"], rep["alert_firing"]), ("VigilChaosTestDown",) * 2, "alerts")
+    check(0 <= rep["alert_pending_s"] <= rep["alert_firing_s"] <= 8 + 2,
+          f"pending {rep['alert_pending_s']} s, firing {rep['alert_firing_s']} s")
+    check(rep["ready_again_s"] >= 8, f"ready again {rep['ready_again_s']} s, before the SIGCONT")
+    check("alert_pending" not in rep["unknown"], f"unknown: {rep['unknown']}")
+    budget = rep["error_budget"] or {}
+    check("payment-availability" in budget, f"error budget: {budget} {rep['unknown']}; "
+          f"Prometheus has {prom_query(ctx, 'slo:sli_error:ratio_rate5m')} and "
+          f"{prom_query(ctx, PAYMENT_SERIES)}")
+    pay = budget["payment-availability"]
+    check_eq(pay["objective"], 0.999, "the shipped objective")
+    # paymentd answered every charge (notifyd is behind the queue): no budget spent.
+    check_eq((pay["error_ratio"], pay["budget_spent_percent"]), (0.0, 0.0), "payment's budget")
+    check_eq(rep["charges"]["lost"], 0, "lost")
+    check_eq(rep["charges"]["committed"], rep["charges"]["notified"], "committed == notified")
+
+
+def reloads(d):
+    text = d.log_text()
+    return text.count("Configuration reloaded") + text.count("Reload failed")
+
+
+@test
+def test_fault_storm_spends_error_budget_and_clears_its_faults(ctx):
+    reset(ctx)
+    if not getattr(ctx, "prom_port", None):
+        start_prometheus(ctx)
+    wait_slo_series(ctx)
+    before = {n: reloads(getattr(ctx, n)) for n in ("authd", "paymentd", "inventoryd")}
+    cmd = argv(ctx, "--drills", "fault-storm", "--json", "--hold", "8", "--rate", "20",
+               "--drill-timeout", "90", "--drain-timeout", "90")
+    cmd[cmd.index("--prometheus") + 1] = f"http://127.0.0.1:{ctx.prom_port}"
+    r = subprocess.run(cmd, env=env(ctx), capture_output=True, text=True, timeout=240,
+                       check=False, stdin=subprocess.DEVNULL)
+    check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
+    rep = json.loads(r.stdout)["drills"][0]
+    print(json.dumps({k: v for k, v in rep.items() if k != "timeline"}, indent=1))
+    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    # Each API daemon got its fault and lost it again: two reloads each.
+    for n, b in before.items():
+        harness.wait_until(lambda n=n, b=b: reloads(getattr(ctx, n)) >= b + 2, 15,
+                           what=f"{n} reloaded twice")
+        d = getattr(ctx, n)
+        check(not os.path.exists(os.path.join(d.config + ".d", "50-vigilctl-fault.conf")),
+              f"{n}'s fault left in place")
+        check(not os.path.exists(os.path.join(ctx.etc, f"{n}.conf.d", "50-vigilctl-fault.conf")),
+              f"vigilctl's drop-in for {n} left in place")
+    cmds = commands(ctx)
+    armed = [c for c in cmds if c[0] == "systemd-run"]
+    check_eq(len(armed), 3, f"clear timers armed: {armed}")
+    check(all("--on-active=8s" in c for c in armed), f"bounded by the hold: {armed}")
+    check(rep["load"]["failed"] > 0, f"the storm failed no request: {rep['load']}")
+    pay = (rep["error_budget"] or {}).get("payment-availability")
+    check(pay is not None, f"error budget: {rep['unknown']}")
+    check(pay["error_ratio"] > 0 and pay["budget_spent_percent"] > 0, f"payment's budget: {pay}")
+    check_eq((rep["charges"]["lost"], rep["charges"]["duplicated"]), (0, 0), "lost, duplicated")
+    check_eq(rep["charges"]["committed"], rep["charges"]["notified"], "committed == notified")
 
 
 @test

@@ -502,12 +502,20 @@ def login_user(settings):
         r = http("POST", gw + "/auth/login", t, body=creds)
         if r.status != 200:
             raise UsageError(f"the load user's login answered {r.status}")
-        return r.json()["token"], int(user_id)
+        return r.json()["token"], int(user_id), creds
     except OSError as e:
         raise UsageError(f"the gateway {settings.args.gateway}: {e}; `vigilctl validate` "
                          "says what is wrong") from None
     except (ValueError, KeyError, TypeError):
         raise UsageError("the gateway answered without a user id or token: is it vigil's?") from None
+
+
+def relogin(settings, user):
+    try:
+        r = http("POST", settings.gateway + "/auth/login", settings.args.timeout, body=user[2])
+        return r.json()["token"] if r.status == 200 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------
@@ -645,10 +653,11 @@ def budget_spent(settings, t_start, t_end):
     except (OSError, ValueError, KeyError) as e:
         return None, f"Prometheus at {settings.prometheus}: {e}"
     obj = {o["metric"].get("slo"): float(o["value"][1]) for o in objectives.get("result", [])}
-    out = {}
+    out, missing = {}, []
     for r in ratios.get("result", []):
         slo = r["metric"].get("slo")
         if slo not in obj or obj[slo] >= 1:
+            missing.append(str(slo))
             continue
         ratio = float(r["value"][1])
         if math.isnan(ratio):
@@ -657,7 +666,9 @@ def budget_spent(settings, t_start, t_end):
         out[slo] = {"error_ratio": round(ratio, 6), "objective": obj[slo], "burn_rate": round(burn, 3),
                     "budget_spent_percent": round(100 * burn * window / SLO_PERIOD_S, 4)}
     if not out:
-        return None, "Prometheus has no SLO series (slo:sli_error:ratio_rate5m, slo:objective:ratio)"
+        return None, ("Prometheus has no SLO series (slo:sli_error:ratio_rate5m with its "
+                      "slo:objective:ratio)" + (f"; no objective for {', '.join(missing)}"
+                                                if missing else ""))
     return out, None
 
 
@@ -725,7 +736,11 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
         return rep
     prefix = f"vigilctl-chaos-{run_id}-{drill}-"
     rep["key_prefix"] = prefix
-    load = Load(settings, user, prefix)
+    token = relogin(settings, user)  # a fresh token each drill: a run outlasts one
+    if token is None:
+        rep["error"] = "the load user could not log in before the drill"
+        return rep
+    load = Load(settings, (token, user[1]), prefix)
     watcher = Watcher(settings, time.time())
     watcher.prime()
     load.start()
@@ -781,9 +796,12 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
                          ("bot_action", watcher.bot, watcher.bot_error)):
         if v is not None:
             rep[name + "_s"], rep[name] = v
-        else:
+        elif why:
             rep[name + "_s"] = None
-            rep["unknown"][name] = why or f"none within the drill ({rep['duration_s']:g} s)"
+            rep["unknown"][name] = why
+        else:  # asked, and there was none
+            rep[name + "_s"] = None
+            rep.setdefault("none_seen", []).append(name)
     rep["load"] = load.account()
     # Drain: every committed charge of the drill notified, bounded.
     acct, why = None, None
@@ -827,6 +845,13 @@ def _s(v):
     return "unknown" if v is None else f"{v:g} s"
 
 
+def _seen(rep, name):
+    """A watched event's cell: its time and what it was, none, or unknown."""
+    if rep.get(name + "_s") is not None:
+        return f"{rep[name + '_s']:g} s ({rep[name]})"
+    return "none within the drill" if name in rep.get("none_seen", ()) else "unknown"
+
+
 def markdown(doc):
     lines = [f"# GameDay report ({doc['started_at']})", ""]
     for rep in doc["drills"]:
@@ -837,9 +862,9 @@ def markdown(doc):
         ld = rep.get("load") or {}
         rows = [
             ("fault injected", "0 s"),
-            ("alert pending", _s(rep.get("alert_pending_s")) + (f" ({rep['alert_pending']})" if rep.get("alert_pending") else "")),
-            ("alert firing", _s(rep.get("alert_firing_s")) + (f" ({rep['alert_firing']})" if rep.get("alert_firing") else "")),
-            ("bot action", _s(rep.get("bot_action_s")) + (f" ({rep['bot_action']})" if rep.get("bot_action") else "")),
+            ("alert pending", _seen(rep, "alert_pending")),
+            ("alert firing", _seen(rep, "alert_firing")),
+            ("bot action", _seen(rep, "bot_action")),
             ("every daemon ready again", _s(rep.get("ready_again_s"))),
             ("requests sent / failed", f"{ld.get('sent', 0)} / {ld.get('failed', 0)}"
                                        f" ({ld.get('rate_limited', 0)} rate-limited)"),
