@@ -308,6 +308,12 @@ def reset(ctx):
         os.unlink(ctx.log)
 
 
+def summary(rep):
+    """A drill's report without its list of every request, for the log."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "requests"} if k == "load" else v)
+            for k, v in rep.items()}
+
+
 def sql_int(ctx, query):
     return int(ctx.stack.sql(query) or 0)
 
@@ -377,7 +383,7 @@ def test_kill_notifyd_report_accounts_what_the_database_holds(ctx):
                  "--threads", "4", "--drill-timeout", "90", "--drain-timeout", "90")
     check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
     doc = json.loads(r.stdout)
-    print(json.dumps({k: v for k, v in doc["drills"][0].items() if k != "timeline"}, indent=1))
+    print(json.dumps(summary(doc["drills"][0]), indent=1))
     check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
     check_eq(ctx.restarts["notifyd"], restarts + 1, "notifyd killed and started again")
     cmds = commands(ctx)
@@ -385,7 +391,14 @@ def test_kill_notifyd_report_accounts_what_the_database_holds(ctx):
     check_eq(cmds[-1], ["systemctl", "start", "vigil-notifyd.service"], "the (no-op) restore last")
     rep = doc["drills"][0]
     check(rep["recovered"] and rep["ready_again_s"] is not None, "recovered")
-    check(rep["load"]["sent"] > 0 and rep["load"]["charges_committed_201"] > 0, f"load {rep['load']}")
+    check(rep["load"]["sent"] > 0 and rep["load"]["charges_committed_201"] > 0,
+          f"load {summary(rep)['load']}")
+    # Every request recorded: when (from the fault), what, and its outcome.
+    reqs = rep["load"]["requests"]
+    check_eq(len(reqs), rep["load"]["sent"], "requests recorded")
+    check_eq(sum(1 for _, op, st in reqs if op == "charge" and st == 201),
+             rep["load"]["by_status"].get("201"), "201s recorded")
+    check(any(t > 0 for t, _, _ in reqs), "no request after the fault")
     # What the database holds for the drill's charges, asked independently.
     mine = (f"p.user_id = {doc['user_id']} AND p.idempotency_key LIKE '{rep['key_prefix']}%'")
     committed = sql_int(ctx, f"SELECT count(*) FROM payment.payments p WHERE {mine}")
@@ -428,7 +441,7 @@ def test_stop_rabbitmq_holds_charges_in_the_outbox_and_notifies_them_after(ctx):
     check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
     doc = json.loads(r.stdout)
     rep = doc["drills"][0]
-    print(json.dumps({k: v for k, v in rep.items() if k != "unknown"}, indent=1))
+    print(json.dumps(summary(rep), indent=1))
     check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
     cmds = commands(ctx)
     stop = cmds.index(["systemctl", "stop", "rabbitmq-server.service"])
@@ -460,7 +473,7 @@ def test_hang_notifyd_times_the_alert_and_the_error_budget_from_prometheus(ctx):
                        check=False, stdin=subprocess.DEVNULL)
     check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
     rep = json.loads(r.stdout)["drills"][0]
-    print(json.dumps({k: v for k, v in rep.items() if k != "timeline"}, indent=1))
+    print(json.dumps(summary(rep), indent=1))
     check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
     cmds = commands(ctx)
     stop = cmds.index(["systemctl", "kill", "--signal=STOP", "vigil-notifyd.service"])
@@ -504,7 +517,7 @@ def test_fault_storm_spends_error_budget_and_clears_its_faults(ctx):
                        check=False, stdin=subprocess.DEVNULL)
     check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
     rep = json.loads(r.stdout)["drills"][0]
-    print(json.dumps({k: v for k, v in rep.items() if k != "timeline"}, indent=1))
+    print(json.dumps(summary(rep), indent=1))
     check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
     # Each API daemon got its fault and lost it again: two reloads each.
     for n, b in before.items():

@@ -384,7 +384,7 @@ class Load:
         self.failed = 0  # no answer, or a 5xx
         self.limited = 0  # 429: the gateway's rate limit
         self.by_status = {}
-        self.samples = []  # (seconds from start, op, status or "error")
+        self.samples = []  # (monotonic time sent, op, status or "error")
         self.keys = {}  # key -> {"tries", "payment_ids", "done"}
         self.retry = []  # keys whose outcome is unknown, to try again
         self.payment_ids = set()
@@ -423,7 +423,7 @@ class Load:
 
     def _record(self, t0, op, arg, status, body):
         with self.lock:
-            self.samples.append((round(time.monotonic() - t0, 3), op, status))
+            self.samples.append((t0, op, status))
             self.by_status[str(status)] = self.by_status.get(str(status), 0) + 1
             if status == "error" or (isinstance(status, int) and status >= 500):
                 self.failed += 1
@@ -459,7 +459,7 @@ class Load:
                 status, body = r.status, r.body
             except OSError:
                 status, body = "error", b""
-            self._record(t0, op, arg, status, body)
+            self._record(started, op, arg, status, body)
             self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def start(self):
@@ -475,16 +475,20 @@ class Load:
         for t in self.threads:
             t.join(self.s.args.timeout + 5)
 
-    def account(self):
+    def account(self, t_fault):
+        """The figures, and every request: [seconds from the fault when it
+        was sent, what, its status or "error"]."""
         with self.lock:
             committed = self.payment_ids
+            requests = [[round(t - t_fault, 3), op, st] for t, op, st in self.samples]
             return {"sent": self.sent, "failed": self.failed, "rate_limited": self.limited,
                     "by_status": dict(sorted(self.by_status.items())),
                     "charges_attempted": len(self.keys),
                     "charges_committed_201": len(committed),
                     "charges_unresolved": sum(1 for k in self.keys.values() if not k["done"]),
                     "keys_answered_twice": sum(1 for k in self.keys.values()
-                                               if len(k["payment_ids"]) > 1)}
+                                               if len(k["payment_ids"]) > 1),
+                    "requests": requests}
 
 
 def login_user(settings):
@@ -645,7 +649,8 @@ def budget_spent(settings, t_start, t_end):
     drill: the 5-minute error ratio averaged over the window against the
     objective, as a share of the 30-day budget; or (None, why)."""
     window = max(1, int(math.ceil(t_end - t_start)))
-    q = f"avg_over_time(slo:sli_error:ratio_rate5m[{window}s:5s])"
+    # `>= 0` drops the NaN of a window without traffic (0/0) from the mean.
+    q = f"avg_over_time((slo:sli_error:ratio_rate5m >= 0)[{window}s:5s])"
     try:
         ratios = prom(settings, "/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": t_end}))
         objectives = prom(settings, "/api/v1/query?" + urllib.parse.urlencode(
@@ -661,13 +666,14 @@ def budget_spent(settings, t_start, t_end):
             continue
         ratio = float(r["value"][1])
         if math.isnan(ratio):
+            missing.append(f"{slo} (no traffic)")
             continue
         burn = ratio / (1 - obj[slo])
         out[slo] = {"error_ratio": round(ratio, 6), "objective": obj[slo], "burn_rate": round(burn, 3),
                     "budget_spent_percent": round(100 * burn * window / SLO_PERIOD_S, 4)}
     if not out:
         return None, ("Prometheus has no SLO series (slo:sli_error:ratio_rate5m with its "
-                      "slo:objective:ratio)" + (f"; no objective for {', '.join(missing)}"
+                      "slo:objective:ratio)" + (f"; none for {', '.join(missing)}"
                                                 if missing else ""))
     return out, None
 
@@ -802,7 +808,7 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
         else:  # asked, and there was none
             rep[name + "_s"] = None
             rep.setdefault("none_seen", []).append(name)
-    rep["load"] = load.account()
+    rep["load"] = load.account(t0)
     # Drain: every committed charge of the drill notified, bounded.
     acct, why = None, None
     drain_end = time.monotonic() + a.drain_timeout
@@ -822,6 +828,9 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
         rep["charges"] = None
     else:
         committed, notified, lost, duplicated = acct
+        # A 201 the client got for a payment the database does not hold is
+        # lost too (its row never committed, or went away).
+        lost += max(0, rep["load"]["charges_committed_201"] - committed)
         rep["charges"] = {"committed": committed, "notified": notified, "lost": lost,
                           "duplicated": duplicated + rep["load"]["keys_answered_twice"],
                           "committed_201": rep["load"]["charges_committed_201"]}
