@@ -6,7 +6,8 @@ vigilctlpkgdir = $(vigilctlmoduledir)/vigilctl
 sbin_SCRIPTS = src/vigilctl/vigilctl
 dist_vigilctlpkg_DATA = src/vigilctl/modules/vigilctl/__init__.py src/vigilctl/modules/vigilctl/cli.py \
 	src/vigilctl/modules/vigilctl/validate.py src/vigilctl/modules/vigilctl/fault.py \
-	src/vigilctl/modules/vigilctl/slo.py src/vigilctl/modules/vigilctl/load.py
+	src/vigilctl/modules/vigilctl/slo.py src/vigilctl/modules/vigilctl/load.py \
+	src/vigilctl/modules/vigilctl/chaos.py
 # The user flows `vigilctl load` runs with Locust: beside the package, not in
 # it (Locust puts the locustfile's directory on its sys.path).
 vigilctlloaddir = $(vigilctlmoduledir)/load

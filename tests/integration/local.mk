@@ -10,7 +10,8 @@ TESTS += \
 	tests/integration/test-vigilctl.py \
 	tests/integration/test-faults.py \
 	tests/integration/test-vigilctl-fault.py \
-	tests/integration/test-vigilctl-load.py
+	tests/integration/test-vigilctl-load.py \
+	tests/integration/test-vigilctl-chaos.py
 EXTRA_DIST += \
 	tests/integration/harness.py \
 	tests/integration/gatewaylib.py \
@@ -22,7 +23,8 @@ EXTRA_DIST += \
 	tests/integration/test-vigilctl.py \
 	tests/integration/test-faults.py \
 	tests/integration/test-vigilctl-fault.py \
-	tests/integration/test-vigilctl-load.py
+	tests/integration/test-vigilctl-load.py \
+	tests/integration/test-vigilctl-chaos.py
 
 # paymentd (and the payment flow, with vigil-authd and vigil-notifyd),
 # inventoryd, notifyd with a small confirmed publisher (Python's standard

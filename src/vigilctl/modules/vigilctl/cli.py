@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "fault": "vigilctl.fault",
     "slo": "vigilctl.slo",
     "load": "vigilctl.load",
+    "chaos": "vigilctl.chaos",
 }
 
 
