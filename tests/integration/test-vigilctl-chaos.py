@@ -93,6 +93,12 @@ elif args[:1] == ["reload"]:
     elif os.path.exists(dst):
         os.unlink(dst)
     os.kill(int(open(os.path.join(d, unit + ".pid")).read()), signal.SIGHUP)
+elif args[:1] in (["stop"], ["reset-failed"]) and all(a.startswith("vigil-chaos-restore-") for a in args[1:]):
+    # As systemd answers for a transient unit that is not there (never
+    # armed, or already gone): exit 5.
+    for a in args[1:]:
+        sys.stderr.write(f"Failed to {args[0]} {a}: Unit {a} not loaded.\\n")
+    sys.exit(5)
 elif args[:1] in (["stop"], ["start"]) and args[1:] == ["rabbitmq-server.service"]:
     # The dev stack's RabbitMQ, as systemd would stop and start the unit's.
     import subprocess

@@ -238,14 +238,17 @@ def _safety(name, seconds, command):
 
 
 def _disarm(name):
+    """Steps that take a safety timer away, whether or not it is there (a
+    transient unit that is gone is "not loaded": nothing to undo)."""
     u = f"vigil-chaos-restore-{name}"
-    return [["systemctl", "stop", f"{u}.timer", f"{u}.service"],
-            ["systemctl", "reset-failed", f"{u}.timer", f"{u}.service"]]
+    return [("try", ["systemctl", "stop", f"{u}.timer", f"{u}.service"]),
+            ("try", ["systemctl", "reset-failed", f"{u}.timer", f"{u}.service"])]
 
 
 def plan(drill, settings):
     """(inject steps, hold seconds, restore steps) of a drill. A step is
-    ("run", argv) or ("fault-set"/"fault-clear", daemon). Restore steps are
+    ("run", argv), ("try", argv) (its failure fails nothing) or
+    ("fault-set"/"fault-clear", daemon). Restore steps are
     idempotent and run on any exit once inject began."""
     hold = settings.args.hold
     safety_s = settings.args.drill_timeout + 30
@@ -257,18 +260,16 @@ def plan(drill, settings):
     if kind == "stop":
         unit = SERVERS[target]
         start = ["systemctl", "start", unit]
-        return ([("run", c) for c in _disarm(drill)]
-                + [("run", _safety(drill, safety_s, start)), ("run", ["systemctl", "stop", unit])],
+        return (_disarm(drill) + [("run", _safety(drill, safety_s, start)), ("run", ["systemctl", "stop", unit])],
                 hold,
-                [("run", start)] + [("run", c) for c in _disarm(drill)])
+                [("run", start)] + _disarm(drill))
     if kind == "hang":
         unit = f"vigil-{target}.service"
         cont = ["systemctl", "kill", "--signal=CONT", unit]
-        return ([("run", c) for c in _disarm(drill)]
-                + [("run", _safety(drill, safety_s, cont)),
-                   ("run", ["systemctl", "kill", "--signal=STOP", unit])],
+        return (_disarm(drill) + [("run", _safety(drill, safety_s, cont)),
+                                  ("run", ["systemctl", "kill", "--signal=STOP", unit])],
                 hold,
-                [("run", cont)] + [("run", c) for c in _disarm(drill)])
+                [("run", cont)] + _disarm(drill))
     # fault-storm
     targets = [d for d in API_DAEMONS if d in settings.daemons]
     return ([("fault-set", d) for d in targets], hold, [("fault-clear", d) for d in targets])
@@ -277,7 +278,7 @@ def plan(drill, settings):
 def describe(step, settings):
     """The commands a step runs, as text."""
     what, arg = step
-    if what == "run":
+    if what in ("run", "try"):
         return [shlex.join(arg)]
     log = []
     path = faultmod.dropin_path(settings.args.etc, arg)
@@ -330,9 +331,9 @@ class Restorer:
 
     def _undo(self, drill, step):
         what, arg = step
-        if what == "run":
+        if what in ("run", "try"):
             r = run_command(arg)
-            return [{"drill": drill, "command": shlex.join(arg), "ok": r.returncode == 0,
+            return [{"drill": drill, "command": shlex.join(arg), "ok": r.returncode == 0 or what == "try",
                      "detail": (r.stderr or r.stdout).strip()[:300]}]
         log = []
         try:
@@ -357,9 +358,9 @@ def run_command(cmd, timeout=60):
 def do_step(step, settings):
     """Take one inject step; (ok, command text, detail)."""
     what, arg = step
-    if what == "run":
+    if what in ("run", "try"):
         r = run_command(arg)
-        return r.returncode == 0, shlex.join(arg), (r.stderr or r.stdout).strip()[:300]
+        return r.returncode == 0 or what == "try", shlex.join(arg), (r.stderr or r.stdout).strip()[:300]
     log = []
     try:
         code, doc = faultmod.do_set(_fault_args(settings, arg, False, dry_run=False), arg, log)
