@@ -376,7 +376,7 @@ CHAOS_DRILLS = tuple(os.environ.get("VIGIL_SYSTEST_CHAOS_DRILLS", "kill-paymentd
       "recovered, every committed charge notified once, the RabbitMQ alert's timeline measured")
 def t_chaos():
     p = mexec("vigilctl", "chaos", "--drills", ",".join(CHAOS_DRILLS), "--hold", "15", "--json",
-              check=False, timeout=900)
+              check=False, timeout=120 * len(CHAOS_DRILLS))
     doc = json.loads(p.stdout) if p.stdout.strip().startswith("{") else {}
     sys.path.insert(0, os.path.join(TOP, "src", "vigilctl", "modules"))
     from vigilctl.chaos import markdown  # noqa: E402  (the report as an operator reads it)
