@@ -32,7 +32,7 @@ import time
 import urllib.parse
 
 from vigilctl import fault as faultmod
-from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError
+from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError, env_default
 from vigilctl.validate import DAEMONS, http, read_conf
 
 SUMMARY = "run GameDay drills under a bounded load and report what they cost"
@@ -86,11 +86,6 @@ KEY_TRIES = 8  # tries of one charge (same Idempotency-Key) within a drill
 MAX_DURATION_S = 3600.0
 
 
-def _env(name, default):
-    v = os.environ.get(name)
-    return v if v else default
-
-
 def add_arguments(p, paths):
     etc = os.path.join(paths["sysconfdir"], "vigil")
     p.add_argument("--drills", metavar="NAME,…",
@@ -118,12 +113,12 @@ def add_arguments(p, paths):
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (every command, in order) and touch nothing")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    p.add_argument("--etc", default=_env("VIGILCTL_ETC", etc), metavar="DIR",
+    p.add_argument("--etc", default=env_default("VIGILCTL_ETC", etc), metavar="DIR",
                    help=f"the daemons' configuration (default {etc})")
     p.add_argument("--url", action="append", default=[], metavar="DAEMON=URL",
                    help="where a daemon answers (default: [http] listen of its configuration)")
-    p.add_argument("--gateway", default=_env("VIGILCTL_GATEWAY", "http://127.0.0.1"), metavar="URL")
-    p.add_argument("--prometheus", default=_env("VIGILCTL_PROMETHEUS", "http://127.0.0.1:9090"),
+    p.add_argument("--gateway", default=env_default("VIGILCTL_GATEWAY", "http://127.0.0.1"), metavar="URL")
+    p.add_argument("--prometheus", default=env_default("VIGILCTL_PROMETHEUS", "http://127.0.0.1:9090"),
                    metavar="URL")
     p.add_argument("--database", default=os.environ.get("VIGILCTL_DATABASE"), metavar="DSN",
                    help="libpq connection string of the vigil database, for the accounting "

@@ -11,6 +11,7 @@ Adding one (fault, chaos, load, slo) is one module and one line here.
 import argparse
 import importlib
 import os
+import re
 import sys
 import tempfile
 
@@ -56,6 +57,43 @@ def replace_file(path, text, prefix):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+def env_default(name, default):
+    """An option's default from the environment (unset or empty: default)."""
+    v = os.environ.get(name)
+    return v if v else default
+
+
+_SPAN_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+_SPAN = re.compile(r"(\d+)\s*(sec|min|hr|s|m|h|)\s*")
+
+
+def span_text(seconds):
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def parse_span(text, option, max_s, allow_zero=False, why=""):
+    """Seconds of a systemd time span such as 90, 90s, 5m, 1h30m, at most
+    max_s (and at least 1 unless allow_zero), or UsageError naming option."""
+    s = (text or "").strip()
+    if not s:
+        raise UsageError(f"{option}: expected a time span such as 90s, 5m or 1h30m")
+    total, pos = 0, 0
+    while pos < len(s):
+        m = _SPAN.match(s, pos)
+        if not m or m.end() == pos:
+            raise UsageError(f"{option} {text!r}: expected a time span such as 90s, 5m or 1h30m")
+        total += int(m.group(1)) * _SPAN_UNITS[m.group(2)]
+        pos = m.end()
+    lo = 0 if allow_zero else 1
+    if total < lo or total > max_s:
+        raise UsageError(f"{option} {text!r}: must be between {lo} s and {span_text(max_s)}{why}")
+    return total
+
 
 def _front_door(paths):
     p = _Parser(

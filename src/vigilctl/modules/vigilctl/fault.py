@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 
-from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError, replace_file
+from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError, env_default, parse_span, replace_file
 
 SUMMARY = "inject a fault into a daemon for a bounded time"
 DESCRIPTION = """\
@@ -73,15 +73,6 @@ KEYS = {
 MAX_ROUTE_PATTERNS = 16
 MAX_ROUTES_LENGTH = 1024
 
-_SPAN_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
-_SPAN = re.compile(r"(\d+)\s*(sec|min|hr|s|m|h|)\s*")
-
-
-def _env(name, default):
-    v = os.environ.get(name)
-    return v if v else default
-
-
 def add_arguments(p, paths):
     etc = os.path.join(paths["sysconfdir"], "vigil")
     p.add_argument("daemon", nargs="?", metavar="DAEMON",
@@ -94,7 +85,7 @@ def add_arguments(p, paths):
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be written and run, change nothing")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    p.add_argument("--etc", default=_env("VIGILCTL_ETC", etc), metavar="DIR",
+    p.add_argument("--etc", default=env_default("VIGILCTL_ETC", etc), metavar="DIR",
                    help=f"the daemons' configuration (default {etc})")
 
 
@@ -103,19 +94,9 @@ def add_arguments(p, paths):
 
 def parse_duration(text):
     """Seconds of a systemd time span such as 90, 90s, 5m, 1h30m."""
-    s = (text or "").strip()
-    if not s:
+    if not (text or "").strip():
         raise UsageError("--for DURATION is required (e.g. --for 5m)")
-    total, pos = 0, 0
-    while pos < len(s):
-        m = _SPAN.match(s, pos)
-        if not m or m.end() == pos:
-            raise UsageError(f"--for {text!r}: expected a time span such as 90s, 5m or 1h30m")
-        total += int(m.group(1)) * _SPAN_UNITS[m.group(2)]
-        pos = m.end()
-    if total <= 0 or total > MAX_DURATION_S:
-        raise UsageError(f"--for {text!r}: must be between 1 s and 24 h")
-    return total
+    return parse_span(text, "--for", MAX_DURATION_S)
 
 
 def _number(key, kind, lo, hi, value):

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.parse
 
-from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError
+from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError, env_default, parse_span
 
 SUMMARY = "run user flows through the gateway with Locust for a bounded time"
 DESCRIPTION = """\
@@ -71,19 +71,10 @@ STEPS = ("register", "login", "products", "product", "reserve", "charge", "payme
 PACKAGE = "python3-locust"
 ALLOWLIST_DIR = "/etc/nginx/vigil/rate-limit.d"
 
-_SPAN_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
-_SPAN = re.compile(r"(\d+)\s*(sec|min|hr|s|m|h|)\s*")
-
-
-def _env(name, default):
-    v = os.environ.get(name)
-    return v if v else default
-
-
 def add_arguments(p, paths):
     del paths
     p.add_argument("--host", "--gateway", dest="host",
-                   default=_env("VIGILCTL_GATEWAY", "http://127.0.0.1"), metavar="URL",
+                   default=env_default("VIGILCTL_GATEWAY", "http://127.0.0.1"), metavar="URL",
                    help="the gateway (default %(default)s)")
     p.add_argument("--users", default="10", metavar="N",
                    help=f"simulated users at the peak, 1..{MAX_USERS} (default %(default)s)")
@@ -110,7 +101,7 @@ def add_arguments(p, paths):
     p.add_argument("--web-linger", default="5m", metavar="DURATION",
                    help="how long the web UI stays up after the run, at most 1h "
                         "(default %(default)s)")
-    p.add_argument("--locustfile", default=_env("VIGILCTL_LOCUSTFILE", None), metavar="PATH",
+    p.add_argument("--locustfile", default=env_default("VIGILCTL_LOCUSTFILE", None), metavar="PATH",
                    help="another locustfile (default: the one shipped with vigilctl)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
@@ -118,31 +109,8 @@ def add_arguments(p, paths):
 # --------------------------------------------------------------------------
 # validation: nothing starts before all of it passed
 
-def parse_span(text, option, max_s, allow_zero=False):
-    """Seconds of a time span such as 90, 90s, 5m, 1h30m, at most max_s."""
-    s = (text or "").strip()
-    total, pos = 0, 0
-    while pos < len(s):
-        m = _SPAN.match(s, pos)
-        if not m or m.end() == pos:
-            raise UsageError(f"{option} {text!r}: expected a time span such as 90s, 5m or 1h30m")
-        total += int(m.group(1)) * _SPAN_UNITS[m.group(2)]
-        pos = m.end()
-    if not s:
-        raise UsageError(f"{option}: expected a time span such as 90s, 5m or 1h30m")
-    lo = 0 if allow_zero else 1
-    if total < lo or total > max_s:
-        raise UsageError(f"{option} {text!r}: must be between {lo} s and {_span_text(max_s)} "
-                         "(a load is always bounded)")
-    return total
-
-
-def _span_text(seconds):
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    if seconds % 60 == 0:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
+def parse_load_span(text, option, max_s, allow_zero=False):
+    return parse_span(text, option, max_s, allow_zero, " (a load is always bounded)")
 
 
 def _number(option, text, lo, hi, integer=False):
@@ -201,7 +169,7 @@ class Options:
         self.host, self.scheme, self.hostname, self.port = _host(args.host)
         self.users = _number("--users", args.users, 1, MAX_USERS, integer=True)
         self.spawn_rate = _number("--spawn-rate", args.spawn_rate, 0.01, MAX_SPAWN_RATE)
-        self.duration = parse_span(args.duration, "--duration", MAX_DURATION_S)
+        self.duration = parse_load_span(args.duration, "--duration", MAX_DURATION_S)
         self.think = _think_time(args.think_time)
         self.seed = args.seed
         if self.seed is not None and (not self.seed or len(self.seed) > 200 or not self.seed.isprintable()):
@@ -212,7 +180,7 @@ class Options:
         self.web = args.web
         self.web_host = args.web_host
         self.web_port = _number("--web-port", args.web_port, 1, 65535, integer=True)
-        self.web_linger = parse_span(args.web_linger, "--web-linger", MAX_LINGER_S, allow_zero=True)
+        self.web_linger = parse_load_span(args.web_linger, "--web-linger", MAX_LINGER_S, allow_zero=True)
         self.json = args.json
         self.locustfile = args.locustfile
 
@@ -246,7 +214,7 @@ def check_locust():
     try:
         r = subprocess.run([sys.executable, "-m", "locust", "--version"], capture_output=True,
                            text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
-                           env=_locust_env({}, None))
+                           env=_locustenv_default({}, None))
     except subprocess.TimeoutExpired:
         raise UsageError(f"{sys.executable} -m locust --version did not answer in 120 s") from None
     if r.returncode != 0:
@@ -303,7 +271,7 @@ def source_address(opt):
 # --------------------------------------------------------------------------
 # running Locust
 
-def _locust_env(extra, home):
+def _locustenv_default(extra, home):
     # Locust reads LOCUST_* variables and ~/.locust.conf: neither may change
     # what vigilctl asked for.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "VIGIL_LOAD_"))}
@@ -346,7 +314,7 @@ def run_locust(opt, locustfile, tmp):
     """Run Locust to its end (or its bound); returns (report dict or None,
     exit status, seconds, timed out)."""
     report_path = os.path.join(tmp, "report.json")
-    env = _locust_env({
+    env = _locustenv_default({
         "VIGIL_LOAD_REPORT": report_path,
         "VIGIL_LOAD_THINK_TIME": f"{opt.think[0]:g}:{opt.think[1]:g}",
         "VIGIL_LOAD_PRODUCTS": ",".join(str(i) for i in opt.products),

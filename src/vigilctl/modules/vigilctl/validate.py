@@ -83,7 +83,7 @@ def add_arguments(p, paths):
                         "when its DIR/<daemon>.conf exists")
     p.add_argument("--credentials", default=os.environ.get("VIGILCTL_CREDENTIALS"), metavar="DIR",
                    help="secrets: webhook-token, and the synthetic user's password "
-                        f"(created once) (default ETC/credentials)")
+                        "(created once) (default ETC/credentials)")
     p.add_argument("--url", action="append", default=[], metavar="DAEMON=URL",
                    help="where a daemon answers, e.g. authd=http://127.0.0.1:18001 "
                         "(default: [http] listen of its configuration)")
