@@ -74,10 +74,25 @@ if args[:1] == ["kill"] and args[1].startswith("--signal="):
     pidfile = os.path.join(d, args[2] + ".pid")
     if os.path.exists(pidfile):
         sig = getattr(signal, "SIG" + args[1].split("=", 1)[1])
+        pid = int(open(pidfile).read())
         try:
-            os.kill(int(open(pidfile).read()), sig)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
+        # systemd's watchdog: a stopped daemon sends no WATCHDOG=1 and is
+        # killed FAKE_WATCHDOG_SECONDS later (the test then restarts it).
+        if sig == signal.SIGSTOP and os.environ.get("FAKE_WATCHDOG_SECONDS") and os.fork() == 0:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            import time
+            time.sleep(float(os.environ["FAKE_WATCHDOG_SECONDS"]))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os._exit(0)
 elif args[:1] == ["reload"]:
     # ExecReload: the daemon rereads its configuration directory, which is
     # the test's own: vigilctl's drop-in is put there, or taken away.
@@ -502,6 +517,68 @@ def test_hang_notifyd_times_the_alert_and_the_error_budget_from_prometheus(ctx):
     check_eq((pay["error_ratio"], pay["budget_spent_percent"]), (0.0, 0.0), "payment's budget")
     check_eq(rep["charges"]["lost"], 0, "lost")
     check_eq(rep["charges"]["committed"], rep["charges"]["notified"], "committed == notified")
+
+
+@test
+def test_hang_restarted_by_the_watchdog_is_ready_again_within_the_hold(ctx):
+    """A hung daemon that its watchdog kills and systemd restarts is ready
+    again before the hold ends: the report times that, not the hold."""
+    reset(ctx)
+    restarts = ctx.restarts["notifyd"]
+    e = dict(env(ctx), FAKE_WATCHDOG_SECONDS="2")
+    r = subprocess.run(argv(ctx, "--drills", "hang-notifyd", "--json", "--hold", "10", "--drill-timeout", "90"),
+                       env=e, capture_output=True, text=True, timeout=240, check=False, stdin=subprocess.DEVNULL)
+    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    rep = json.loads(r.stdout)["drills"][0]
+    print(json.dumps(summary(rep), indent=1))
+    check_eq(ctx.restarts["notifyd"], restarts + 1, "notifyd killed by the watchdog and started again")
+    check(2 <= rep["ready_again_s"] < 10, f"ready again {rep['ready_again_s']} s: the hold, not the restart")
+    check(any(ev["event"] == "every daemon ready again (within the hold)" for ev in rep["timeline"]),
+          f"timeline: {rep['timeline']}")
+
+
+@test
+def test_bot_action_is_this_drills_not_an_earlier_alerts(ctx):
+    """The bot's first record after the fault counts only when its alert
+    started with the drill: a re-notified alert of an earlier drill does not."""
+    import http.server
+    sys.path.insert(0, MODULES)
+    from vigilctl import chaos
+    t0 = float(int(time.time()))
+    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + "Z"  # noqa: E731
+    docs = {"/incidents": {"incidents": [
+                {"alertname": "EarlierDown", "starts_at": stamp(t0 - 60), "actions": [
+                    {"at": int(t0) + 1, "decision": "acted", "action": "restart", "unit": "a.service"}]}]},
+            "/notifications": {"notifications": [
+                {"received_at": int(t0) + 1, "status": "firing", "receiver": "escalation",
+                 "alertname": "EarlierPage", "starts_at": stamp(t0 - 60)},
+                {"received_at": int(t0) + 3, "status": "firing", "receiver": "tickets",
+                 "alertname": "ThisDrillsTicket", "starts_at": stamp(t0 + 2)}]}}
+
+    class Bot(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps(docs[self.path]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = type("S", (), {})()
+        settings.daemons = {"alertbotd": ("vigil-alertbotd.service", f"http://127.0.0.1:{server.server_port}")}
+        settings.prometheus = f"http://127.0.0.1:{harness.closed_port()}"
+        settings.args = type("A", (), {"timeout": 5.0})()
+        w = chaos.Watcher(settings, t0)
+        w.prime()
+        w.poll_once()
+        check_eq(w.bot, (3.0, "notified tickets: ThisDrillsTicket"), "the bot action of this drill")
+    finally:
+        server.shutdown()
 
 
 def reloads(d):

@@ -591,6 +591,12 @@ class Watcher:
         alerts = self._alerts()
         self.baseline = {_alert_key(a) for a in alerts} if alerts is not None else set()
 
+    def _earlier(self, starts_at):
+        """An alert that started before the drill (an earlier drill's, still
+        notified or acted on): not this drill's bot action."""
+        started = _parse_time(starts_at or "")
+        return started is not None and started < self.t0 - 1.0
+
     def poll_once(self):
         now = time.time()
         alerts = self._alerts()
@@ -610,12 +616,16 @@ class Watcher:
             found = []
             incidents = http("GET", url + "/incidents", self.s.args.timeout).json()["incidents"]
             for inc in incidents:
+                if self._earlier(inc.get("starts_at")):
+                    continue
                 for act in inc.get("actions", []):
                     if act.get("at", 0) >= int(self.t0):
                         found.append((act["at"], f"{act.get('decision')} {act.get('action', '')} "
                                                  f"{act.get('unit', '')} ({inc.get('alertname')})"))
             notes = http("GET", url + "/notifications", self.s.args.timeout).json()["notifications"]
             for n in notes:
+                if self._earlier(n.get("starts_at")):
+                    continue
                 if n.get("received_at", 0) >= int(self.t0) and n.get("status") == "firing":
                     found.append((n["received_at"], f"notified {n.get('receiver')}: "
                                                     f"{n.get('alertname')}"))
@@ -716,6 +726,22 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+def watch_readiness(settings, end, interval=0.5):
+    """Poll readiness until end (the hold): the moment every daemon is ready
+    again after one was not (a hung daemon restarted by its watchdog, a
+    killed one by systemd), or None when that did not happen."""
+    seen_down = False
+    while time.monotonic() < end:
+        if not all_ready(settings):
+            seen_down = True
+        elif seen_down:
+            at = time.monotonic()
+            time.sleep(max(0.0, end - time.monotonic()))
+            return at
+        time.sleep(interval)
+    return None
+
+
 def wait_until(pred, deadline, interval=0.5):
     while True:
         v = pred()
@@ -729,6 +755,7 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
     inject, hold, restore = plan(drill, settings)
     rep = {"drill": drill, "timeline": [], "recovered": False, "unknown": {}}
     events = []  # (monotonic time, what): the timeline, from the fault once known
+    ready_at = None  # when every daemon was ready again within the hold
 
     def mark(what):
         events.append((time.monotonic(), what))
@@ -768,7 +795,9 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
         else:
             mark("fault injected")
             if hold:
-                time.sleep(max(0.0, min(hold, deadline - time.monotonic())))
+                ready_at = watch_readiness(settings, min(t0 + hold, deadline))
+                if ready_at is not None:
+                    events.append((ready_at, "every daemon ready again (within the hold)"))
         if hold or "error" in rep:
             # What was stopped is started, what was hung continued, faults
             # cleared; a killed daemon is systemd's to restart (its restore,
@@ -777,8 +806,9 @@ def run_drill(drill, settings, restorer, user, run_id, run_deadline):
             mark("restored")
         if wait_until(lambda: all_ready(settings), deadline):
             rep["recovered"] = True
-            rep["ready_again_s"] = round(time.monotonic() - t0, 1)
-            mark("every daemon ready again")
+            rep["ready_again_s"] = round((ready_at or time.monotonic()) - t0, 1)
+            if ready_at is None:
+                mark("every daemon ready again")
         else:
             rep["not_ready"] = not_ready(settings)
             mark(f"not ready within {a.drill_timeout:g} s: {', '.join(rep['not_ready'])}")
