@@ -19,8 +19,10 @@
 #   bookworm-extra      platform + $VIGIL_NSPAWN_EXTRA_PKGS, with the units
 #                       in $VIGIL_NSPAWN_EXTRA_DISABLE disabled (only when
 #                       VIGIL_NSPAWN_EXTRA_PKGS is set: the fleet test's
-#                       tree, in its own cache; the platform list is
-#                       untouched, so the platform cache is not rebuilt)
+#                       tree, beside the system test's; the platform list
+#                       is untouched, so the platform tree is not rebuilt)
+# The trees are built under a lock ($CACHE/.lock): tests running side by
+# side build them once.
 # Machines live in $VIGIL_NSPAWN_DIR/NAME (default /var/tmp/vigil-nspawn): an
 # overlayfs over the platform (or extra) cache when the kernel allows it,
 # else a copy.
