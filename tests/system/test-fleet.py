@@ -70,7 +70,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from systest import PKG_DIR, PREBUILT, TOP, UPGRADE_DIR, build_packages  # noqa: E402
+from systest import PKG_DIR, PREBUILT, TOP, UPGRADE_DIR, build_packages, log, skip  # noqa: E402
 
 NSPAWN = os.path.join(TOP, "scripts", "nspawn-machine.sh")
 ANSIBLE_DIR = os.path.join(TOP, "ansible")
@@ -115,15 +115,6 @@ DEADLINE = time.monotonic() + float(os.environ.get("VIGIL_FLEET_TIMEOUT", "1200"
 results = []
 figures = []
 state = {"booted": [], "bridge": False, "tmp": None}
-
-
-def log(msg):
-    print(msg, flush=True)
-
-
-def skip(why):
-    log(f"SKIP: {why}")
-    sys.exit(77)
 
 
 def check_time():
