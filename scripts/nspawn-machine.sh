@@ -118,30 +118,43 @@ create_base() {
 	mv "$tmp" "$base"
 }
 
-create_platform() {
-	local base=$CACHE/$SUITE-base plat=$CACHE/$SUITE-platform tmp
-	# A cache of another package list is built again.
-	[ "$(cat "$plat/.vigil-complete" 2>/dev/null)" = "${PLATFORM_PKGS[*]}" ] && return 0
-	create_base
-	tmp=$CACHE/.$SUITE-platform.tmp
+# A tree made of LOWER (a copy) with PKG… installed, moved to DEST with
+# STAMP in DEST/.vigil-complete; LOG keeps apt's output. Services are
+# installed, not started (nothing runs in a chroot): the booted machine
+# starts them. With DISABLE set (an array name), those units are disabled.
+build_tree() { # lower dest stamp log disable-array pkg…
+	local lower=$1 dest=$2 stamp=$3 log=$4 tmp
+	local -n disable=$5
+	shift 5
+	tmp=$CACHE/.${dest##*/}.tmp
 	rm -rf "$tmp"
-	note "installing the distro services into $plat (once)"
-	cp -a "$base" "$tmp"
+	note "installing $* into $dest (once)"
+	cp -a "$lower" "$tmp"
 	rm -f "$tmp/.vigil-complete"
-	# Services are installed, not started (nothing runs in a chroot): the
-	# booted machine starts them.
 	printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
 	chmod 755 "$tmp/usr/sbin/policy-rc.d"
-	if ! chroot_run "$tmp" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends ${PLATFORM_PKGS[*]} && apt-get clean" \
-		>"$CACHE/platform.log" 2>&1; then
-		tail -n 30 "$CACHE/platform.log" >&2
-		die "installing the distro packages failed (log: $CACHE/platform.log)"
+	if ! chroot_run "$tmp" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends $* && apt-get clean" \
+		>"$log" 2>&1; then
+		tail -n 30 "$log" >&2
+		die "installing $* failed (log: $log)"
+	fi
+	if [ ${#disable[@]} -gt 0 ]; then
+		chroot_run "$tmp" systemctl disable "${disable[@]}" >>"$log" 2>&1 ||
+			die "systemctl disable ${disable[*]} failed (log: $log)"
 	fi
 	rm -f "$tmp/usr/sbin/policy-rc.d"
 	rm -f "$tmp/etc/machine-id" && : >"$tmp/etc/machine-id"
-	echo "${PLATFORM_PKGS[*]}" >"$tmp/.vigil-complete"
-	rm -rf "$plat"
-	mv "$tmp" "$plat"
+	echo "$stamp" >"$tmp/.vigil-complete"
+	rm -rf "$dest"
+	mv "$tmp" "$dest"
+}
+
+create_platform() {
+	local base=$CACHE/$SUITE-base plat=$CACHE/$SUITE-platform none=()
+	# A cache of another package list is built again.
+	[ "$(cat "$plat/.vigil-complete" 2>/dev/null)" = "${PLATFORM_PKGS[*]}" ] && return 0
+	create_base
+	build_tree "$base" "$plat" "${PLATFORM_PKGS[*]}" "$CACHE/platform.log" none "${PLATFORM_PKGS[@]}"
 }
 
 # The tree machines boot from: the platform's, or the extra one.
@@ -154,32 +167,12 @@ lower_tree() {
 }
 
 create_extra() {
-	local plat=$CACHE/$SUITE-platform extra=$CACHE/$SUITE-extra tmp stamp
+	local plat=$CACHE/$SUITE-platform extra=$CACHE/$SUITE-extra stamp
 	[ ${#EXTRA_PKGS[@]} -gt 0 ] || return 0
 	create_platform
 	stamp="${PLATFORM_PKGS[*]} + ${EXTRA_PKGS[*]} - ${EXTRA_DISABLE[*]}"
 	[ "$(cat "$extra/.vigil-complete" 2>/dev/null)" = "$stamp" ] && return 0
-	tmp=$CACHE/.$SUITE-extra.tmp
-	rm -rf "$tmp"
-	note "installing ${EXTRA_PKGS[*]} into $extra (once)"
-	cp -a "$plat" "$tmp"
-	rm -f "$tmp/.vigil-complete"
-	printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
-	chmod 755 "$tmp/usr/sbin/policy-rc.d"
-	if ! chroot_run "$tmp" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends ${EXTRA_PKGS[*]} && apt-get clean" \
-		>"$CACHE/extra.log" 2>&1; then
-		tail -n 30 "$CACHE/extra.log" >&2
-		die "installing ${EXTRA_PKGS[*]} failed (log: $CACHE/extra.log)"
-	fi
-	if [ ${#EXTRA_DISABLE[@]} -gt 0 ]; then
-		chroot_run "$tmp" systemctl disable "${EXTRA_DISABLE[@]}" >>"$CACHE/extra.log" 2>&1 ||
-			die "systemctl disable ${EXTRA_DISABLE[*]} failed (log: $CACHE/extra.log)"
-	fi
-	rm -f "$tmp/usr/sbin/policy-rc.d"
-	rm -f "$tmp/etc/machine-id" && : >"$tmp/etc/machine-id"
-	echo "$stamp" >"$tmp/.vigil-complete"
-	rm -rf "$extra"
-	mv "$tmp" "$extra"
+	build_tree "$plat" "$extra" "$stamp" "$CACHE/extra.log" EXTRA_DISABLE "${EXTRA_PKGS[@]}"
 }
 
 # The cached trees, built by one process at a time (the system test and the
