@@ -308,13 +308,29 @@ def argv(ctx, *args):
             "--database", ctx.dsn, *args]
 
 
-def vigilctl(ctx, *args, timeout=240):
+def vigilctl(ctx, *args, timeout=240, prometheus=False, extra_env=None):
+    """vigilctl chaos ARGS with the stand-ins; prometheus: the test's own
+    Prometheus instead of a closed port."""
+    cmd = argv(ctx, *args)
+    if prometheus:
+        cmd[cmd.index("--prometheus") + 1] = f"http://127.0.0.1:{ctx.prom_port}"
     t0 = time.monotonic()
-    r = subprocess.run(argv(ctx, *args), env=env(ctx), capture_output=True, text=True,
+    r = subprocess.run(cmd, env=dict(env(ctx), **(extra_env or {})), capture_output=True, text=True,
                        timeout=timeout, check=False, stdin=subprocess.DEVNULL)
     print(f"vigilctl chaos {' '.join(args)}: exit {r.returncode} in "
           f"{time.monotonic() - t0:.1f} s", flush=True)
     return r
+
+
+def one_drill(ctx, drill, *args, **kw):
+    """vigilctl chaos --drills DRILL --json ARGS, which must exit 0: its
+    drill's report."""
+    r = vigilctl(ctx, "--drills", drill, "--json", *args, **kw)
+    check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
+    rep = json.loads(r.stdout)["drills"][0]
+    print(json.dumps(summary(rep), indent=1))
+    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    return rep
 
 
 def commands(ctx):
@@ -487,15 +503,8 @@ def test_hang_notifyd_times_the_alert_and_the_error_budget_from_prometheus(ctx):
     if not getattr(ctx, "prom_port", None):
         start_prometheus(ctx)
     wait_slo_series(ctx)
-    cmd = argv(ctx, "--drills", "hang-notifyd", "--json", "--hold", "8", "--rate", "20",
-               "--drill-timeout", "90", "--drain-timeout", "90")
-    cmd[cmd.index("--prometheus") + 1] = f"http://127.0.0.1:{ctx.prom_port}"
-    r = subprocess.run(cmd, env=env(ctx), capture_output=True, text=True, timeout=240,
-                       check=False, stdin=subprocess.DEVNULL)
-    check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
-    rep = json.loads(r.stdout)["drills"][0]
-    print(json.dumps(summary(rep), indent=1))
-    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    rep = one_drill(ctx, "hang-notifyd", "--hold", "8", "--rate", "20", "--drill-timeout", "90",
+                    "--drain-timeout", "90", prometheus=True)
     cmds = commands(ctx)
     stop = cmds.index(["systemctl", "kill", "--signal=STOP", "vigil-notifyd.service"])
     check_eq(cmds[stop + 1], ["systemctl", "kill", "--signal=CONT", "vigil-notifyd.service"],
@@ -525,12 +534,8 @@ def test_hang_restarted_by_the_watchdog_is_ready_again_within_the_hold(ctx):
     again before the hold ends: the report times that, not the hold."""
     reset(ctx)
     restarts = ctx.restarts["notifyd"]
-    e = dict(env(ctx), FAKE_WATCHDOG_SECONDS="2")
-    r = subprocess.run(argv(ctx, "--drills", "hang-notifyd", "--json", "--hold", "10", "--drill-timeout", "90"),
-                       env=e, capture_output=True, text=True, timeout=240, check=False, stdin=subprocess.DEVNULL)
-    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
-    rep = json.loads(r.stdout)["drills"][0]
-    print(json.dumps(summary(rep), indent=1))
+    rep = one_drill(ctx, "hang-notifyd", "--hold", "10", "--drill-timeout", "90",
+                    extra_env={"FAKE_WATCHDOG_SECONDS": "2"})
     check_eq(ctx.restarts["notifyd"], restarts + 1, "notifyd killed by the watchdog and started again")
     check(2 <= rep["ready_again_s"] < 10, f"ready again {rep['ready_again_s']} s: the hold, not the restart")
     check(any(ev["event"] == "every daemon ready again (within the hold)" for ev in rep["timeline"]),
@@ -593,15 +598,8 @@ def test_fault_storm_spends_error_budget_and_clears_its_faults(ctx):
         start_prometheus(ctx)
     wait_slo_series(ctx)
     before = {n: reloads(getattr(ctx, n)) for n in ("authd", "paymentd", "inventoryd")}
-    cmd = argv(ctx, "--drills", "fault-storm", "--json", "--hold", "8", "--rate", "20",
-               "--drill-timeout", "90", "--drain-timeout", "90")
-    cmd[cmd.index("--prometheus") + 1] = f"http://127.0.0.1:{ctx.prom_port}"
-    r = subprocess.run(cmd, env=env(ctx), capture_output=True, text=True, timeout=240,
-                       check=False, stdin=subprocess.DEVNULL)
-    check(r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr}")
-    rep = json.loads(r.stdout)["drills"][0]
-    print(json.dumps(summary(rep), indent=1))
-    check_eq(r.returncode, 0, f"exit status (stderr: {r.stderr})")
+    rep = one_drill(ctx, "fault-storm", "--hold", "8", "--rate", "20", "--drill-timeout", "90",
+                    "--drain-timeout", "90", prometheus=True)
     # Each API daemon got its fault and lost it again: two reloads each.
     for n, b in before.items():
         harness.wait_until(lambda n=n, b=b: reloads(getattr(ctx, n)) >= b + 2, 15,
