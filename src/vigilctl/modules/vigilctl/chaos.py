@@ -33,7 +33,7 @@ import urllib.parse
 
 from vigilctl import fault as faultmod
 from vigilctl.cli import EXIT_FAILED, EXIT_OK, UsageError, env_default
-from vigilctl.validate import DAEMONS, http, read_conf
+from vigilctl.validate import DAEMONS, http, prom_api, read_conf
 
 SUMMARY = "run GameDay drills under a bounded load and report what they cost"
 DESCRIPTION = """\
@@ -544,13 +544,7 @@ def not_ready(settings):
 
 
 def prom(settings, path):
-    r = http("GET", settings.prometheus + path, settings.args.timeout)
-    if r.status != 200:
-        raise OSError(f"Prometheus answered {r.status}")
-    doc = r.json()
-    if doc.get("status") != "success":
-        raise OSError(f"Prometheus: {doc.get('error', 'error')}")
-    return doc["data"]
+    return prom_api(settings, path, settings.args.timeout)
 
 
 def _alert_key(a):

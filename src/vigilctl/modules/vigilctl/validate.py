@@ -294,8 +294,10 @@ def parse_metrics(text):
     return totals
 
 
-def prom_api(cfg, path):
-    r = http("GET", cfg.prometheus + path, cfg.timeout)
+def prom_api(cfg, path, timeout=None):
+    """The data of Prometheus' HTTP API answer to path (cfg.prometheus, the
+    base URL), or OSError."""
+    r = http("GET", cfg.prometheus + path, cfg.timeout if timeout is None else timeout)
     if r.status != 200:
         raise OSError(f"Prometheus answered {r.status} to {path}")
     doc = r.json()
