@@ -207,6 +207,28 @@ def alert_keys():
     return {(a["labels"]["alertname"], tuple(sorted(a["labels"].items()))): a for a in prom_alerts()}
 
 
+def cpu_seconds():
+    """(CPU seconds of the machine's processes, the living and the reaped;
+    the host's busy CPU seconds; all its CPU seconds), now."""
+    ticks = 0
+    for line in mexec("sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null", check=False).stdout.splitlines():
+        f = line.rpartition(")")[2].split()  # from the state: utime is the 12th
+        if len(f) > 14:
+            ticks += sum(int(x) for x in f[11:15])  # utime, stime, cutime, cstime
+    with open("/proc/stat") as stat:
+        cpu = [int(x) for x in stat.readline().split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return ticks / hz, (sum(cpu) - cpu[3] - cpu[4]) / hz, sum(cpu) / hz
+
+
+def cpu_shares(before):
+    """The platform's share and the host's busy share of all the host's CPU
+    since cpu_seconds() gave before."""
+    now = cpu_seconds()
+    total = max(now[2] - before[2], 1e-9)
+    return (now[0] - before[0]) / total, (now[1] - before[1]) / total
+
+
 @test("healthy means silent: 10 min of user traffic, shipped rules: nothing pending or firing; every panel has data")
 def t_silent():
     token = login("127.0.3.1")
@@ -215,6 +237,7 @@ def t_silent():
         # before its package was configured) clear at the next evaluations;
         # none may have fired.
         settle = {}
+        cpu0 = cpu_seconds()
 
         def settled():
             now = alert_keys()
@@ -224,11 +247,13 @@ def t_silent():
         try:
             wait_until("the installation's pending alerts to clear", settled, 180, 5)
         finally:
-            fired = [f"{k[0]}: {dict(k[1])}" for k, a in settle.items() if a["state"] == "firing"]
+            fired = [f"{k[0]}: {dict(k[1])}" for k, a in settle.items()
+                     if a["state"] == "firing" and k[0] not in HOST_LOAD_ALERTS]
             assert not fired, f"alerts fired on the fresh install: {fired}"
         t_settle = time.monotonic() - t0
         since = machine_now()
-        seen = {}
+        seen = {k: {"states": {a["state"]}, "at": 0, "value": a.get("value")} for k, a in settle.items()
+                if k[0] in HOST_LOAD_ALERTS}
         panels = None
         t0 = time.monotonic()
         while time.monotonic() - t0 < SILENT_SECONDS:
@@ -242,18 +267,28 @@ def t_silent():
             time.sleep(5)
     if panels is None:
         panels = panel_data()
+    # The host's load alerts speak of the host, which this machine shares:
+    # pending is tolerated; firing only when the host really was saturated
+    # and the platform used under half of its CPU (the load was outside:
+    # the alert was true, and not about vigil).
+    platform, host = cpu_shares(cpu0)
+    outside = host > 0.9 and platform < 0.5
+
+    def host_load(name, states=("pending",)):
+        return name in HOST_LOAD_ALERTS and (outside or set(states) <= {"pending"})
     problems = []
     false = [f"{k[0]} {sorted(v['states'])} at {v['at']:.0f}s: {dict(k[1])}" for k, v in seen.items()
-             if not (k[0] in HOST_LOAD_ALERTS and v["states"] == {"pending"})]
-    busy = [f"{k[0]} pending at {v['at']:.0f}s (value {v['value']})" for k, v in seen.items()
-            if k[0] in HOST_LOAD_ALERTS and v["states"] == {"pending"}]
+             if not host_load(k[0], v["states"])]
+    busy = [f"{k[0]} {'/'.join(sorted(v['states']))} at {v['at']:.0f}s (value {v['value']})"
+            for k, v in seen.items() if host_load(k[0], v["states"])]
     if false:
         problems.append(f"alerts on a healthy install: {false}")
-    if am_alerts():
-        problems.append(f"Alertmanager holds alerts: {am_alerts()}")
-    notes = bot_notes(since)
+    held = [a for a in am_alerts() if not host_load(a["labels"].get("alertname"), ["firing"])]
+    if held:
+        problems.append(f"Alertmanager holds alerts: {held}")
+    notes = [n.get("ALERTNAME") for n in bot_notes(since) if not host_load(n.get("ALERTNAME"), ["firing"])]
     if notes:
-        problems.append(f"notifications on a healthy install: {[n.get('ALERTNAME') for n in notes]}")
+        problems.append(f"notifications on a healthy install: {notes}")
     if smoke.total() < SILENT_SECONDS:
         problems.append(f"only {smoke.total()} requests of smoke traffic")
     if smoke.unexpected:
@@ -270,7 +305,8 @@ def t_silent():
     assert not problems, "; ".join(problems)
     codes = ", ".join(f"{c}: {n}" for c, n in sorted(smoke.codes.items()))
     return (f"installation settled in {t_settle:.0f}s; {SILENT_SECONDS:.0f}s, {smoke.total()} requests ({codes}), "
-            "0 alerts" + (f" (host busy: {busy})" if busy else "") + f"; {state['panels']}"
+            "0 alerts" + (f" (host busy: {busy})" if busy else "")
+            + f"; the host's CPU {host:.0%} busy, {platform:.0%} by the platform; {state['panels']}"
             + (f"; {len(other)} panels read Loki/Tempo (not installed)" if other else ""))
 
 
