@@ -20,10 +20,14 @@
 #define PURGE_MAX_CALLS  10000
 
 /* Store KEYS[1] = ARGV[1] for ARGV[3] ms only while the generation
- * KEYS[2] is still ARGV[2] (a missing counter is generation "0"). */
+ * KEYS[2] is still ARGV[2] (a missing counter is generation "0"); then,
+ * in the same round trip, release the lock KEYS[3] when it still holds
+ * our token ARGV[4] ("": we hold none). */
 static const char SET_IF_GENERATION[] =
-        "if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then return 0 end "
-        "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1";
+        "if (redis.call('GET', KEYS[2]) or '0') == ARGV[2] then "
+        "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end "
+        "if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then "
+        "redis.call('DEL', KEYS[3]) end return 1";
 /* For each pair (value, generation) in KEYS: bump the generation (kept for
  * ARGV[1] ms) and delete the value, atomically. */
 static const char INVALIDATE[] = "for i = 1, #KEYS, 2 do "
@@ -213,23 +217,26 @@ static int read_value(struct cache *c, const char *name, char **ret_value, size_
         return 0;
 }
 
-/* Store value unless name was invalidated since generation gen was read.
- * Failures only cost a later miss. */
+/* Store value unless name was invalidated since generation gen was read,
+ * and release our lock (token, or "" when we took none). Failures only
+ * cost a later miss (and the lock its expiry). */
 static void store_value(struct cache *c, const char *name, const char *value, size_t len,
-                        const char *gen)
+                        const char *gen, const char *token)
 {
-        char key[KEY_MAX], gen_key[KEY_MAX], ttl[24];
-        const char *argv[] = {"EVAL", SET_IF_GENERATION, "2", key, gen_key, value, gen, ttl};
+        char key[KEY_MAX], gen_key[KEY_MAX], lock_key[KEY_MAX], ttl[24];
+        const char *argv[] = {
+                "EVAL", SET_IF_GENERATION, "3", key, gen_key, lock_key, value, gen, ttl, token};
         size_t argvlen[ELEMENTSOF(argv)];
 
         format_key(key, c, "", name);
         format_key(gen_key, c, "gen:", name);
+        format_key(lock_key, c, "lock:", name);
         snprintf(ttl, sizeof(ttl), "%" PRIu64,
                  cache_jittered_ttl_ms(atomic_load(&c->ttl_seconds),
                                        atomic_load(&c->jitter_percent), random_u64()));
         for (size_t i = 0; i < ELEMENTSOF(argv); i++)
                 argvlen[i] = strlen(argv[i]);
-        argvlen[5] = len;
+        argvlen[6] = len;
         (void)command(c, (int)ELEMENTSOF(argv), argv, argvlen, NULL);
 }
 
@@ -318,8 +325,8 @@ static int rebuild(void *userdata, char **ret_value, size_t *ret_len)
          * before, which is what makes the conditional store safe. */
         r = b->build(b->userdata, &value, &len);
         if (r >= 0 && !bypassed(c))
-                store_value(c, b->name, value, len, b->gen);
-        if (locked > 0 && !bypassed(c))
+                store_value(c, b->name, value, len, b->gen, locked > 0 ? token : "");
+        else if (locked > 0 && !bypassed(c))
                 lock_release(c, b->name, token);
         if (r < 0)
                 return r;

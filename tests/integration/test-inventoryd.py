@@ -322,6 +322,16 @@ def test_a_lock_holder_that_never_fills_costs_at_most_wait_ms(ctx):
         ctx.stack.redis("DEL", key, lock)
 
 
+@test
+def test_a_rebuild_stores_the_value_and_leaves_no_lock(ctx):
+    key, lock = "inventory:product:2", "inventory:lock:product:2"
+    drop_cached(ctx, key)
+    r = get_product(ctx.inv, 2)
+    check_eq(r.headers.get("x-cache"), "miss", "X-Cache of the first read")
+    check_eq(json.loads(ctx.stack.redis("GET", key))["stock"], db_stock(ctx, 2), "the stored value")
+    check_eq(ctx.stack.redis("EXISTS", lock), 0, "the rebuild's lock left behind")
+
+
 # --------------------------------------------------------------------------
 # reservations
 
