@@ -229,6 +229,18 @@ def cpu_shares(before):
     return (now[0] - before[0]) / total, (now[1] - before[1]) / total
 
 
+def why_failed(since):
+    """What the platform itself recorded about failed requests since a time
+    (epoch s): calls between daemons that got no answer or a 5xx, and the
+    warnings of vigil's units."""
+    calls = {f"{m.get('job')}→{m.get('peer')} {m.get('code')}": round(float(v)) for m, (_, v) in (
+        (r["metric"], r["value"]) for r in query(
+            'sum by (job, peer, code) (increase(vigil_http_client_requests_total{code!~"[234].."}[15m])) > 0'))}
+    warnings = [f"{e.get('_SYSTEMD_UNIT')}: {e.get('MESSAGE')}"
+                for e in journal("-p", "warning", "-u", "vigil-*", f"--since=@{since}")][-8:]
+    return f"failed calls between daemons: {calls}; warnings: {warnings}"
+
+
 @test("healthy means silent: 10 min of user traffic, shipped rules: nothing pending or firing; every panel has data")
 def t_silent():
     token = login("127.0.3.1")
@@ -292,7 +304,7 @@ def t_silent():
     if smoke.total() < SILENT_SECONDS:
         problems.append(f"only {smoke.total()} requests of smoke traffic")
     if smoke.unexpected:
-        problems.append(f"smoke traffic failed: {smoke.unexpected}")
+        problems.append(f"smoke traffic failed: {smoke.unexpected} ({why_failed(since)})")
     have, other = panels
     empty = sorted(k for k, v in have.items() if not v and k not in PANELS_NOT_HERE)
     state["panels"] = (f"{sum(have.values())}/{len(have)} Prometheus panels with data "
