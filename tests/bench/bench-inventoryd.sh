@@ -27,6 +27,8 @@
 #      generate_series), PostgreSQL is vacuumed, analysed and
 #      checkpointed, and a short wrk run of the same request warms up.
 #   6. GET /product/{random 1..N}             with --products products
+#   7. pgbench -S -cN -j2 -TSECONDS           PostgreSQL's select-only ceiling
+#                                             (100 000 rows, a database of its own)
 #
 # and reads, for each run, the hit ratios of the cache and of the local
 # in-process cache in front of it (/metrics), how often the local cache
@@ -100,24 +102,24 @@ daemon=$(cd "$(dirname "$daemon")" && pwd)/vigil-inventoryd
 authd="$builddir/src/authd/vigil-authd"
 [ -x "$authd" ] || die "$authd not found: build it, or pass --builddir"
 authd=$(cd "$(dirname "$authd")" && pwd)/vigil-authd
-for tool in wrk nginx python3 curl psql timeout; do
+for tool in wrk nginx python3 curl psql pgbench timeout; do
         command -v "$tool" >/dev/null ||
-                die "$tool not found (Debian packages: wrk nginx-light python3 curl postgresql-client coreutils)"
+                die "$tool not found (Debian packages: wrk nginx-light python3 curl postgresql-15 coreutils)"
 done
 if grep -qa __asan_init "$daemon"; then
         note "warning: $daemon is built with sanitizers; its figures are not representative"
 fi
 
-# The whole run is bounded: 5 + 2 × rounds measured wrk windows, as many
+# The whole run is bounded: 6 + 2 × rounds measured windows, as many
 # warm-ups but the first five, at most rounds + 1 changes of the catalog
 # size (bulk insert or delete, VACUUM, CHECKPOINT), set-up and tear-down.
 args=(--builddir "$builddir" --duration "$duration" --connections "$connections"
         --products "$products" --rounds "$rounds")
 [ "$keep" = no ] || args+=(--keep)
-bench_under_timeout $(((5 + 2 * rounds) * (duration + 5) + 2 * rounds * (warmup + 5) +
-        (rounds + 1) * (30 + products / 2000) + 420)) "${args[@]}"
+bench_under_timeout $(((6 + 2 * rounds) * (duration + 5) + 2 * rounds * (warmup + 5) +
+        (rounds + 1) * (30 + products / 2000) + 480)) "${args[@]}"
 
-bench_setup inventoryd daemon_pid authd_pid
+bench_setup inventoryd pgbench_pid daemon_pid authd_pid
 
 daemon_ready_or_dead() {
         answers_200 "$inv_url/ready" || ! kill -0 "$daemon_pid" 2>/dev/null
@@ -337,25 +339,25 @@ flat_run() {
 
 note "each run: wrk -t$threads -c$connections -d${duration}s --latency"
 
-note "1/6 nginx GET /static (ceiling)"
+note "1/7 nginx GET /static (ceiling)"
 measure nginx "http://127.0.0.1:$nginx_port/static"
 
 curl -sf --max-time 5 "$inv_url/products" >/dev/null || die "GET /products failed"
 curl -sf --max-time 5 "$inv_url/product/2" >/dev/null || die "GET /product/2 failed"
 
-note "2/6 GET /products (cache hit)"
+note "2/7 GET /products (cache hit)"
 measure products "$inv_url/products"
 
-note "3/6 POST /product/1/reserve (one hot product)"
+note "3/7 POST /product/1/reserve (one hot product)"
 stock_before=$(sql "SELECT stock FROM inventory.products WHERE id = 1")
 measure reserve "$inv_url/product/1/reserve" "$tmp/reserve.lua"
 stock_after=$(sql "SELECT stock FROM inventory.products WHERE id = 1")
 reserved=$((stock_before - stock_after))
 
-note "4/6 GET /product/{random 1..10}"
+note "4/7 GET /product/{random 1..10}"
 measure product-random-10 "$inv_url/product/1" "$tmp/random-10.lua"
 
-note "5/6 GET /product/2 with 10 and $products products, $rounds rounds" \
+note "5/7 GET /product/2 with 10 and $products products, $rounds rounds" \
         "(each run after a ${warmup}s warm-up)"
 for round in $(seq "$rounds"); do
         if [ $((round % 2)) -eq 1 ]; then
@@ -367,11 +369,25 @@ for round in $(seq "$rounds"); do
         fi
 done
 
-note "6/6 GET /product/{random 1..$products}"
+note "6/7 GET /product/{random 1..$products}"
 catalog_size "$products"
 measure product-random-n "$inv_url/product/1" "$tmp/random-$products.lua"
 
 read -r RSS_MB HWM_MB < <(read_memory "$daemon_pid")
+
+# What PostgreSQL alone does with reads of one row by key, as many as the
+# catalog (scale 1: 100 000 accounts), in a database of its own.
+note "7/7 pgbench -S -c$connections -j$threads -T$duration (select-only ceiling)"
+psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE vigil_bench" >/dev/null
+bench_dsn=${admin_dsn/dbname=vigil/dbname=vigil_bench}
+pgbench -i -q -s 1 "$bench_dsn" >"$tmp/pgbench-init.log" 2>&1 || die "pgbench -i failed"
+pgbench -S -c "$connections" -j $threads -T "$duration" "$bench_dsn" </dev/null \
+        >"$tmp/pgbench.txt" 2>&1 &
+pgbench_pid=$!
+wait "$pgbench_pid" || die "pgbench failed: $(tail -n 3 "$tmp/pgbench.txt")"
+pgbench_pid=
+PG_TPS=$(awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
+PG_LAT=$(awk -F'= ' '/^latency average = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
 read -r ANON_MB FILE_MB < <(read_anon_memory "$daemon_pid")
 stock_ok=$(sql "SELECT count(*) FROM inventory.products WHERE stock < 0")
 
@@ -436,16 +452,18 @@ lowest_hit=$(for row in "${FLAT_ROWS[@]}"; do echo "${ROW_HIT[$row]%% *}"; done 
         echo "wrk -t$threads -c$connections -d${duration}s --latency, one run after the other;"
         echo "wrk, nginx, inventoryd, PostgreSQL and Redis share the machine."
         echo
-        echo "| test | requests/s | p50 | p99 | vs nginx | cache hits | errors |"
-        echo "|------|-----------:|----:|----:|---------:|-----------:|-------:|"
+        echo "| test | requests/s | p50 | p99 | max | vs nginx | cache hits | errors |"
+        echo "|------|-----------:|----:|----:|----:|---------:|-----------:|-------:|"
         for row in "${ROWS[@]}"; do
                 [ -n "${LABEL[$row]:-}" ] || continue
-                printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$row]}" \
+                printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$row]}" \
                         "$(fmt_int "${ROW_RPS[$row]}")" "$(fmt_ms "${ROW_P50[$row]}")" \
-                        "$(fmt_ms "${ROW_P99[$row]}")" \
+                        "$(fmt_ms "${ROW_P99[$row]}")" "$(fmt_ms "${ROW_MAX[$row]}")" \
                         "$(fmt_ratio "${ROW_RPS[$row]}" "${ROW_RPS[nginx]}")" \
                         "${ROW_HIT[$row]}" "${ROW_ERR[$row]}"
         done
+        printf '| pgbench -S, %s rows (select-only ceiling) | %s tps | avg %s ms | — | — | — | — | — |\n' \
+                "$(fmt_int 100000)" "$(fmt_int "${PG_TPS:-0}")" "${PG_LAT:-?}"
         echo
         echo "GET /product/2 with 10 and with $products products, $rounds interleaved rounds,"
         echo "in the order run; before each run: the catalog resized, VACUUM ANALYZE,"
@@ -477,7 +495,10 @@ lowest_hit=$(for row in "${FLAT_ROWS[@]}"; do echo "${ROW_HIT[$row]%% *}"; done 
         echo "- random ids: p99 $(fmt_ms "${ROW_P99[product-random-n]}") with $products products" \
                 "vs $(fmt_ms "${ROW_P99[product-random-10]}") with 10 (×$(fmt_ratio \
                 "${ROW_P99[product-random-n]}" "${ROW_P99[product-random-10]}"); the larger" \
-                "catalog also misses the cache more, see the hit column)."
+                "catalog also misses the cache more, see the hit column); slowest" \
+                "$(fmt_ms "${ROW_MAX[product-random-n]}"); $(fmt_int "${ROW_RPS[product-random-n]}")" \
+                "requests/s = ×$(fmt_ratio "${ROW_RPS[product-random-n]}" "${PG_TPS:-0}") of" \
+                "pgbench -S's tps."
         echo "- reservations: $reserved units reserved by $(fmt_int "${ROW_N[reserve]}")" \
                 "requests; products with negative stock afterwards: $stock_ok."
         echo "- inventoryd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB;" \
