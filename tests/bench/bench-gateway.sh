@@ -177,13 +177,14 @@ verify_bytes=$(wc -c <"$tmp/verify.body")
 
 # ---------------------------------------------------------------------- wrk
 
-# access_counts BYTES: "answers 200s-of-BYTES 429s 5xx 499s others" in the
-# gateway's access log (one JSON object a line, format vigil_json). A 499
-# is a request whose client closed the connection first: wrk does that to
-# the requests in flight when its time is up, at most one a connection.
+# access_counts NAME BYTES: "answers 200s-of-BYTES 429s 5xx 499s others"
+# among the lines of run NAME (its User-Agent, see run) in the gateway's
+# access log (one JSON object a line, format vigil_json). A 499 is a
+# request whose client closed the connection first: wrk does that to the
+# requests in flight when its time is up, at most one a connection.
 access_counts() {
-        awk -v want="$1" '
-                match($0, /"status":[0-9]+,"body_bytes_sent":[0-9]+/) {
+        awk -v ua="\"user_agent\":\"$prog/$1\"" -v want="$2" '
+                index($0, ua) && match($0, /"status":[0-9]+,"body_bytes_sent":[0-9]+/) {
                         split(substr($0, RSTART, RLENGTH), f, /[:,]/)
                         n++
                         if (f[2] == 200 && f[4] == want) ok++
@@ -196,19 +197,33 @@ access_counts() {
                 "$access_log"
 }
 
-# run NAME URL [LUA] [PID…]: one measured run (wrk_run and record), with
-# the CPU time per request of the processes PID… (each with its
-# children) in ROW_CPU[NAME]; for a gateway row (a NAME starting with
-# gateway-), the gateway's access log of the run in ROW_LOG[NAME] (from
-# access_counts, with ROW_BYTES[NAME] the expected body length).
+# logged NAME N: the access log has at least N lines of run NAME (nginx
+# writes it in batches, at least once a second).
+logged() {
+        [ "$(access_counts "$1" 0 | cut -d' ' -f1)" -ge "$2" ]
+}
+
+# run NAME URL LUA [PID…]: one measured run (wrk_run and record), its
+# requests marked with "User-Agent: bench-gateway.sh/NAME" (a wrk script
+# that runs LUA, if any, then sets that header), with the CPU time per
+# request of the processes PID… (each with its children) in ROW_CPU[NAME];
+# for a gateway row (a NAME starting with gateway-), the run's lines of the
+# gateway's access log in ROW_LOG[NAME] (from access_counts, with
+# ROW_BYTES[NAME] the expected body length).
 declare -A ROW_CPU ROW_LOG ROW_BYTES
 run() {
         local name=$1 url=$2 lua=$3 pid n hz cpu='' i=0
         local -a t0=()
         shift 3
+        {
+                echo "-- $name of $prog: ${lua:-a GET}, its name in User-Agent"
+                [ -z "$lua" ] || echo "dofile(\"$benchdir/$lua\")"
+                echo "wrk.headers[\"User-Agent\"] = \"$prog/$name\""
+        } >"$tmp/$name.lua"
+        # Only this run's lines matter: the log need not grow across runs.
         [[ "$name" != gateway-* ]] || : >"$access_log"
         for pid in "$@"; do t0+=("$(proc_ticks "$pid")"); done
-        wrk_run "$name" $threads "$connections" "$duration" "$url" "$lua"
+        wrk_run "$name" $threads "$connections" "$duration" "$url" "$tmp/$name.lua"
         n=$(awk '/ requests in / {print $1}' "$tmp/$name.txt")
         hz=$(getconf CLK_TCK)
         for pid in "$@"; do
@@ -218,7 +233,9 @@ run() {
         done
         ROW_CPU[$name]=$cpu
         if [[ "$name" == gateway-* ]]; then
-                ROW_LOG[$name]=$(access_counts "${ROW_BYTES[$name]}")
+                wait_for 5 logged "$name" "${n:-0}" ||
+                        note "$name: the access log has fewer lines than wrk's ${n:-0} requests"
+                ROW_LOG[$name]=$(access_counts "$name" "${ROW_BYTES[$name]}")
                 record "$name" "CPU µs per request: $cpu; access log (answers, 200s of" \
                         "${ROW_BYTES[$name]} bytes, 429s, 5xx, 499s, other): ${ROW_LOG[$name]}"
         else
