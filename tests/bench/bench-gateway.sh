@@ -29,7 +29,8 @@
 #   4. authd POST /verify                       directly, with a bearer token
 #   5. gateway POST /api/v1/auth/verify         the same through the gateway
 #
-# Each gateway row is checked against the gateway's access log of that run:
+# Every request carries "User-Agent: bench-gateway.sh/<row>", and each
+# gateway row is checked against its own lines of the gateway's access log:
 # how many responses had each status, and how many 200s had a body of
 # another length than the daemon's own answer (fetched before the runs and
 # compared, body for body, with the gateway's). It also reads the CPU time
