@@ -143,10 +143,10 @@ wait_for 20 answers_200 "$gateway_url/health" || die "the gateway does not answe
 
 bench_login "$auth_url"
 
-# expect_same NAME DIRECT_CURL_ARGS -- GATEWAY_CURL_ARGS: both answer 200
-# with the same body (kept in $tmp/NAME.body); a 200 with another body, or
-# any other status, is a failure.
-expect_same() {
+# same_answer NAME DIRECT_CURL_ARGS -- GATEWAY_CURL_ARGS: the daemon and
+# the gateway both answer 200 with the same body (kept in $tmp/NAME.body),
+# or it says how they differ and fails.
+same_answer() {
         local name=$1 daemon_args=() a b
         shift
         while [ "$1" != -- ]; do daemon_args+=("$1"); shift; done
@@ -155,40 +155,59 @@ expect_same() {
                 true
         b=$(curl -s --max-time 10 -o "$tmp/$name.gateway.body" -w '%{http_code}' "$@") ||
                 true
-        [ "$a" = 200 ] || die "$name: the daemon answered $a, not 200"
-        [ "$b" = 200 ] || die "$name: the gateway answered $b, not 200"
+        if [ "$a" != 200 ] || [ "$b" != 200 ]; then
+                echo "the daemon answered $a, the gateway $b"
+                return 1
+        fi
         cmp -s "$tmp/$name.body" "$tmp/$name.gateway.body" ||
-                die "$name: the gateway's body differs from the daemon's:" \
-                        "$(head -c 200 "$tmp/$name.gateway.body")"
+                { echo "the gateway's body differs from the daemon's:" \
+                        "$(tail -c 100 "$tmp/$name.gateway.body")"; return 1; }
+}
+# expect_same NAME ARGS…: same_answer, tried three times: the cached
+# catalog expires every 30 s ± 10 %, and the request that refills it says
+# "source":"database" where the others say "cache", so one pair of
+# answers may straddle an expiry; two more in a row cannot.
+expect_same() {
+        local why
+        for _ in 1 2 3; do
+                why=$(same_answer "$@") && return 0
+        done
+        die "$1: $why"
 }
 check_answers() {
         expect_same products "$inv_url/products" -- "$gateway_url/api/v1/inventory/products"
         expect_same verify -X POST -H "Authorization: Bearer $BENCH_TOKEN" "$auth_url/verify" -- \
                 -X POST -H "Authorization: Bearer $BENCH_TOKEN" "$gateway_url/api/v1/auth/verify"
 }
-# The first GET /products fills the cache (its body says "source":
-# "database"); the ones compared, and the ones measured, are cache hits.
-curl -sf --max-time 10 -o /dev/null "$inv_url/products" || die "GET /products failed"
+# The first GET /products fills the cache, and its body says
+# "source":"database"; the ones compared, and most measured, are cache
+# hits, with "source":"cache". During a run, the request that refills the
+# expired entry has the first body, so a 200 of either length is right.
+curl -sf --max-time 10 -o "$tmp/products-database.body" "$inv_url/products" ||
+        die "GET /products failed"
+grep -q '"source":"database"' "$tmp/products-database.body" ||
+        die "the first GET /products is not from the database: $(tail -c 100 "$tmp/products-database.body")"
 check_answers
 grep -q '"id"' "$tmp/products.body" || die "GET /products answered no product"
 grep -q '"source":"cache"' "$tmp/products.body" ||
         die "GET /products is not a cache hit: $(tail -c 100 "$tmp/products.body")"
-products_bytes=$(wc -c <"$tmp/products.body")
+products_bytes="$(wc -c <"$tmp/products.body") $(wc -c <"$tmp/products-database.body")"
 verify_bytes=$(wc -c <"$tmp/verify.body")
 
 # ---------------------------------------------------------------------- wrk
 
-# access_counts NAME BYTES: "answers 200s-of-BYTES 429s 5xx 499s others"
+# access_counts NAME "BYTES…": "answers 200s-of-BYTES… 429s 5xx 499s others"
 # among the lines of run NAME (its User-Agent, see run) in the gateway's
 # access log (one JSON object a line, format vigil_json). A 499 is a
 # request whose client closed the connection first: wrk does that to the
 # requests in flight when its time is up, at most one a connection.
 access_counts() {
         awk -v ua="\"user_agent\":\"$prog/$1\"" -v want="$2" '
+                BEGIN {k = split(want, w, " "); for (i = 1; i <= k; i++) length_ok[w[i]] = 1}
                 index($0, ua) && match($0, /"status":[0-9]+,"body_bytes_sent":[0-9]+/) {
                         split(substr($0, RSTART, RLENGTH), f, /[:,]/)
                         n++
-                        if (f[2] == 200 && f[4] == want) ok++
+                        if (f[2] == 200 && (f[4] in length_ok)) ok++
                         else if (f[2] == 429) limited++
                         else if (f[2] >= 500) server++
                         else if (f[2] == 499) closed++
@@ -210,7 +229,7 @@ logged() {
 # request of the processes PID… (each with its children) in ROW_CPU[NAME];
 # for a gateway row (a NAME starting with gateway-), the run's lines of the
 # gateway's access log in ROW_LOG[NAME] (from access_counts, with
-# ROW_BYTES[NAME] the expected body length).
+# ROW_BYTES[NAME] the expected body lengths).
 declare -A ROW_CPU ROW_LOG ROW_BYTES
 run() {
         local name=$1 url=$2 lua=$3 pid n hz cpu='' i=0
@@ -238,7 +257,8 @@ run() {
                         note "$name: the access log has fewer lines than wrk's ${n:-0} requests"
                 ROW_LOG[$name]=$(access_counts "$name" "${ROW_BYTES[$name]}")
                 record "$name" "CPU µs per request: $cpu; access log (answers, 200s of" \
-                        "${ROW_BYTES[$name]} bytes, 429s, 5xx, 499s, other): ${ROW_LOG[$name]}"
+                        "${ROW_BYTES[$name]// / or } bytes, 429s, 5xx, 499s, other):" \
+                        "${ROW_LOG[$name]}"
         else
                 record "$name" "CPU µs per request: $cpu"
         fi
@@ -334,8 +354,9 @@ cpu_cell() {
         for row in gateway-products gateway-verify; do
                 read -r n ok limited server closed other <<<"${ROW_LOG[$row]}"
                 echo "- ${LABEL[$row]}: the access log has $n answers for $(fmt_int \
-                        "${ROW_N[$row]}") requests wrk counted: $ok 200s with the daemon's" \
-                        "${ROW_BYTES[$row]}-byte body, $limited 429s, $server 5xx, $other" \
+                        "${ROW_N[$row]}") requests wrk counted: $ok 200s with a body of the" \
+                        "daemon's length (${ROW_BYTES[$row]// / or } bytes), $limited 429s," \
+                        "$server 5xx, $other" \
                         "other, and $closed 499s (requests in flight when wrk stopped)."
         done
         echo "- load source 127.0.0.1 exempt by rate-limit.d/50-load-test.conf; the gateway" \
