@@ -119,7 +119,7 @@ bench_start_nginx
 # and no request of the benchmark goes there.
 gateway_port=$(free_port)
 gateway="$tmp/gateway"
-gateway_conf=$(top_srcdir=$srcdir PYTHONPATH="$srcdir/tests/integration" python3 -c '
+gateway_conf=$(top_srcdir=$srcdir PYTHONPATH="$srcdir/tests/integration" PYTHONDONTWRITEBYTECODE=1 python3 -c '
 import sys, gatewaylib
 d, port, auth, payment, inventory, status = sys.argv[1:]
 print(gatewaylib.render_gateway(d, int(port), {"auth": int(auth), "payment": int(payment),
