@@ -64,15 +64,10 @@ while [ $# -gt 0 ]; do
 done
 bench_check_options
 
-authd="$builddir/src/authd/vigil-authd"
-[ -x "$authd" ] || die "$authd not found: build it, or pass --builddir"
-authd=$(cd "$(dirname "$authd")" && pwd)/vigil-authd
+bench_daemon_binary authd >/dev/null
 for tool in wrk nginx python3 curl timeout; do
         command -v "$tool" >/dev/null || die "$tool not found (Debian packages: wrk nginx-light python3 curl coreutils)"
 done
-if grep -qa __asan_init "$authd"; then
-        note "warning: $authd is built with sanitizers; its figures are not representative"
-fi
 
 # The whole run is bounded: four wrk windows and four per round (and two
 # short warm-ups) plus set-up and tear-down.
@@ -92,41 +87,19 @@ bench_start_nginx
 # little as it can, and logs each export's size (see nginx-static.conf.in).
 sink_log="$tmp/nginx/otlp.log"
 
-mkdir -p "$tmp/credentials"
-chmod 700 "$tmp/credentials"
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/credentials/jwt-key"
-cp "$VIGIL_DEV_PG_PASSWORD_FILE_AUTH" "$tmp/credentials/postgres-password"
-: >"$tmp/authd.conf"
+auth_credentials=$(bench_credentials auth)
 auth_url="http://127.0.0.1:$(free_port)"
 tracing_url="http://127.0.0.1:$(free_port)"
-
-# Ready, or dead (so a crash is not waited out).
-ready_or_dead() { # URL PID
-        answers_200 "$1/ready" || ! kill -0 "$2" 2>/dev/null
-}
-declare -a authd_env
-bench_daemon_env authd authd_env
 
 # start_authd NAME PIDVAR URL OTLP_ENDPOINT SAMPLE_RATIO: start an authd
 # listening at URL, its pid in PIDVAR, and wait until it is ready (schema
 # migrated, PostgreSQL and Redis answering). Both share the database, Redis
 # and the JWT key, so a token works on either.
 start_authd() {
-        local pid
-        "${authd_env[@]}" \
-                VIGIL_HTTP_LISTEN="${3#http://}" \
+        bench_start_daemon authd "$1" "$2" "$3" "$auth_credentials" \
                 VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" \
-                VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
                 VIGIL_TRACING_OTLP_ENDPOINT="$4" \
-                VIGIL_TRACING_SAMPLE_RATIO="$5" \
-                VIGIL_LOG_LEVEL=warning \
-                VIGIL_HTTP_ACCESS_LOG=false \
-                CREDENTIALS_DIRECTORY="$tmp/credentials" \
-                "$authd" --config "$tmp/authd.conf" </dev/null >"$tmp/$1.log" 2>&1 &
-        pid=$!
-        printf -v "$2" '%s' "$pid"
-        wait_for 60 ready_or_dead "$3" "$pid" || die "$1 is not ready after 60s"
-        kill -0 "$pid" 2>/dev/null || die "$1 exited during start-up"
+                VIGIL_TRACING_SAMPLE_RATIO="$5"
 }
 
 TRACING_RATIOS=()

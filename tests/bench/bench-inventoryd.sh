@@ -96,19 +96,12 @@ flat_connections=2
 # a measure of the stall rather than of the catalog (see bench-lib.sh).
 stall_ms=100
 
-daemon="$builddir/src/inventoryd/vigil-inventoryd"
-[ -x "$daemon" ] || die "$daemon not found: build it, or pass --builddir"
-daemon=$(cd "$(dirname "$daemon")" && pwd)/vigil-inventoryd
-authd="$builddir/src/authd/vigil-authd"
-[ -x "$authd" ] || die "$authd not found: build it, or pass --builddir"
-authd=$(cd "$(dirname "$authd")" && pwd)/vigil-authd
+bench_daemon_binary inventoryd >/dev/null
+bench_daemon_binary authd >/dev/null
 for tool in wrk nginx python3 curl psql pgbench timeout; do
         command -v "$tool" >/dev/null ||
                 die "$tool not found (Debian packages: wrk nginx-light python3 curl postgresql-15 coreutils)"
 done
-if grep -qa __asan_init "$daemon"; then
-        note "warning: $daemon is built with sanitizers; its figures are not representative"
-fi
 
 # The whole run is bounded: 6 + 2 × rounds measured windows, as many
 # warm-ups but the first five, at most rounds + 1 changes of the catalog
@@ -121,9 +114,6 @@ bench_under_timeout $(((6 + 2 * rounds) * (duration + 5) + 2 * rounds * (warmup 
 
 bench_setup inventoryd pgbench_pid daemon_pid authd_pid
 
-daemon_ready_or_dead() {
-        answers_200 "$inv_url/ready" || ! kill -0 "$daemon_pid" 2>/dev/null
-}
 
 # ------------------------------------------------------------------ servers
 
@@ -134,48 +124,22 @@ sql() {
         psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -Atc "$1" </dev/null
 }
 
-mkdir -p "$tmp/credentials" "$tmp/auth-credentials"
-chmod 700 "$tmp/credentials" "$tmp/auth-credentials"
-cp "$VIGIL_DEV_PG_PASSWORD_FILE_INVENTORY" "$tmp/credentials/postgres-password"
-cp "$VIGIL_DEV_PG_PASSWORD_FILE_AUTH" "$tmp/auth-credentials/postgres-password"
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/auth-credentials/jwt-key"
-: >"$tmp/inventoryd.conf"
-inv_port=$(free_port)
-inv_url="http://127.0.0.1:$inv_port"
-auth_port=$(free_port)
-auth_url="http://127.0.0.1:$auth_port"
+inv_url="http://127.0.0.1:$(free_port)"
+auth_url="http://127.0.0.1:$(free_port)"
 
-declare -a authd_env
-bench_daemon_env authd authd_env
+auth_credentials=$(bench_credentials auth)
+inventory_credentials=$(bench_credentials inventory)
+
 note "starting vigil-authd on $auth_url"
-"${authd_env[@]}" VIGIL_HTTP_LISTEN="127.0.0.1:$auth_port" \
-        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH" VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
-        VIGIL_TRACING_OTLP_ENDPOINT= VIGIL_LOG_LEVEL=warning VIGIL_HTTP_ACCESS_LOG=false \
-        CREDENTIALS_DIRECTORY="$tmp/auth-credentials" \
-        "$authd" --config "$tmp/inventoryd.conf" </dev/null >"$tmp/authd.log" 2>&1 &
-# shellcheck disable=SC2034 # stopped through BENCH_PIDS
-authd_pid=$!
-wait_for 60 answers_200 "$auth_url/ready" || die "authd is not ready after 60s"
+bench_start_daemon authd authd authd_pid "$auth_url" "$auth_credentials" \
+        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_AUTH"
 
 # The user whose token every reservation carries.
 bench_login "$auth_url"
 
-declare -a inventoryd_env
-bench_daemon_env inventoryd inventoryd_env
 note "starting vigil-inventoryd on $inv_url (tracing off, access log off)"
-"${inventoryd_env[@]}" \
-        VIGIL_HTTP_LISTEN="127.0.0.1:$inv_port" \
-        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_INVENTORY" \
-        VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
-        VIGIL_AUTH_URL="$auth_url" \
-        VIGIL_TRACING_OTLP_ENDPOINT= \
-        VIGIL_LOG_LEVEL=warning \
-        VIGIL_HTTP_ACCESS_LOG=false \
-        CREDENTIALS_DIRECTORY="$tmp/credentials" \
-        "$daemon" --config "$tmp/inventoryd.conf" </dev/null >"$tmp/inventoryd.log" 2>&1 &
-daemon_pid=$!
-wait_for 60 daemon_ready_or_dead || die "inventoryd is not ready after 60s"
-kill -0 "$daemon_pid" 2>/dev/null || die "inventoryd exited during start-up"
+bench_start_daemon inventoryd inventoryd daemon_pid "$inv_url" "$inventory_credentials" \
+        VIGIL_POSTGRES_DSN="$VIGIL_DEV_PG_DSN_INVENTORY" VIGIL_AUTH_URL="$auth_url"
 
 bench_start_nginx
 
@@ -279,6 +243,7 @@ local_cache_losses() {
 # counts as busy), and what this benchmark's processes used: the script
 # with the children it reaped (wrk, psql, curl), inventoryd, nginx,
 # PostgreSQL and Redis, each with its children.
+# shellcheck disable=SC2154 # daemon_pid: set by bench_start_daemon
 cpu_ticks() {
         local roots="$$ $daemon_pid $nginx_pid" f
         for f in "$tmp/stack/postgres/data/postmaster.pid" "$tmp/stack/redis/redis.pid"; do

@@ -194,6 +194,68 @@ bench_daemon_env() {
         UNIT_ENV[$1]=${settings[*]:-none}
 }
 
+# bench_daemon_binary NAME: the absolute path of vigil-NAME in $builddir;
+# dies when it is not built, warns when it has sanitizers.
+bench_daemon_binary() {
+        local bin="$builddir/src/$1/vigil-$1"
+        [ -x "$bin" ] || die "$bin not found: build it, or pass --builddir"
+        bin=$(cd "$(dirname "$bin")" && pwd)/vigil-$1
+        if grep -qa __asan_init "$bin"; then
+                note "warning: $bin is built with sanitizers; its figures are not representative"
+        fi
+        echo "$bin"
+}
+
+# bench_credentials NAME: the directory $tmp/NAME-credentials (made on the
+# first call) that vigil-NAMEd's CREDENTIALS_DIRECTORY points to: the dev
+# stack's PostgreSQL password of the service, and for auth a random 32-byte
+# jwt-key (64 hex characters). Prints its path.
+bench_credentials() {
+        local dir="$tmp/$1-credentials" password_file
+        if [ ! -d "$dir" ]; then
+                mkdir -p "$dir"
+                chmod 700 "$dir"
+                password_file=VIGIL_DEV_PG_PASSWORD_FILE_${1^^}
+                cp "${!password_file}" "$dir/postgres-password"
+                [ "$1" != auth ] || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$dir/jwt-key"
+        fi
+        echo "$dir"
+}
+
+# bench_start_daemon NAME LOG PIDVAR URL CREDENTIALS [VAR=value…]: start
+# vigil-NAME from the build (checked by bench_daemon_binary) as its unit does (bench_daemon_env), with an
+# empty --config, listening at URL (http://127.0.0.1:PORT), its
+# credentials from the directory CREDENTIALS, Redis from the dev stack,
+# tracing export and the access log off and the log level warning, then
+# VAR=value… (which override those); its output in $tmp/LOG.log, its pid in
+# PIDVAR. Returns once GET /ready answers 200 (schema migrated,
+# dependencies answering), and dies when it does not within 60 s or the
+# process exits.
+bench_start_daemon() {
+        local name=$1 log=$2 pidvar=$3 url=$4 credentials=$5 pid
+        shift 5
+        local -a daemon_env
+        bench_daemon_env "$name" daemon_env
+        : >"$tmp/empty.conf"
+        "${daemon_env[@]}" \
+                VIGIL_HTTP_LISTEN="${url#http://}" \
+                VIGIL_REDIS_ADDRESS="$VIGIL_REDIS_ADDRESS" \
+                VIGIL_TRACING_OTLP_ENDPOINT= \
+                VIGIL_LOG_LEVEL=warning \
+                VIGIL_HTTP_ACCESS_LOG=false \
+                CREDENTIALS_DIRECTORY="$credentials" \
+                "$@" "$builddir/src/$name/vigil-$name" --config "$tmp/empty.conf" </dev/null >"$tmp/$log.log" 2>&1 &
+        pid=$!
+        printf -v "$pidvar" '%s' "$pid"
+        wait_for 60 bench_ready_or_dead "$url" "$pid" || die "$log is not ready after 60s"
+        kill -0 "$pid" 2>/dev/null || die "$log exited during start-up"
+}
+
+# bench_ready_or_dead URL PID: ready, or dead (so a crash is not waited out).
+bench_ready_or_dead() {
+        answers_200 "$1/ready" || ! kill -0 "$2" 2>/dev/null
+}
+
 # Convert a wrk duration (123.45us, 1.23ms, 2.00s, 1.50m) to milliseconds.
 to_ms() {
         awk -v t="$1" 'BEGIN {
@@ -285,7 +347,9 @@ read_anon_memory() {
 # processes have used so far, with that of the children they reaped and of
 # those still running.
 proc_ticks() {
-        cat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$*" '
+        # A process that exits between the glob and the read makes cat fail,
+        # which pipefail would turn into this function's failure.
+        { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '
                 BEGIN {n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1}
                 {
                         pid = $1

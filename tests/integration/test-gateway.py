@@ -73,7 +73,8 @@ class Recorder:
                     self.rfile.read(n)
                 with recorder.lock:
                     recorder.seen[self.headers.get("X-Request-Id")] = {
-                        k.lower(): v for k, v in self.headers.items()} | {"path": self.path}
+                        k.lower(): v for k, v in self.headers.items()} | {
+                        "path": self.path, "peer": self.client_address}
                 if self.path == "/payment/hold":
                     with recorder.lock:
                         recorder.held += 1
@@ -101,6 +102,10 @@ class Recorder:
         self.release_event.set()
         self.server.shutdown()
         self.server.server_close()
+        self.close_connections()
+
+    def close_connections(self):
+        """Close every connection, as a daemon that restarts does."""
         with self.lock:
             for c in self.connections:
                 try:
@@ -219,6 +224,45 @@ def test_gateway_proxies_every_public_route(ctx):
         check(status < 500, f"{what}: {status}")
     status, _, body = ctx.gw.request("GET", "/api/v1/inventory/products", source=new_source())
     check(status == 200 and json.loads(body)["products"], f"products: {status} {body[:200]!r}")
+
+
+@test
+def test_of_the_posts_only_verify_reuses_upstream_connections(ctx):
+    """POST /verify changes nothing, so it goes over the kept-alive upstream
+    connections (and is sent again when the daemon closed the one it got);
+    every other POST gets a new connection, so that it never reaches one
+    that a restarting daemon is closing (gateway-http.conf)."""
+    rec = Recorder()
+    gw = Gateway({"auth": rec.port, "payment": rec.port, "inventory": rec.port}, None,
+                 rate_classes="127.0.0.1 exempt;\n")
+    try:
+        gw.start()
+
+        def peers(path, n):
+            """The upstream connections (the gateway's address and port) of n
+            POSTs of path, one after the other."""
+            out = []
+            for _ in range(n):
+                status, headers, _ = gw.request("POST", path, body={})
+                check_eq(status, 200, f"POST {path}")
+                rid = request_id_of(headers, f"POST {path}")
+                with rec.lock:
+                    out.append(rec.seen[rid]["peer"])
+            return out
+        verify = peers("/api/v1/auth/verify", 10)
+        # At most one kept-alive connection per nginx worker (two).
+        check(len(set(verify)) <= 2, f"10 POST /verify took {len(set(verify))} upstream "
+                                     f"connections: {verify}")
+        for path in ("/api/v1/auth/login", "/api/v1/inventory/product/1/reserve",
+                     "/api/v1/payment/charge"):
+            got = peers(path, 5)
+            check_eq(len(set(got)), 5, f"upstream connections of 5 POST {path}")
+        rec.close_connections()
+        status, _, body = gw.request("POST", "/api/v1/auth/verify", body={})
+        check_eq(status, 200, f"POST /verify after the upstream closed its connections: {body!r}")
+    finally:
+        gw.stop()
+        rec.stop()
 
 
 # --------------------------------------------------------------------------

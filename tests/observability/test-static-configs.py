@@ -225,7 +225,10 @@ def check_gateway_metrics_and_probes():
     assert relabel["__param_target"]["source_labels"] == ["__address__"]
     assert relabel["__param_module"]["source_labels"] == ["module"]
     with open(os.path.join(ETC, "nginx", "vigil", "gateway-server.conf"), encoding="utf-8") as f:
-        routes = re.findall(r"^location ~ (\^/api/v1/\S+\$) \{", f.read(), re.M)
+        conf = f.read()
+    # Regular-expression routes, and exact ones (location = /api/v1/...).
+    routes = re.findall(r"^location ~ (\^/api/v1/\S+\$) \{", conf, re.M)
+    routes += [re.escape(p) for p in re.findall(r"^location = (/api/v1/\S+) \{", conf, re.M)]
     assert routes, "no API routes in gateway-server.conf"
     probes = set()
     for sc in job["static_configs"]:

@@ -651,11 +651,11 @@ def t_outage():
 class Load:
     """A bounded request loop: through the gateway GET /payment/{id} without
     a token (paymentd answers 401 itself) and GET /products (idempotent:
-    nginx may retry them), POST /verify with a token (not idempotent: never
-    retried); GET /health of every daemon directly on its socket (the
-    gateway does not expose it); from rotating loopback sources so the
-    per-IP rate limit stays out of the way. Each with the status it must
-    get."""
+    nginx may retry them), POST /verify with a token (it changes nothing,
+    so the gateway may send it again too; this client never does); GET
+    /health of every daemon directly on its socket (the gateway does not
+    expose it); from rotating loopback sources so the per-IP rate limit
+    stays out of the way. Each with the status it must get."""
 
     REQUESTS = [
         ("GET", "/api/v1/payment/payment/1", None, 401),
