@@ -339,6 +339,7 @@ catalog_size "$products"
 measure product-random-n "$inv_url/product/1" "$tmp/random-$products.lua"
 
 read -r RSS_MB HWM_MB < <(read_memory "$daemon_pid")
+read -r ANON_MB FILE_MB < <(read_anon_memory "$daemon_pid")
 
 # What PostgreSQL alone does with reads of one row by key, as many as the
 # catalog (scale 1: 100 000 accounts), in a database of its own.
@@ -353,7 +354,6 @@ wait "$pgbench_pid" || die "pgbench failed: $(tail -n 3 "$tmp/pgbench.txt")"
 pgbench_pid=
 PG_TPS=$(awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
 PG_LAT=$(awk -F'= ' '/^latency average = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
-read -r ANON_MB FILE_MB < <(read_anon_memory "$daemon_pid")
 stock_ok=$(sql "SELECT count(*) FROM inventory.products WHERE stock < 0")
 
 # ------------------------------------------------------------------- report
