@@ -15,6 +15,14 @@
 # when set, else asked from the kernel; once chosen they are kept in
 # DIR/state so a restarted server comes back where it was. As root, each
 # server runs as its own package user (postgres, redis, rabbitmq).
+#
+# PostgreSQL runs with fsync=off and full_page_writes=off, which is fast and
+# fine for tests (nothing here must survive a machine crash). With
+# VIGIL_DEV_PG_DURABLE=1 when its data directory is created, it keeps the
+# durability the packages install (fsync, full_page_writes and
+# synchronous_commit on, PostgreSQL's defaults): for benchmarks of what a
+# production install commits. A later start keeps what the data directory
+# was created with, and refuses a VIGIL_DEV_PG_DURABLE that says otherwise.
 set -euo pipefail
 
 PG_BIN=${VIGIL_DEV_PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -26,6 +34,8 @@ RABBITMQ_TIMEOUT=${VIGIL_DEV_RABBITMQ_TIMEOUT:-90}
 # RabbitMQ's prometheus plugin (VIGIL_DEV_AMQP_PROMETHEUS=1) costs start-up
 # time, so it is off unless asked for.
 AMQP_PROMETHEUS=${VIGIL_DEV_AMQP_PROMETHEUS:-0}
+# 1: PostgreSQL with production durability (see above); empty: as created.
+PG_DURABLE=${VIGIL_DEV_PG_DURABLE:-}
 ALL_SERVICES=(postgres redis rabbitmq)
 PG_SERVICES=(auth payment inventory notify)
 
@@ -256,10 +266,48 @@ pg_psql() {
 		-p "$PG_PORT" -U postgres "$@"
 }
 
+# The durability lines of postgresql.conf: what the packages install
+# (PostgreSQL's defaults, spelled out), or off for tests.
+pg_durability_conf() {
+	if [ "$PG_DURABLE" = 1 ]; then
+		cat <<EOF
+# production durability (VIGIL_DEV_PG_DURABLE=1), as the packages install it
+fsync = on
+full_page_writes = on
+synchronous_commit = on
+EOF
+	else
+		cat <<EOF
+fsync = off
+full_page_writes = off
+EOF
+	fi
+}
+
+# An existing data directory keeps its durability: refuse to start it with
+# a VIGIL_DEV_PG_DURABLE that says otherwise.
+pg_check_durability() {
+	local created=0
+	[ -n "$PG_DURABLE" ] || return 0
+	if grep -q '^fsync = on$' "$(pg_data)/postgresql.conf"; then
+		created=1
+	fi
+	[ "$created" = "$PG_DURABLE" ] ||
+		die "postgres: VIGIL_DEV_PG_DURABLE=$PG_DURABLE, but $(pg_data) was created with" \
+			"VIGIL_DEV_PG_DURABLE=$created (remove $DIR/postgres to create it again)"
+}
+
 pg_init() {
 	local data pwfile
 	data=$(pg_data)
-	[ -f "$data/PG_VERSION" ] && return 0
+	case "$PG_DURABLE" in
+	'' | 0 | 1) ;;
+	*) die "VIGIL_DEV_PG_DURABLE=$PG_DURABLE: must be 1 (durable) or 0 (fsync=off)" ;;
+	esac
+	if [ -f "$data/PG_VERSION" ]; then
+		pg_check_durability
+		return 0
+	fi
 	[ -x "$PG_BIN/initdb" ] || die "postgres: $PG_BIN/initdb not found (install postgresql-15)"
 	note "postgres: initdb in $data"
 	rm -rf "$DIR/postgres"
@@ -291,10 +339,9 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$DIR/postgres/run'
 password_encryption = 'scram-sha-256'
-fsync = off
-full_page_writes = off
 max_connections = 100
 log_min_messages = warning
+$(pg_durability_conf)
 EOF
 	give postgres "$data"
 	PG_NEEDS_SETUP=1
