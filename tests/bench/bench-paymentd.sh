@@ -4,7 +4,14 @@
 # `pgbench -N` (the PostgreSQL write-commit ceiling). See docs/benchmarks.md.
 #
 #   tests/bench/bench-paymentd.sh [--builddir DIR] [--duration SECONDS]
-#                                 [--connections N] [--keep]
+#                                 [--connections N] [--no-durable] [--keep]
+#
+# PostgreSQL runs with the durability the packages install (fsync,
+# full_page_writes and synchronous_commit on: VIGIL_DEV_PG_DURABLE=1 of
+# scripts/dev-stack.sh), its data directory in the temporary directory; with
+# --no-durable, as the tests run it (fsync=off, full_page_writes=off), which
+# is what the figures before the durable runs were taken with. pgbench -N
+# runs on the same server, so both figures have the same settings.
 #
 # It starts PostgreSQL, Redis and RabbitMQ (scripts/dev-stack.sh),
 # vigil-authd and vigil-paymentd (processor latency 0, decline ratio 0,
@@ -19,7 +26,10 @@
 #                                           {payment, outbox, key, revenue, NOTIFY}
 #   4. pgbench -N -cN -j2 -TSECONDS         PostgreSQL's write-commit ceiling
 #
-# and reports the outbox backlog at the end (the relay publishes with
+# and reports POST /charge's ratio to pgbench -N, what each charge cost
+# PostgreSQL (statements by operation, from paymentd's
+# vigil_dependency_request_duration_seconds; commits and WAL syncs, from
+# pg_stat_database and pg_stat_wal), the outbox backlog at the end (the relay publishes with
 # confirms while the charges run) and paymentd's resident memory. After
 # the outbox drained, vigil-notifyd (send latency 0) consumes every event
 # the run published, and the report gives how fast it did and its
@@ -39,9 +49,10 @@ builddir=${top_builddir:-.}
 duration=10
 connections=32
 keep=no
+durable=yes
 
 usage() {
-        echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--keep]" >&2
+        echo "usage: $prog [--builddir DIR] [--duration SECONDS] [--connections N] [--no-durable] [--keep]" >&2
         exit 2
 }
 
@@ -54,6 +65,8 @@ while [ $# -gt 0 ]; do
         --connections) [ $# -ge 2 ] || usage; connections=$2; shift 2 ;;
         --connections=*) connections=${1#*=}; shift ;;
         --keep) keep=yes; shift ;;
+        --durable) durable=yes; shift ;;
+        --no-durable) durable=no; shift ;;
         -h | --help) usage ;;
         *) usage ;;
         esac
@@ -81,12 +94,18 @@ fi
 # The whole run is bounded; the traps still tear down.
 args=(--builddir "$builddir" --duration "$duration" --connections "$connections")
 [ "$keep" = no ] || args+=(--keep)
+[ "$durable" = yes ] || args+=(--no-durable)
 bench_under_timeout $((5 * (duration + 5) + 400)) "${args[@]}"
 
 bench_setup paymentd pgbench_pid notifyd_pid paymentd_pid authd_pid
 
 # ------------------------------------------------------------------ servers
 
+if [ "$durable" = yes ]; then
+        export VIGIL_DEV_PG_DURABLE=1
+else
+        export VIGIL_DEV_PG_DURABLE=0
+fi
 bench_start_stack postgres redis rabbitmq
 admin_dsn=$VIGIL_TEST_PG_ADMIN_DSN
 sql() {
@@ -186,9 +205,32 @@ LABEL[health]="paymentd GET /health"
 measure health "$pay_url/health"
 record health
 
+# pg_stat_database's commits of database vigil and pg_stat_wal's WAL
+# syncs (the whole server: backends, WAL writer, checkpointer), as "commits
+# syncs". A backend sends its counters at most once a second (and when
+# idle), so a delta over the run is exact to about a second's worth.
+pg_counters() {
+        psql "${admin_dsn/dbname=postgres/dbname=$1}" -X -At -F ' ' -c "SELECT
+                (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
+                (SELECT wal_sync FROM pg_stat_wal)"
+}
+# Calls to PostgreSQL paymentd has made, by operation, as "OPERATION COUNT
+# SECONDS" lines (its vigil_dependency_request_duration_seconds).
+pg_calls() {
+        curl -sf --max-time 10 "$pay_url/metrics" | awk '
+                /^vigil_dependency_request_duration_seconds_(count|sum)\{/ &&
+                    /dependency="postgres"/ {
+                        op = $0; sub(/.*operation="/, "", op); sub(/".*/, "", op)
+                        if ($1 ~ /_count\{/) n[op] += $2; else t[op] += $2
+                }
+                END {for (op in n) print op, n[op], t[op] + 0}' | sort
+}
+
 note "warming up POST /charge (3s, not recorded)"
 measure warmup "$pay_url/charge" "$tmp/charge.lua" 3
 payments_before=$(sql "SELECT count(*) FROM payment.payments")
+pg_calls >"$tmp/pg-calls-before.txt"
+read -r commits_before syncs_before < <(pg_counters vigil)
 note "3/4 paymentd POST /charge (unique keys, latency 0, decline 0)"
 LABEL[charge]="paymentd POST /charge"
 measure charge "$pay_url/charge" "$tmp/charge.lua"
@@ -203,6 +245,28 @@ outbox_drained() {
 wait_for 120 outbox_drained ||
         note "warning: the outbox did not drain within 120 s"
 drain_seconds=$((SECONDS - drain_start))
+# The charges' counters, their relay's work included (the backlog drained).
+read -r commits_after syncs_after < <(pg_counters vigil)
+pg_calls >"$tmp/pg-calls-after.txt"
+charges_run=$((payments_after - payments_before))
+per_charge() {
+        awk -v a="$1" -v n="$charges_run" 'BEGIN {printf "%.2f\n", (n > 0 ? a / n : 0)}'
+}
+CHARGE_COMMITS=$(per_charge $((commits_after - commits_before)))
+CHARGE_SYNCS=$(per_charge $((syncs_after - syncs_before)))
+# "OP n/charge (mean ms)" for each operation, and the totals.
+read -r CHARGE_STATEMENTS CHARGE_PG_MS < <(awk -v n="$charges_run" '
+        NR == FNR {c[$1] = $2; t[$1] = $3; next}
+        {dn = $2 - c[$1]; dt = $3 - t[$1]; sn += dn; st += dt}
+        END {printf "%.2f %.2f\n", (n > 0 ? sn / n : 0), (n > 0 ? st * 1000 / n : 0)}' \
+        "$tmp/pg-calls-before.txt" "$tmp/pg-calls-after.txt")
+CHARGE_OPS=$(awk -v n="$charges_run" '
+        NR == FNR {c[$1] = $2; t[$1] = $3; next}
+        {dn = $2 - c[$1]; dt = $3 - t[$1]
+         if (dn > 0 && n > 0) {
+                 printf "%s%s %.2f (%.2f ms)", sep, $1, dn / n, dt * 1000 / dn
+                 sep = ", "
+         }}' "$tmp/pg-calls-before.txt" "$tmp/pg-calls-after.txt")
 read -r RSS_MB HWM_MB < <(read_memory "$paymentd_pid")
 read -r ANON_MB FILE_MB < <(read_anon_memory "$paymentd_pid")
 
@@ -241,15 +305,24 @@ note "4/4 pgbench -N -c$connections -j$threads -T$duration (write-commit ceiling
 psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE vigil_bench" >/dev/null
 bench_dsn=${admin_dsn/dbname=postgres/dbname=vigil_bench}
 pgbench -i -q -s 10 "$bench_dsn" >"$tmp/pgbench-init.log" 2>&1 || die "pgbench -i failed"
+read -r pgb_commits_before pgb_syncs_before < <(pg_counters vigil_bench)
 pgbench -N -c "$connections" -j $threads -T "$duration" "$bench_dsn" </dev/null \
         >"$tmp/pgbench.txt" 2>&1 &
 pgbench_pid=$!
 wait "$pgbench_pid" || die "pgbench failed: $(tail -n 3 "$tmp/pgbench.txt")"
 pgbench_pid=
+read -r pgb_commits_after pgb_syncs_after < <(pg_counters vigil_bench)
 PG_TPS=$(awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
 PG_LAT=$(awk -F'= ' '/^latency average = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
-PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || setting, ', ')
-        FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers')")
+PG_TX=$(awk '/^number of transactions actually processed: / {print $6; exit}' "$tmp/pgbench.txt")
+PG_SYNCS=$(awk -v s=$((pgb_syncs_after - pgb_syncs_before)) -v n="${PG_TX:-0}" \
+        'BEGIN {printf "%.2f\n", (n > 0 ? s / n : 0)}')
+PG_COMMITS=$(awk -v s=$((pgb_commits_after - pgb_commits_before)) -v n="${PG_TX:-0}" \
+        'BEGIN {printf "%.2f\n", (n > 0 ? s / n : 0)}')
+PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name)
+        FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes',
+                'wal_sync_method', 'shared_buffers', 'commit_delay')")
+PG_FS=$(findmnt -n -o FSTYPE,SOURCE,OPTIONS --target "$tmp/stack/postgres/data" | awk '{print $1 " on " $2 " (" $3 ")"}')
 
 # ------------------------------------------------------------------- report
 
@@ -259,6 +332,11 @@ PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || settin
         echo
         echo "wrk -t$threads -c$connections -d${duration}s --latency and pgbench -N -c$connections"
         echo "-j$threads -T$duration, one after the other; all servers share the machine."
+        if [ "$durable" = yes ]; then
+                echo "PostgreSQL durable as the packages install it (\`VIGIL_DEV_PG_DURABLE=1\`)."
+        else
+                echo "PostgreSQL **not durable** (\`--no-durable\`: fsync=off, full_page_writes=off)."
+        fi
         echo
         echo "| test | requests/s | p50 | p99 | vs nginx | errors |"
         echo "|------|-----------:|----:|----:|---------:|-------:|"
@@ -271,10 +349,17 @@ PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || settin
         printf '| pgbench -N (write-commit ceiling) | %s tps | avg %s ms | — | — | — |\n' \
                 "$(fmt_int "${PG_TPS:-0}")" "${PG_LAT:-?}"
         echo
-        echo "- charges committed in the measured run: $((payments_after - payments_before))" \
-                "for ${charge_requests:-?} requests answered" \
-                "(×$(fmt_ratio "${ROW_RPS[charge]}" "${PG_TPS:-0}") of pgbench -N's tps;" \
-                "each charge is an authd /verify call plus two transactions)."
+        echo "- **POST /charge / pgbench -N = $(fmt_ratio "${ROW_RPS[charge]}" "${PG_TPS:-0}")**" \
+                "($(fmt_int "${ROW_RPS[charge]}")/s against $(fmt_int "${PG_TPS:-0}") tps, same server," \
+                "same settings)."
+        echo "- charges committed in the measured run: $charges_run" \
+                "for ${charge_requests:-?} requests answered."
+        echo "- per charge, paymentd's statements to PostgreSQL (its relay's included):" \
+                "$CHARGE_STATEMENTS, $CHARGE_PG_MS ms in all; by operation, calls per charge" \
+                "(mean time per call): $CHARGE_OPS."
+        echo "- per charge, commits in database vigil: $CHARGE_COMMITS, WAL syncs (server-wide):" \
+                "$CHARGE_SYNCS; per pgbench -N transaction: $PG_COMMITS commits, $PG_SYNCS WAL syncs" \
+                "(pg_stat_database, pg_stat_wal)."
         echo "- outbox backlog when the run ended: $pending_end events, drained" \
                 "${drain_seconds}s later (publisher confirms, batches of up to 100)."
         echo "- paymentd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB;" \
@@ -286,7 +371,7 @@ PG_SETTINGS=$(psql "$admin_dsn" -X -Atc "SELECT string_agg(name || '=' || settin
                 "$NOTIFY_HWM_MB MiB."
         echo "- environment from the units: paymentd ${UNIT_ENV[paymentd]}; notifyd" \
                 "${UNIT_ENV[notifyd]}; authd ${UNIT_ENV[authd]}."
-        echo "- PostgreSQL settings of the dev stack: $PG_SETTINGS."
+        echo "- PostgreSQL settings of the dev stack: $PG_SETTINGS; data directory on $PG_FS."
 } | tee "$tmp/report.md"
 
 finished=yes
