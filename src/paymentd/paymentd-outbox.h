@@ -16,8 +16,8 @@
  * records every message_id ("payment-<id>") in the same transaction as its
  * notification and drops a second delivery (docs/messaging.md).
  *
- * The relay sleeps on LISTEN payment_outbox (the charge transaction
- * NOTIFYs on commit) with a poll_interval_ms fallback, so an event is
+ * The relay sleeps on LISTEN payment_outbox (each charge NOTIFYs once it
+ * has committed) with a poll_interval_ms fallback, so an event is
  * normally published within milliseconds and at worst after one interval.
  * It reconnects to PostgreSQL and RabbitMQ with capped exponential backoff
  * and declares the topology of docs/messaging.md after every connect.

@@ -7,11 +7,16 @@
  *
  *   1. payments_claim() inserts the key as in_progress with a random claim
  *      token, in its own short statement. The processor call that follows
- *      holds no row lock and no pooled connection, however slow it is.
+ *      holds no row lock and no pooled connection, however slow it is. The
+ *      claim commits without waiting for its WAL flush (a claim lost in a
+ *      crash promises nothing: no client was answered from it); every
+ *      answer stored in step 2 commits synchronously, which flushes the
+ *      claim with it, before the client gets it.
  *   2. The caller calls the processor, then ends the claim in exactly one
  *      way: payments_complete() (approved: payment row, outbox row, stored
- *      201, revenue, NOTIFY in one transaction), payments_store_response()
- *      (declined: the 402 is stored and replayed like a success), or
+ *      201, revenue in one transaction, then a NOTIFY),
+ *      payments_store_response() (declined: the 402 is stored and replayed
+ *      like a success), or
  *      payments_release() (an injected processor error: transient, so the
  *      key is deleted and a retry with the same key can succeed).
  *
@@ -149,10 +154,11 @@ int payments_reservation_state(struct pg_pool *pool, int64_t reservation_id, int
 typedef int (*payment_encode_fn)(const struct payment *p, char **ret_body, size_t *ret_len);
 
 /* End an owned claim with an approved charge, in one statement (one
- * transaction): insert the payment (with the claim's payment id), its
- * outbox event (message id "payment-<id>", traceparent and tracestate as
- * given, may be NULL), store status 201 and the encoded body on the key,
- * add the amount to the revenue aggregate, NOTIFY the relay.
+ * transaction, committed synchronously): insert the payment (with the
+ * claim's payment id), its outbox event (message id "payment-<id>",
+ * traceparent and tracestate as given, may be NULL), store status 201 and
+ * the encoded body on the key, add the amount to the revenue aggregate;
+ * once committed, NOTIFY the relay (in a transaction of its own).
  * When the claim pays a reservation, the reservation is marked paid in the
  * same transaction (one conditional UPDATE WHERE state = 'held' AND it has
  * not expired, so inventoryd's expiry and release can never also return

@@ -159,5 +159,6 @@ def state(stack):
     row = stack.sql("SELECT (SELECT count(*) FROM payment.payments),"
                     " (SELECT count(*) FROM payment.idempotency_keys),"
                     " (SELECT count(*) FROM payment.outbox),"
-                    " (SELECT amount_cents FROM payment.revenue)")
+                    " (SELECT amount_cents FROM payment.revenue)"
+                    "  + (SELECT coalesce(sum(amount_cents), 0) FROM payment.revenue_shards)")
     return tuple(int(x) for x in row.split("|"))

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -394,6 +395,87 @@ def test_keys_past_retention_are_pruned_and_younger_ones_kept(ctx):
 
 
 # --------------------------------------------------------------------------
+# durability: the claim commits without waiting for its WAL flush, the
+# answer only once its commit is durable
+
+@contextlib.contextmanager
+def synchronous_commits_held(ctx):
+    """While inside, every commit that waits for its WAL flush also waits
+    for a synchronous standby that never connects: it is held (committed
+    locally, invisible to others) until the setting is reset on the way
+    out, which releases it. Entered once a probe commit is seen held (the
+    checkpointer applies the setting a moment after the reload)."""
+    admin = re.sub(r"\bdbname=\S+", "", ctx.stack.env["VIGIL_TEST_PG_ADMIN_DSN"])
+    probe = {"proc": None}
+
+    def probe_held():
+        if probe["proc"] is None or probe["proc"].poll() is not None:
+            probe["proc"] = subprocess.Popen(
+                ["psql", f"{admin} dbname=postgres application_name=vigil_sync_probe", "-X",
+                 "-Atc", "SELECT pg_logical_emit_message(true, 'vigil_sync_probe', '')"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return ctx.stack.sql("SELECT count(*) FROM pg_stat_activity WHERE"
+                             " application_name = 'vigil_sync_probe'"
+                             " AND wait_event = 'SyncRep'") != "0"
+
+    ctx.stack.psql("ALTER SYSTEM SET synchronous_standby_names = 'vigil_absent_standby'")
+    try:
+        ctx.stack.psql("SELECT pg_reload_conf()")
+        harness.wait_until(probe_held, 15, what="a probe commit to be held")
+        yield
+    finally:
+        ctx.stack.psql("ALTER SYSTEM RESET synchronous_standby_names")
+        ctx.stack.psql("SELECT pg_reload_conf()")
+        if probe["proc"] is not None:
+            probe["proc"].wait(30)
+
+
+def held_commits(ctx, role):
+    return int(ctx.stack.sql(f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'"
+                             " AND wait_event = 'SyncRep'"))
+
+
+@test
+def test_a_claim_commits_at_once_and_its_201_waits_for_its_durable_commit(ctx):
+    key = ps.unique_key("durable")
+    results = {}
+    with synchronous_commits_held(ctx):
+        t = threading.Thread(target=lambda: results.setdefault(
+            "first", ps.charge(ctx.paymentd, ctx.token, key, amount=7)))
+        t.start()
+        # The claim does not wait for its flush: it shows while commits
+        # that do wait are held.
+        harness.wait_until(
+            lambda: ctx.stack.sql(f"SELECT state FROM payment.idempotency_keys "
+                                  f"WHERE key = '{key}'") == "in_progress",
+            15, what="the claim to commit while synchronous commits are held")
+        # The result does wait, and the client is not answered meanwhile.
+        harness.wait_until(lambda: held_commits(ctx, "vigil_payment") == 1, 15,
+                           what="the charge's result to wait for its synchronous commit")
+        check_eq(payments_with_key(ctx, key), 0, "payments visible while the commit is held")
+        # A repeat meanwhile waits for that commit (the key row is locked
+        # by it), as it always has for one being flushed: no replay of a
+        # 201 that is not durable yet. Released well within paymentd's
+        # statement timeout (5 s).
+        t2 = threading.Thread(target=lambda: results.setdefault(
+            "repeat", ps.charge(ctx.paymentd, ctx.token, key, amount=7)))
+        t2.start()
+        harness.wait_until(
+            lambda: ctx.stack.sql("SELECT count(*) FROM pg_stat_activity"
+                                  " WHERE usename = 'vigil_payment'"
+                                  " AND wait_event_type = 'Lock'") == "1",
+            4, what="the repeat to wait for the held commit")
+        check(not results, f"answered before the commit was durable: {results}")
+    t.join(30)
+    t2.join(30)
+    check(not t.is_alive() and not t2.is_alive(), "not answered once the commit was released")
+    first, repeat = results["first"], results["repeat"]
+    check(first.status == 201 and not first.replayed, f"the held charge: {first!r}")
+    check(repeat.replayed and repeat.body == first.body, f"the repeat: {repeat!r}")
+    check_eq(payments_with_key(ctx, key), 1, "payments for the key")
+
+
+# --------------------------------------------------------------------------
 # metrics
 
 @test
@@ -677,18 +759,25 @@ def test_upgrade_from_the_first_schema_version_keeps_keys_replaying(ctx):
     key = ps.unique_key("old")
     first = ps.charge(ctx.paymentd, ctx.token, key, amount=7.25)
     check_eq(first.status, 201, "charge before the upgrade")
-    # The database as the previous release left it: migration 1 only.
+    # The database as the first release left it: migration 1 only, the
+    # whole revenue in its one row.
     ctx.paymentd.stop()
     ctx.stack.sql("DROP INDEX payment.payments_reservation_id;"
                   " ALTER TABLE payment.payments DROP COLUMN reservation_id;"
-                  " DELETE FROM payment.schema_migrations WHERE version = 2")
+                  " UPDATE payment.revenue SET amount_cents = amount_cents"
+                  "   + (SELECT sum(amount_cents) FROM payment.revenue_shards);"
+                  " DROP TABLE payment.revenue_shards;"
+                  " DELETE FROM payment.schema_migrations WHERE version IN (2, 3)")
     before = ctx.stack.sql("SELECT id, user_id, amount_cents, status FROM payment.payments "
                            "ORDER BY id")
+    revenue = ctx.stack.sql("SELECT amount_cents FROM payment.revenue")
     ctx.paymentd.start()
     check_eq(ctx.stack.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM "
-                           "payment.schema_migrations"), "1,2", "migrations applied")
+                           "payment.schema_migrations"), "1,2,3", "migrations applied")
     check_eq(ctx.stack.sql("SELECT id, user_id, amount_cents, status FROM payment.payments "
                            "ORDER BY id"), before, "payments after the upgrade")
+    check_eq(ps.metric(ctx.paymentd, "vigil_revenue_dollars"), int(revenue) / 100,
+             "revenue after the upgrade")
     # A key stored before the upgrade is the same request, and replays.
     again = ps.charge(ctx.paymentd, ctx.token, key, amount=7.25)
     check(again.status == 201 and again.replayed and again.body == first.body,
