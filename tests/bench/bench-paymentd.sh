@@ -23,15 +23,15 @@
 #   2. paymentd GET /health                 the HTTP stack alone
 #   3. paymentd POST /charge                a unique Idempotency-Key per request:
 #                                           authd /verify + claim + commit
-#                                           {payment, outbox, key, revenue, NOTIFY}
+#                                           {payment, outbox, key, revenue} + NOTIFY
 #   4. pgbench -N -cN -j2 -TSECONDS         PostgreSQL's write-commit ceiling
 #
 # and reports POST /charge's ratio to pgbench -N, what each charge cost
 # PostgreSQL (statements by operation, from paymentd's
 # vigil_dependency_request_duration_seconds; commits and WAL syncs, from
-# pg_stat_database and pg_stat_wal), the outbox backlog at the end (the relay publishes with
-# confirms while the charges run) and paymentd's resident memory. After
-# the outbox drained, vigil-notifyd (send latency 0) consumes every event
+# pg_stat_database and pg_stat_wal), the outbox backlog at the end (the
+# relay publishes with confirms while the charges run) and paymentd's
+# resident memory. After the outbox drained, vigil-notifyd (send latency 0) consumes every event
 # the run published, and the report gives how fast it did and its
 # resident memory meanwhile. The daemons run with the Environment= of
 # their systemd units (bench_daemon_env). It prints
