@@ -361,14 +361,14 @@ int pg_pool_acquire(struct pg_pool *p, struct pg_conn **ret)
 }
 
 /* Whether a connection given back can be lent again: idle, or its
- * transaction rolled back. A command in flight or an unknown state is
- * not reusable. */
+ * transaction rolled back. A command in flight, an unknown state or a
+ * pipeline not ended (exec_pipelined()) is not reusable. */
 static bool reusable(PGconn *conn)
 {
         PGresult *res;
         bool ok;
 
-        if (!conn || PQstatus(conn) != CONNECTION_OK)
+        if (!conn || PQstatus(conn) != CONNECTION_OK || PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
                 return false;
         switch (PQtransactionStatus(conn)) {
         case PQTRANS_IDLE:
@@ -443,10 +443,67 @@ static void sql_operation(const char *sql, char buf[static MAX_OPERATION_LEN + 1
                 buf[n] = '\0';
 }
 
+/* The results of one query sent in pipeline mode, up to the NULL that
+ * ends them: the first (NULL when none came), the others cleared. */
+static PGresult *pipeline_result(PGconn *pq)
+{
+        PGresult *res = NULL, *r;
+
+        while ((r = PQgetResult(pq))) {
+                if (!res)
+                        res = r;
+                else
+                        PQclear(r);
+        }
+        return res;
+}
+
+/* Is the next result the end of a pipeline's synchronisation point? */
+static bool pipeline_synced(PGconn *pq)
+{
+        PGresult *r = PQgetResult(pq);
+        bool ok = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+
+        PQclear(r);
+        return ok;
+}
+
+/* sql (with parameters) and then then_sql (without), each followed by a
+ * Sync, so each runs in an implicit transaction of its own, then_sql's
+ * once sql's has ended; in one round trip. Returns sql's result (NULL when
+ * it could not be sent) and in *ret_then_status then_sql's status. A
+ * connection left in pipeline mode (it broke) is not reusable. */
+static PGresult *exec_pipelined(PGconn *pq, const char *sql, int n_params,
+                                const char *const *params, const char *then_sql,
+                                ExecStatusType *ret_then_status)
+{
+        PGresult *res, *then;
+
+        *ret_then_status = PGRES_FATAL_ERROR;
+        if (PQenterPipelineMode(pq) != 1)
+                return NULL;
+        if (PQsendQueryParams(pq, sql, n_params, NULL, params, NULL, NULL, 0) != 1 ||
+            PQpipelineSync(pq) != 1 ||
+            PQsendQueryParams(pq, then_sql, 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+            PQpipelineSync(pq) != 1)
+                return NULL;
+        res = pipeline_result(pq);
+        if (!pipeline_synced(pq))
+                return res;
+        then = pipeline_result(pq);
+        *ret_then_status = PQresultStatus(then);
+        PQclear(then);
+        if (pipeline_synced(pq))
+                (void)PQexitPipelineMode(pq);
+        return res;
+}
+
 /* Run sql with parameters (extended protocol), or without (simple protocol,
- * so one string may hold several statements), in a span with metrics. */
+ * so one string may hold several statements), in a span with metrics; with
+ * then_sql, pipelined with it (exec_pipelined()). */
 static int exec_statement(struct pg_conn *c, const char *sql, bool extended, int n_params,
-                          const char *const *params, PGresult **ret)
+                          const char *const *params, const char *then_sql, int *ret_then,
+                          PGresult **ret)
 {
         struct pg_pool *p = c->pool;
         char operation[MAX_OPERATION_LEN + 1], name[MAX_OPERATION_LEN + 1 + 64];
@@ -472,7 +529,14 @@ static int exec_statement(struct pg_conn *c, const char *sql, bool extended, int
         }
 
         start = now_usec(CLOCK_MONOTONIC);
-        if (extended)
+        if (then_sql) {
+                ExecStatusType then_status;
+
+                res = exec_pipelined(c->conn, sql, n_params, params, then_sql, &then_status);
+                *ret_then = then_status == PGRES_COMMAND_OK || then_status == PGRES_TUPLES_OK
+                                    ? 0
+                                    : -EIO;
+        } else if (extended)
                 res = PQexecParams(c->conn, sql, n_params, NULL, params, NULL, NULL, 0);
         else
                 res = PQexec(c->conn, sql);
@@ -520,7 +584,21 @@ int pg_exec(struct pg_conn *c, const char *sql, int n_params, const char *const 
         if (!c || !c->conn || !sql || n_params < 0 || n_params > MAX_PARAMS ||
             (n_params > 0 && !params))
                 return -EINVAL;
-        return exec_statement(c, sql, true, n_params, params, ret);
+        return exec_statement(c, sql, true, n_params, params, NULL, NULL, ret);
+}
+
+int pg_exec_then(struct pg_conn *c, const char *sql, int n_params, const char *const *params,
+                 PGresult **ret, const char *then_sql, int *ret_then)
+{
+        int then = -EIO, r;
+
+        if (!c || !c->conn || !sql || !then_sql || n_params < 0 || n_params > MAX_PARAMS ||
+            (n_params > 0 && !params) || PQtransactionStatus(c->conn) != PQTRANS_IDLE)
+                return -EINVAL;
+        r = exec_statement(c, sql, true, n_params, params, then_sql, &then, ret);
+        if (ret_then)
+                *ret_then = then;
+        return r;
 }
 
 const char *pg_conn_sqlstate(const struct pg_conn *c)
@@ -651,7 +729,7 @@ static int apply_migration(struct pg_conn *c, const char *table, const struct pg
         r = pg_begin(c);
         if (r < 0)
                 return r;
-        r = exec_statement(c, m->sql, false, 0, NULL, NULL);
+        r = exec_statement(c, m->sql, false, 0, NULL, NULL, NULL, NULL);
         if (r >= 0)
                 r = pg_exec(c, insert, 2, params, NULL);
         if (r >= 0)

@@ -78,6 +78,16 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(struct pg_conn *, pg_pool_release)
  * failure, error.type=SQLSTATE; statement parameters are never recorded. */
 int pg_exec(struct pg_conn *c, const char *sql, int n_params, const char *const *params,
             PGresult **ret);
+/* Like pg_exec(), outside a transaction block only (-EINVAL inside one),
+ * and in the same round trip (libpq's pipeline mode) then_sql, without
+ * parameters, in an implicit transaction of its own that starts once
+ * sql's has ended, whatever its outcome: for a statement whose outcome
+ * matters to nobody waiting, such as a NOTIFY after a commit. Returns
+ * sql's outcome as pg_exec() does (its span and metrics are sql's, for
+ * the two statements), and in *ret_then (may be NULL) 0 or -EIO for
+ * then_sql's. */
+int pg_exec_then(struct pg_conn *c, const char *sql, int n_params, const char *const *params,
+                 PGresult **ret, const char *then_sql, int *ret_then);
 const char *pg_conn_sqlstate(const struct pg_conn *c);
 /* The errno pg_exec() returns for a SQLSTATE (see above); -EIO for NULL. */
 int pg_sqlstate_to_errno(const char *sqlstate);

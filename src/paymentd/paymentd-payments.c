@@ -588,23 +588,18 @@ static void now_utc(struct payment *p, char row[static 40])
         p->created_epoch = (int64_t)ts.tv_sec;
 }
 
-/* Wake the outbox relays (LISTEN payment_outbox) once a charge has
+/* Wakes the outbox relays (LISTEN payment_outbox) once a charge has
  * committed. Not in the charge's transaction: a transaction that NOTIFYs
  * holds PostgreSQL's global notification lock from before its commit to
  * after it, so with synchronous_commit on every charge's WAL flush would
  * wait for the one before (no group commit: one charge per flush). This
  * one commits without waiting for its flush -- a lost wake-up costs at most
  * one poll interval, the event is committed -- and holds the lock for
- * microseconds. A failure changes nothing for the charge. */
-static void notify_relay(struct pg_conn *conn)
-{
-        if (pg_exec(conn,
-                    "SELECT pg_notify('" PAYMENT_OUTBOX_CHANNEL "', ''),"
-                    " set_config('synchronous_commit', 'off', true)",
-                    0, NULL, NULL) < 0)
-                log_debug("Cannot wake the outbox relays (NOTIFY %s): %s; they poll",
-                          PAYMENT_OUTBOX_CHANNEL, pg_conn_error(conn));
-}
+ * microseconds. Sent in the charge's round trip (pg_exec_then()) or after
+ * its COMMIT; a failure changes nothing for the charge. */
+#define NOTIFY_RELAY                                                                               \
+        "SELECT pg_notify('" PAYMENT_OUTBOX_CHANNEL "', ''),"                                      \
+        " set_config('synchronous_commit', 'off', true)"
 
 int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
                       const char *traceparent, const char *tracestate, payment_encode_fn encode,
@@ -623,7 +618,7 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
                 .status = "success",
         };
         size_t body_len;
-        int r;
+        int r, notified = 0;
 
         assert(pool && claim && encode && ret_payment && ret_body);
 
@@ -666,7 +661,7 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
          * answered once it is durable). The revenue row (one of
          * REVENUE_SHARDS) is held only for the commit, and concurrent
          * charges share a WAL flush (group commit); the NOTIFY follows the
-         * commit (notify_relay()). */
+         * commit (NOTIFY_RELAY). */
         const char *params[] = {user,
                                 claim->key,
                                 token,
@@ -679,8 +674,10 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
                                 tracestate,
                                 AMQP_PAYMENT_ROUTING_KEY,
                                 claim->reservation_id > 0 ? reservation : NULL};
-        r = pg_exec(
-                conn,
+        /* Without a reservation, the statement is its own transaction, and
+         * the NOTIFY rides in its round trip; with one, it follows the
+         * COMMIT. */
+        const char *sql =
                 "WITH k AS ("
                 "  UPDATE payment.idempotency_keys"
                 "  SET state = 'completed', completed_at = now(),"
@@ -705,8 +702,11 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
                 "  UPDATE payment.revenue_shards SET amount_cents = amount_cents + $4"
                 "  WHERE shard = $6::bigint % " REVENUE_SHARDS " AND EXISTS (SELECT 1 FROM p)"
                 "  RETURNING 1)"
-                " SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM r) FROM p",
-                12, params, &res);
+                " SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM r) FROM p";
+        if (claim->reservation_id > 0)
+                r = pg_exec(conn, sql, 12, params, &res);
+        else
+                r = pg_exec_then(conn, sql, 12, params, &res, NOTIFY_RELAY, &notified);
         if (r < 0)
                 return r;
         if (PQntuples(res) == 0)
@@ -717,8 +717,11 @@ int payments_complete(struct pg_pool *pool, const struct payment_claim *claim,
                 r = pg_commit(conn);
                 if (r < 0)
                         return r;
+                notified = pg_exec(conn, NOTIFY_RELAY, 0, NULL, NULL);
         }
-        notify_relay(conn);
+        if (notified < 0)
+                log_debug("Cannot wake the outbox relays (NOTIFY %s); they poll",
+                          PAYMENT_OUTBOX_CHANNEL);
 
         *ret_payment = payment;
         *ret_body = TAKE_PTR(body);

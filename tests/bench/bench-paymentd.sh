@@ -28,8 +28,8 @@
 #
 # and reports POST /charge's ratio to pgbench -N, what each charge cost
 # PostgreSQL (statements by operation, from paymentd's
-# vigil_dependency_request_duration_seconds; commits and WAL syncs, from
-# pg_stat_database and pg_stat_wal), the outbox backlog at the end (the
+# vigil_dependency_request_duration_seconds; writing transactions and WAL
+# syncs, from transaction ids and pg_stat_wal), the outbox backlog at the end (the
 # relay publishes with confirms while the charges run) and paymentd's
 # resident memory. After the outbox drained, vigil-notifyd (send latency 0) consumes every event
 # the run published, and the report gives how fast it did and its
@@ -205,14 +205,15 @@ LABEL[health]="paymentd GET /health"
 measure health "$pay_url/health"
 record health
 
-# pg_stat_database's commits of database vigil and pg_stat_wal's WAL
-# syncs (the whole server: backends, WAL writer, checkpointer), as "commits
-# syncs". A backend sends its counters at most once a second (and when
-# idle), so a delta over the run is exact to about a second's worth.
+# The next transaction id (so a delta counts the transactions that wrote,
+# each with a commit record to flush; read-only ones take none) and
+# pg_stat_wal's WAL syncs (the whole server: backends, WAL writer,
+# checkpointer), as "xid syncs". A backend sends its WAL counters at most
+# once a second (and when idle), so that delta is exact to about a
+# second's worth of work.
 pg_counters() {
-        psql "${admin_dsn/dbname=postgres/dbname=$1}" -X -At -F ' ' -c "SELECT
-                (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
-                (SELECT wal_sync FROM pg_stat_wal)"
+        psql "$admin_dsn" -X -At -F ' ' -c "SELECT
+                txid_snapshot_xmax(txid_current_snapshot()), (SELECT wal_sync FROM pg_stat_wal)"
 }
 # Calls to PostgreSQL paymentd has made, by operation, as "OPERATION COUNT
 # SECONDS" lines (its vigil_dependency_request_duration_seconds).
@@ -230,7 +231,7 @@ note "warming up POST /charge (3s, not recorded)"
 measure warmup "$pay_url/charge" "$tmp/charge.lua" 3
 payments_before=$(sql "SELECT count(*) FROM payment.payments")
 pg_calls >"$tmp/pg-calls-before.txt"
-read -r commits_before syncs_before < <(pg_counters vigil)
+read -r commits_before syncs_before < <(pg_counters)
 note "3/4 paymentd POST /charge (unique keys, latency 0, decline 0)"
 LABEL[charge]="paymentd POST /charge"
 measure charge "$pay_url/charge" "$tmp/charge.lua"
@@ -246,7 +247,7 @@ wait_for 120 outbox_drained ||
         note "warning: the outbox did not drain within 120 s"
 drain_seconds=$((SECONDS - drain_start))
 # The charges' counters, their relay's work included (the backlog drained).
-read -r commits_after syncs_after < <(pg_counters vigil)
+read -r commits_after syncs_after < <(pg_counters)
 pg_calls >"$tmp/pg-calls-after.txt"
 charges_run=$((payments_after - payments_before))
 per_charge() {
@@ -305,13 +306,13 @@ note "4/4 pgbench -N -c$connections -j$threads -T$duration (write-commit ceiling
 psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE vigil_bench" >/dev/null
 bench_dsn=${admin_dsn/dbname=postgres/dbname=vigil_bench}
 pgbench -i -q -s 10 "$bench_dsn" >"$tmp/pgbench-init.log" 2>&1 || die "pgbench -i failed"
-read -r pgb_commits_before pgb_syncs_before < <(pg_counters vigil_bench)
+read -r pgb_commits_before pgb_syncs_before < <(pg_counters)
 pgbench -N -c "$connections" -j $threads -T "$duration" "$bench_dsn" </dev/null \
         >"$tmp/pgbench.txt" 2>&1 &
 pgbench_pid=$!
 wait "$pgbench_pid" || die "pgbench failed: $(tail -n 3 "$tmp/pgbench.txt")"
 pgbench_pid=
-read -r pgb_commits_after pgb_syncs_after < <(pg_counters vigil_bench)
+read -r pgb_commits_after pgb_syncs_after < <(pg_counters)
 PG_TPS=$(awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
 PG_LAT=$(awk -F'= ' '/^latency average = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
 PG_TX=$(awk '/^number of transactions actually processed: / {print $6; exit}' "$tmp/pgbench.txt")
@@ -357,9 +358,9 @@ PG_FS=$(findmnt -n -o FSTYPE,SOURCE,OPTIONS --target "$tmp/stack/postgres/data" 
         echo "- per charge, paymentd's statements to PostgreSQL (its relay's included):" \
                 "$CHARGE_STATEMENTS, $CHARGE_PG_MS ms in all; by operation, calls per charge" \
                 "(mean time per call): $CHARGE_OPS."
-        echo "- per charge, commits in database vigil: $CHARGE_COMMITS, WAL syncs (server-wide):" \
-                "$CHARGE_SYNCS; per pgbench -N transaction: $PG_COMMITS commits, $PG_SYNCS WAL syncs" \
-                "(pg_stat_database, pg_stat_wal)."
+        echo "- per charge, transactions that wrote (a commit record each): $CHARGE_COMMITS," \
+                "WAL syncs: $CHARGE_SYNCS; per pgbench -N transaction: $PG_COMMITS and $PG_SYNCS" \
+                "(transaction ids and pg_stat_wal, whole server)."
         echo "- outbox backlog when the run ended: $pending_end events, drained" \
                 "${drain_seconds}s later (publisher confirms, batches of up to 100)."
         echo "- paymentd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB;" \

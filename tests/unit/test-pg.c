@@ -327,6 +327,60 @@ START_TEST(test_commit_of_a_failed_transaction_fails)
 }
 END_TEST
 
+START_TEST(test_exec_then_runs_both_each_in_a_transaction_of_its_own)
+{
+        _cleanup_(pg_pool_freep) struct pg_pool *p = pool_with(1, 0, 0, NULL);
+        _cleanup_(PQclearp) PGresult *res = NULL;
+        struct pg_conn *c = NULL;
+        const char *params[] = {"a"};
+        int then = 1, pid;
+
+        ck_assert_int_eq(pg_pool_acquire(p, &c), 0);
+        make_table(c, "t_then");
+
+        /* Both statements ran; the result is the first's. */
+        ck_assert_int_eq(pg_exec_then(c, "INSERT INTO t_then (note) VALUES ($1) RETURNING id", 1,
+                                      params, &res, "INSERT INTO t_then (note) VALUES ('then')",
+                                      &then),
+                         0);
+        ck_assert_int_eq(then, 0);
+        ck_assert_int_eq(PQntuples(res), 1);
+        ck_assert_str_eq(PQgetvalue(res, 0, 0), "1");
+        ck_assert_int_eq(query_long(c, "SELECT count(*) FROM t_then"), 2);
+
+        /* Each in a transaction of its own: the second runs (and commits)
+         * when the first fails, and the first's failure is returned. */
+        ck_assert_int_eq(pg_exec_then(c, "INSERT INTO t_then (qty) VALUES (-1)", 0, NULL, NULL,
+                                      "INSERT INTO t_then (note) VALUES ('after')", &then),
+                         -ERANGE);
+        ck_assert_str_eq(pg_conn_sqlstate(c), "23514");
+        ck_assert_int_eq(then, 0);
+        ck_assert_int_eq(query_long(c, "SELECT count(*) FROM t_then WHERE note = 'after'"), 1);
+
+        /* The second's failure is its own, and rolls back only itself. */
+        ck_assert_int_eq(pg_exec_then(c, "INSERT INTO t_then (note) VALUES ('kept')", 0, NULL, NULL,
+                                      "SELECT 1/0", &then),
+                         0);
+        ck_assert_int_eq(then, -EIO);
+        ck_assert_int_eq(query_long(c, "SELECT count(*) FROM t_then WHERE note = 'kept'"), 1);
+
+        /* Not inside a transaction block, where a Sync would not commit. */
+        ck_assert_int_eq(pg_begin(c), 0);
+        ck_assert_int_eq(pg_exec_then(c, "SELECT 1", 0, NULL, NULL, "SELECT 2", NULL), -EINVAL);
+        ck_assert_int_eq(pg_rollback(c), 0);
+
+        /* The connection is left out of pipeline mode, and lent again. */
+        ck_assert_int_eq(PQpipelineStatus(pg_conn_raw(c)), PQ_PIPELINE_OFF);
+        pid = PQbackendPID(pg_conn_raw(c));
+        pg_pool_release(c);
+        c = NULL;
+        ck_assert_int_eq(pg_pool_acquire(p, &c), 0);
+        ck_assert_int_eq(PQbackendPID(pg_conn_raw(c)), pid);
+        ck_assert_int_eq(query_long(c, "SELECT 7"), 7);
+        pg_pool_release(c);
+}
+END_TEST
+
 /* A schema of its own, owned by the service's role, as the packages make. */
 static void make_schema(char *buf, size_t size, const char *tag)
 {
@@ -647,6 +701,7 @@ static Suite *pg_suite(void)
         tcase_add_test(tc, test_statement_timeout_is_etimedout_and_connection_survives);
         tcase_add_test(tc, test_release_rolls_back_an_open_transaction);
         tcase_add_test(tc, test_commit_of_a_failed_transaction_fails);
+        tcase_add_test(tc, test_exec_then_runs_both_each_in_a_transaction_of_its_own);
         tcase_add_test(tc, test_statements_are_counted_in_dependency_metrics);
         tcase_add_test(tc, test_spans_name_the_operation_and_never_hold_parameters);
         suite_add_tcase(s, tc);
