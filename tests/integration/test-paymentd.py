@@ -475,6 +475,22 @@ def test_a_claim_commits_at_once_and_its_201_waits_for_its_durable_commit(ctx):
     check_eq(payments_with_key(ctx, key), 1, "payments for the key")
 
 
+def relay_wakes(ctx):
+    return ctx.paymentd.log_text().count("Outbox relay: woken by a NOTIFY")
+
+
+@test
+def test_a_charge_wakes_the_relay_with_a_notify_after_its_commit(ctx):
+    # The NOTIFY is no longer in the charge's transaction but follows its
+    # commit, in the same round trip: the relay is still woken by it, not
+    # left to find the event at its next poll.
+    before = relay_wakes(ctx)
+    r = ps.charge(ctx.paymentd, ctx.token, ps.unique_key("wake"), amount=3)
+    check_eq(r.status, 201, "charge")
+    harness.wait_until(lambda: relay_wakes(ctx) > before, 15,
+                       what="the relay to log a wake-up by a NOTIFY")
+
+
 # --------------------------------------------------------------------------
 # metrics
 
@@ -570,8 +586,12 @@ def product_stock(ctx, pid):
 def test_charge_pays_reservation(ctx):
     rid, pid = new_reservation(ctx, quantity=2)
     key = ps.unique_key("pay")
+    wakes = relay_wakes(ctx)
     r = ps.charge(ctx.paymentd, ctx.token, key, body={"amount": 10, "reservation_id": rid})
     check_eq(r.status, 201, f"charge paying a reservation: {r!r}")
+    # Its NOTIFY follows its COMMIT.
+    harness.wait_until(lambda: relay_wakes(ctx) > wakes, 15,
+                       what="the relay to log a wake-up by a NOTIFY")
     body = r.json()
     check_eq(body.get("reservation_id"), rid, "reservation_id in the answer")
     check_eq(reservation_row(ctx, rid), ("paid", body["payment_id"]), "reservation row")
