@@ -29,7 +29,8 @@
 # and reports POST /charge's ratio to pgbench -N, what each charge cost
 # PostgreSQL (statements by operation, from paymentd's
 # vigil_dependency_request_duration_seconds; writing transactions and WAL
-# syncs, from transaction ids and pg_stat_wal), the outbox backlog at the end (the
+# syncs, from transaction ids and pg_stat_wal; CPU time of each part, from
+# /proc), the outbox backlog at the end (the
 # relay publishes with confirms while the charges run) and paymentd's
 # resident memory. After the outbox drained, vigil-notifyd (send latency 0) consumes every event
 # the run published, and the report gives how fast it did and its
@@ -227,14 +228,29 @@ pg_calls() {
                 END {for (op in n) print op, n[op], t[op] + 0}' | sort
 }
 
+# CPU time (clock ticks) used so far by each part of the path, as
+# "paymentd authd postgres rabbitmq machine": the daemons, the postmaster
+# with its backends, the RabbitMQ node's processes, and every CPU of the
+# machine (/proc/stat, all but idle and iowait), whoever used it.
+cpu_ticks() {
+        local pg mq
+        pg=$(head -n 1 "$tmp/stack/postgres/data/postmaster.pid")
+        mapfile -t mq < <(pgrep -f -- "$tmp/stack/rabbitmq/")
+        echo "$(proc_ticks "$paymentd_pid") $(proc_ticks "$authd_pid") $(proc_ticks "$pg")" \
+                "$(proc_ticks "${mq[@]}")" \
+                "$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)"
+}
+
 note "warming up POST /charge (3s, not recorded)"
 measure warmup "$pay_url/charge" "$tmp/charge.lua" 3
 payments_before=$(sql "SELECT count(*) FROM payment.payments")
 pg_calls >"$tmp/pg-calls-before.txt"
 read -r commits_before syncs_before < <(pg_counters)
+read -r -a cpu_before < <(cpu_ticks)
 note "3/4 paymentd POST /charge (unique keys, latency 0, decline 0)"
 LABEL[charge]="paymentd POST /charge"
 measure charge "$pay_url/charge" "$tmp/charge.lua"
+read -r -a cpu_after < <(cpu_ticks)
 record charge
 payments_after=$(sql "SELECT count(*) FROM payment.payments")
 charge_requests=${ROW_N[charge]}
@@ -253,6 +269,17 @@ charges_run=$((payments_after - payments_before))
 per_charge() {
         awk -v a="$1" -v n="$charges_run" 'BEGIN {printf "%.2f\n", (n > 0 ? a / n : 0)}'
 }
+# CPU per charge, in ms, of each part; and how busy the machine was.
+hz=$(getconf CLK_TCK)
+cpu_ms() {
+        awk -v t="$1" -v hz="$hz" -v n="$charges_run" 'BEGIN {printf "%.2f\n", (n > 0 ? t * 1000 / hz / n : 0)}'
+}
+CPU_PAY=$(cpu_ms $((cpu_after[0] - cpu_before[0])))
+CPU_AUTH=$(cpu_ms $((cpu_after[1] - cpu_before[1])))
+CPU_PG=$(cpu_ms $((cpu_after[2] - cpu_before[2])))
+CPU_MQ=$(cpu_ms $((cpu_after[3] - cpu_before[3])))
+CPU_BUSY=$(awk -v t=$((cpu_after[4] - cpu_before[4])) -v hz="$hz" -v s="$duration" -v c="$(nproc)" \
+        'BEGIN {printf "%.0f\n", t / hz / s / c * 100}')
 CHARGE_COMMITS=$(per_charge $((commits_after - commits_before)))
 CHARGE_SYNCS=$(per_charge $((syncs_after - syncs_before)))
 # "OP n/charge (mean ms)" for each operation, and the totals.
@@ -307,15 +334,21 @@ psql "$admin_dsn" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE vigil_bench" >/de
 bench_dsn=${admin_dsn/dbname=postgres/dbname=vigil_bench}
 pgbench -i -q -s 10 "$bench_dsn" >"$tmp/pgbench-init.log" 2>&1 || die "pgbench -i failed"
 read -r pgb_commits_before pgb_syncs_before < <(pg_counters)
+read -r -a pgb_cpu_before < <(cpu_ticks)
 pgbench -N -c "$connections" -j $threads -T "$duration" "$bench_dsn" </dev/null \
         >"$tmp/pgbench.txt" 2>&1 &
 pgbench_pid=$!
 wait "$pgbench_pid" || die "pgbench failed: $(tail -n 3 "$tmp/pgbench.txt")"
 pgbench_pid=
 read -r pgb_commits_after pgb_syncs_after < <(pg_counters)
+read -r -a pgb_cpu_after < <(cpu_ticks)
 PG_TPS=$(awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
 PG_LAT=$(awk -F'= ' '/^latency average = / {split($2, a, " "); print a[1]; exit}' "$tmp/pgbench.txt")
 PG_TX=$(awk '/^number of transactions actually processed: / {print $6; exit}' "$tmp/pgbench.txt")
+PG_CPU=$(awk -v t=$((pgb_cpu_after[2] - pgb_cpu_before[2])) -v hz="$hz" -v n="${PG_TX:-0}" \
+        'BEGIN {printf "%.2f\n", (n > 0 ? t * 1000 / hz / n : 0)}')
+PG_BUSY=$(awk -v t=$((pgb_cpu_after[4] - pgb_cpu_before[4])) -v hz="$hz" -v s="$duration" \
+        -v c="$(nproc)" 'BEGIN {printf "%.0f\n", t / hz / s / c * 100}')
 PG_SYNCS=$(awk -v s=$((pgb_syncs_after - pgb_syncs_before)) -v n="${PG_TX:-0}" \
         'BEGIN {printf "%.2f\n", (n > 0 ? s / n : 0)}')
 PG_COMMITS=$(awk -v s=$((pgb_commits_after - pgb_commits_before)) -v n="${PG_TX:-0}" \
@@ -361,6 +394,9 @@ PG_FS=$(findmnt -n -o FSTYPE,SOURCE,OPTIONS --target "$tmp/stack/postgres/data" 
         echo "- per charge, transactions that wrote (a commit record each): $CHARGE_COMMITS," \
                 "WAL syncs: $CHARGE_SYNCS; per pgbench -N transaction: $PG_COMMITS and $PG_SYNCS" \
                 "(transaction ids and pg_stat_wal, whole server)."
+        echo "- CPU per charge: paymentd $CPU_PAY ms, authd $CPU_AUTH ms, PostgreSQL $CPU_PG ms," \
+                "RabbitMQ $CPU_MQ ms; the machine's CPUs were ${CPU_BUSY} % busy (everyone's" \
+                "work). Per pgbench -N transaction: PostgreSQL $PG_CPU ms, machine ${PG_BUSY} % busy."
         echo "- outbox backlog when the run ended: $pending_end events, drained" \
                 "${drain_seconds}s later (publisher confirms, batches of up to 100)."
         echo "- paymentd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB;" \
