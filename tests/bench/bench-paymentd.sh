@@ -30,14 +30,14 @@
 # PostgreSQL (statements by operation, from paymentd's
 # vigil_dependency_request_duration_seconds; writing transactions and WAL
 # syncs, from transaction ids and pg_stat_wal; CPU time of each part, from
-# /proc), the outbox backlog at the end (the
-# relay publishes with confirms while the charges run) and paymentd's
-# resident memory. After the outbox drained, vigil-notifyd (send latency 0) consumes every event
-# the run published, and the report gives how fast it did and its
-# resident memory meanwhile. The daemons run with the Environment= of
-# their systemd units (bench_daemon_env). It prints
-# a markdown report; it never fails on the figures, only when the set-up
-# does or the charge run serves errors. Everything it started is stopped.
+# /proc), the outbox backlog at the end (the relay publishes with confirms
+# while the charges run) and paymentd's resident memory. After the outbox
+# drained, vigil-notifyd (send latency 0) consumes every event the run
+# published, and the report gives how fast it did and its resident memory
+# meanwhile. The daemons run with the Environment= of their systemd units
+# (bench_daemon_env). It prints a markdown report; it never fails on the
+# figures, only when the set-up does or the charge run serves errors.
+# Everything it started is stopped.
 set -euo pipefail
 
 prog=${0##*/}
