@@ -229,16 +229,18 @@ pg_calls() {
 }
 
 # CPU time (clock ticks) used so far by each part of the path, as
-# "paymentd authd postgres rabbitmq machine": the daemons, the postmaster
-# with its backends, the RabbitMQ node's processes, and every CPU of the
-# machine (/proc/stat, all but idle and iowait), whoever used it.
+# "paymentd authd postgres rabbitmq machine now": the daemons, the
+# postmaster with its backends, the RabbitMQ node's processes, every CPU
+# of the machine (/proc/stat, all but idle and iowait, whoever used it),
+# and the time (seconds).
 cpu_ticks() {
         local pg mq
         pg=$(head -n 1 "$tmp/stack/postgres/data/postmaster.pid")
         mapfile -t mq < <(pgrep -f -- "$tmp/stack/rabbitmq/")
         echo "$(proc_ticks "$paymentd_pid") $(proc_ticks "$authd_pid") $(proc_ticks "$pg")" \
                 "$(proc_ticks "${mq[@]}")" \
-                "$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)"
+                "$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)" \
+                "${EPOCHREALTIME/,/.}"
 }
 
 note "warming up POST /charge (3s, not recorded)"
@@ -278,8 +280,13 @@ CPU_PAY=$(cpu_ms $((cpu_after[0] - cpu_before[0])))
 CPU_AUTH=$(cpu_ms $((cpu_after[1] - cpu_before[1])))
 CPU_PG=$(cpu_ms $((cpu_after[2] - cpu_before[2])))
 CPU_MQ=$(cpu_ms $((cpu_after[3] - cpu_before[3])))
-CPU_BUSY=$(awk -v t=$((cpu_after[4] - cpu_before[4])) -v hz="$hz" -v s="$duration" -v c="$(nproc)" \
-        'BEGIN {printf "%.0f\n", t / hz / s / c * 100}')
+# busy TICKS_BEFORE TICKS_AFTER SECONDS_BEFORE SECONDS_AFTER: the
+# machine's CPUs busy in between, in %.
+busy() {
+        awk -v t=$(($2 - $1)) -v hz="$hz" -v s="$(awk -v a="$3" -v b="$4" 'BEGIN {print b - a}')" \
+                -v c="$(nproc)" 'BEGIN {printf "%.0f\n", (s > 0 ? t / hz / s / c * 100 : 0)}'
+}
+CPU_BUSY=$(busy "${cpu_before[4]}" "${cpu_after[4]}" "${cpu_before[5]}" "${cpu_after[5]}")
 CHARGE_COMMITS=$(per_charge $((commits_after - commits_before)))
 CHARGE_SYNCS=$(per_charge $((syncs_after - syncs_before)))
 # "OP n/charge (mean ms)" for each operation, and the totals.
@@ -347,8 +354,8 @@ PG_LAT=$(awk -F'= ' '/^latency average = / {split($2, a, " "); print a[1]; exit}
 PG_TX=$(awk '/^number of transactions actually processed: / {print $6; exit}' "$tmp/pgbench.txt")
 PG_CPU=$(awk -v t=$((pgb_cpu_after[2] - pgb_cpu_before[2])) -v hz="$hz" -v n="${PG_TX:-0}" \
         'BEGIN {printf "%.2f\n", (n > 0 ? t * 1000 / hz / n : 0)}')
-PG_BUSY=$(awk -v t=$((pgb_cpu_after[4] - pgb_cpu_before[4])) -v hz="$hz" -v s="$duration" \
-        -v c="$(nproc)" 'BEGIN {printf "%.0f\n", t / hz / s / c * 100}')
+PG_BUSY=$(busy "${pgb_cpu_before[4]}" "${pgb_cpu_after[4]}" "${pgb_cpu_before[5]}" \
+        "${pgb_cpu_after[5]}")
 PG_SYNCS=$(awk -v s=$((pgb_syncs_after - pgb_syncs_before)) -v n="${PG_TX:-0}" \
         'BEGIN {printf "%.2f\n", (n > 0 ? s / n : 0)}')
 PG_COMMITS=$(awk -v s=$((pgb_commits_after - pgb_commits_before)) -v n="${PG_TX:-0}" \
