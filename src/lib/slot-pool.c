@@ -9,15 +9,18 @@
 #include "log.h"
 #include "macro.h"
 
+/* A taker waiting in line; on its stack. */
+struct slot_waiter {
+        pthread_cond_t cond;
+        int slot; /* the slot handed to it, -1 until then */
+        struct slot_waiter *next;
+};
+
 int slot_pool_init(struct slot_pool *sp, const char *name, unsigned size)
 {
-        pthread_condattr_t attr;
-
         pthread_mutex_init(&sp->lock, NULL);
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&sp->cond, &attr);
-        pthread_condattr_destroy(&attr);
+        sp->first = sp->last = NULL;
+        sp->waiting = 0;
         sp->size = size;
         sp->name = name ? name : "connection";
         sp->in_use = calloc(size, sizeof(*sp->in_use));
@@ -27,62 +30,116 @@ int slot_pool_init(struct slot_pool *sp, const char *name, unsigned size)
 void slot_pool_done(struct slot_pool *sp)
 {
         pthread_mutex_destroy(&sp->lock);
-        pthread_cond_destroy(&sp->cond);
         free(sp->in_use);
         sp->in_use = NULL;
+}
+
+static int free_slot(struct slot_pool *sp, bool (*connected)(unsigned i, void *userdata),
+                     void *userdata)
+{
+        int found = -1;
+
+        for (unsigned i = 0; i < sp->size; i++) {
+                if (sp->in_use[i])
+                        continue;
+                if (connected(i, userdata))
+                        return (int)i;
+                if (found < 0)
+                        found = (int)i;
+        }
+        return found;
+}
+
+static void unlink_waiter(struct slot_pool *sp, struct slot_waiter *w)
+{
+        struct slot_waiter **p = &sp->first, *prev = NULL;
+
+        while (*p && *p != w) {
+                prev = *p;
+                p = &(*p)->next;
+        }
+        if (!*p)
+                return;
+        *p = w->next;
+        if (sp->last == w)
+                sp->last = prev;
+        sp->waiting--;
 }
 
 int slot_pool_take(struct slot_pool *sp, unsigned timeout_ms,
                    bool (*connected)(unsigned i, void *userdata), void *userdata)
 {
+        struct slot_waiter w = {.slot = -1};
+        pthread_condattr_t attr;
         struct timespec deadline;
-        uint64_t wait_start = 0;
-        int found = -1;
+        uint64_t wait_start;
+        int found;
 
         deadline = monotonic_deadline_ms(timeout_ms);
         pthread_mutex_lock(&sp->lock);
-        for (;;) {
-                for (unsigned i = 0; i < sp->size; i++) {
-                        if (sp->in_use[i])
-                                continue;
-                        if (connected(i, userdata)) {
-                                found = (int)i;
-                                break;
-                        }
-                        if (found < 0)
-                                found = (int)i;
-                }
-                if (found >= 0)
-                        break;
-                if (wait_start == 0 && log_debug_enabled()) {
-                        /* Logged without the lock; then look again. */
-                        wait_start = now_usec(CLOCK_MONOTONIC);
-                        pthread_mutex_unlock(&sp->lock);
-                        log_debug("%s pool: all %u connections are in use; waiting up to %u ms",
-                                  sp->name, sp->size, timeout_ms);
-                        pthread_mutex_lock(&sp->lock);
-                        continue;
-                }
-                if (pthread_cond_timedwait(&sp->cond, &sp->lock, &deadline) == ETIMEDOUT) {
-                        pthread_mutex_unlock(&sp->lock);
-                        log_debug("%s pool: no connection came free within %u ms; giving up",
-                                  sp->name, timeout_ms);
-                        return -ETIMEDOUT;
-                }
+        found = sp->first ? -1 : free_slot(sp, connected, userdata);
+        if (found >= 0) {
+                sp->in_use[found] = true;
+                pthread_mutex_unlock(&sp->lock);
+                return found;
         }
-        sp->in_use[found] = true;
+
+        /* In line, behind those already waiting. */
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&w.cond, &attr);
+        pthread_condattr_destroy(&attr);
+        if (sp->last)
+                sp->last->next = &w;
+        else
+                sp->first = &w;
+        sp->last = &w;
+        sp->waiting++;
+        wait_start = now_usec(CLOCK_MONOTONIC);
+        if (log_debug_enabled()) {
+                /* Logged without the lock: a slot given back meanwhile is
+                 * handed to w all the same. */
+                pthread_mutex_unlock(&sp->lock);
+                log_debug("%s pool: all %u connections are in use; waiting up to %u ms", sp->name,
+                          sp->size, timeout_ms);
+                pthread_mutex_lock(&sp->lock);
+        }
+        while (w.slot < 0)
+                if (pthread_cond_timedwait(&w.cond, &sp->lock, &deadline) == ETIMEDOUT &&
+                    w.slot < 0) {
+                        unlink_waiter(sp, &w);
+                        break;
+                }
+        found = w.slot;
         pthread_mutex_unlock(&sp->lock);
-        if (wait_start != 0)
-                log_debug("%s pool: got connection %d after waiting %" PRIu64 " ms", sp->name,
-                          found, (now_usec(CLOCK_MONOTONIC) - wait_start) / 1000);
+        pthread_cond_destroy(&w.cond);
+
+        if (found < 0) {
+                log_debug("%s pool: no connection came free within %u ms; giving up", sp->name,
+                          timeout_ms);
+                return -ETIMEDOUT;
+        }
+        log_debug("%s pool: got connection %d after waiting %" PRIu64 " ms", sp->name, found,
+                  (now_usec(CLOCK_MONOTONIC) - wait_start) / 1000);
         return found;
 }
 
 void slot_pool_give(struct slot_pool *sp, unsigned i)
 {
+        struct slot_waiter *w;
+
         pthread_mutex_lock(&sp->lock);
-        sp->in_use[i] = false;
-        pthread_cond_signal(&sp->cond);
+        w = sp->first;
+        if (w) {
+                /* Handed over: the slot stays lent, to the oldest waiter. */
+                sp->first = w->next;
+                if (!sp->first)
+                        sp->last = NULL;
+                sp->waiting--;
+                w->slot = (int)i;
+                pthread_cond_signal(&w->cond);
+        } else
+                sp->in_use[i] = false;
         pthread_mutex_unlock(&sp->lock);
 }
 

@@ -1,7 +1,10 @@
 /* The one pool mechanism of pg and redis: which slots of a fixed-size
  * connection pool are lent out, waiting for a free one with a timeout on
  * the monotonic clock (so wall-clock jumps do not matter), and lending a
- * slot with a live connection (slot_pool_acquire). The connections
+ * slot with a live connection (slot_pool_acquire). Waiting is first come,
+ * first served: a slot given back goes straight to the oldest waiter, so a
+ * thread that gives one back and asks again at once cannot keep the others
+ * waiting (under load they would wait out their timeout). The connections
  * themselves stay with the caller, in its own array indexed like the
  * slots, handled through struct slot_pool_connections.
  *
@@ -12,9 +15,12 @@
 #include <pthread.h>
 #include <stdbool.h>
 
+struct slot_waiter;
+
 struct slot_pool {
         pthread_mutex_t lock;
-        pthread_cond_t cond;
+        struct slot_waiter *first, *last; /* the takers waiting, oldest first */
+        unsigned waiting;                 /* how many */
         bool *in_use;
         unsigned size;
         const char *name; /* "postgres": in debug log entries */
@@ -26,12 +32,13 @@ int slot_pool_init(struct slot_pool *sp, const char *name, unsigned size);
 void slot_pool_done(struct slot_pool *sp); /* after a failed or no init too, if zeroed */
 
 /* Lend a free slot, preferring one for which connected(i, userdata) is
- * true (called with the pool's lock held), waiting up to timeout_ms for
- * one to be given back. Returns its index, or -ETIMEDOUT. */
+ * true (called with the pool's lock held); when none is free, or others
+ * already wait, wait in line up to timeout_ms for one to be given back.
+ * Returns its index, or -ETIMEDOUT. */
 int slot_pool_take(struct slot_pool *sp, unsigned timeout_ms,
                    bool (*connected)(unsigned i, void *userdata), void *userdata);
 
-/* Give slot i back and wake one waiter. */
+/* Give slot i back: to the oldest waiter, if one waits. */
 void slot_pool_give(struct slot_pool *sp, unsigned i);
 
 /* How the caller handles slot i's connection. Called without the pool's

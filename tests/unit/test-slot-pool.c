@@ -1,6 +1,7 @@
 /* Unit tests for slot-pool: lending prefers connected slots, an empty pool
- * times out, a slot given back wakes a waiter, and waits are logged at
- * debug level only. */
+ * times out, a slot given back wakes a waiter, first come first served
+ * (the oldest waiter, not a newcomer), and waits are logged at debug
+ * level only. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -69,6 +70,83 @@ START_TEST(test_a_slot_given_back_wakes_a_waiter)
         ck_assert_int_eq(pthread_create(&t, NULL, give_later, &sp), 0);
         ck_assert_int_eq(slot_pool_take(&sp, 10000, is_connected, NULL), 0);
         pthread_join(t, NULL);
+        slot_pool_done(&sp);
+}
+END_TEST
+
+struct taker {
+        struct slot_pool *sp;
+        int got;
+};
+
+static void *take_in_line(void *userdata)
+{
+        struct taker *t = userdata;
+
+        t->got = slot_pool_take(t->sp, 10000, is_connected, NULL);
+        return NULL;
+}
+
+/* Wait (bounded: 10 s) until n takers wait in line. */
+static void wait_for_waiters(struct slot_pool *sp, unsigned n)
+{
+        for (int i = 0; i < 10000; i++) {
+                unsigned w;
+
+                pthread_mutex_lock(&sp->lock);
+                w = sp->waiting;
+                pthread_mutex_unlock(&sp->lock);
+                if (w == n)
+                        return;
+                usleep(1000);
+        }
+        ck_abort_msg("%u takers never waited", n);
+}
+
+START_TEST(test_a_slot_given_back_goes_to_the_oldest_waiter_not_to_a_newcomer)
+{
+        struct slot_pool sp;
+        struct taker first = {.sp = &sp, .got = -1}, second = {.sp = &sp, .got = -1};
+        pthread_t t1, t2;
+
+        ck_assert_int_eq(slot_pool_init(&sp, "test", 1), 0);
+        ck_assert_int_eq(slot_pool_take(&sp, 100, is_connected, NULL), 0);
+        ck_assert_int_eq(pthread_create(&t1, NULL, take_in_line, &first), 0);
+        wait_for_waiters(&sp, 1);
+        ck_assert_int_eq(pthread_create(&t2, NULL, take_in_line, &second), 0);
+        wait_for_waiters(&sp, 2);
+
+        /* Given back and asked for again at once: the waiters come first. */
+        slot_pool_give(&sp, 0);
+        ck_assert_int_eq(slot_pool_take(&sp, 0, is_connected, NULL), -ETIMEDOUT);
+        pthread_join(t1, NULL);
+        ck_assert_int_eq(first.got, 0);
+        ck_assert_int_eq(second.got, -1);
+        slot_pool_give(&sp, 0);
+        pthread_join(t2, NULL);
+        ck_assert_int_eq(second.got, 0);
+        slot_pool_give(&sp, 0);
+        ck_assert_int_eq(sp.waiting, 0);
+        ck_assert_int_eq(slot_pool_take(&sp, 0, is_connected, NULL), 0);
+        slot_pool_done(&sp);
+}
+END_TEST
+
+START_TEST(test_a_waiter_that_gave_up_leaves_the_line)
+{
+        struct slot_pool sp;
+        struct taker late = {.sp = &sp, .got = -1};
+        pthread_t t;
+
+        ck_assert_int_eq(slot_pool_init(&sp, "test", 1), 0);
+        ck_assert_int_eq(slot_pool_take(&sp, 100, is_connected, NULL), 0);
+        ck_assert_int_eq(slot_pool_take(&sp, 20, is_connected, NULL), -ETIMEDOUT);
+        ck_assert_int_eq(sp.waiting, 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, take_in_line, &late), 0);
+        wait_for_waiters(&sp, 1);
+        slot_pool_give(&sp, 0);
+        pthread_join(t, NULL);
+        ck_assert_int_eq(late.got, 0);
         slot_pool_done(&sp);
 }
 END_TEST
@@ -162,6 +240,8 @@ int main(void)
         tcase_add_test(tc, test_prefers_a_connected_slot);
         tcase_add_test(tc, test_an_empty_pool_times_out);
         tcase_add_test(tc, test_a_slot_given_back_wakes_a_waiter);
+        tcase_add_test(tc, test_a_slot_given_back_goes_to_the_oldest_waiter_not_to_a_newcomer);
+        tcase_add_test(tc, test_a_waiter_that_gave_up_leaves_the_line);
         tcase_add_test(tc, test_waits_are_logged_at_debug_level_only);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
