@@ -59,14 +59,12 @@ usage() {
 }
 
 while [ $# -gt 0 ]; do
+        bench_option "$@"
+        if [ "$bench_shift" -gt 0 ]; then
+                shift "$bench_shift"
+                continue
+        fi
         case $1 in
-        --builddir) [ $# -ge 2 ] || usage; builddir=$2; shift 2 ;;
-        --builddir=*) builddir=${1#*=}; shift ;;
-        --duration) [ $# -ge 2 ] || usage; duration=$2; shift 2 ;;
-        --duration=*) duration=${1#*=}; shift ;;
-        --connections) [ $# -ge 2 ] || usage; connections=$2; shift 2 ;;
-        --connections=*) connections=${1#*=}; shift ;;
-        --keep) keep=yes; shift ;;
         -h | --help) usage ;;
         *) usage ;;
         esac

@@ -24,6 +24,31 @@ note() {
         echo "$prog: $*" >&2
 }
 
+# bench_option ARGS...: the option at the head of ARGS if it is one every
+# script takes, or one of the valued options named in BENCH_OPTIONS (e.g.
+# "rounds products"): --NAME VALUE or --NAME=VALUE sets $NAME; --keep sets
+# keep=yes. Sets bench_shift to the words it took, 0 when it is none of
+# them (the script's own case handles it). A value missing: usage.
+# shellcheck disable=SC2034 # bench_shift, keep and the options: read by the script
+bench_option() {
+        local name=${1%%=*}
+        name=${name#--}
+        bench_shift=0
+        if [ "$1" = --keep ]; then
+                keep=yes bench_shift=1
+        elif [[ " builddir duration connections ${BENCH_OPTIONS:-} " == *" $name "* ]] &&
+                [ "$1" != "${1#--}" ] && [ -n "$name" ]; then
+                if [ "$1" != "--$name" ]; then
+                        printf -v "$name" '%s' "${1#*=}"
+                        bench_shift=1
+                else
+                        [ $# -ge 2 ] || usage
+                        printf -v "$name" '%s' "$2"
+                        bench_shift=2
+                fi
+        fi
+}
+
 bench_check_options() {
         if ! [[ "$duration" =~ ^[0-9]+$ ]] || [ "$duration" -lt 1 ] || [ "$duration" -gt 600 ]; then
                 die "--duration must be 1..600 seconds"
