@@ -48,18 +48,7 @@ usage() {
 }
 
 BENCH_OPTIONS="rounds"
-while [ $# -gt 0 ]; do
-        bench_option "$@"
-        if [ "$bench_shift" -gt 0 ]; then
-                shift "$bench_shift"
-                continue
-        fi
-        case $1 in
-        -h | --help) usage ;;
-        *) usage ;;
-        esac
-done
-bench_check_options
+bench_parse "$@"
 
 bench_daemon_binary authd >/dev/null
 for tool in wrk nginx python3 curl timeout; do

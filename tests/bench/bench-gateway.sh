@@ -58,18 +58,7 @@ usage() {
         exit 2
 }
 
-while [ $# -gt 0 ]; do
-        bench_option "$@"
-        if [ "$bench_shift" -gt 0 ]; then
-                shift "$bench_shift"
-                continue
-        fi
-        case $1 in
-        -h | --help) usage ;;
-        *) usage ;;
-        esac
-done
-bench_check_options
+bench_parse "$@"
 
 bench_daemon_binary authd >/dev/null
 bench_daemon_binary inventoryd >/dev/null

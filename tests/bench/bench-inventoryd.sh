@@ -60,18 +60,7 @@ usage() {
 }
 
 BENCH_OPTIONS="rounds products"
-while [ $# -gt 0 ]; do
-        bench_option "$@"
-        if [ "$bench_shift" -gt 0 ]; then
-                shift "$bench_shift"
-                continue
-        fi
-        case $1 in
-        -h | --help) usage ;;
-        *) usage ;;
-        esac
-done
-bench_check_options
+bench_parse "$@"
 if ! [[ "$products" =~ ^[0-9]+$ ]] || [ "$products" -lt 11 ] || [ "$products" -gt 10000000 ]; then
         die "--products must be 11..10000000"
 fi

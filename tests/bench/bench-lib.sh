@@ -49,6 +49,26 @@ bench_option() {
         fi
 }
 
+# bench_parse ARGS...: the command line, with bench_option(); a flag of
+# the script's own goes to its bench_script_option FLAG (it returns
+# non-zero for one it does not know); anything else: usage. Then
+# bench_check_options.
+bench_parse() {
+        while [ $# -gt 0 ]; do
+                bench_option "$@"
+                if [ "$bench_shift" -eq 0 ]; then
+                        case $1 in -h | --help) usage ;; esac
+                        if ! declare -F bench_script_option >/dev/null ||
+                                ! bench_script_option "$1"; then
+                                usage
+                        fi
+                        bench_shift=1
+                fi
+                shift "$bench_shift"
+        done
+        bench_check_options
+}
+
 bench_check_options() {
         if ! [[ "$duration" =~ ^[0-9]+$ ]] || [ "$duration" -lt 1 ] || [ "$duration" -gt 600 ]; then
                 die "--duration must be 1..600 seconds"

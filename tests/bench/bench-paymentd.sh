@@ -57,20 +57,14 @@ usage() {
         exit 2
 }
 
-while [ $# -gt 0 ]; do
-        bench_option "$@"
-        if [ "$bench_shift" -gt 0 ]; then
-                shift "$bench_shift"
-                continue
-        fi
+bench_script_option() {
         case $1 in
-        --durable) durable=yes; shift ;;
-        --no-durable) durable=no; shift ;;
-        -h | --help) usage ;;
-        *) usage ;;
+        --durable) durable=yes ;;
+        --no-durable) durable=no ;;
+        *) return 1 ;;
         esac
-done
-bench_check_options
+}
+bench_parse "$@"
 # pgbench runs with as many clients.
 [ "$connections" -le 1024 ] || die "--connections must be 2..1024"
 
