@@ -306,6 +306,14 @@ START_TEST(test_label_values_and_help_are_escaped)
 }
 END_TEST
 
+static double realtime_now(void)
+{
+        struct timespec ts;
+
+        ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &ts), 0);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 START_TEST(test_exemplars_appear_only_in_openmetrics)
 {
         _cleanup_(metrics_registry_freep) struct metrics_registry *r = registry();
@@ -321,11 +329,15 @@ START_TEST(test_exemplars_appear_only_in_openmetrics)
                 sampled.trace_id[i] = (uint8_t)(0xa0 + i);
                 unsampled.trace_id[i] = 0x11;
         }
-        before = (double)time(NULL);
+        /* The exemplar's stamp is CLOCK_REALTIME in milliseconds. Not time():
+         * it reads the clock of the last tick, which can still be in the
+         * second before the one the stamp is in. The stamp is truncated to
+         * the millisecond; 2 ms leaves room for rounding too. */
+        before = realtime_now() - 0.002;
         metrics_histogram_observe(m, 0.05, &sampled);
         metrics_histogram_observe(m, 0.5, &unsampled); /* not sampled: no exemplar */
         metrics_histogram_observe(m, 5, &zero);        /* all-zero trace id: none */
-        after = (double)time(NULL) + 1;
+        after = realtime_now();
 
         prom = render(r, METRICS_FORMAT_PROMETHEUS);
         ck_assert_ptr_null(strstr(prom, "trace_id"));
@@ -636,7 +648,7 @@ START_TEST(test_process_metrics_are_present_and_plausible)
 {
         _cleanup_(metrics_registry_freep) struct metrics_registry *r = registry();
         _cleanup_free_ char *text = NULL;
-        double now = (double)time(NULL);
+        double now = realtime_now();
 
         ck_assert_int_eq(metrics_register_process(r), 0);
         ck_assert_int_eq(metrics_register_process(r), -EEXIST);
