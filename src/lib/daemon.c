@@ -159,12 +159,20 @@ static bool hang(struct daemon *d, int sigfd, unsigned seconds, bool *ret_reload
         return false;
 }
 
+/* glibc gives freed heap memory back to the kernel on its own only from
+ * the top of a heap. What a burst of connections (a thread each) freed in
+ * the middle stays resident, a megabyte or more, until malloc_trim() hands
+ * its whole pages back; it holds each arena's lock while it walks it, for
+ * microseconds on a daemon's heap, so the loop calls it this often. */
+#define TRIM_INTERVAL_USEC (10 * USEC_PER_SEC)
+
 /* The main loop: signals through a signalfd, periodic ticks, and watchdog
  * pings only after a tick that reported progress. */
 static int run_loop(struct daemon *d, int sigfd, const char *path, bool required)
 {
         _cleanup_free_ char *last_status = NULL;
         uint64_t watchdog_usec = sd_daemon_watchdog_usec();
+        uint64_t last_trim = now_usec(CLOCK_MONOTONIC);
         int interval_ms = 1000;
 
         /* Ping at least twice per watchdog period, with room for a slow
@@ -207,6 +215,11 @@ static int run_loop(struct daemon *d, int sigfd, const char *path, bool required
 
                 if (daemon_tick(d))
                         sd_daemon_watchdog_ping();
+
+                if (now_usec(CLOCK_MONOTONIC) - last_trim >= TRIM_INTERVAL_USEC) {
+                        (void)malloc_trim(0);
+                        last_trim = now_usec(CLOCK_MONOTONIC);
+                }
 
                 if (!last_status || strcmp(d->status, last_status) != 0) {
                         sd_daemon_notify_status("%s", d->status);

@@ -17,6 +17,14 @@
 #include "daemon.h"
 #include "macro.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
 struct test_config {
         struct daemon_config common;
 };
@@ -29,7 +37,7 @@ struct test_manager {
         int magic;
 };
 
-enum { FAIL_NONE, FAIL_INIT, FAIL_START, RELOAD_GOOD, RELOAD_BAD };
+enum { FAIL_NONE, FAIL_INIT, FAIL_START, RELOAD_GOOD, RELOAD_BAD, HEAP_FREED };
 
 static int events_fd = -1;
 static int fail_at = FAIL_NONE;
@@ -58,6 +66,45 @@ static int manager_init(struct daemon *d, void *userdata)
         return fail_at == FAIL_INIT ? -EINVAL : 0;
 }
 
+/* This process's own resident pages (RssAnon), in KiB. */
+static long rss_anon_kib(void)
+{
+        FILE *f = fopen("/proc/self/status", "re");
+        char line[256];
+        long kib = -1;
+
+        ck_assert_ptr_nonnull(f);
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
+                        break;
+        fclose(f);
+        ck_assert_int_ge(kib, 0);
+        return kib;
+}
+
+/* HEAP_FREED: 4 MiB of small blocks, written and freed below a block that
+ * stays, so that glibc cannot give them back from the top of the heap. */
+#define FREED_BLOCKS     16384
+#define FREED_BLOCK_SIZE 256
+static void *freed_blocks[FREED_BLOCKS];
+static void *heap_pin;
+static long anon_after_free = -1;
+static unsigned ticks_after_free;
+
+static void free_a_burst(void)
+{
+        for (size_t i = 0; i < FREED_BLOCKS; i++) {
+                freed_blocks[i] = malloc(FREED_BLOCK_SIZE);
+                ck_assert_ptr_nonnull(freed_blocks[i]);
+                memset(freed_blocks[i], 0x5a, FREED_BLOCK_SIZE);
+        }
+        heap_pin = malloc(FREED_BLOCK_SIZE);
+        ck_assert_ptr_nonnull(heap_pin);
+        for (size_t i = 0; i < FREED_BLOCKS; i++)
+                free(freed_blocks[i]);
+        anon_after_free = rss_anon_kib();
+}
+
 static int manager_start(void *userdata)
 {
         struct test_manager *m = userdata;
@@ -66,6 +113,10 @@ static int manager_start(void *userdata)
         note("start");
         if (fail_at == FAIL_START)
                 return -EIO;
+        if (fail_at == HEAP_FREED) {
+                free_a_burst();
+                return 0; /* manager_tick stops the daemon */
+        }
         if (fail_at == RELOAD_GOOD || fail_at == RELOAD_BAD) {
                 const char *text = fail_at == RELOAD_GOOD ? good_reload : bad_reload;
                 FILE *f = fopen(config_path, "we");
@@ -85,6 +136,17 @@ static bool manager_tick(void *userdata)
 {
         (void)userdata;
         note("tick");
+        if (fail_at == HEAP_FREED && anon_after_free >= 0) {
+                /* Half of what was freed is back with the kernel, or 20 s
+                 * (twice the skeleton's interval) have passed. */
+                if (rss_anon_kib() < anon_after_free - FREED_BLOCKS * FREED_BLOCK_SIZE / 2048) {
+                        note("returned");
+                        raise(SIGTERM);
+                } else if (++ticks_after_free == 20) {
+                        note("kept");
+                        raise(SIGTERM);
+                }
+        }
         return true;
 }
 
@@ -277,6 +339,17 @@ START_TEST(test_sighup_with_a_bad_config_keeps_the_running_one_and_names_file_an
 }
 END_TEST
 
+#ifndef UNDER_ASAN
+START_TEST(test_heap_memory_freed_after_a_burst_goes_back_to_the_kernel)
+{
+        char events[512];
+
+        ck_assert_int_eq(run_daemon(HEAP_FREED, events, sizeof(events)), EXIT_SUCCESS);
+        ck_assert_msg(strstr(events, ",returned,"), "%s", events);
+}
+END_TEST
+#endif
+
 START_TEST(test_the_manager_status_is_what_systemd_is_told_at_ready)
 {
         char dir[] = "/tmp/vigil-test-daemon-notify-XXXXXX", path[64], events[512],
@@ -323,6 +396,15 @@ static Suite *daemon_suite(void)
                        test_sighup_with_a_bad_config_keeps_the_running_one_and_names_file_and_line);
         tcase_add_test(tc, test_the_manager_status_is_what_systemd_is_told_at_ready);
         suite_add_tcase(s, tc);
+
+#ifndef UNDER_ASAN
+        /* About TRIM_INTERVAL_USEC (10 s) of the skeleton's loop. Not under
+         * AddressSanitizer: its allocator, not glibc's, holds the heap. */
+        tc = tcase_create("memory");
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_heap_memory_freed_after_a_burst_goes_back_to_the_kernel);
+        suite_add_tcase(s, tc);
+#endif
         return s;
 }
 
