@@ -311,6 +311,7 @@ done
         echo "- of VmRSS under load, the process's own pages (RssAnon) and those of the" \
                 "files it maps, mostly shared libraries (RssFile): tracing off $ANON_VERIFY_MB" \
                 "+ $FILE_VERIFY_MB MiB, tracing on $ANON_ON_MB + $FILE_ON_MB MiB."
+        echo "- $SCHEDULER_NOTE."
 } | tee "$tmp/report.md"
 
 finished=yes

@@ -350,6 +350,7 @@ cpu_cell() {
                 "otherwise as shipped (gatewaylib.py's rendering: ports and paths only)."
         echo "- environment from the units: authd ${UNIT_ENV[authd]}; inventoryd" \
                 "${UNIT_ENV[inventoryd]}."
+        echo "- $SCHEDULER_NOTE."
 } | tee "$tmp/report.md"
 
 finished=yes

@@ -453,6 +453,7 @@ lowest_hit=$(for row in "${FLAT_ROWS[@]}"; do echo "${ROW_HIT[$row]%% *}"; done 
         echo "- inventoryd resident memory after the load: VmRSS $RSS_MB MiB, VmHWM $HWM_MB MiB;" \
                 "its own pages (RssAnon) $ANON_MB MiB, mapped files, mostly shared libraries" \
                 "(RssFile), $FILE_MB MiB."
+        echo "- $SCHEDULER_NOTE."
 } | tee "$tmp/report.md"
 
 finished=yes

@@ -112,6 +112,10 @@ bench_cleanup() {
         for var in "${BENCH_PIDS[@]}"; do
                 stop_pid "${!var}"
         done
+        if [ -n "$autogroup_was" ]; then
+                echo "$autogroup_was" >"$autogroup_knob" 2>/dev/null ||
+                        note "could not restore kernel.sched_autogroup_enabled to $autogroup_was"
+        fi
         if [ "$stack_started" = yes ]; then
                 "$srcdir/scripts/dev-stack.sh" stop "$tmp/stack" >>"$tmp/stack.log" 2>&1 || true
         fi
@@ -144,9 +148,38 @@ bench_setup() {
         done
         stack_started=no
         finished=no
+        autogroup_was=
         trap bench_cleanup EXIT
         trap 'exit 130' INT
         trap 'note "interrupted (time budget ${VIGIL_BENCH_UNDER_TIMEOUT}s exceeded?)"; exit 143' TERM
+        bench_scheduler
+}
+
+# The kernel's scheduler autogroups (kernel.sched_autogroup_enabled) share
+# the CPUs between sessions first, then between the processes of each.
+# Every PostgreSQL backend starts a session of its own, while wrk, nginx,
+# Redis and the daemons run in the script's: on 2 CPUs each backend then
+# gets as much CPU as all of those together, and the tails measured that
+# (docs/benchmarks.md). Off for the run, so that every thread competes on
+# equal terms, and restored on exit; VIGIL_BENCH_AUTOGROUP=keep leaves it.
+# Sets SCHEDULER_NOTE for the report.
+autogroup_knob=/proc/sys/kernel/sched_autogroup_enabled
+bench_scheduler() {
+        local was
+        was=$(cat "$autogroup_knob" 2>/dev/null) || was=
+        if [ -z "$was" ]; then
+                SCHEDULER_NOTE="no scheduler autogroups in this kernel"
+        elif [ "$was" = 0 ]; then
+                SCHEDULER_NOTE="scheduler autogroups off (kernel.sched_autogroup_enabled 0)"
+        elif [ "${VIGIL_BENCH_AUTOGROUP:-}" = keep ]; then
+                SCHEDULER_NOTE="scheduler autogroups ON (VIGIL_BENCH_AUTOGROUP=keep): the tails include PostgreSQL's sessions' shares"
+        elif echo 0 >"$autogroup_knob" 2>/dev/null; then
+                autogroup_was=$was
+                SCHEDULER_NOTE="scheduler autogroups off for the run (kernel.sched_autogroup_enabled $was, restored after)"
+        else
+                SCHEDULER_NOTE="scheduler autogroups ON (kernel.sched_autogroup_enabled could not be set): the tails include PostgreSQL's sessions' shares"
+        fi
+        note "$SCHEDULER_NOTE"
 }
 
 free_port() {

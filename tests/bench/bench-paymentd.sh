@@ -408,6 +408,7 @@ PG_FS=$(findmnt -n -o FSTYPE,SOURCE,OPTIONS --target "$tmp/stack/postgres/data" 
         echo "- environment from the units: paymentd ${UNIT_ENV[paymentd]}; notifyd" \
                 "${UNIT_ENV[notifyd]}; authd ${UNIT_ENV[authd]}."
         echo "- PostgreSQL settings of the dev stack: $PG_SETTINGS; data directory on $PG_FS."
+        echo "- $SCHEDULER_NOTE."
 } | tee "$tmp/report.md"
 
 finished=yes
