@@ -242,8 +242,35 @@ unmount_root() {
 	fi
 }
 
+# Every machine in a cgroup of its own. With no systemd on the host to give
+# it a scope, systemd-nspawn --keep-unit makes the cgroup it starts in the
+# machine's: the machine goes in its "payload", nspawn in its "supervisor".
+# Started in the root cgroup, two machines at once would share
+# /payload/system.slice/..., and each one's systemd would find the other's
+# daemons in its own units: `systemctl kill` fails ("Failed to send signal
+# ... to auxiliary processes: Input/output error", reading the pid 0 of a
+# process outside its PID namespace) and a stop would wait on them. So
+# nspawn starts in vigil-machine-NAME of every hierarchy it uses: the
+# cgroup2 one, and the name=systemd one of a hybrid host.
+machine_cgroups() { # name -> the directories, a line each
+	local root
+	for root in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do
+		[ -w "$root/cgroup.procs" ] && echo "$root/vigil-machine-$1"
+	done
+	return 0
+}
+
+remove_cgroups() { # name: once the machine is gone, its cgroups (deepest first)
+	local cg
+	while read -r cg; do
+		[ -d "$cg" ] || continue
+		find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null ||
+			note "the cgroup $cg still holds processes; left in place"
+	done < <(machine_cgroups "$1")
+}
+
 cmd_boot() {
-	local name=$1 dir plat pid state leader
+	local name=$1 dir plat pid state leader cg cgroups
 	valid_name "$name"
 	dir=$(machine_dir "$name")
 	plat=$(lower_tree)
@@ -287,9 +314,18 @@ cmd_boot() {
 		fi
 	fi
 	note "booting $name"
-	setsid systemd-nspawn -q -D "$dir/root" -M "$name" --boot --register=no --keep-unit \
-		--console=read-only --resolv-conf=off --timezone=off "${net[@]}" \
-		>"$dir/console.log" 2>&1 </dev/null &
+	remove_cgroups "$name"
+	mapfile -t cgroups < <(machine_cgroups "$name")
+	for cg in "${cgroups[@]}"; do
+		mkdir "$cg" || die "cannot create the cgroup $cg"
+	done
+	(
+		for cg in "${cgroups[@]}"; do
+			echo "$BASHPID" >"$cg/cgroup.procs" || exit 1
+		done
+		exec setsid systemd-nspawn -q -D "$dir/root" -M "$name" --boot --register=no --keep-unit \
+			--console=read-only --resolv-conf=off --timezone=off "${net[@]}"
+	) >"$dir/console.log" 2>&1 </dev/null &
 	pid=$!
 	echo "$pid" >"$dir/nspawn.pid"
 	# Booted when systemd says so (degraded is fine: nothing vigil-related
@@ -384,6 +420,7 @@ cmd_stop() {
 			done
 		fi
 	fi
+	remove_cgroups "$name"
 	unmount_root "$dir"
 	rm -rf "$dir"
 }
