@@ -229,7 +229,11 @@ recorded_leader() { # name
 in_machine() { # name cmd…  (no tty, clean environment)
 	local name=$1 leader
 	shift
-	leader=$(leader_pid "$name") || die "machine $name is not running"
+	# A return, not die: callers that poll (boot) run it in $( || true).
+	leader=$(leader_pid "$name") || {
+		note "machine $name is not running"
+		return 1
+	}
 	nsenter -t "$leader" -m -u -i -n -p -C -r -w \
 		env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		LANG=C.UTF-8 HOME=/root TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
@@ -341,7 +345,12 @@ cmd_boot() {
 			grep -qE '^NSpid:[[:space:]]+[0-9]+[[:space:]]+1$' "/proc/$leader/status" 2>/dev/null; then
 			echo "$leader $(start_time "$leader")" >"$dir/leader.pid"
 		fi
-		state=$(in_machine "$name" systemctl is-system-running 2>/dev/null || true)
+		# Asked only of that init: until nspawn has cloned it, the machine
+		# has no systemd to ask.
+		state=
+		if [ -s "$dir/leader.pid" ]; then
+			state=$(in_machine "$name" systemctl is-system-running 2>/dev/null || true)
+		fi
 		case $state in
 		running | degraded)
 			note "$name is up ($state)"
