@@ -321,7 +321,10 @@ cmd_boot() {
 	remove_cgroups "$name"
 	mapfile -t cgroups < <(machine_cgroups "$name")
 	for cg in "${cgroups[@]}"; do
-		mkdir "$cg" || die "cannot create the cgroup $cg"
+		mkdir "$cg" || die "cannot create the cgroup $cg$(
+			procs=$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | tr '\n' ' ')
+			[ -z "$procs" ] || echo " (it still holds pids ${procs% }: an earlier $name not stopped?)"
+		)"
 	done
 	(
 		for cg in "${cgroups[@]}"; do
