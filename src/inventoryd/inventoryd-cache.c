@@ -148,6 +148,15 @@ static void format_key(char buf[static KEY_MAX], const struct cache *c, const ch
         snprintf(buf, KEY_MAX, "%s%s%s", c->prefix, kind, name);
 }
 
+/* The rebuild lock of name: lock:<prefix><name>, outside the prefix the
+ * local caches track, so that taking and releasing it (two writes on every
+ * miss) pushes no invalidation to every process and leaves their local
+ * caches alone. */
+static void format_lock_key(char buf[static KEY_MAX], const struct cache *c, const char *name)
+{
+        snprintf(buf, KEY_MAX, "lock:%s%s", c->prefix, name);
+}
+
 static bool bypassed(struct cache *c)
 {
         return now_usec(CLOCK_MONOTONIC) < atomic_load(&c->bypass_until_usec);
@@ -230,7 +239,7 @@ static void store_value(struct cache *c, const char *name, const char *value, si
 
         format_key(key, c, "", name);
         format_key(gen_key, c, "gen:", name);
-        format_key(lock_key, c, "lock:", name);
+        format_lock_key(lock_key, c, name);
         snprintf(ttl, sizeof(ttl), "%" PRIu64,
                  cache_jittered_ttl_ms(atomic_load(&c->ttl_seconds),
                                        atomic_load(&c->jitter_percent), random_u64()));
@@ -256,7 +265,7 @@ static int lock_take(struct cache *c, const char *name, char token[static 2 * LO
         }
         for (size_t i = 0; i < sizeof(raw); i++)
                 snprintf(token + 2 * i, 3, "%02x", raw[i]);
-        format_key(key, c, "lock:", name);
+        format_lock_key(key, c, name);
         snprintf(px, sizeof(px), "%u", c->lock_ms);
 
         r = command(c, (int)ELEMENTSOF(argv), argv, NULL, &reply);
@@ -270,7 +279,7 @@ static void lock_release(struct cache *c, const char *name, const char *token)
         char key[KEY_MAX];
         const char *argv[] = {"EVAL", UNLOCK, "1", key, token};
 
-        format_key(key, c, "lock:", name);
+        format_lock_key(key, c, name);
         (void)command(c, (int)ELEMENTSOF(argv), argv, NULL, NULL);
 }
 

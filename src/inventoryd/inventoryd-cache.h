@@ -4,7 +4,8 @@
  * inventory:product:17) with a jittered TTL so entries filled together do
  * not expire together. A miss is rebuilt by one caller only: the threads
  * of this process coalesce on an in-process single-flight, and processes
- * coalesce on a Redis lock (SET <prefix>lock:<name> <token> NX PX lock_ms);
+ * coalesce on a Redis lock (SET lock:<prefix><name> <token> NX PX lock_ms,
+ * outside the prefix the local caches track);
  * a caller that finds the lock taken polls for the value for up to wait_ms
  * and then reads the database itself.
  *

@@ -285,7 +285,7 @@ def test_a_cold_key_under_a_stampede_reads_the_database_about_once(ctx):
 
 @test
 def test_a_rebuild_lock_held_elsewhere_makes_readers_wait_for_its_value(ctx):
-    key, lock = "inventory:product:4", "inventory:lock:product:4"
+    key, lock = "inventory:product:4", "lock:inventory:product:4"
     marker = {"id": 4, "name": "filled by the lock holder", "description": "", "price_cents": 1,
               "stock": 4242, "updated_at": "2024-01-01T00:00:00Z"}
     drop_cached(ctx, key)
@@ -308,7 +308,7 @@ def test_a_rebuild_lock_held_elsewhere_makes_readers_wait_for_its_value(ctx):
 
 @test
 def test_a_lock_holder_that_never_fills_costs_at_most_wait_ms(ctx):
-    key, lock = "inventory:product:5", "inventory:lock:product:5"
+    key, lock = "inventory:product:5", "lock:inventory:product:5"
     drop_cached(ctx, key)
     ctx.stack.redis("SET", lock, "a-dead-process", "PX", "10000")
     try:
@@ -324,12 +324,35 @@ def test_a_lock_holder_that_never_fills_costs_at_most_wait_ms(ctx):
 
 @test
 def test_a_rebuild_stores_the_value_and_leaves_no_lock(ctx):
-    key, lock = "inventory:product:2", "inventory:lock:product:2"
+    key, lock = "inventory:product:2", "lock:inventory:product:2"
     drop_cached(ctx, key)
     r = get_product(ctx.inv, 2)
     check_eq(r.headers.get("x-cache"), "miss", "X-Cache of the first read")
     check_eq(json.loads(ctx.stack.redis("GET", key))["stock"], db_stock(ctx, 2), "the stored value")
     check_eq(ctx.stack.redis("EXISTS", lock), 0, "the rebuild's lock left behind")
+
+
+@test
+def test_a_miss_pushes_one_invalidation_its_lock_none(ctx):
+    """Redis pushes every write under the tracked prefix to every process's
+    local cache; a miss writes its value there, its lock elsewhere."""
+    def heard():
+        return harness.metric_value(scrape(ctx.inv), "vigil_local_cache_invalidations_total",
+                                    cache="catalog")
+
+    key, sentinel = "inventory:product:3", "inventory:test-sentinel"
+    drop_cached(ctx, key)
+    before = heard()
+    check_eq(get_product(ctx.inv, 3).headers.get("x-cache"), "miss", "X-Cache")
+    # Pushes arrive in order on one connection: once the sentinel's is
+    # counted, every push of the miss before it is too.
+    ctx.stack.redis("SET", sentinel, "1")
+    try:
+        harness.wait_until(lambda: heard() >= before + 2, 10,
+                           what="the pushes of the miss and of the sentinel")
+        check_eq(heard() - before, 2, "invalidations for one miss and one sentinel write")
+    finally:
+        ctx.stack.redis("DEL", sentinel)
 
 
 # --------------------------------------------------------------------------
