@@ -34,6 +34,8 @@
 #define MAX_PARAMS                   65535 /* the protocol's limit */
 #define MAX_MIGRATIONS               10000
 #define MAX_OPERATION_LEN            16
+#define MAX_PREPARED                 32 /* statements prepared per connection */
+#define STMT_NAME_MAX                16 /* "vigil_<i>" */
 #define ERROR_LEN                    256
 
 struct pg_conn {
@@ -41,6 +43,10 @@ struct pg_conn {
         PGconn *conn;
         char sqlstate[6];
         char error[ERROR_LEN];
+        /* The statements prepared on conn, by text: prepared[i] is
+         * "vigil_<i>". Forgotten when conn is replaced. */
+        char *prepared[MAX_PREPARED];
+        unsigned n_prepared;
 };
 
 struct pg_pool {
@@ -216,6 +222,13 @@ static int wait_socket(int fd, bool for_write, uint64_t deadline_usec)
         }
 }
 
+static void forget_prepared(struct pg_conn *c)
+{
+        for (unsigned i = 0; i < c->n_prepared; i++)
+                free(c->prepared[i]);
+        c->n_prepared = 0;
+}
+
 /* Connect a slot. Returns 0, or -ECONNREFUSED with the reason in
  * p->last_error (the server is down, refuses us, or took too long). */
 static int slot_connect(struct pg_pool *p, struct pg_conn *c)
@@ -265,6 +278,7 @@ static int slot_connect(struct pg_pool *p, struct pg_conn *c)
         }
         PQclear(res);
 
+        forget_prepared(c);
         c->conn = conn;
         return 0;
 fail:
@@ -403,6 +417,8 @@ void pg_pool_free(struct pg_pool *p)
                 slot_pool_disconnect_all(&p->sp, &connections, p);
         slot_pool_done(&p->sp);
         pthread_mutex_destroy(&p->error_lock);
+        for (unsigned i = 0; p->slots && i < p->size; i++)
+                forget_prepared(&p->slots[i]);
         free(p->slots);
         erase_and_free(p->dsn); /* may hold a password */
         erase_and_free(p->password);
@@ -473,7 +489,7 @@ static bool pipeline_synced(PGconn *pq)
  * once sql's has ended; in one round trip. Returns sql's result (NULL when
  * it could not be sent) and in *ret_then_status then_sql's status. A
  * connection left in pipeline mode (it broke) is not reusable. */
-static PGresult *exec_pipelined(PGconn *pq, const char *sql, int n_params,
+static PGresult *exec_pipelined(PGconn *pq, const char *stmt, const char *sql, int n_params,
                                 const char *const *params, const char *then_sql,
                                 ExecStatusType *ret_then_status)
 {
@@ -482,7 +498,8 @@ static PGresult *exec_pipelined(PGconn *pq, const char *sql, int n_params,
         *ret_then_status = PGRES_FATAL_ERROR;
         if (PQenterPipelineMode(pq) != 1)
                 return NULL;
-        if (PQsendQueryParams(pq, sql, n_params, NULL, params, NULL, NULL, 0) != 1 ||
+        if ((stmt[0] ? PQsendQueryPrepared(pq, stmt, n_params, params, NULL, NULL, 0)
+                     : PQsendQueryParams(pq, sql, n_params, NULL, params, NULL, NULL, 0)) != 1 ||
             PQpipelineSync(pq) != 1 ||
             PQsendQueryParams(pq, then_sql, 0, NULL, NULL, NULL, NULL, 0) != 1 ||
             PQpipelineSync(pq) != 1)
@@ -498,6 +515,41 @@ static PGresult *exec_pipelined(PGconn *pq, const char *sql, int n_params,
         return res;
 }
 
+/* A statement with parameters is prepared on the connection the first
+ * time it runs there (one round trip more, once): the server then neither
+ * parses nor plans it again, and after five runs may keep a generic plan.
+ * Its name goes in stmt ("vigil_<i>"; "" when it runs unnamed, with
+ * MAX_PREPARED others prepared or no memory to note it). Returns 0, or -1
+ * with in *ret_res the failed result of preparing it: the error running it
+ * would have given. */
+static int prepare(struct pg_conn *c, const char *sql, int n_params,
+                   char stmt[static STMT_NAME_MAX], PGresult **ret_res)
+{
+        PGresult *res;
+        char *copy;
+
+        stmt[0] = '\0';
+        if (n_params == 0)
+                return 0;
+        for (unsigned i = 0; i < c->n_prepared; i++)
+                if (strcmp(c->prepared[i], sql) == 0) {
+                        snprintf(stmt, STMT_NAME_MAX, "vigil_%u", i);
+                        return 0;
+                }
+        if (c->n_prepared == MAX_PREPARED || !(copy = strdup(sql)))
+                return 0;
+        snprintf(stmt, STMT_NAME_MAX, "vigil_%u", c->n_prepared);
+        res = PQprepare(c->conn, stmt, sql, n_params, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                free(copy);
+                *ret_res = res;
+                return -1;
+        }
+        PQclear(res);
+        c->prepared[c->n_prepared++] = copy;
+        return 0;
+}
+
 /* Run sql with parameters (extended protocol), or without (simple protocol,
  * so one string may hold several statements), in a span with metrics; with
  * then_sql, pipelined with it (exec_pipelined()). */
@@ -507,6 +559,7 @@ static int exec_statement(struct pg_conn *c, const char *sql, bool extended, int
 {
         struct pg_pool *p = c->pool;
         char operation[MAX_OPERATION_LEN + 1], name[MAX_OPERATION_LEN + 1 + 64];
+        char stmt[STMT_NAME_MAX];
         const char *db = PQdb(c->conn);
         struct span *span;
         PGresult *res;
@@ -529,17 +582,21 @@ static int exec_statement(struct pg_conn *c, const char *sql, bool extended, int
         }
 
         start = now_usec(CLOCK_MONOTONIC);
-        if (then_sql) {
+        if (!extended)
+                res = PQexec(c->conn, sql);
+        else if (prepare(c, sql, n_params, stmt, &res) < 0)
+                ; /* res: why it cannot run */
+        else if (then_sql) {
                 ExecStatusType then_status;
 
-                res = exec_pipelined(c->conn, sql, n_params, params, then_sql, &then_status);
+                res = exec_pipelined(c->conn, stmt, sql, n_params, params, then_sql, &then_status);
                 *ret_then = then_status == PGRES_COMMAND_OK || then_status == PGRES_TUPLES_OK
                                     ? 0
                                     : -EIO;
-        } else if (extended)
-                res = PQexecParams(c->conn, sql, n_params, NULL, params, NULL, NULL, 0);
+        } else if (stmt[0])
+                res = PQexecPrepared(c->conn, stmt, n_params, params, NULL, NULL, 0);
         else
-                res = PQexec(c->conn, sql);
+                res = PQexecParams(c->conn, sql, n_params, NULL, params, NULL, NULL, 0);
         st = PQresultStatus(res);
 
         if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {

@@ -75,7 +75,12 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(struct pg_conn *, pg_pool_release)
  * error text is the server's primary message, which may quote a value: log
  * it, never put it in a span). A span "<OPERATION> <database>" records
  * db.system, db.operation.name, db.namespace, server.address/port and, on
- * failure, error.type=SQLSTATE; statement parameters are never recorded. */
+ * failure, error.type=SQLSTATE; statement parameters are never recorded.
+ * A statement with parameters is prepared on its connection the first
+ * time it runs there (up to 32 per connection; the others run unnamed):
+ * the server parses and plans it once. PostgreSQL re-plans it when the
+ * tables it reads change, but refuses (SQLSTATE 0A000) one whose result
+ * columns would change, so a statement names its result columns. */
 int pg_exec(struct pg_conn *c, const char *sql, int n_params, const char *const *params,
             PGresult **ret);
 /* Like pg_exec(), outside a transaction block only (-EINVAL inside one),

@@ -381,6 +381,103 @@ START_TEST(test_exec_then_runs_both_each_in_a_transaction_of_its_own)
 }
 END_TEST
 
+/* The statements prepared on c's connection whose text is sql ("" for all). */
+static long prepared_count(struct pg_conn *c, const char *sql)
+{
+        char q[512];
+
+        snprintf(q, sizeof(q),
+                 "SELECT count(*) FROM pg_prepared_statements"
+                 " WHERE '%s' = '' OR statement = '%s'",
+                 sql, sql);
+        return query_long(c, q);
+}
+
+static long add_one(struct pg_conn *c, const char *sql, const char *value)
+{
+        _cleanup_(PQclearp) PGresult *res = NULL;
+
+        ck_assert_int_eq(pg_exec(c, sql, 1, (const char *const[]){value}, &res), 0);
+        ck_assert_int_eq(PQntuples(res), 1);
+        return strtol(PQgetvalue(res, 0, 0), NULL, 10);
+}
+
+START_TEST(test_a_statement_with_parameters_is_prepared_once_per_connection)
+{
+        _cleanup_(pg_pool_freep) struct pg_pool *p = pool_with(1, 0, 0, NULL);
+        _cleanup_(PQclearp) PGresult *res = NULL;
+        const char *sql = "SELECT $1::int + 1";
+        struct pg_conn *c = NULL;
+        int then = 1, pid;
+
+        ck_assert_int_eq(pg_pool_acquire(p, &c), 0);
+        for (int i = 0; i < 3; i++)
+                ck_assert_int_eq(add_one(c, sql, i == 1 ? "41" : "1"), i == 1 ? 42 : 2);
+        ck_assert_int_eq(prepared_count(c, sql), 1);
+        /* Without parameters, nothing is prepared: the count's own query. */
+        ck_assert_int_eq(prepared_count(c, ""), 1);
+
+        /* The pipelined path runs the prepared statement too. */
+        ck_assert_int_eq(
+                pg_exec_then(c, sql, 1, (const char *const[]){"9"}, &res, "SELECT 1", &then), 0);
+        ck_assert_int_eq(then, 0);
+        ck_assert_str_eq(PQgetvalue(res, 0, 0), "10");
+        ck_assert_int_eq(prepared_count(c, ""), 1);
+
+        /* Prepared inside a transaction that rolls back, it stays. */
+        ck_assert_int_eq(pg_begin(c), 0);
+        ck_assert_int_eq(add_one(c, "SELECT $1::int + 2", "1"), 3);
+        ck_assert_int_eq(pg_rollback(c), 0);
+        ck_assert_int_eq(add_one(c, "SELECT $1::int + 2", "2"), 4);
+
+        /* A new connection prepares again. */
+        pid = PQbackendPID(pg_conn_raw(c));
+        terminate_backend(pid);
+        ck_assert_int_eq(pg_exec(c, sql, 1, (const char *const[]){"0"}, NULL), -ECONNRESET);
+        pg_pool_release(c);
+        c = NULL;
+        ck_assert_int_eq(pg_pool_acquire(p, &c), 0);
+        ck_assert_int_ne(PQbackendPID(pg_conn_raw(c)), pid);
+        ck_assert_int_eq(add_one(c, sql, "6"), 7);
+        ck_assert_int_eq(prepared_count(c, sql), 1);
+        pg_pool_release(c);
+}
+END_TEST
+
+START_TEST(test_a_statement_that_cannot_be_prepared_fails_with_its_own_error)
+{
+        _cleanup_(pg_pool_freep) struct pg_pool *p = pool_with(1, 0, 0, NULL);
+        const char *bad = "SELECT $1::int FROM no_such_table";
+        struct pg_conn *c = NULL;
+
+        ck_assert_int_eq(pg_pool_acquire(p, &c), 0);
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(pg_exec(c, bad, 1, (const char *const[]){"1"}, NULL), -EIO);
+                ck_assert_str_eq(pg_conn_sqlstate(c), "42P01"); /* not 42P05: none left */
+        }
+        ck_assert_int_eq(add_one(c, "SELECT $1::int + 1", "1"), 2);
+        ck_assert_int_eq(prepared_count(c, ""), 1);
+        pg_pool_release(c);
+}
+END_TEST
+
+START_TEST(test_statements_past_the_prepared_limit_run_unnamed)
+{
+        _cleanup_(pg_pool_freep) struct pg_pool *p = pool_with(1, 0, 0, NULL);
+        struct pg_conn *c = NULL;
+        char sql[64];
+
+        ck_assert_int_eq(pg_pool_acquire(p, &c), 0);
+        for (int round = 0; round < 2; round++)
+                for (int i = 0; i < 40; i++) {
+                        snprintf(sql, sizeof(sql), "SELECT $1::int + %d", i);
+                        ck_assert_int_eq(add_one(c, sql, "100"), 100 + i);
+                }
+        ck_assert_int_eq(prepared_count(c, ""), 32); /* MAX_PREPARED in pg.c */
+        pg_pool_release(c);
+}
+END_TEST
+
 /* A schema of its own, owned by the service's role, as the packages make. */
 static void make_schema(char *buf, size_t size, const char *tag)
 {
@@ -702,6 +799,9 @@ static Suite *pg_suite(void)
         tcase_add_test(tc, test_release_rolls_back_an_open_transaction);
         tcase_add_test(tc, test_commit_of_a_failed_transaction_fails);
         tcase_add_test(tc, test_exec_then_runs_both_each_in_a_transaction_of_its_own);
+        tcase_add_test(tc, test_a_statement_with_parameters_is_prepared_once_per_connection);
+        tcase_add_test(tc, test_a_statement_that_cannot_be_prepared_fails_with_its_own_error);
+        tcase_add_test(tc, test_statements_past_the_prepared_limit_run_unnamed);
         tcase_add_test(tc, test_statements_are_counted_in_dependency_metrics);
         tcase_add_test(tc, test_spans_name_the_operation_and_never_hold_parameters);
         suite_add_tcase(s, tc);
