@@ -35,7 +35,7 @@
 #define MAX_MIGRATIONS               10000
 #define MAX_OPERATION_LEN            16
 #define MAX_PREPARED                 32 /* statements prepared per connection */
-#define STMT_NAME_MAX                16 /* "vigil_<i>" */
+#define STMT_NAME_MAX                24 /* "vigil_<unsigned>" */
 #define ERROR_LEN                    256
 
 struct pg_conn {
